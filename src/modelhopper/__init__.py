@@ -1,0 +1,68 @@
+"""modelhopper: deep-learning model selection at scale with Model Hopper Parallelism (MOP)."""
+
+from __future__ import annotations
+
+from modelhopper.data import Dataset, Split, datasets
+from modelhopper.errors import (
+    AllMSTsFailedError,
+    ConfigError,
+    DataError,
+    EstimatorError,
+    ExecutorError,
+    ModelHopperError,
+    MSTFailedError,
+    SpaceError,
+)
+from modelhopper.estimator import Estimator
+from modelhopper.executors import BaseExecutor, LocalExecutor
+from modelhopper.procedures import MST, BaseProcedure, Decision, Direction, GridSearch, RandomSearch
+from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
+from modelhopper.scheduling import MOPScheduler, SchedulingPolicy
+from modelhopper.space import (
+    Space,
+    choice,
+    grid,
+    loguniform,
+    quniform,
+    randint,
+    uniform,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllMSTsFailedError",
+    "BaseExecutor",
+    "BaseProcedure",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "Decision",
+    "Direction",
+    "Estimator",
+    "EstimatorError",
+    "ExecutorError",
+    "GridSearch",
+    "LocalExecutor",
+    "MOPScheduler",
+    "MST",
+    "MSTFailedError",
+    "MSTResult",
+    "MSTStatus",
+    "ModelHopperError",
+    "RandomSearch",
+    "Result",
+    "RunStats",
+    "SchedulingPolicy",
+    "Space",
+    "SpaceError",
+    "Split",
+    "__version__",
+    "choice",
+    "datasets",
+    "grid",
+    "loguniform",
+    "quniform",
+    "randint",
+    "uniform",
+]

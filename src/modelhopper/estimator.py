@@ -1,0 +1,234 @@
+"""Estimator: what one MST trains, and the train / evaluate passes over one shard.
+
+These functions are the whole of the numerical work. Workers call them under
+MOP; the equivalence test calls the same passes in one process and checks the
+parameters agree bit for bit, so anything that would make a hop visible
+(RNG state, optimizer state, lr-scheduler state) must live in ``MSTState``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelhopper.errors import EstimatorError, MSTFailedError
+
+__all__ = [
+    "Estimator",
+    "METRICS",
+    "PassResult",
+    "build_estimator",
+    "derive_seed",
+    "train_pass",
+    "evaluate_pass",
+    "get_state",
+    "set_state",
+    "state_to_bytes",
+    "state_from_bytes",
+    "metric_names",
+]
+
+
+def _accuracy(output: torch.Tensor, target: torch.Tensor) -> float:
+    return float((output.argmax(dim=1) == target).sum())
+
+
+def _squared_error(output: torch.Tensor, target: torch.Tensor) -> float:
+    return float(((output.reshape(target.shape) - target) ** 2).sum())
+
+
+def _absolute_error(output: torch.Tensor, target: torch.Tensor) -> float:
+    return float((output.reshape(target.shape) - target).abs().sum())
+
+
+# Each metric returns a *sum* over a batch, so shards aggregate exactly by example count.
+METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "accuracy": _accuracy,
+    "mse": _squared_error,
+    "mae": _absolute_error,
+}
+
+
+@dataclass
+class Estimator:
+    """What the user's factory returns for one MST (PyTorch)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metrics: Sequence[str] = field(default_factory=lambda: ("accuracy",))
+    batch_size: int = 32
+    lr_scheduler: Any = None  # stepped once at the end of each epoch
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise EstimatorError(
+                f"Estimator.model must be a torch.nn.Module, got {type(self.model).__name__}"
+            )
+        if not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise EstimatorError(
+                "Estimator.optimizer must be a torch.optim.Optimizer over the model's "
+                f"parameters, got {type(self.optimizer).__name__}"
+            )
+        if not callable(self.loss):
+            raise EstimatorError(f"Estimator.loss must be callable, got {self.loss!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise EstimatorError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.batch_size < 1:
+            raise EstimatorError(f"batch_size must be >= 1, got {self.batch_size}")
+        if isinstance(self.metrics, str):
+            self.metrics = (self.metrics,)
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise EstimatorError(
+                f"unknown metric {unknown[0]!r} in Estimator.metrics; "
+                f"known metrics: {sorted(METRICS)}"
+            )
+        self.metrics = tuple(self.metrics)
+
+
+def metric_names(metrics: Sequence[str]) -> list[str]:
+    """Names a run reports for an estimator: loss and metrics, on train and validation."""
+    return [f"{split}_{m}" for split in ("train", "val") for m in ("loss", *metrics)]
+
+
+def build_estimator(factory: Callable[[dict[str, Any]], Estimator], params: Mapping, seed: int):
+    """Call the factory under the MST's seed, so initial weights depend on it alone."""
+    torch.manual_seed(seed)
+    estimator = factory(dict(params))
+    if not isinstance(estimator, Estimator):
+        raise EstimatorError(
+            f"make_estimator must return modelhopper.Estimator, got {type(estimator).__name__}"
+        )
+    return estimator
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (e.g. MST seed, epoch, shard)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """Sums over one pass; divide by ``n`` to get means."""
+
+    n: int
+    loss_sum: float
+    metric_sums: dict[str, float]
+    seconds: float
+
+
+def _tensor(array: np.ndarray, index: slice | np.ndarray) -> torch.Tensor:
+    """A batch as a tensor; slices of a read-only memory map are copied (torch needs writable)."""
+    part = array[index]
+    if not part.flags.writeable:
+        part = np.array(part)
+    return torch.from_numpy(part)
+
+
+def _batches(n: int, batch_size: int, order: np.ndarray | None):
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield slice(start, min(start + batch_size, n))
+        else:
+            yield order[start : start + batch_size]
+
+
+def train_pass(
+    estimator: Estimator,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    shard: int,
+) -> PassResult:
+    """One pass of SGD over a shard, shuffled by (MST seed, epoch, shard)."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, shard))
+    order = torch.randperm(len(x), generator=generator).numpy()
+    model, optimizer = estimator.model, estimator.optimizer
+    model.train()
+    loss_sum = 0.0
+    sums = dict.fromkeys(estimator.metrics, 0.0)
+    for index in _batches(len(x), estimator.batch_size, order):
+        xb, yb = _tensor(x, index), _tensor(y, index)
+        optimizer.zero_grad(set_to_none=True)
+        output = model(xb)
+        loss = estimator.loss(output, yb)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise MSTFailedError(
+                f"loss became {value} in epoch {epoch} on shard {shard}; "
+                "lower the learning rate or check the data for extreme values"
+            )
+        loss.backward()
+        optimizer.step()
+        loss_sum += value * len(yb)
+        with torch.no_grad():
+            for name in estimator.metrics:
+                sums[name] += METRICS[name](output.detach(), yb)
+    return PassResult(len(x), loss_sum, sums, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def evaluate_pass(estimator: Estimator, x: np.ndarray, y: np.ndarray) -> PassResult:
+    """Loss and metric sums over a validation shard (no RNG use, no state change)."""
+    started = time.perf_counter()
+    estimator.model.eval()
+    loss_sum = 0.0
+    sums = dict.fromkeys(estimator.metrics, 0.0)
+    batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
+    for index in _batches(len(x), batch_size, None):
+        xb, yb = _tensor(x, index), _tensor(y, index)
+        output = estimator.model(xb)
+        loss_sum += float(estimator.loss(output, yb)) * len(yb)
+        for name in estimator.metrics:
+            sums[name] += METRICS[name](output, yb)
+    return PassResult(len(x), loss_sum, sums, time.perf_counter() - started)
+
+
+def end_epoch(estimator: Estimator) -> None:
+    """Epoch-level bookkeeping after the last training step of an epoch."""
+    if estimator.lr_scheduler is not None:
+        estimator.lr_scheduler.step()
+
+
+# -- state that hops ---------------------------------------------------------
+def get_state(estimator: Estimator, rng_state: torch.Tensor) -> dict[str, Any]:
+    """Everything that determines the MST's future: weights, optimizer, schedule, RNG."""
+    state = {
+        "model": estimator.model.state_dict(),
+        "optimizer": estimator.optimizer.state_dict(),
+        "rng": rng_state,
+    }
+    if estimator.lr_scheduler is not None:
+        state["lr_scheduler"] = estimator.lr_scheduler.state_dict()
+    return state
+
+
+def set_state(estimator: Estimator, state: Mapping[str, Any]) -> torch.Tensor:
+    """Load a state into a freshly built (or cached) estimator; returns its RNG state."""
+    estimator.model.load_state_dict(state["model"])
+    estimator.optimizer.load_state_dict(state["optimizer"])
+    if estimator.lr_scheduler is not None and "lr_scheduler" in state:
+        estimator.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return state["rng"]
+
+
+def state_to_bytes(state: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getvalue()
+
+
+def state_from_bytes(data: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(data), weights_only=True)

@@ -1,0 +1,119 @@
+"""What a worker does with a visit, independent of how the worker is hosted.
+
+A worker owns one shard for the whole run and a small cache of built
+estimators, so an MST that comes back only loads its state into modules it
+already has instead of rebuilding them.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from modelhopper.data._sharding import ShardData
+from modelhopper.estimator import (
+    Estimator,
+    build_estimator,
+    end_epoch,
+    evaluate_pass,
+    get_state,
+    set_state,
+    state_from_bytes,
+    state_to_bytes,
+    train_pass,
+)
+from modelhopper.errors import MSTFailedError
+from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask
+from modelhopper.scheduling import StepKind
+
+__all__ = ["ShardWorker"]
+
+
+class ShardWorker:
+    def __init__(
+        self,
+        worker: int,
+        shard: ShardData,
+        n_shards: int,
+        factory: Callable[[dict[str, Any]], Estimator],
+        *,
+        cache_size: int = 8,
+    ) -> None:
+        self.worker = worker
+        self.shard = shard
+        self.n_shards = n_shards
+        self.factory = factory
+        self.cache_size = cache_size
+        # mst_id -> (estimator, RNG state after its last step here), least recent first
+        self._cache: OrderedDict[int, tuple[Estimator, torch.Tensor]] = OrderedDict()
+
+    def run(self, task: VisitTask) -> VisitResult:
+        try:
+            return self._run(task)
+        except MSTFailedError as e:
+            return self._failure(task, str(e))
+        except (MemoryError, torch.OutOfMemoryError) as e:
+            return self._failure(task, f"out of memory: {e}; try a smaller batch_size or model")
+        except Exception as e:  # the MST fails alone; the worker lives on
+            return self._failure(task, f"{type(e).__name__}: {e}")
+
+    def _failure(self, task: VisitTask, reason: str) -> VisitResult:
+        self._cache.pop(task.mst_id, None)
+        return VisitResult(self.worker, task.mst_id, error=reason, traceback=traceback.format_exc())
+
+    def _run(self, task: VisitTask) -> VisitResult:
+        started = time.perf_counter()
+        estimator, rng = self._estimator_for(task)
+        state_seconds = time.perf_counter() - started
+        torch.set_rng_state(rng)
+        outcomes = []
+        for step in task.steps:
+            if step.kind is StepKind.TRAIN:
+                result = train_pass(
+                    estimator,
+                    self.shard.train_x,
+                    self.shard.train_y,
+                    seed=task.seed,
+                    epoch=step.epoch,
+                    shard=step.shard,
+                )
+                if step.position == self.n_shards - 1:
+                    end_epoch(estimator)
+            else:
+                result = evaluate_pass(estimator, self.shard.val_x, self.shard.val_y)
+            outcomes.append(StepOutcome(step, result))
+        rng = torch.get_rng_state()
+        started = time.perf_counter()
+        state = state_to_bytes(get_state(estimator, rng))
+        state_seconds += time.perf_counter() - started
+        self._remember(task.mst_id, estimator, rng)
+        return VisitResult(
+            self.worker, task.mst_id, tuple(outcomes), state, state_seconds=state_seconds
+        )
+
+    def _estimator_for(self, task: VisitTask) -> tuple[Estimator, torch.Tensor]:
+        cached = self._cache.get(task.mst_id)
+        if task.fresh:
+            # Initial weights come from the MST's seed alone.
+            return build_estimator(self.factory, task.params, task.seed), torch.get_rng_state()
+        if task.state is None:
+            # The driver sends no state only when this worker ran the MST's last visit.
+            if cached is None:
+                raise RuntimeError(
+                    f"worker {self.worker} was asked to continue MST {task.mst_id} "
+                    "from state it does not hold"
+                )
+            return cached
+        estimator = cached[0] if cached else build_estimator(self.factory, task.params, task.seed)
+        return estimator, set_state(estimator, state_from_bytes(task.state))
+
+    def _remember(self, mst_id: int, estimator: Estimator, rng: torch.Tensor) -> None:
+        self._cache[mst_id] = (estimator, rng)
+        self._cache.move_to_end(mst_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,148 @@
+"""The outcome of a run: every MST with its metrics, history and trained state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from modelhopper.errors import ModelHopperError
+from modelhopper.estimator import build_estimator, state_from_bytes
+
+__all__ = ["MSTStatus", "MSTResult", "RunStats", "Result"]
+
+
+class MSTStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass
+class MSTResult:
+    id: int
+    params: dict[str, Any]
+    seed: int
+    status: MSTStatus
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    error: str | None = None
+    traceback: str | None = None
+    checkpoint: Path | None = None
+    _factory: Callable[..., Any] | None = field(default=None, repr=False)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Metrics of the last evaluated epoch (empty if none)."""
+        return _metrics_of(self.history[-1]) if self.history else {}
+
+    def best_metrics(self, metric: str, maximize: bool) -> dict[str, float]:
+        """Metrics of the epoch where ``metric`` was best."""
+        if not self.history:
+            return {}
+        pick = max if maximize else min
+        return _metrics_of(pick(self.history, key=lambda row: row[metric]))
+
+    def load_model(self) -> nn.Module:
+        """The MST's trained model (its state after its last finished epoch)."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            raise ModelHopperError(
+                f"MST {self.id} has no checkpoint (status {self.status.value}); "
+                "only MSTs that finished at least one visit have one"
+            )
+        if self._factory is None:
+            raise ModelHopperError(f"MST {self.id}: the estimator factory is not available")
+        estimator = build_estimator(self._factory, self.params, self.seed)
+        state = state_from_bytes(self.checkpoint.read_bytes())
+        estimator.model.load_state_dict(state["model"])
+        estimator.model.eval()
+        return estimator.model
+
+
+_NOT_METRICS = {"mst_id", "epoch", "train_order", "eval_order", "train_seconds", "eval_seconds"}
+
+
+def _metrics_of(row: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k not in _NOT_METRICS}
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """Resource figures of a run, measured, not estimated."""
+
+    n_workers: int
+    wall_seconds: float  # from the first visit dispatched to the last result
+    total_seconds: float  # including sharding and worker start-up
+    compute_seconds: float  # sum of train + eval step seconds measured on the workers
+    n_visits: int
+    n_hops: int  # visits that needed an MST's state moved to another worker
+    hop_bytes: int  # bytes of MST state delivered to workers by those hops
+    resident_shard_bytes: tuple[int, ...]  # shard bytes held by each worker
+    dataset_bytes: int  # training + validation bytes of the dataset
+    lower_bound_seconds: float  # makespan lower bound from the measured work
+
+    @property
+    def ideal_seconds(self) -> float:
+        return self.compute_seconds / self.n_workers
+
+    @property
+    def efficiency(self) -> float:
+        return self.ideal_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def data_copies(self) -> float:
+        return sum(self.resident_shard_bytes) / self.dataset_bytes if self.dataset_bytes else 0.0
+
+
+@dataclass
+class Result:
+    msts: list[MSTResult]
+    metric: str
+    direction: str
+    run_dir: Path
+    stats: RunStats
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    @property
+    def best(self) -> MSTResult:
+        """The MST with the best final value of the metric among those that did not fail."""
+        scored = [m for m in self.msts if m.history and self.metric in m.metrics]
+        if not scored:
+            raise ModelHopperError("no MST finished an epoch, so there is no best MST")
+        sign = 1 if self.maximize else -1
+        return max(scored, key=lambda m: (sign * m.metrics[self.metric], -m.id))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per MST: params, status, epochs, final metrics and best metrics."""
+        rows = []
+        for mst in self.msts:
+            row: dict[str, Any] = {"mst_id": mst.id, "status": mst.status.value}
+            row.update({f"param_{k}": v for k, v in mst.params.items()})
+            row["epochs"] = mst.epochs_done
+            row.update(mst.metrics)
+            best = mst.best_metrics(self.metric, self.maximize)
+            row.update({f"best_{k}": v for k, v in best.items()})
+            row["error"] = mst.error
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        if self.metric in frame:
+            frame = frame.sort_values(self.metric, ascending=not self.maximize, kind="stable")
+        return frame.reset_index(drop=True)
+
+    def history(self) -> pd.DataFrame:
+        """One row per (MST, epoch): metrics, shard orders and seconds."""
+        rows = [row for mst in self.msts for row in mst.history]
+        return pd.DataFrame(rows)

@@ -1,0 +1,400 @@
+"""MOP scheduling: which MST visits which worker next.
+
+Worker ``w`` owns shard ``w`` for the whole run, so placing an MST on a worker
+*is* choosing the shard it trains on next. Each MST follows a fixed plan of
+steps, drawn from the seed: in every epoch it trains on every shard once
+(the *train order*), then evaluates on every validation shard once (the *eval
+order*). Fixing the plan up front is what makes results independent of timing:
+the scheduler only decides *when* each step runs, never *what* it computes, so
+the same seed gives the same metrics however fast the workers are, and a
+resumed run finishes where an uninterrupted one would.
+
+Consecutive steps on the same shard form one *visit* (at most one training
+step each), so the eval order starts where training ended and the next epoch
+starts where evaluation ended: an epoch costs ``2p - 1`` hops, not ``2p``.
+
+The scheduler is pure logic over plain data: no processes, no clocks. It
+holds no epoch barrier; MSTs at different epochs run side by side.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from modelhopper.errors import ConfigError
+
+__all__ = [
+    "StepKind",
+    "Step",
+    "Visit",
+    "SchedulingPolicy",
+    "MOPScheduler",
+    "epoch_plan",
+    "makespan_lower_bound",
+    "SimulationResult",
+    "simulate",
+]
+
+
+class StepKind(StrEnum):
+    TRAIN = "train"
+    EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass of one MST over one shard: train on it, or evaluate on its validation part."""
+
+    kind: StepKind
+    epoch: int
+    shard: int
+    position: int  # index of this shard in the epoch's train (or eval) order
+
+
+@dataclass(frozen=True)
+class Visit:
+    """Steps an MST runs on one worker before it hops on."""
+
+    mst_id: int
+    worker: int
+    steps: tuple[Step, ...]
+
+
+class SchedulingPolicy(StrEnum):
+    RANDOM = "random"  # uniformly among eligible MSTs, as in the original Cerebro
+    LONGEST_REMAINING = "longest_remaining"  # most remaining (measured) work first
+
+
+def epoch_plan(
+    mst_id: int, epoch: int, start_shard: int, n_shards: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """Train and eval shard orders of one MST's epoch; eval starts where training ended."""
+    rng = np.random.default_rng([seed, mst_id, epoch])
+    others = [s for s in range(n_shards) if s != start_shard]
+    train = [start_shard, *(int(s) for s in rng.permutation(others))]
+    rest = [s for s in range(n_shards) if s != train[-1]]
+    evaluation = [train[-1], *(int(s) for s in rng.permutation(rest))]
+    return train, evaluation
+
+
+def first_shard(mst_id: int, n_shards: int, seed: int) -> int:
+    """Start shard of epoch 0: consecutive MST ids start on different workers."""
+    offset = int(np.random.default_rng([seed, n_shards]).integers(n_shards))
+    return (mst_id + offset) % n_shards
+
+
+def makespan_lower_bound(work: np.ndarray) -> float:
+    """No schedule beats ``max(total / p, longest MST, busiest shard)``.
+
+    ``work[i, s]`` is the total time MST ``i`` spends on shard ``s``.
+    """
+    work = np.asarray(work, dtype=float)
+    if work.size == 0:
+        return 0.0
+    n_workers = work.shape[1]
+    return float(max(work.sum() / n_workers, work.sum(axis=1).max(), work.sum(axis=0).max()))
+
+
+@dataclass
+class _MSTState:
+    mst_id: int
+    pending: deque[Step]
+    n_epochs: int
+    next_start: int  # first shard of the epoch after the planned ones
+    priority: int = 0
+    running: bool = False
+    stopped: bool = False
+    # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
+    n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
+    sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
+    n_seconds: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
+
+
+class MOPScheduler:
+    """Assigns (MST, worker) visits whenever workers are idle.
+
+    Invariants: an MST is on at most one worker, a worker runs at most one
+    visit, and each epoch of an MST trains and evaluates on every shard once.
+    """
+
+    def __init__(
+        self,
+        n_workers: int,
+        *,
+        policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise ConfigError(
+                f"n_workers must be an integer >= 1, got {n_workers!r}; "
+                "use one worker per shard you want (e.g. n_workers=2)"
+            )
+        self.n_workers = n_workers
+        self.policy = _parse_policy(policy)
+        self.seed = seed
+        self._rng = np.random.default_rng([seed, 7919])
+        self._msts: dict[int, _MSTState] = {}
+        self._busy: dict[int, int] = {}  # worker -> mst_id
+        # MSTs ready to run, indexed by the shard their next step needs.
+        self._waiting: list[set[int]] = [set() for _ in range(n_workers)]
+        self._sum_seconds = dict.fromkeys(StepKind, 0.0)
+        self._n_seconds = dict.fromkeys(StepKind, 0)
+        self.n_decisions = 0
+
+    # -- registering work -------------------------------------------------
+    def add_mst(self, mst_id: int, n_epochs: int, *, priority: int = 0) -> None:
+        """Plan ``n_epochs`` epochs of a new MST."""
+        if mst_id in self._msts:
+            raise ConfigError(f"MST {mst_id} is already scheduled; give each MST a new id")
+        start = first_shard(mst_id, self.n_workers, self.seed)
+        self._msts[mst_id] = _MSTState(mst_id, deque(), 0, start, priority)
+        self.extend(mst_id, n_epochs)
+
+    def extend(self, mst_id: int, n_epochs: int) -> None:
+        """Raise an MST's epoch budget to ``n_epochs`` (plans are prefix-stable)."""
+        state = self._state(mst_id)
+        if state.stopped:
+            raise ConfigError(f"MST {mst_id} is stopped; resume it before extending it")
+        self._unpark(state)
+        for epoch in range(state.n_epochs, n_epochs):
+            train, evaluation = epoch_plan(
+                mst_id, epoch, state.next_start, self.n_workers, self.seed
+            )
+            state.pending.extend(Step(StepKind.TRAIN, epoch, s, i) for i, s in enumerate(train))
+            state.pending.extend(Step(StepKind.EVAL, epoch, s, i) for i, s in enumerate(evaluation))
+            state.n_pending[StepKind.TRAIN] += len(train)
+            state.n_pending[StepKind.EVAL] += len(evaluation)
+            state.next_start = evaluation[-1]
+        state.n_epochs = max(state.n_epochs, n_epochs)
+        self._park(state)
+
+    def stop(self, mst_id: int) -> None:
+        """Give the MST no further visits (one in flight still completes)."""
+        state = self._state(mst_id)
+        self._unpark(state)
+        state.stopped = True
+
+    def resume(self, mst_id: int) -> None:
+        """Undo ``stop``: the MST continues its remaining plan."""
+        state = self._state(mst_id)
+        state.stopped = False
+        self._park(state)
+
+    def set_priority(self, mst_id: int, priority: int) -> None:
+        self._state(mst_id).priority = priority
+
+    # -- the scheduling step ----------------------------------------------
+    def assign(self, idle_workers: Iterable[int]) -> list[Visit]:
+        """Pick at most one visit for each idle worker (in worker order)."""
+        visits = []
+        for worker in sorted(set(idle_workers)):
+            if worker in self._busy:
+                raise ConfigError(f"worker {worker} is busy with MST {self._busy[worker]}")
+            chosen = self._choose(worker)
+            if chosen is None:
+                continue
+            self._unpark(chosen)
+            visits.append(self._take_visit(chosen, worker))
+            chosen.running = True
+            self._busy[worker] = chosen.mst_id
+            self.n_decisions += 1
+        return visits
+
+    def complete(self, visit: Visit, step_seconds: Sequence[float] | None = None) -> None:
+        """Record that a visit finished (with the seconds each of its steps took)."""
+        state = self._release(visit)
+        if step_seconds is not None:
+            for step, seconds in zip(visit.steps, step_seconds, strict=True):
+                state.sum_seconds[step.kind] += float(seconds)
+                state.n_seconds[step.kind] += 1
+                self._sum_seconds[step.kind] += float(seconds)
+                self._n_seconds[step.kind] += 1
+        self._park(state)
+
+    def requeue(self, visit: Visit) -> None:
+        """Put an interrupted visit's steps back at the front of its MST's plan."""
+        state = self._release(visit)
+        state.pending.extendleft(reversed(visit.steps))
+        for step in visit.steps:
+            state.n_pending[step.kind] += 1
+        self._park(state)
+
+    def fail(self, visit: Visit) -> None:
+        """The MST failed during this visit: it gets no further visits."""
+        self._release(visit)
+        self.stop(visit.mst_id)
+
+    # -- queries ----------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True when nothing runs and no runnable MST has steps left."""
+        return not self._busy and not any(self._waiting)
+
+    @property
+    def busy_workers(self) -> dict[int, int]:
+        return dict(self._busy)
+
+    def remaining_steps(self, mst_id: int) -> int:
+        return len(self._state(mst_id).pending)
+
+    def n_epochs(self, mst_id: int) -> int:
+        return self._state(mst_id).n_epochs
+
+    def is_running(self, mst_id: int) -> bool:
+        return self._state(mst_id).running
+
+    def is_stopped(self, mst_id: int) -> bool:
+        return self._state(mst_id).stopped
+
+    def remaining_work(self, mst_id: int) -> float:
+        """Estimated seconds of work left for an MST, from measured step times."""
+        state = self._state(mst_id)
+        return sum(state.n_pending[k] * self._estimate(state, k) for k in StepKind)
+
+    # -- internals --------------------------------------------------------
+    def _state(self, mst_id: int) -> _MSTState:
+        try:
+            return self._msts[mst_id]
+        except KeyError:
+            raise ConfigError(
+                f"MST {mst_id} is not scheduled; known MSTs: {sorted(self._msts)}"
+            ) from None
+
+    def _park(self, state: _MSTState) -> None:
+        if not state.running and not state.stopped and state.pending:
+            self._waiting[state.pending[0].shard].add(state.mst_id)
+
+    def _unpark(self, state: _MSTState) -> None:
+        if state.pending:
+            self._waiting[state.pending[0].shard].discard(state.mst_id)
+
+    def _release(self, visit: Visit) -> _MSTState:
+        if self._busy.get(visit.worker) != visit.mst_id:
+            raise ConfigError(f"MST {visit.mst_id} is not running on worker {visit.worker}")
+        del self._busy[visit.worker]
+        state = self._msts[visit.mst_id]
+        state.running = False
+        return state
+
+    def _choose(self, worker: int) -> _MSTState | None:
+        waiting = self._waiting[worker]
+        if not waiting:
+            return None
+        eligible = [self._msts[i] for i in sorted(waiting)]
+        top = max(s.priority for s in eligible)
+        eligible = [s for s in eligible if s.priority == top]
+        if self.policy is SchedulingPolicy.RANDOM:
+            return eligible[int(self._rng.integers(len(eligible)))]
+        # Longest remaining work first (LRW); ties go to the lower id.
+        return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
+
+    def _take_visit(self, state: _MSTState, worker: int) -> Visit:
+        steps: list[Step] = []
+        while state.pending and state.pending[0].shard == worker:
+            step = state.pending[0]
+            if step.kind is StepKind.TRAIN and any(s.kind is StepKind.TRAIN for s in steps):
+                break
+            steps.append(state.pending.popleft())
+            state.n_pending[step.kind] -= 1
+        return Visit(state.mst_id, worker, tuple(steps))
+
+    def _estimate(self, state: _MSTState, kind: StepKind) -> float:
+        if state.n_seconds[kind]:
+            return state.sum_seconds[kind] / state.n_seconds[kind]
+        if self._n_seconds[kind]:
+            return self._sum_seconds[kind] / self._n_seconds[kind]
+        return 1.0 if kind is StepKind.TRAIN else 0.25
+
+
+def _parse_policy(policy: SchedulingPolicy | str) -> SchedulingPolicy:
+    try:
+        return SchedulingPolicy(policy)
+    except ValueError:
+        names = ", ".join(repr(p.value) for p in SchedulingPolicy)
+        raise ConfigError(f"policy must be one of {names}, got {policy!r}") from None
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    makespan: float
+    lower_bound: float
+    busy_seconds: tuple[float, ...]  # per worker
+    n_decisions: int
+    seconds_per_decision: float
+    trace: tuple[tuple[float, float, Visit], ...]  # (start, end, visit)
+
+    @property
+    def utilisation(self) -> float:
+        if self.makespan == 0:
+            return 1.0
+        return sum(self.busy_seconds) / (self.makespan * len(self.busy_seconds))
+
+
+def simulate(
+    scheduler: MOPScheduler,
+    step_cost: Callable[[int, Step], float],
+    *,
+    worker_speed: Sequence[float] | None = None,
+    on_epoch_end: Callable[[MOPScheduler, int, int], None] | None = None,
+) -> SimulationResult:
+    """Run the scheduler against a simulated clock (event-driven, no sleeping).
+
+    ``step_cost(mst_id, step)`` gives a step's seconds on a worker of speed 1;
+    ``worker_speed[w]`` divides it (0.5 makes a straggler twice as slow).
+    ``on_epoch_end(scheduler, mst_id, epoch)`` may stop or extend MSTs, as a
+    procedure would.
+    """
+    p = scheduler.n_workers
+    speed = list(worker_speed) if worker_speed is not None else [1.0] * p
+    if len(speed) != p:
+        raise ConfigError(f"worker_speed needs {p} entries (one per worker), got {len(speed)}")
+    clock = 0.0
+    events: list[tuple[float, int, Visit, list[float]]] = []
+    busy = [0.0] * p
+    work: dict[tuple[int, int], float] = {}
+    trace = []
+    decide_seconds = 0.0
+    idle = set(range(p))
+    while True:
+        started = time.perf_counter()
+        visits = scheduler.assign(idle)
+        decide_seconds += time.perf_counter() - started
+        for visit in visits:
+            idle.discard(visit.worker)
+            seconds = [step_cost(visit.mst_id, s) / speed[visit.worker] for s in visit.steps]
+            end = clock + sum(seconds)
+            heapq.heappush(events, (end, visit.worker, visit, seconds))
+            trace.append((clock, end, visit))
+        if not events:
+            break
+        clock, worker, visit, seconds = heapq.heappop(events)
+        scheduler.complete(visit, seconds)
+        busy[worker] += sum(seconds)
+        key = (visit.mst_id, worker)
+        work[key] = work.get(key, 0.0) + sum(seconds)
+        idle.add(worker)
+        if on_epoch_end is not None:
+            for step in visit.steps:
+                if step.kind is StepKind.EVAL and step.position == p - 1:
+                    on_epoch_end(scheduler, visit.mst_id, step.epoch)
+    ids = sorted({mst for mst, _ in work})
+    matrix = np.zeros((len(ids), p))
+    for (mst, worker), seconds in work.items():
+        matrix[ids.index(mst), worker] += seconds
+    bound = makespan_lower_bound(matrix)
+    n = max(scheduler.n_decisions, 1)
+    return SimulationResult(
+        makespan=clock,
+        lower_bound=bound,
+        busy_seconds=tuple(busy),
+        n_decisions=scheduler.n_decisions,
+        seconds_per_decision=decide_seconds / n,
+        trace=tuple(trace),
+    )

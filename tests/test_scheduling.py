@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from modelhopper.errors import ConfigError
+from modelhopper.scheduling import (
+    MOPScheduler,
+    SchedulingPolicy,
+    Step,
+    StepKind,
+    epoch_plan,
+    makespan_lower_bound,
+    simulate,
+)
+
+
+def _unit_cost(mst_id: int, step: Step) -> float:
+    return 1.0 if step.kind is StepKind.TRAIN else 0.2
+
+
+def _scheduler(n_msts: int, n_workers: int, n_epochs: int, **kwargs) -> MOPScheduler:
+    scheduler = MOPScheduler(n_workers, **kwargs)
+    for mst in range(n_msts):
+        scheduler.add_mst(mst, n_epochs)
+    return scheduler
+
+
+def _check_invariants(trace, n_workers: int, n_epochs: dict[int, int]) -> None:
+    """No overlap per worker or per MST; each epoch trains and evaluates on every shard once."""
+    by_worker = defaultdict(list)
+    by_mst = defaultdict(list)
+    for start, end, visit in trace:
+        by_worker[visit.worker].append((start, end))
+        by_mst[visit.mst_id].append((start, end))
+        assert all(step.shard == visit.worker for step in visit.steps)
+        assert sum(step.kind is StepKind.TRAIN for step in visit.steps) <= 1
+    for intervals in [*by_worker.values(), *by_mst.values()]:
+        intervals.sort()
+        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+            assert start >= end - 1e-9
+    steps = defaultdict(list)
+    for _, _, visit in sorted(trace, key=lambda t: t[0]):
+        for step in visit.steps:
+            steps[visit.mst_id, step.epoch, step.kind].append(step.shard)
+    for mst, epochs in n_epochs.items():
+        for epoch in range(epochs):
+            for kind in StepKind:
+                assert sorted(steps[mst, epoch, kind]) == list(range(n_workers))
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 5])
+def test_epoch_plan_visits_every_shard_once_and_chains(n_shards):
+    start = 0
+    for epoch in range(4):
+        train, evaluation = epoch_plan(3, epoch, start, n_shards, seed=1)
+        assert sorted(train) == sorted(evaluation) == list(range(n_shards))
+        assert train[0] == start and evaluation[0] == train[-1]
+        start = evaluation[-1]
+
+
+@pytest.mark.parametrize(
+    ("n_shards", "visits_per_epoch"),
+    [(1, 1), (2, 3), (4, 7)],  # 2p - 1 visits: eval starts where training ended
+)
+def test_visits_merge_steps_on_the_same_shard(n_shards, visits_per_epoch):
+    scheduler = _scheduler(1, n_shards, 1)
+    visits = []
+    while not scheduler.finished:
+        (visit,) = scheduler.assign(range(n_shards))
+        scheduler.complete(visit)
+        visits.append(visit)
+    assert len(visits) == visits_per_epoch
+    assert [s.kind for v in visits for s in v.steps].count(StepKind.TRAIN) == n_shards
+
+
+@pytest.mark.parametrize("policy", list(SchedulingPolicy))
+@pytest.mark.parametrize(("n_msts", "n_workers", "n_epochs"), [(8, 2, 3), (5, 4, 2), (3, 3, 1)])
+def test_simulated_runs_hold_the_invariants(policy, n_msts, n_workers, n_epochs):
+    scheduler = _scheduler(n_msts, n_workers, n_epochs, policy=policy, seed=3)
+    result = simulate(scheduler, _unit_cost)
+    _check_invariants(result.trace, n_workers, dict.fromkeys(range(n_msts), n_epochs))
+    assert scheduler.finished
+    assert result.makespan >= result.lower_bound - 1e-9
+
+
+def test_msts_at_different_epochs_run_side_by_side():
+    # One MST is 10x slower: without an epoch barrier the fast ones run ahead.
+    scheduler = _scheduler(4, 2, 3, seed=0)
+    result = simulate(scheduler, lambda m, s: 10.0 if m == 0 else 1.0)
+    concurrent_epochs = set()
+    for start, end, visit in result.trace:
+        for s2, e2, other in result.trace:
+            if other.mst_id != visit.mst_id and s2 < end and start < e2:
+                concurrent_epochs.add(visit.steps[0].epoch - other.steps[0].epoch)
+    assert max(concurrent_epochs) >= 1
+
+
+def test_balanced_workload_is_near_the_lower_bound():
+    scheduler = _scheduler(8, 2, 3, seed=0)
+    result = simulate(scheduler, _unit_cost)
+    assert result.makespan <= 1.05 * result.lower_bound
+
+
+def test_longest_remaining_beats_random_on_heterogeneous_work():
+    sizes = np.random.default_rng(0).choice([1.0, 2.0, 5.0, 10.0], size=40)
+
+    def cost(m: int, s: Step) -> float:
+        return sizes[m] * (1.0 if s.kind is StepKind.TRAIN else 0.2)
+
+    makespans = {}
+    for policy in SchedulingPolicy:
+        result = simulate(_scheduler(40, 8, 2, policy=policy, seed=1), cost)
+        makespans[policy] = result.makespan / result.lower_bound
+    assert makespans[SchedulingPolicy.LONGEST_REMAINING] <= makespans[SchedulingPolicy.RANDOM]
+    assert makespans[SchedulingPolicy.LONGEST_REMAINING] < 1.15
+
+
+def test_an_mst_is_never_on_two_workers_and_a_worker_never_runs_two():
+    scheduler = _scheduler(3, 3, 1)
+    visits = scheduler.assign([0, 1, 2])
+    assert len({v.mst_id for v in visits}) == len(visits)
+    with pytest.raises(ConfigError, match="worker 0 is busy"):
+        scheduler.assign([visits[0].worker])
+    assert scheduler.assign([]) == []
+
+
+def test_stopped_mst_gets_no_more_visits_and_resume_continues():
+    scheduler = _scheduler(2, 2, 2)
+    scheduler.stop(0)
+    seen = set()
+    while not scheduler.finished:
+        for visit in scheduler.assign([0, 1]):
+            seen.add(visit.mst_id)
+            scheduler.complete(visit)
+    assert seen == {1}
+    assert scheduler.remaining_steps(0) == 8
+    scheduler.resume(0)
+    assert not scheduler.finished
+
+
+def test_extend_is_prefix_stable():
+    short = _scheduler(1, 3, 1, seed=5)
+    long = _scheduler(1, 3, 2, seed=5)
+    short.extend(0, 2)
+    assert list(short._msts[0].pending) == list(long._msts[0].pending)
+
+
+def test_requeue_puts_the_steps_back_first():
+    scheduler = _scheduler(1, 2, 1)
+    (visit,) = scheduler.assign([0, 1])
+    scheduler.requeue(visit)
+    (again,) = scheduler.assign([0, 1])
+    assert again == visit
+
+
+def test_failed_mst_is_stopped():
+    scheduler = _scheduler(2, 2, 1)
+    visits = scheduler.assign([0, 1])
+    scheduler.fail(visits[0])
+    assert scheduler.is_stopped(visits[0].mst_id)
+
+
+def test_priority_goes_first():
+    scheduler = MOPScheduler(1)
+    for mst in range(3):
+        scheduler.add_mst(mst, 1)
+    scheduler.set_priority(2, 5)
+    (visit,) = scheduler.assign([0])
+    assert visit.mst_id == 2
+
+
+def test_same_seed_same_plan_and_choices_different_seed_different():
+    def run(seed: int):
+        result = simulate(_scheduler(6, 3, 2, policy="random", seed=seed), _unit_cost)
+        return [(v.mst_id, v.worker, v.steps) for _, _, v in result.trace]
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+@pytest.mark.parametrize(
+    ("work", "bound"),
+    [
+        ([[1, 1], [1, 1]], 2.0),  # total / p
+        ([[5, 5], [1, 1]], 10.0),  # longest MST
+        ([[4, 1], [4, 1]], 8.0),  # busiest shard
+        (np.zeros((0, 2)), 0.0),
+    ],
+)
+def test_makespan_lower_bound(work, bound):
+    assert makespan_lower_bound(np.asarray(work, dtype=float)) == bound
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_n_workers_is_rejected(bad):
+    with pytest.raises(ConfigError, match=r"n_workers must be an integer >= 1, got"):
+        MOPScheduler(bad)
+
+
+def test_bad_policy_is_rejected():
+    with pytest.raises(ConfigError, match=r"policy must be one of 'random', 'longest_remaining'"):
+        MOPScheduler(2, policy="fifo")
+
+
+def test_unknown_mst_is_rejected():
+    with pytest.raises(ConfigError, match=r"MST 9 is not scheduled"):
+        MOPScheduler(2).stop(9)
