@@ -52,7 +52,7 @@ def _space() -> Space:
     [
         (
             lambda: choice([]),
-            r"choice needs at least one value, got \[\]; give a list such as choice\(\[32, 64\]\)",
+            r"choice needs at least one value, got \[\]; give a list such as choice\(\[",
         ),
         (lambda: grid(()), r"grid needs at least one value, got \(\); give a list such as grid"),
         (lambda: choice("abc"), r"choice needs a list or tuple of values, got 'abc' \(str\)"),
@@ -222,7 +222,8 @@ def test_sample_requires_a_generator():
 )
 def test_continuous_samples_stay_within_bounds(domain, low, high):
     rng = np.random.default_rng(1)
-    values = [Space({"x": domain}).sample(rng)["x"] for _ in range(2000)]
+    space = Space({"x": domain})
+    values = [space.sample(rng)["x"] for _ in range(2000)]
     assert all(low <= v <= high for v in values)
 
 
