@@ -45,6 +45,7 @@ class VisitResult:
     error: str | None = None  # set when the MST failed during this visit
     traceback: str | None = None
     state_seconds: float = 0.0  # time spent (de)serialising state on the worker
+    busy_seconds: float = 0.0  # the whole visit on the worker, state handling included
     extra: dict[str, Any] = field(default_factory=dict)
 
 

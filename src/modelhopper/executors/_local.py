@@ -39,9 +39,10 @@ def _worker_main(
     import torch
 
     from modelhopper.data._sharding import open_shard
-    from modelhopper.executors._worker import ShardWorker
+    from modelhopper.executors._worker import ShardWorker, warm_up_torch
 
     torch.set_num_threads(n_threads)
+    warm_up_torch()
     shard = open_shard(shard_path)
     runner = ShardWorker(worker, shard, n_shards, cloudpickle.loads(factory_blob))
     conn.send(("ready", shard.nbytes))

@@ -7,6 +7,7 @@ already has instead of rebuilding them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections import OrderedDict
@@ -31,7 +32,15 @@ from modelhopper.errors import MSTFailedError
 from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask
 from modelhopper.scheduling import StepKind
 
-__all__ = ["ShardWorker"]
+__all__ = ["ShardWorker", "warm_up_torch"]
+
+
+def warm_up_torch() -> None:
+    """Pay torch's one-off lazy imports (about 2 s for the first optimizer) before the run starts."""
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    (parameter * 2).sum().backward()
+    optimizer.step()
 
 
 class ShardWorker:
@@ -53,6 +62,11 @@ class ShardWorker:
         self._cache: OrderedDict[int, tuple[Estimator, torch.Tensor]] = OrderedDict()
 
     def run(self, task: VisitTask) -> VisitResult:
+        started = time.perf_counter()
+        result = self._run_isolated(task)
+        return dataclasses.replace(result, busy_seconds=time.perf_counter() - started)
+
+    def _run_isolated(self, task: VisitTask) -> VisitResult:
         try:
             return self._run(task)
         except MSTFailedError as e:
