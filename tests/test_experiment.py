@@ -1,4 +1,4 @@
-"""End-to-end runs on real data (digits), failure isolation, and errors raised before any worker starts."""
+"""End-to-end runs on digits, failure isolation, and errors raised before any worker starts."""
 
 from __future__ import annotations
 
@@ -88,8 +88,11 @@ def test_failing_msts_fail_alone(digits, tmp_path):
 
 def test_all_msts_failing_raises_with_the_reasons(digits, tmp_path):
     space = {"hidden": 32, "lr": 0.1, "broken": True}
-    with pytest.warns(UserWarning), pytest.raises(
-        mh.AllMSTsFailedError, match=r"all 1 MSTs failed .*factory exploded on purpose"
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            mh.AllMSTsFailedError, match=r"all 1 MSTs failed .*factory exploded on purpose"
+        ),
     ):
         mh.GridSearch(make_estimator, space, epochs=1).fit(digits, n_workers=2, run_dir=tmp_path)
 
@@ -103,7 +106,9 @@ def test_all_msts_failing_raises_with_the_reasons(digits, tmp_path):
             label="label",
         ),
         lambda d: mh.Dataset.from_torch(
-            torch.utils.data.TensorDataset(torch.from_numpy(d.train.x), torch.from_numpy(d.train.y)),
+            torch.utils.data.TensorDataset(
+                torch.from_numpy(d.train.x), torch.from_numpy(d.train.y)
+            ),
             torch.utils.data.TensorDataset(
                 torch.from_numpy(d.validation.x), torch.from_numpy(d.validation.y)
             ),
@@ -167,7 +172,9 @@ def test_labels_outside_the_models_classes(digits, tmp_path):
     wide = mh.Dataset.from_numpy(
         digits.train.x, digits.train.y + 3, digits.validation.x, digits.validation.y
     )
-    with pytest.raises(mh.DataError, match=r"label 1[0-2] in the 'train' split is outside \[0, 10\)"):
+    with pytest.raises(
+        mh.DataError, match=r"label 1[0-2] in the 'train' split is outside \[0, 10\)"
+    ):
         _fit(wide, tmp_path, n_workers=2)
 
 

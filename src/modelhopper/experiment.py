@@ -22,7 +22,7 @@ import torch
 
 from modelhopper.data import Dataset
 from modelhopper.data._sharding import write_shards
-from modelhopper.errors import AllMSTsFailedError, ConfigError, DataError
+from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.estimator import PassResult, build_estimator, metric_names
 from modelhopper.executors import BaseExecutor, LocalExecutor, VisitResult, VisitTask
 from modelhopper.procedures._base import MST, BaseProcedure, Decision
@@ -157,8 +157,7 @@ class _Loop:
         )
         self.msts = {m.id: m for m in experiment.msts}
         self.results = {
-            m.id: MSTResult(m.id, m.params, m.seed, MSTStatus.PENDING, _factory=m and None)
-            for m in experiment.msts
+            m.id: MSTResult(m.id, m.params, m.seed, MSTStatus.PENDING) for m in experiment.msts
         }
         for mst in experiment.msts:
             self.scheduler.add_mst(mst.id, self.procedure.epochs)
@@ -208,7 +207,7 @@ class _Loop:
     def _handle(self, result: VisitResult) -> None:
         visit = self.in_flight.pop(result.worker)
         self.last_mst_on[result.worker] = result.mst_id
-        if result.error is not None:
+        if result.error is not None or result.state is None:
             self._fail(visit, result)
             return
         seconds = [o.result.seconds for o in result.outcomes]

@@ -384,10 +384,10 @@ def simulate(
             for step in visit.steps:
                 if step.kind is StepKind.EVAL and step.position == p - 1:
                     on_epoch_end(scheduler, visit.mst_id, step.epoch)
-    ids = sorted({mst for mst, _ in work})
-    matrix = np.zeros((len(ids), p))
-    for (mst, worker), seconds in work.items():
-        matrix[ids.index(mst), worker] += seconds
+    rows = {mst: i for i, mst in enumerate(sorted({mst for mst, _ in work}))}
+    matrix = np.zeros((len(rows), p))
+    for (mst, worker), total in work.items():
+        matrix[rows[mst], worker] += total
     bound = makespan_lower_bound(matrix)
     n = max(scheduler.n_decisions, 1)
     return SimulationResult(

@@ -187,7 +187,7 @@ class Dataset:
                 f"{given} was given but {missing} is None; pass both for a test split or "
                 f"neither for none"
             )
-        test = None if x_test is None else Split(x_test, y_test, name="test")
+        test = None if x_test is None or y_test is None else Split(x_test, y_test, name="test")
         return cls(
             Split(x_train, y_train, name="train"),
             Split(x_val, y_val, name="validation"),

@@ -61,7 +61,7 @@ class LocalExecutor(BaseExecutor):
         if threads_per_worker is not None and threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
         self.threads_per_worker = threads_per_worker
-        self._context = mp.get_context(start_method)
+        self._context: Any = mp.get_context(start_method)
         self._processes: list[Any] = []
         self._conns: list[Connection] = []
         self._busy: dict[int, int] = {}  # worker -> mst_id

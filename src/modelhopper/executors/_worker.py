@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from modelhopper.data._sharding import ShardData
+from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
     Estimator,
     build_estimator,
@@ -28,7 +29,6 @@ from modelhopper.estimator import (
     state_to_bytes,
     train_pass,
 )
-from modelhopper.errors import MSTFailedError
 from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask
 from modelhopper.scheduling import StepKind
 
@@ -36,7 +36,7 @@ __all__ = ["ShardWorker", "warm_up_torch"]
 
 
 def warm_up_torch() -> None:
-    """Pay torch's one-off lazy imports (about 2 s for the first optimizer) before the run starts."""
+    """Pay torch's one-off lazy imports (~2 s at the first optimizer) before the run starts."""
     parameter = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([parameter], lr=0.1)
     (parameter * 2).sum().backward()
