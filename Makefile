@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv demo test test-fast bench lint data clean
+.PHONY: venv demo test test-fast bench lint data postgres clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist (tests and benchmarks).
@@ -22,10 +22,16 @@ data:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; }
 
+# PostgreSQL server binaries for the store tests, which start and stop a throwaway server.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else echo "PostgreSQL missing: sudo apt-get install postgresql (its store tests are skipped)"; fi; }
+
 demo: venv
 	$(VENV)/bin/modelhopper demo
 
-test: venv data
+test: venv data postgres
 	$(PY) -m pytest -q
 
 test-fast: venv

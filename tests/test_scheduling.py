@@ -208,3 +208,18 @@ def test_bad_policy_is_rejected():
 def test_unknown_mst_is_rejected():
     with pytest.raises(ConfigError, match=r"MST 9 is not scheduled"):
         MOPScheduler(2).stop(9)
+
+
+def test_mark_done_skips_the_steps_a_resumed_run_already_ran():
+    full = _scheduler(2, 2, 2, seed=4)
+    done = []
+    for _ in range(3):
+        for visit in full.assign([0, 1]):
+            full.complete(visit)
+            done.append(visit)
+    resumed = _scheduler(2, 2, 2, seed=4)
+    for mst in (0, 1):
+        resumed.mark_done(mst, sum(len(v.steps) for v in done if v.mst_id == mst))
+        assert list(resumed._msts[mst].pending) == list(full._msts[mst].pending)
+    with pytest.raises(ConfigError, match="cannot mark 99 done"):
+        resumed.mark_done(0, 99)

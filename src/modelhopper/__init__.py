@@ -12,9 +12,11 @@ from modelhopper.errors import (
     ModelHopperError,
     MSTFailedError,
     SpaceError,
+    StoreError,
 )
 from modelhopper.estimator import Estimator
 from modelhopper.executors import BaseExecutor, LocalExecutor
+from modelhopper.experiment import load_model, load_result, resume
 from modelhopper.procedures import MST, BaseProcedure, Decision, Direction, GridSearch, RandomSearch
 from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
 from modelhopper.scheduling import MOPScheduler, SchedulingPolicy
@@ -42,6 +44,10 @@ __all__ = [
     "Estimator",
     "EstimatorError",
     "ExecutorError",
+    "StoreError",
+    "load_model",
+    "load_result",
+    "resume",
     "GridSearch",
     "LocalExecutor",
     "MOPScheduler",

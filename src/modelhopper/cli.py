@@ -24,6 +24,11 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 Workers = Annotated[int, typer.Option("--workers", "-w", help="worker processes, one shard each")]
 RunDir = Annotated[Path | None, typer.Option(help="where shards and checkpoints go")]
+Store = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL of the store [default: sqlite file in ./modelhopper-runs]"),
+]
+RunName = Annotated[str | None, typer.Option(help="name of the run in the store")]
 
 
 def demo_space() -> dict[str, Any]:
@@ -63,6 +68,8 @@ def demo(
     epochs: Annotated[int, typer.Option(help="epochs per MST")] = 5,
     seed: Annotated[int, typer.Option(help="seed of the whole run")] = 0,
     run_dir: RunDir = None,
+    run_name: RunName = None,
+    store: Store = None,
 ) -> None:
     """Random search over MLPs on the digits dataset (real data, a minute or less)."""
     import modelhopper as mh
@@ -80,7 +87,12 @@ def demo(
         f"[bold]modelhopper demo[/]: {n_msts} MSTs x {epochs} epochs on digits, "
         f"{workers} workers (MOP)"
     )
-    _fit_and_report(search, mh.datasets.digits(seed=seed), workers, run_dir)
+    data = mh.datasets.digits(seed=seed)
+    _report(
+        lambda: search.fit(
+            data, n_workers=workers, run_dir=run_dir, run_name=run_name, store=store, progress=True
+        )
+    )
 
 
 @app.command()
@@ -88,15 +100,94 @@ def run(
     spec: Annotated[Path, typer.Argument(help="a Python file defining `data` and `search`")],
     workers: Workers = 2,
     run_dir: RunDir = None,
+    run_name: RunName = None,
+    store: Store = None,
 ) -> None:
     """Run the model selection that SPEC.py defines."""
+
+    def fit() -> Any:
+        search, data = spec_objects(load_spec(spec), spec)
+        return search.fit(
+            data, n_workers=workers, run_dir=run_dir, run_name=run_name, store=store, progress=True
+        )
+
+    _report(fit)
+
+
+@app.command()
+def resume(
+    run_name: Annotated[str, typer.Argument(help="the run to continue")],
+    store: Store = None,
+) -> None:
+    """Continue a run whose driver stopped (crash, kill) from its store and checkpoints."""
+    import modelhopper as mh
+
+    _report(lambda: mh.resume(run_name, store=store, progress=True))
+
+
+@app.command("ls")
+def list_runs(store: Store = None) -> None:
+    """List the runs in the store, newest first."""
+    from modelhopper.store import open_store
+
+    db = _or_exit(lambda: open_store(store))
+    table = Table(title="runs")
+    for column in ("name", "status", "procedure", "MSTs", "workers", "created"):
+        table.add_column(column, no_wrap=True)
+    for record in db.list_experiments():
+        created = record.created_at.strftime("%Y-%m-%d %H:%M:%S") if record.created_at else ""
+        n_msts = db.row_counts(record.name)["msts"]
+        table.add_row(
+            record.name,
+            record.status.value,
+            record.procedure,
+            str(n_msts),
+            str(record.n_workers),
+            created,
+        )
+    console.print(table)
+
+
+@app.command()
+def show(run_name: Annotated[str, typer.Argument(help="the run to show")], store: Store = None):
+    """A run's provenance, settings and MST table."""
+    import modelhopper as mh
+
+    result = _or_exit(lambda: mh.load_result(run_name, store=store))
+    console.print(f"[bold]{result.name}[/] ({result.status}) in {result.run_dir}")
+    console.print_json(data={"provenance": result.provenance})
+    console.print(results_table(result))
+    if result.stats is not None:
+        console.print(_stats_line(result))
+
+
+@app.command()
+def export(
+    run_name: Annotated[str, typer.Argument(help="the run to export")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or json")] = "csv",
+    out: Annotated[Path, typer.Option(help="folder for the files")] = Path("."),
+    mlflow: Annotated[str | None, typer.Option(help="also log to this MLflow tracking URI")] = None,
+    store: Store = None,
+) -> None:
+    """Write a run's MSTs and per-epoch history as CSV, Parquet or JSON (and/or to MLflow)."""
+    import modelhopper as mh
+    from modelhopper.export import export_files, export_mlflow
+
+    result = _or_exit(lambda: mh.load_result(run_name, store=store))
+    paths = _or_exit(lambda: export_files(result, out, fmt))
+    for path in paths:
+        console.print(f"wrote {path}")
+    if mlflow is not None:
+        n = _or_exit(lambda: export_mlflow(result, mlflow))
+        console.print(f"logged {n} MLflow runs to {mlflow}")
+
+
+def _or_exit(action: Any) -> Any:
     try:
-        module = load_spec(spec)
-        search, data = spec_objects(module, spec)
+        return action()
     except ModelHopperError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    _fit_and_report(search, data, workers, run_dir)
 
 
 def load_spec(path: Path) -> ModuleType:
@@ -137,20 +228,24 @@ def spec_objects(module: ModuleType, path: Path) -> tuple[Any, Any]:
     return search, data
 
 
-def _fit_and_report(search: Any, data: Any, workers: int, run_dir: Path | None) -> None:
-    try:
-        result = search.fit(data, n_workers=workers, run_dir=run_dir, progress=True)
-    except ModelHopperError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+def _report(fit: Any) -> None:
+    """Run a fit (or resume), then print the MST table and the run's figures."""
+    result = _or_exit(fit)
     console.print(results_table(result))
-    s = result.stats
     console.print(
         f"best MST {result.best.id}: {result.best.params} -> {result.metric} = "
-        f"{result.best.metrics[result.metric]:.4f}\n"
-        f"wall {s.wall_seconds:.1f} s, compute {s.compute_seconds:.1f} s on {s.n_workers} workers, "
-        f"efficiency {s.efficiency:.2f}; {s.n_hops} hops moved {s.hop_bytes / 1e6:.1f} MB; "
-        f"shards hold {s.data_copies:.2f} copies of the data; run dir {result.run_dir}"
+        f"{result.best.metrics[result.metric]:.4f}"
+    )
+    console.print(_stats_line(result))
+
+
+def _stats_line(result: Any) -> str:
+    s = result.stats
+    return (
+        f"run {result.name}: wall {s.wall_seconds:.1f} s, compute {s.compute_seconds:.1f} s on "
+        f"{s.n_workers} workers, efficiency {s.efficiency:.2f}; {s.n_hops} hops moved "
+        f"{s.hop_bytes / 1e6:.1f} MB; shards hold {s.data_copies:.2f} copies of the data; "
+        f"run dir {result.run_dir}"
     )
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "ConfigError",
     "EstimatorError",
     "ExecutorError",
+    "StoreError",
     "MSTFailedError",
     "AllMSTsFailedError",
 ]
@@ -36,6 +37,10 @@ class EstimatorError(ModelHopperError, ValueError):
 
 class ExecutorError(ModelHopperError, RuntimeError):
     """A worker or executor failed in a way that stops the run."""
+
+
+class StoreError(ModelHopperError, RuntimeError):
+    """The store (database or checkpoint files) cannot be read or written."""
 
 
 class MSTFailedError(ModelHopperError, RuntimeError):

@@ -1,17 +1,18 @@
-"""The driver loop: ask the procedure for MSTs, the scheduler for visits, the executor to run them.
+"""Runs: start one (``run_search``), continue one after a crash (``resume``), read one back.
 
-The driver never touches shard data after writing the shards: it holds
-metadata, metrics and the latest state bytes of each MST.
+A run lives in two places: its metadata in the store (SQLite file under
+``./modelhopper-runs/`` by default, or any SQLAlchemy URL) and its files in the
+run directory (shards, checkpoints, the pickled procedure).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import time
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,324 +20,308 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import torch
+from torch import nn
 
+from modelhopper._driver import Driver
 from modelhopper.data import Dataset
-from modelhopper.data._sharding import write_shards
-from modelhopper.errors import AllMSTsFailedError, ConfigError
-from modelhopper.estimator import PassResult, build_estimator, metric_names
-from modelhopper.executors import BaseExecutor, LocalExecutor, VisitResult, VisitTask
-from modelhopper.procedures._base import MST, BaseProcedure, Decision
+from modelhopper.data._sharding import ShardInfo, write_shards
+from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
+from modelhopper.estimator import build_estimator, metric_names
+from modelhopper.executors import BaseExecutor, LocalExecutor
+from modelhopper.procedures._base import MST, BaseProcedure
+from modelhopper.provenance import collect_provenance
 from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
-from modelhopper.scheduling import MOPScheduler, StepKind, Visit, makespan_lower_bound
+from modelhopper.store import (
+    BaseStore,
+    EventKind,
+    ExperimentRecord,
+    MSTRecord,
+    RunStatus,
+    open_store,
+)
+from modelhopper.store._checkpoints import CheckpointManager, Retention
 
-__all__ = ["Experiment"]
+__all__ = ["run_search", "resume", "load_result", "load_model", "DEFAULT_ROOT"]
 
-
-@dataclass
-class _Epoch:
-    """Per-shard results of one MST's epoch until every validation shard has reported."""
-
-    train: dict[int, PassResult] = field(default_factory=dict)
-    evaluation: dict[int, PassResult] = field(default_factory=dict)
-    train_order: dict[int, int] = field(default_factory=dict)  # position -> shard
-    eval_order: dict[int, int] = field(default_factory=dict)
-
-
-def _aggregate(prefix: str, parts: Mapping[int, PassResult]) -> dict[str, float]:
-    """Example-weighted means over shards, summed in shard order so results are exact."""
-    ordered = [parts[s] for s in sorted(parts)]
-    n = sum(p.n for p in ordered)
-    metrics = {f"{prefix}_loss": sum(p.loss_sum for p in ordered) / n}
-    for name in ordered[0].metric_sums:
-        metrics[f"{prefix}_{name}"] = sum(p.metric_sums[name] for p in ordered) / n
-    return metrics
+DEFAULT_ROOT = Path("modelhopper-runs")
+_PROCEDURE_FILE = "procedure.pkl"
 
 
-def _default_run_dir(run_name: str | None) -> Path:
-    name = run_name or datetime.now().strftime("run-%Y%m%d-%H%M%S-") + str(os.getpid())
-    return Path("modelhopper-runs") / name
-
-
-class Experiment:
-    """One run of a procedure on MOP; ``run()`` returns the ``Result``."""
-
-    def __init__(
-        self,
-        procedure: BaseProcedure,
-        data: Dataset,
-        *,
-        n_workers: int,
-        executor: BaseExecutor | None = None,
-        run_name: str | None = None,
-        run_dir: str | os.PathLike | None = None,
-        progress: bool = False,
-        keep_shards: bool = False,
-    ) -> None:
-        if not isinstance(data, Dataset):
+# -- checks before any worker starts -------------------------------------------
+def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
+    if not isinstance(data, Dataset):
+        raise ConfigError(
+            f"data must be a modelhopper.Dataset, got {type(data).__name__}; build one with "
+            "Dataset.from_numpy / from_pandas / from_parquet / from_torch"
+        )
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}; e.g. n_workers=2")
+    for split, name in ((data.train, "training"), (data.validation, "validation")):
+        if len(split) < n_workers:
             raise ConfigError(
-                f"data must be a modelhopper.Dataset, got {type(data).__name__}; build one with "
-                "Dataset.from_numpy / from_pandas / from_parquet / from_torch"
+                f"n_workers={n_workers} is more than the {len(split)} {name} examples; "
+                f"every worker's shard needs at least one: use n_workers <= {len(split)}"
             )
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ConfigError(
-                f"n_workers must be an integer >= 1, got {n_workers!r}; e.g. n_workers=2"
-            )
-        if len(data.train) < n_workers:
-            raise ConfigError(
-                f"n_workers={n_workers} is more than the {len(data.train)} training examples; "
-                f"every worker's shard needs at least one: use n_workers <= {len(data.train)}"
-            )
-        if executor is not None and not isinstance(executor, BaseExecutor):
-            raise ConfigError(f"executor must be a BaseExecutor, got {type(executor).__name__}")
-        self.procedure = procedure
-        self.data = data
-        self.n_workers = n_workers
-        self.executor = executor or LocalExecutor()
-        self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(run_name)
-        self.progress = progress
-        self.keep_shards = keep_shards
-        self.msts = self._initial_msts()
-        self._check_before_start()
+    if executor is not None and not isinstance(executor, BaseExecutor):
+        raise ConfigError(f"executor must be a BaseExecutor, got {type(executor).__name__}")
 
-    # -- checks before any worker starts -------------------------------
-    def _initial_msts(self) -> list[MST]:
-        proposals = self.procedure.propose()
-        if not proposals:
-            raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
-        return [self.procedure.make_mst(i, params) for i, params in enumerate(proposals)]
 
-    def _check_before_start(self) -> None:
-        """Probe the first MST's estimator: metric names and label range."""
-        first = self.msts[0]
+def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
+    """Build the first MST's estimator to check the metric name and the label range."""
+    try:
+        estimator = build_estimator(procedure.make_estimator, first.params, first.seed)
+    except Exception:  # a factory that fails fails its MSTs alone, on the workers
+        return
+    names = metric_names(estimator.metrics)
+    if procedure.metric not in names:
+        raise ConfigError(
+            f"unknown metric {procedure.metric!r}; this run reports {names} "
+            "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
+        )
+    labels = data.train.y
+    if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
         try:
-            estimator = build_estimator(self.procedure.make_estimator, first.params, first.seed)
-        except Exception:  # a factory that fails fails its MSTs alone, on the workers
-            return
-        names = metric_names(estimator.metrics)
-        if self.procedure.metric not in names:
-            raise ConfigError(
-                f"unknown metric {self.procedure.metric!r}; this run reports {names} "
-                "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
-            )
-        labels = self.data.train.y
-        if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
             with torch.no_grad():
-                output = estimator.model.eval()(torch.from_numpy(self.data.train.x[:2]))
-            if output.ndim == 2 and output.shape[1] > 1:
-                self.data.check_labels(int(output.shape[1]))
+                output = estimator.model.eval()(torch.from_numpy(data.train.x[:2]))
+        except Exception:  # a model that cannot run fails on the workers, with its traceback
+            return
+        if output.ndim == 2 and output.shape[1] > 1:
+            data.check_labels(int(output.shape[1]))
 
-    # -- the run -------------------------------------------------------
-    def run(self) -> Result:
-        started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "factory.pkl").write_bytes(cloudpickle.dumps(self.procedure.make_estimator))
-        shards = write_shards(
-            self.data, self.n_workers, self.run_dir / "shards", self.procedure.seed
+
+def _new_name(procedure: BaseProcedure) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{type(procedure).__name__.lower()}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+# -- starting, continuing and finishing runs ------------------------------------
+def run_search(
+    procedure: BaseProcedure,
+    data: Dataset,
+    *,
+    n_workers: int = 2,
+    executor: BaseExecutor | None = None,
+    run_name: str | None = None,
+    store: str | BaseStore | None = None,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    keep_shards: bool = False,
+    checkpoints: Retention | str = Retention.LATEST_AND_BEST,
+) -> Result:
+    """Record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
+    _check_arguments(data, n_workers, executor)
+    retention = CheckpointManager(".", checkpoints).retention  # validates the value
+    proposals = procedure.propose()
+    if not proposals:
+        raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
+    msts = [procedure.make_mst(i, params) for i, params in enumerate(proposals)]
+    _probe(procedure, msts[0], data)
+    db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
+    name = run_name or _new_name(procedure)
+    _check_new_name(db, name)
+    directory = Path(run_dir if run_dir is not None else DEFAULT_ROOT / name).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
+    shards = write_shards(data, n_workers, directory / "shards", procedure.seed)
+    executor = executor or LocalExecutor()
+    provenance = collect_provenance(
+        seed=procedure.seed, n_workers=n_workers, shard_paths=[s.path for s in shards],
+        executor=type(executor).__name__,
+    )  # fmt: skip
+    settings = {**procedure.settings(), "keep_shards": keep_shards, "checkpoints": retention.value}
+    db.create_experiment(
+        ExperimentRecord(
+            name=name, status=RunStatus.RUNNING, procedure=type(procedure).__name__,
+            spec=settings, space=procedure.space.to_dict(), seed=procedure.seed,
+            n_workers=n_workers, run_dir=str(directory), provenance=provenance,
         )
+    )  # fmt: skip
+    db.add_msts(name, [_mst_record(m, procedure.epochs) for m in msts])
+    db.add_event(name, EventKind.STARTED, detail={"n_msts": len(msts)})
+    driver = _driver(name, procedure, executor, db, directory, n_workers, retention, progress)
+    driver.add_new(msts)
+    return _execute(driver, shards, directory, keep_shards)
+
+
+def _check_new_name(store: BaseStore, name: str) -> None:
+    try:
+        store.get_experiment(name)
+    except StoreError:
+        return
+    raise ConfigError(
+        f"a run named {name!r} already exists in the store; pick another run_name, "
+        f"or continue it with `modelhopper resume {name}` / mh.resume({name!r})"
+    )
+
+
+def _mst_record(mst: MST, n_epochs: int) -> MSTRecord:
+    return MSTRecord(
+        mst_id=mst.id, params=mst.params, seed=mst.seed, status=MSTStatus.PENDING.value,
+        parent=mst.parent, n_epochs=n_epochs,
+    )  # fmt: skip
+
+
+def _driver(
+    name: str,
+    procedure: BaseProcedure,
+    executor: BaseExecutor,
+    store: BaseStore,
+    directory: Path,
+    n_workers: int,
+    retention: Retention | str,
+    progress: bool,
+) -> Driver:
+    return Driver(
+        name=name, procedure=procedure, executor=executor, store=store,
+        checkpoints=CheckpointManager(directory / "checkpoints", retention),
+        n_workers=n_workers, progress=progress,
+    )  # fmt: skip
+
+
+def _execute(driver: Driver, shards: list[ShardInfo], directory: Path, keep_shards: bool) -> Result:
+    """Start the workers, run the loop, record how the run ended."""
+    started = time.perf_counter()
+    store, name = driver.store, driver.name
+    try:
+        with driver.executor:
+            driver.executor.start(shards, driver.procedure.make_estimator)
+            stats = driver.run()
+    except (AllMSTsFailedError, ExecutorError) as e:
+        store.set_experiment_status(name, RunStatus.FAILED)
+        store.add_event(name, EventKind.FAILED, detail={"error": str(e)})
+        raise
+    stats = dataclasses.replace(
+        stats,
+        total_seconds=time.perf_counter() - started,
+        dataset_bytes=sum(s.nbytes for s in shards),
+    )
+    store.set_experiment_status(name, RunStatus.COMPLETED)
+    store.add_event(name, EventKind.COMPLETED, detail=dataclasses.asdict(stats))
+    if not keep_shards:
+        shutil.rmtree(directory / "shards", ignore_errors=True)
+    return load_result(name, store=store, stats=stats)
+
+
+def resume(
+    run_name: str,
+    *,
+    store: str | BaseStore | None = None,
+    executor: BaseExecutor | None = None,
+    progress: bool = False,
+) -> Result:
+    """Continue a run whose driver stopped (crash, kill, Ctrl-C) from its store and checkpoints.
+
+    Finishes with the same per-MST results as an uninterrupted run with the same seed.
+    """
+    db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
+    record = db.get_experiment(run_name)
+    if record.status is RunStatus.COMPLETED:
+        return load_result(run_name, store=db)
+    directory = Path(record.run_dir)
+    procedure = _load_procedure(directory)
+    shards = _load_shards(directory, record.n_workers)
+    db.set_experiment_status(run_name, RunStatus.RUNNING)
+    db.add_event(run_name, EventKind.RESUMED)
+    driver = _driver(
+        run_name, procedure, executor or LocalExecutor(), db, directory, record.n_workers,
+        record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
+    )  # fmt: skip
+    driver.restore(db.list_msts(run_name))
+    return _execute(driver, shards, directory, bool(record.spec.get("keep_shards")))
+
+
+def _load_procedure(directory: Path) -> BaseProcedure:
+    path = directory / _PROCEDURE_FILE
+    try:
+        return cloudpickle.loads(path.read_bytes())
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e}; was the run directory moved?") from e
+    except Exception as e:  # unpickling needs the user's modules importable
+        raise StoreError(
+            f"cannot load the run's procedure from {path} ({type(e).__name__}: {e}); "
+            "make the module that defines make_estimator importable (PYTHONPATH) and retry"
+        ) from e
+
+
+def _load_shards(directory: Path, n_workers: int) -> list[ShardInfo]:
+    infos = []
+    for index in range(n_workers):
+        path = directory / "shards" / f"shard-{index}" / "shard.json"
         try:
-            with self.executor:
-                self.executor.start(shards, self.procedure.make_estimator)
-                loop = _Loop(self)
-                loop.run()
-        finally:
-            if not self.keep_shards:
-                shutil.rmtree(self.run_dir / "shards", ignore_errors=True)
-        return loop.result(time.perf_counter() - started)
+            infos.append(ShardInfo(**json.loads(path.read_text())))
+        except OSError as e:
+            raise StoreError(
+                f"shard {index} of this run is missing ({path}); a run can be resumed only "
+                "while its shards exist: they are removed when it completes"
+            ) from e
+    return infos
 
 
-class _Loop:
-    """State of the driver loop for one run."""
-
-    def __init__(self, experiment: Experiment) -> None:
-        self.x = experiment
-        self.procedure = experiment.procedure
-        self.executor = experiment.executor
-        self.n_workers = experiment.n_workers
-        self.scheduler = MOPScheduler(
-            self.n_workers, policy=self.procedure.policy, seed=self.procedure.seed
-        )
-        self.msts = {m.id: m for m in experiment.msts}
-        self.results = {
-            m.id: MSTResult(m.id, m.params, m.seed, MSTStatus.PENDING) for m in experiment.msts
-        }
-        for mst in experiment.msts:
-            self.scheduler.add_mst(mst.id, self.procedure.epochs)
-        self.states: dict[int, bytes] = {}
-        self.last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
-        self.in_flight: dict[int, Visit] = {}
-        self.epochs: dict[tuple[int, int], _Epoch] = {}
-        self.work = np.zeros((len(self.msts), self.n_workers))
-        self.compute_seconds = 0.0
-        self.n_visits = self.n_hops = self.hop_bytes = 0
-        self.wall = 0.0
-        self.checkpoints = experiment.run_dir / "checkpoints"
-        self.checkpoints.mkdir(exist_ok=True)
-
-    def run(self) -> None:
-        started = time.perf_counter()
-        with _progress(self.x.progress, self._total_steps()) as bar:
-            self.bar = bar
-            while True:
-                self._dispatch()
-                if not self.in_flight:
-                    break
-                for result in self.executor.wait():
-                    self._handle(result)
-        self.wall = time.perf_counter() - started
-        self._raise_if_all_failed()
-
-    def _total_steps(self) -> int:
-        return sum(self.scheduler.remaining_steps(i) for i in self.msts)
-
-    def _dispatch(self) -> None:
-        idle = [w for w in range(self.n_workers) if w not in self.in_flight]
-        for visit in self.scheduler.assign(idle):
-            mst = self.msts[visit.mst_id]
-            fresh = mst.id not in self.states
-            state = None
-            if not fresh and self.last_mst_on.get(visit.worker) != mst.id:
-                state = self.states[mst.id]
-                self.n_hops += 1
-                self.hop_bytes += len(state)
-            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh)
-            self.executor.submit(visit.worker, task)
-            self.in_flight[visit.worker] = visit
-            self.results[mst.id].status = MSTStatus.RUNNING
-            self.n_visits += 1
-
-    def _handle(self, result: VisitResult) -> None:
-        visit = self.in_flight.pop(result.worker)
-        self.last_mst_on[result.worker] = result.mst_id
-        if result.error is not None or result.state is None:
-            self._fail(visit, result)
-            return
-        seconds = [o.result.seconds for o in result.outcomes]
-        self.scheduler.complete(visit, seconds)
-        self.compute_seconds += sum(seconds)
-        self.work[visit.mst_id, visit.worker] += sum(seconds)
-        self.states[visit.mst_id] = result.state
-        self._save_checkpoint(visit.mst_id, result.state)
-        for outcome in result.outcomes:
-            self._record_step(visit.mst_id, outcome.step, outcome.result)
-        self.bar.advance(len(result.outcomes), self._total_steps())
-        if self.scheduler.remaining_steps(visit.mst_id) == 0 and not self.scheduler.is_stopped(
-            visit.mst_id
-        ):
-            self.results[visit.mst_id].status = MSTStatus.COMPLETED
-
-    def _save_checkpoint(self, mst_id: int, state: bytes) -> None:
-        path = self.checkpoints / f"mst-{mst_id:05d}.pt"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(state)
-        tmp.replace(path)  # atomic: a reader sees the old or the new state, never half
-        self.results[mst_id].checkpoint = path
-
-    def _record_step(self, mst_id: int, step, result: PassResult) -> None:
-        epoch = self.epochs.setdefault((mst_id, step.epoch), _Epoch())
-        if step.kind is StepKind.TRAIN:
-            epoch.train[step.shard] = result
-            epoch.train_order[step.position] = step.shard
-            return
-        epoch.evaluation[step.shard] = result
-        epoch.eval_order[step.position] = step.shard
-        if len(epoch.evaluation) == self.n_workers:
-            self._end_epoch(mst_id, step.epoch, self.epochs.pop((mst_id, step.epoch)))
-
-    def _end_epoch(self, mst_id: int, number: int, epoch: _Epoch) -> None:
-        row: dict[str, Any] = {"mst_id": mst_id, "epoch": number}
-        row.update(_aggregate("train", epoch.train))
-        row.update(_aggregate("val", epoch.evaluation))
-        row["train_order"] = [epoch.train_order[i] for i in sorted(epoch.train_order)]
-        row["eval_order"] = [epoch.eval_order[i] for i in sorted(epoch.eval_order)]
-        row["train_seconds"] = sum(p.seconds for p in epoch.train.values())
-        row["eval_seconds"] = sum(p.seconds for p in epoch.evaluation.values())
-        self.results[mst_id].history.append(row)
-        decision = self.procedure.on_epoch_end(self.msts[mst_id], number, row)
-        if decision is Decision.STOP and self.scheduler.remaining_steps(mst_id):
-            self.scheduler.stop(mst_id)
-            self.results[mst_id].status = MSTStatus.STOPPED
-
-    def _fail(self, visit: Visit, result: VisitResult) -> None:
-        self.scheduler.fail(visit)
-        record = self.results[visit.mst_id]
-        record.status = MSTStatus.FAILED
-        record.error = result.error
-        record.traceback = result.traceback
-        self.bar.advance(0, self._total_steps())
-        warnings.warn(
-            f"MST {visit.mst_id} {record.params} failed: {result.error}; the others go on",
-            stacklevel=2,
-        )
-
-    def _raise_if_all_failed(self) -> None:
-        failed = [r for r in self.results.values() if r.status is MSTStatus.FAILED]
-        if failed and len(failed) == len(self.results):
-            reasons = sorted({r.error or "unknown" for r in failed})
-            summary = "; ".join(reasons[:5])
-            raise AllMSTsFailedError(
-                f"all {len(failed)} MSTs failed ({len(reasons)} distinct reasons): {summary}"
-            )
-
-    def result(self, total_seconds: float) -> Result:
-        factory = self.procedure.make_estimator
-        for record in self.results.values():
-            record._factory = factory
-        stats = RunStats(
-            n_workers=self.n_workers,
-            wall_seconds=self.wall,
-            total_seconds=total_seconds,
-            compute_seconds=self.compute_seconds,
-            n_visits=self.n_visits,
-            n_hops=self.n_hops,
-            hop_bytes=self.hop_bytes,
-            resident_shard_bytes=tuple(self.executor.resident_shard_bytes),
-            dataset_bytes=self.x.data.train.nbytes + self.x.data.validation.nbytes,
-            lower_bound_seconds=makespan_lower_bound(self.work),
-        )
-        return Result(
-            msts=[self.results[i] for i in sorted(self.results)],
-            metric=self.procedure.metric,
-            direction=self.procedure.direction.value,
-            run_dir=self.x.run_dir,
-            stats=stats,
-        )
+# -- reading runs back ----------------------------------------------------------
+def load_result(
+    run_name: str, *, store: str | BaseStore | None = None, stats: RunStats | None = None
+) -> Result:
+    """The ``Result`` of a finished or running run, read from the store."""
+    db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
+    record = db.get_experiment(run_name)
+    history: dict[int, list[dict[str, Any]]] = {}
+    for epoch in db.list_epochs(run_name):
+        row: dict[str, Any] = {"mst_id": epoch.mst_id, "epoch": epoch.epoch, **epoch.metrics}
+        row.update(
+            train_order=epoch.train_order, eval_order=epoch.eval_order,
+            train_seconds=epoch.train_seconds, eval_seconds=epoch.eval_seconds,
+        )  # fmt: skip
+        history.setdefault(epoch.mst_id, []).append(row)
+    factory = _factory_loader(Path(record.run_dir))
+    msts = [
+        MSTResult(
+            id=m.mst_id,
+            params=m.params,
+            seed=m.seed,
+            status=MSTStatus(m.status),
+            history=history.get(m.mst_id, []),
+            error=m.error,
+            traceback=m.traceback,
+            checkpoint=Path(m.checkpoint) if m.checkpoint else None,
+            best_checkpoint=Path(m.best_checkpoint) if m.best_checkpoint else None,
+            _factory=factory,
+        )  # fmt: skip
+        for m in db.list_msts(run_name)
+    ]
+    return Result(
+        msts=msts, metric=record.spec["metric"], direction=record.spec["direction"],
+        run_dir=Path(record.run_dir), stats=stats or _stored_stats(db, run_name),
+        name=run_name, provenance=record.provenance, status=record.status.value,
+    )  # fmt: skip
 
 
-class _progress:
-    """A rich progress bar of steps done / total with ETA, or nothing."""
+def _stored_stats(store: BaseStore, name: str) -> RunStats | None:
+    completed = [e for e in store.list_events(name) if e.kind is EventKind.COMPLETED]
+    if not completed:
+        return None
+    detail = dict(completed[-1].detail)
+    detail["resident_shard_bytes"] = tuple(detail["resident_shard_bytes"])
+    return RunStats(**detail)
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
 
-    def __enter__(self) -> _progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+class _factory_loader:
+    """Loads the run's estimator factory on first use (it may need the user's modules)."""
 
-            self._bar = Progress(
-                TextColumn("[bold]sub-epochs"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("train", total=self.total)
-        return self
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
 
-    def advance(self, n: int, remaining: int) -> None:
-        if self.enabled:
-            done = self._bar.tasks[0].completed + n
-            self._bar.update(self._task, completed=done, total=done + remaining)
+    def __call__(self, params: dict[str, Any]) -> Any:
+        return _load_procedure(self.directory).make_estimator(params)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.stop()
+
+def load_model(
+    run_name: str, mst_id: int, *, store: str | BaseStore | None = None, best: bool = False
+) -> nn.Module:
+    """The trained model of one MST of a run (its latest state, or its best epoch's)."""
+    result = load_result(run_name, store=store)
+    for mst in result.msts:
+        if mst.id == mst_id:
+            return mst.load_model(best=best)
+    raise ConfigError(
+        f"run {run_name!r} has no MST {mst_id}; its MSTs are {[m.id for m in result.msts]}"
+    )

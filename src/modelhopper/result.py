@@ -34,7 +34,8 @@ class MSTResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     error: str | None = None
     traceback: str | None = None
-    checkpoint: Path | None = None
+    checkpoint: Path | None = None  # state after its last recorded visit
+    best_checkpoint: Path | None = None  # state evaluated at its best epoch
     _factory: Callable[..., Any] | None = field(default=None, repr=False)
 
     @property
@@ -53,17 +54,20 @@ class MSTResult:
         pick = max if maximize else min
         return _metrics_of(pick(self.history, key=lambda row: row[metric]))
 
-    def load_model(self) -> nn.Module:
-        """The MST's trained model (its state after its last finished epoch)."""
-        if self.checkpoint is None or not self.checkpoint.exists():
+    def load_model(self, *, best: bool = False) -> nn.Module:
+        """The MST's trained model: its latest state, or (``best=True``) its best epoch's."""
+        path = self.best_checkpoint if best else self.checkpoint
+        if path is None or not path.exists():
+            which = "best-epoch" if best else "latest"
             raise ModelHopperError(
-                f"MST {self.id} has no checkpoint (status {self.status.value}); "
-                "only MSTs that finished at least one visit have one"
+                f"MST {self.id} has no {which} checkpoint (status {self.status.value}); "
+                "only MSTs that finished a visit (best: an epoch) have one, and "
+                "checkpoints='latest' keeps no best one"
             )
         if self._factory is None:
             raise ModelHopperError(f"MST {self.id}: the estimator factory is not available")
         estimator = build_estimator(self._factory, self.params, self.seed)
-        state = state_from_bytes(self.checkpoint.read_bytes())
+        state = state_from_bytes(path.read_bytes())
         estimator.model.load_state_dict(state["model"])
         estimator.model.eval()
         return estimator.model
@@ -110,7 +114,10 @@ class Result:
     metric: str
     direction: str
     run_dir: Path
-    stats: RunStats
+    stats: RunStats | None  # None while the run has not completed
+    name: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    status: str = "completed"
 
     @property
     def maximize(self) -> bool:

@@ -175,6 +175,18 @@ class MOPScheduler:
         state.n_epochs = max(state.n_epochs, n_epochs)
         self._park(state)
 
+    def mark_done(self, mst_id: int, n_steps: int) -> None:
+        """Drop the first ``n_steps`` planned steps: they ran before (resuming a run)."""
+        state = self._state(mst_id)
+        if n_steps > len(state.pending):
+            raise ConfigError(
+                f"MST {mst_id} has {len(state.pending)} planned steps, cannot mark {n_steps} done"
+            )
+        self._unpark(state)
+        for _ in range(n_steps):
+            state.n_pending[state.pending.popleft().kind] -= 1
+        self._park(state)
+
     def stop(self, mst_id: int) -> None:
         """Give the MST no further visits (one in flight still completes)."""
         state = self._state(mst_id)

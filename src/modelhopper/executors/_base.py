@@ -43,6 +43,7 @@ class VisitResult:
     outcomes: tuple[StepOutcome, ...] = ()
     state: bytes | None = None
     error: str | None = None  # set when the MST failed during this visit
+    crashed: bool = False  # the worker died mid-visit (it was replaced); re-run the visit
     traceback: str | None = None
     state_seconds: float = 0.0  # time spent (de)serialising state on the worker
     busy_seconds: float = 0.0  # the whole visit on the worker, state handling included

@@ -45,27 +45,45 @@ def _worker_main(
     warm_up_torch()
     shard = open_shard(shard_path)
     runner = ShardWorker(worker, shard, n_shards, cloudpickle.loads(factory_blob))
-    conn.send(("ready", shard.nbytes))
-    while True:
-        task = conn.recv()
-        if task is None:
-            break
-        conn.send(("result", runner.run(task)))
-    conn.close()
+    try:
+        conn.send(("ready", shard.nbytes))
+        while (task := conn.recv()) is not None:
+            conn.send(("result", runner.run(task)))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the driver is gone (killed or crashed): nothing left to do
+    finally:
+        conn.close()
 
 
 class LocalExecutor(BaseExecutor):
-    """The embedded default: ``n_workers`` processes, each holding one shard."""
+    """The embedded default: ``n_workers`` processes, each holding one shard.
 
-    def __init__(self, *, threads_per_worker: int | None = None, start_method: str = "spawn"):
+    A worker that dies is replaced by a new process that re-opens the same
+    shard; its visit comes back as ``crashed`` so the driver re-runs it from
+    the MST's last state. More than ``max_restarts`` deaths of one worker
+    raise ``ExecutorError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads_per_worker: int | None = None,
+        max_restarts: int = 3,
+        start_method: str = "spawn",
+    ):
         if threads_per_worker is not None and threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        if max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
         self.threads_per_worker = threads_per_worker
+        self.max_restarts = max_restarts
         self._context: Any = mp.get_context(start_method)
+        self._args: list[tuple[Any, ...]] = []
         self._processes: list[Any] = []
         self._conns: list[Connection] = []
         self._busy: dict[int, int] = {}  # worker -> mst_id
         self._resident: list[int] = []
+        self.restarts: list[int] = []
 
     @property
     def n_workers(self) -> int:
@@ -84,65 +102,88 @@ class LocalExecutor(BaseExecutor):
             raise ExecutorError("this LocalExecutor is already started; use a new one per run")
         threads = self.threads_per_worker or _default_threads(len(shards))
         blob = cloudpickle.dumps(factory)
-        for info in shards:
-            parent, child = self._context.Pipe()
-            process = self._context.Process(
-                target=_worker_main,
-                args=(info.index, info.path, len(shards), blob, threads, child),
-                name=f"modelhopper-worker-{info.index}",
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            self._processes.append(process)
-            self._conns.append(parent)
+        self._args = [(i.index, i.path, len(shards), blob, threads) for i in shards]
+        self._processes = [None] * len(shards)
+        self._conns = [None] * len(shards)  # type: ignore[list-item]
+        self.restarts = [0] * len(shards)
         for worker in range(len(shards)):
-            _, nbytes = self._receive(worker)
-            self._resident.append(nbytes)
+            self._spawn(worker)
+        self._resident = [self._ready(worker) for worker in range(len(shards))]
+
+    def _spawn(self, worker: int) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(*self._args[worker], child),
+            name=f"modelhopper-worker-{worker}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._processes[worker] = process
+        self._conns[worker] = parent
+
+    def _ready(self, worker: int) -> int:
+        try:
+            _, nbytes = self._conns[worker].recv()
+        except (EOFError, OSError) as e:
+            raise self._died(worker) from e
+        return nbytes
+
+    def _replace(self, worker: int) -> None:
+        """Start a new process for a dead worker, on the same shard."""
+        self.restarts[worker] += 1
+        if self.restarts[worker] > self.max_restarts:
+            raise self._died(
+                worker,
+                f"; it died {self.restarts[worker]} times (max_restarts={self.max_restarts})",
+            )
+        self._conns[worker].close()
+        self._processes[worker].join(timeout=1)
+        self._spawn(worker)
+        self._ready(worker)
 
     def submit(self, worker: int, task: VisitTask) -> None:
         if worker in self._busy:
             raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker]}")
+        if not self._processes[worker].is_alive():
+            self._replace(worker)
         self._busy[worker] = task.mst_id
         try:
             self._conns[worker].send(task)
-        except (BrokenPipeError, OSError) as e:
-            raise self._died(worker) from e
+        except (BrokenPipeError, OSError):
+            pass  # it died just now: wait() sees its sentinel and reports the crash
 
     def wait(self) -> list[VisitResult]:
         if not self._busy:
             raise ExecutorError("wait() with no visit in flight; submit one first")
         busy = sorted(self._busy)
-        conns = {self._conns[w]: w for w in busy}
-        sentinels = {self._processes[w].sentinel: w for w in busy}
-        ready = wait([*conns, *sentinels])
+        waitables: dict[Any, int] = {self._conns[w]: w for w in busy}
+        waitables.update({self._processes[w].sentinel: w for w in busy})
+        ready = wait(list(waitables))
         results = []
-        for obj in ready:
-            if obj in conns:
-                worker = conns[obj]
-                _, result = self._receive(worker)
-                del self._busy[worker]
-                results.append(result)
-        for obj in ready:
-            # A dead worker's pipe also reads as ready; handled above if it sent first.
-            if obj in sentinels and sentinels[obj] in self._busy:
-                raise self._died(sentinels[obj])
+        for worker in sorted({waitables[r] for r in ready}):
+            try:
+                _, result = self._conns[worker].recv()
+            except (EOFError, OSError):
+                result = self._crashed(worker)
+            del self._busy[worker]
+            results.append(result)
         return results
 
-    def _receive(self, worker: int) -> tuple[str, Any]:
-        try:
-            return self._conns[worker].recv()
-        except (EOFError, OSError) as e:
-            raise self._died(worker) from e
+    def _crashed(self, worker: int) -> VisitResult:
+        mst_id = self._busy[worker]
+        self._replace(worker)
+        return VisitResult(worker, mst_id, crashed=True)
 
-    def _died(self, worker: int) -> ExecutorError:
+    def _died(self, worker: int, why: str = "") -> ExecutorError:
         process = self._processes[worker]
         process.join(timeout=1)
         mst = self._busy.get(worker)
         doing = f" while running MST {mst}" if mst is not None else ""
         return ExecutorError(
-            f"worker {worker} (pid {process.pid}) died with exit code {process.exitcode}{doing}; "
-            "if it was killed for memory, use fewer workers or smaller batches"
+            f"worker {worker} (pid {process.pid}) died with exit code {process.exitcode}"
+            f"{doing}{why}; if it was killed for memory, use fewer workers or smaller batches"
         )
 
     def shutdown(self) -> None:
@@ -158,6 +199,6 @@ class LocalExecutor(BaseExecutor):
                 process.join()
         for conn in self._conns:
             conn.close()
-        self._conns.clear()
-        self._processes.clear()
+        self._conns = []
+        self._processes = []
         self._busy.clear()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from modelhopper.data import Dataset
     from modelhopper.executors import BaseExecutor
     from modelhopper.result import Result
+    from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "BaseProcedure"]
 
@@ -83,6 +84,20 @@ class BaseProcedure(ABC):
         self.seed = seed
         self.policy = _parse_policy(policy)
 
+    @property
+    def maximize(self) -> bool:
+        return self.direction is Direction.MAXIMIZE
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-friendly settings recorded with the experiment."""
+        return {
+            "epochs": self.epochs,
+            "metric": self.metric,
+            "direction": self.direction.value,
+            "seed": self.seed,
+            "policy": self.policy.value,
+        }
+
     @abstractmethod
     def propose(self) -> list[dict[str, Any]]:
         """The parameter dicts of the MSTs to start with."""
@@ -101,21 +116,23 @@ class BaseProcedure(ABC):
         n_workers: int = 2,
         executor: BaseExecutor | None = None,
         run_name: str | None = None,
+        store: str | BaseStore | None = None,
         run_dir: str | os.PathLike | None = None,
         progress: bool = False,
         keep_shards: bool = False,
+        checkpoints: str = "latest+best",
     ) -> Result:
-        """Train the proposed MSTs on ``n_workers`` workers with MOP and return the result."""
-        from modelhopper.experiment import Experiment
+        """Train the proposed MSTs on ``n_workers`` workers with MOP and return the result.
 
-        experiment = Experiment(
-            self,
-            data,
-            n_workers=n_workers,
-            executor=executor,
-            run_name=run_name,
-            run_dir=run_dir,
-            progress=progress,
-            keep_shards=keep_shards,
-        )
-        return experiment.run()
+        The run is recorded in ``store`` (a SQLAlchemy URL; default a SQLite file
+        under ./modelhopper-runs/) under ``run_name``; its shards and checkpoints go
+        to ``run_dir`` (default ./modelhopper-runs/<run_name>). ``checkpoints`` is
+        'latest+best', 'latest' or 'all'.
+        """
+        from modelhopper.experiment import run_search
+
+        return run_search(
+            self, data, n_workers=n_workers, executor=executor, run_name=run_name,
+            store=store, run_dir=run_dir, progress=progress, keep_shards=keep_shards,
+            checkpoints=checkpoints,
+        )  # fmt: skip

@@ -27,6 +27,9 @@ class RandomSearch(BaseProcedure):
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
         self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=16")
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "n_msts": self.n_msts}
+
     def propose(self) -> list[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, 1])
         return [self.space.sample(rng) for _ in range(self.n_msts)]

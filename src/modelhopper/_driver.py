@@ -1,0 +1,358 @@
+"""The driver loop: ask the scheduler for visits, hand them to the executor, record every result.
+
+Each finished visit is recorded in the store (steps, completed epochs, MST
+status, checkpoint reference) in one transaction before the next decision,
+so a crash of the driver loses at most the visits in flight, and ``resume``
+rebuilds this loop's state from the store and the checkpoints alone.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelhopper._progress import ProgressBar
+from modelhopper.errors import AllMSTsFailedError
+from modelhopper.estimator import PassResult
+from modelhopper.executors import BaseExecutor, VisitResult, VisitTask
+from modelhopper.procedures._base import MST, BaseProcedure, Decision
+from modelhopper.result import MSTStatus, RunStats
+from modelhopper.scheduling import MOPScheduler, Step, StepKind, Visit, makespan_lower_bound
+from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
+from modelhopper.store._checkpoints import CheckpointManager
+
+__all__ = ["Driver", "candidate_steps"]
+
+
+def candidate_steps(epoch: int, n_shards: int) -> int:
+    """Steps done when the state that epoch ``epoch`` evaluates was checkpointed.
+
+    An epoch is 2p steps (p train, p eval); its last train step shares a visit
+    with its first eval step, so the checkpoint after that visit holds it.
+    """
+    return 2 * n_shards * epoch + n_shards + 1
+
+
+@dataclass
+class _Epoch:
+    """Per-shard results of one MST's epoch until every validation shard has reported."""
+
+    train: dict[int, PassResult] = field(default_factory=dict)
+    evaluation: dict[int, PassResult] = field(default_factory=dict)
+    train_order: dict[int, int] = field(default_factory=dict)  # position -> shard
+    eval_order: dict[int, int] = field(default_factory=dict)
+
+    def add(self, step: Step, result: PassResult) -> None:
+        if step.kind is StepKind.TRAIN:
+            self.train[step.shard] = result
+            self.train_order[step.position] = step.shard
+        else:
+            self.evaluation[step.shard] = result
+            self.eval_order[step.position] = step.shard
+
+
+def _aggregate(prefix: str, parts: Mapping[int, PassResult]) -> dict[str, float]:
+    """Example-weighted means over shards, summed in shard order so results are exact."""
+    ordered = [parts[s] for s in sorted(parts)]
+    n = sum(p.n for p in ordered)
+    metrics = {f"{prefix}_loss": sum(p.loss_sum for p in ordered) / n}
+    for name in ordered[0].metric_sums:
+        metrics[f"{prefix}_{name}"] = sum(p.metric_sums[name] for p in ordered) / n
+    return metrics
+
+
+@dataclass
+class _MSTProgress:
+    """What the driver tracks per MST; all of it can be rebuilt from the store."""
+
+    mst: MST
+    status: MSTStatus
+    n_steps: int = 0  # steps recorded
+    latest: str | None = None  # checkpoint after the last recorded visit
+    best: str | None = None
+    best_value: float | None = None
+    epochs_done: int = 0
+
+
+class Driver:
+    def __init__(
+        self,
+        *,
+        name: str,
+        procedure: BaseProcedure,
+        executor: BaseExecutor,
+        store: BaseStore,
+        checkpoints: CheckpointManager,
+        n_workers: int,
+        progress: bool = False,
+    ) -> None:
+        self.name = name
+        self.procedure = procedure
+        self.executor = executor
+        self.store = store
+        self.checkpoints = checkpoints
+        self.n_workers = n_workers
+        self.progress = progress
+        self.scheduler = MOPScheduler(n_workers, policy=procedure.policy, seed=procedure.seed)
+        self.msts: dict[int, _MSTProgress] = {}
+        self.epochs: dict[tuple[int, int], _Epoch] = {}
+        self.states: dict[int, bytes] = {}
+        self.last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
+        self.in_flight: dict[int, Visit] = {}
+        self.compute_seconds = 0.0
+        self.n_visits = self.n_hops = self.hop_bytes = 0
+        self.work: dict[tuple[int, int], float] = {}
+
+    # -- building the state ------------------------------------------------
+    def add_new(self, msts: list[MST]) -> None:
+        """Register MSTs that have not run yet."""
+        for mst in msts:
+            self.msts[mst.id] = _MSTProgress(mst, MSTStatus.PENDING)
+            self.scheduler.add_mst(mst.id, self.procedure.epochs)
+
+    def restore(self, records: list[MSTRecord]) -> None:
+        """Rebuild scheduler, metrics and states from the store (resuming a run)."""
+        steps_by_mst: dict[int, list[StepRecord]] = {}
+        for step in self.store.list_steps(self.name):
+            steps_by_mst.setdefault(step.mst_id, []).append(step)
+        epochs_done = {(e.mst_id, e.epoch): e for e in self.store.list_epochs(self.name)}
+        for record in records:
+            mst = MST(record.mst_id, record.params, record.seed, record.parent)
+            done = steps_by_mst.get(mst.id, [])
+            progress = _MSTProgress(
+                mst, MSTStatus(record.status), len(done), record.checkpoint, record.best_checkpoint
+            )
+            self.msts[mst.id] = progress
+            self.scheduler.add_mst(mst.id, record.n_epochs)
+            self.scheduler.mark_done(mst.id, len(done))
+            if progress.status in (MSTStatus.FAILED, MSTStatus.STOPPED):
+                self.scheduler.stop(mst.id)
+            if record.checkpoint is not None:
+                self.states[mst.id] = self.checkpoints.read(record.checkpoint)
+            for step in done:
+                if (mst.id, step.epoch) not in epochs_done:
+                    self._epoch(mst.id, step.epoch).add(*_from_record(step))
+            for (mst_id, _), epoch in sorted(epochs_done.items()):
+                if mst_id == mst.id:
+                    self._track_best(progress, epoch.metrics)
+                    progress.epochs_done += 1
+
+    def _epoch(self, mst_id: int, epoch: int) -> _Epoch:
+        return self.epochs.setdefault((mst_id, epoch), _Epoch())
+
+    # -- the loop ------------------------------------------------------------
+    def run(self) -> RunStats:
+        started = time.perf_counter()
+        total = sum(self.scheduler.remaining_steps(i) for i in self.msts)
+        with ProgressBar(self.progress, total) as self.bar:
+            while True:
+                self._dispatch()
+                if not self.in_flight:
+                    break
+                for result in self.executor.wait():
+                    self._handle(result)
+        wall = time.perf_counter() - started
+        self._raise_if_all_failed()
+        return self._stats(wall)
+
+    def _remaining(self) -> int:
+        return sum(self.scheduler.remaining_steps(i) for i in self.msts) + sum(
+            len(v.steps) for v in self.in_flight.values()
+        )
+
+    def _dispatch(self) -> None:
+        idle = [w for w in range(self.n_workers) if w not in self.in_flight]
+        for visit in self.scheduler.assign(idle):
+            progress = self.msts[visit.mst_id]
+            mst = progress.mst
+            fresh = mst.id not in self.states
+            state = None
+            if not fresh and self.last_mst_on.get(visit.worker) != mst.id:
+                state = self.states[mst.id]
+                self.n_hops += 1
+                self.hop_bytes += len(state)
+            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh)
+            self.executor.submit(visit.worker, task)
+            self.in_flight[visit.worker] = visit
+            self.n_visits += 1
+            if progress.status is MSTStatus.PENDING:
+                progress.status = MSTStatus.RUNNING
+                self.store.update_mst(self.name, mst.id, status=MSTStatus.RUNNING.value)
+
+    def _handle(self, result: VisitResult) -> None:
+        visit = self.in_flight.pop(result.worker)
+        if result.crashed:
+            self._requeue_after_crash(visit)
+            return
+        self.last_mst_on[result.worker] = result.mst_id
+        if result.error is not None or result.state is None:
+            self._fail(visit, result)
+            return
+        state = result.state
+        seconds = [o.result.seconds for o in result.outcomes]
+        self.scheduler.complete(visit, seconds)
+        self.compute_seconds += sum(seconds)
+        key = (visit.mst_id, visit.worker)
+        self.work[key] = self.work.get(key, 0.0) + sum(seconds)
+        self._record(visit, result, state)
+        self.bar.update(len(visit.steps), self._remaining())
+
+    def _record(self, visit: Visit, result: VisitResult, state: bytes) -> None:
+        """Checkpoint, then one store transaction, then decisions, then pruning."""
+        progress = self.msts[visit.mst_id]
+        progress.n_steps += len(visit.steps)
+        path = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state))
+        steps, epochs = [], []
+        for outcome in result.outcomes:
+            steps.append(_to_record(visit.mst_id, visit.worker, outcome.step, outcome.result))
+            epoch = self._epoch(visit.mst_id, outcome.step.epoch)
+            epoch.add(outcome.step, outcome.result)
+            if len(epoch.evaluation) == self.n_workers:
+                del self.epochs[visit.mst_id, outcome.step.epoch]
+                epochs.append(self._epoch_record(visit.mst_id, outcome.step.epoch, epoch))
+        events: list[tuple[EventKind, dict[str, Any]]] = [
+            (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps)})
+        ]
+        for record in epochs:
+            if self._track_best(progress, record.metrics):
+                progress.best = str(self.checkpoints.path(visit.mst_id, self._cand(record)))
+            events.append((EventKind.EPOCH_END, {"epoch": record.epoch}))
+        progress.latest = path
+        progress.epochs_done += len(epochs)
+        decision = self._decide(progress, epochs)
+        fields: dict[str, Any] = {"checkpoint": path, "best_checkpoint": progress.best}
+        if decision is not None:
+            progress.status = decision
+            fields["status"] = decision.value
+            stopped = decision is MSTStatus.STOPPED
+            events.append((EventKind.MST_STOPPED if stopped else EventKind.MST_COMPLETED, {}))
+        self.store.record_visit(self.name, visit.mst_id, steps, epochs, fields, events)
+        self.states[visit.mst_id] = state
+        self._prune(progress)
+
+    def _cand(self, record: EpochRecord) -> int:
+        return candidate_steps(record.epoch, self.n_workers)
+
+    def _decide(self, progress: _MSTProgress, epochs: list[EpochRecord]) -> MSTStatus | None:
+        """Ask the procedure after each completed epoch; return a new final status, if any."""
+        mst_id = progress.mst.id
+        for record in epochs:
+            decision = self.procedure.on_epoch_end(progress.mst, record.epoch, record.metrics)
+            if decision is Decision.STOP and self.scheduler.remaining_steps(mst_id):
+                self.scheduler.stop(mst_id)
+                return MSTStatus.STOPPED
+        if self.scheduler.remaining_steps(mst_id) == 0:
+            return MSTStatus.COMPLETED
+        return None
+
+    def _track_best(self, progress: _MSTProgress, metrics: Mapping[str, float]) -> bool:
+        value = metrics.get(self.procedure.metric)
+        if value is None or not np.isfinite(value):
+            return False
+        better = progress.best_value is None or (
+            value > progress.best_value if self.procedure.maximize else value < progress.best_value
+        )
+        if better:
+            progress.best_value = value
+        return better
+
+    def _prune(self, progress: _MSTProgress) -> None:
+        """Delete checkpoints no one needs: keep latest, best, and pending epoch candidates."""
+        mst_id = progress.mst.id
+        live = {progress.latest, progress.best if self.checkpoints.keeps_best() else None}
+        for (owner, epoch), _ in self.epochs.items():
+            if owner == mst_id:
+                live.add(str(self.checkpoints.path(mst_id, candidate_steps(epoch, self.n_workers))))
+        self.checkpoints.prune(mst_id, {p for p in live if p is not None})
+
+    def _epoch_record(self, mst_id: int, number: int, epoch: _Epoch) -> EpochRecord:
+        metrics = {**_aggregate("train", epoch.train), **_aggregate("val", epoch.evaluation)}
+        return EpochRecord(
+            mst_id=mst_id,
+            epoch=number,
+            metrics=metrics,
+            train_order=[epoch.train_order[i] for i in sorted(epoch.train_order)],
+            eval_order=[epoch.eval_order[i] for i in sorted(epoch.eval_order)],
+            train_seconds=sum(p.seconds for p in epoch.train.values()),
+            eval_seconds=sum(p.seconds for p in epoch.evaluation.values()),
+        )
+
+    def _requeue_after_crash(self, visit: Visit) -> None:
+        """The worker died mid-visit and was replaced: run the visit again from the last state."""
+        self.scheduler.requeue(visit)
+        self.last_mst_on.pop(visit.worker, None)  # the new process holds no state
+        self.store.add_event(
+            self.name, EventKind.WORKER_RESTARTED, mst_id=visit.mst_id, worker=visit.worker,
+            detail={"steps": len(visit.steps)},
+        )  # fmt: skip
+
+    def _fail(self, visit: Visit, result: VisitResult) -> None:
+        self.scheduler.fail(visit)
+        progress = self.msts[visit.mst_id]
+        progress.status = MSTStatus.FAILED
+        self.store.update_mst(
+            self.name, visit.mst_id, status=MSTStatus.FAILED.value, error=result.error,
+            traceback=result.traceback,
+        )  # fmt: skip
+        self.store.add_event(
+            self.name, EventKind.MST_FAILED, mst_id=visit.mst_id, worker=visit.worker,
+            detail={"error": result.error},
+        )  # fmt: skip
+        self.bar.update(0, self._remaining())
+        warnings.warn(
+            f"MST {visit.mst_id} {progress.mst.params} failed: {result.error}; the others go on",
+            stacklevel=2,
+        )
+
+    def _raise_if_all_failed(self) -> None:
+        failed = [p for p in self.msts.values() if p.status is MSTStatus.FAILED]
+        if failed and len(failed) == len(self.msts):
+            errors = {r.mst_id: r.error for r in self.store.list_msts(self.name)}
+            reasons = sorted({errors.get(p.mst.id) or "unknown" for p in failed})
+            raise AllMSTsFailedError(
+                f"all {len(failed)} MSTs failed ({len(reasons)} distinct reasons): "
+                + "; ".join(reasons[:5])
+            )
+
+    def _stats(self, wall: float) -> RunStats:
+        rows = {mst: i for i, mst in enumerate(sorted({m for m, _ in self.work}))}
+        matrix = np.zeros((len(rows), self.n_workers))
+        for (mst, worker), seconds in self.work.items():
+            matrix[rows[mst], worker] += seconds
+        return RunStats(
+            n_workers=self.n_workers,
+            wall_seconds=wall,
+            total_seconds=wall,
+            compute_seconds=self.compute_seconds,
+            n_visits=self.n_visits,
+            n_hops=self.n_hops,
+            hop_bytes=self.hop_bytes,
+            resident_shard_bytes=tuple(self.executor.resident_shard_bytes),
+            dataset_bytes=0,
+            lower_bound_seconds=makespan_lower_bound(matrix),
+        )
+
+
+def _to_record(mst_id: int, worker: int, step: Step, result: PassResult) -> StepRecord:
+    return StepRecord(
+        mst_id=mst_id,
+        epoch=step.epoch,
+        kind=step.kind.value,
+        shard=step.shard,
+        position=step.position,
+        worker=worker,
+        n=result.n,
+        loss_sum=result.loss_sum,
+        metric_sums=dict(result.metric_sums),
+        seconds=result.seconds,
+    )
+
+
+def _from_record(record: StepRecord) -> tuple[Step, PassResult]:
+    step = Step(StepKind(record.kind), record.epoch, record.shard, record.position)
+    return step, PassResult(record.n, record.loss_sum, dict(record.metric_sums), record.seconds)

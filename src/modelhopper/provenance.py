@@ -1,0 +1,75 @@
+"""Provenance of a run: what code, data and machine produced it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_provenance", "data_fingerprint"]
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import modelhopper
+
+    return {
+        "modelhopper": modelhopper.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _git(directory: Path) -> dict[str, Any] | None:
+    """Commit and dirty flag of the user's working directory, if it is a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def data_fingerprint(shard_paths: Sequence[str | os.PathLike]) -> str:
+    """SHA-256 over every shard file, in shard order: the same data gives the same hash."""
+    digest = hashlib.sha256()
+    for shard in shard_paths:
+        for file in sorted(Path(shard).glob("*.npy")):
+            digest.update(file.name.encode())
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def collect_provenance(
+    *, seed: int, n_workers: int, shard_paths: Sequence[str | os.PathLike], executor: str
+) -> dict[str, Any]:
+    return {
+        "versions": _versions(),
+        "git": _git(Path.cwd()),
+        "data_sha256": data_fingerprint(shard_paths),
+        "seed": seed,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "n_workers": n_workers,
+        "executor": executor,
+        "argv": list(sys.argv),
+        "cwd": str(Path.cwd()),
+    }

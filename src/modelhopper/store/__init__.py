@@ -1,0 +1,32 @@
+"""The store: run metadata in SQL, a SQLite file by default or PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from modelhopper.store._base import (
+    BaseStore,
+    CommandRecord,
+    CommandStatus,
+    EpochRecord,
+    EventKind,
+    EventRecord,
+    ExperimentRecord,
+    MSTRecord,
+    RunStatus,
+    StepRecord,
+)
+from modelhopper.store._sql import SQLStore, open_store
+
+__all__ = [
+    "BaseStore",
+    "CommandRecord",
+    "CommandStatus",
+    "EpochRecord",
+    "EventKind",
+    "EventRecord",
+    "ExperimentRecord",
+    "MSTRecord",
+    "RunStatus",
+    "SQLStore",
+    "StepRecord",
+    "open_store",
+]

@@ -1,0 +1,225 @@
+"""The store interface: every experiment, MST, step, epoch, event and command, recorded.
+
+The driver writes a visit's step results, its checkpoint reference and the
+MST's status in one call (``record_visit``) before it makes the next
+decision, so a crash loses at most the visits in flight.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "RunStatus",
+    "EventKind",
+    "CommandStatus",
+    "ExperimentRecord",
+    "MSTRecord",
+    "StepRecord",
+    "EpochRecord",
+    "EventRecord",
+    "CommandRecord",
+    "BaseStore",
+]
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"  # the run itself failed (e.g. every MST failed, a worker kept dying)
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    RESUMED = "resumed"
+    HOPPED = "hopped"
+    EPOCH_END = "epoch_end"
+    MST_COMPLETED = "mst_completed"
+    MST_FAILED = "mst_failed"
+    MST_STOPPED = "mst_stopped"
+    WORKER_RESTARTED = "worker_restarted"
+    COMMAND = "command"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class CommandStatus(StrEnum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    REJECTED = "rejected"
+
+
+@dataclass
+class ExperimentRecord:
+    name: str
+    status: RunStatus
+    procedure: str  # class name, e.g. "RandomSearch"
+    spec: dict[str, Any]  # the procedure's settings (epochs, metric, direction, n_msts, ...)
+    space: dict[str, Any]  # Space.to_dict()
+    seed: int
+    n_workers: int
+    run_dir: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass
+class MSTRecord:
+    mst_id: int  # unique within its experiment
+    params: dict[str, Any]
+    seed: int
+    status: str  # an MSTStatus value
+    parent: int | None = None  # the MST this one was cloned from
+    n_epochs: int = 0  # the epoch budget currently planned
+    checkpoint: str | None = None  # path of the state after its last recorded visit
+    best_checkpoint: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass
+class StepRecord:
+    """One sub-epoch (train) or one validation-shard evaluation of one MST."""
+
+    mst_id: int
+    epoch: int
+    kind: str  # a StepKind value
+    shard: int
+    position: int  # index in the epoch's train or eval order
+    worker: int
+    n: int
+    loss_sum: float
+    metric_sums: dict[str, float]
+    seconds: float
+    finished_at: datetime | None = None
+
+
+@dataclass
+class EpochRecord:
+    mst_id: int
+    epoch: int
+    metrics: dict[str, float]  # train_loss, val_loss, train_/val_ + each metric
+    train_order: list[int]
+    eval_order: list[int]
+    train_seconds: float
+    eval_seconds: float
+    finished_at: datetime | None = None
+
+
+@dataclass
+class EventRecord:
+    id: int
+    time: datetime
+    kind: EventKind
+    mst_id: int | None = None
+    worker: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CommandRecord:
+    id: int
+    kind: str  # stop, resume, clone, add, priority (a later issue's CommandKind)
+    payload: dict[str, Any]
+    status: CommandStatus
+    created_at: datetime
+    applied_at: datetime | None = None
+    message: str | None = None
+
+
+class BaseStore(ABC):
+    """Metadata of runs. Implementations: ``SQLStore`` (SQLite file, PostgreSQL, ...)."""
+
+    # -- experiments ---------------------------------------------------------
+    @abstractmethod
+    def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        """Insert a new experiment; ``StoreError`` if the name is taken."""
+
+    @abstractmethod
+    def get_experiment(self, name: str) -> ExperimentRecord:
+        """``StoreError`` naming the known runs if there is none by that name."""
+
+    @abstractmethod
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """Newest first."""
+
+    @abstractmethod
+    def set_experiment_status(self, name: str, status: RunStatus) -> None: ...
+
+    # -- MSTs ----------------------------------------------------------------
+    @abstractmethod
+    def add_msts(self, name: str, msts: list[MSTRecord]) -> None:
+        """Insert MSTs; ``StoreError`` if an id already exists in this experiment."""
+
+    @abstractmethod
+    def update_mst(self, name: str, mst_id: int, **fields: Any) -> None:
+        """Set some of an MST's fields (status, n_epochs, checkpoint, error, ...)."""
+
+    @abstractmethod
+    def list_msts(self, name: str) -> list[MSTRecord]:
+        """Ordered by mst_id."""
+
+    # -- results -------------------------------------------------------------
+    @abstractmethod
+    def record_visit(
+        self,
+        name: str,
+        mst_id: int,
+        steps: list[StepRecord],
+        epochs: list[EpochRecord],
+        mst_fields: dict[str, Any],
+        events: Sequence[tuple[EventKind, dict[str, Any]]] = (),
+    ) -> None:
+        """One transaction: a visit's steps, the epochs it completed, the MST's new fields
+        (checkpoint, status...) and events (kind, detail) about this MST."""
+
+    @abstractmethod
+    def list_steps(self, name: str, mst_id: int | None = None) -> list[StepRecord]:
+        """Ordered by (mst_id, finish order)."""
+
+    @abstractmethod
+    def list_epochs(self, name: str, mst_id: int | None = None) -> list[EpochRecord]:
+        """Ordered by (mst_id, epoch)."""
+
+    # -- events and commands -------------------------------------------------
+    @abstractmethod
+    def add_event(
+        self,
+        name: str,
+        kind: EventKind,
+        *,
+        mst_id: int | None = None,
+        worker: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    def list_events(self, name: str, *, after_id: int = 0) -> list[EventRecord]:
+        """Events with id > after_id, oldest first."""
+
+    @abstractmethod
+    def add_command(self, name: str, kind: str, payload: dict[str, Any]) -> CommandRecord: ...
+
+    @abstractmethod
+    def pending_commands(self, name: str) -> list[CommandRecord]:
+        """Oldest first."""
+
+    @abstractmethod
+    def set_command_status(
+        self, command_id: int, status: CommandStatus, message: str | None = None
+    ) -> None: ...
+
+    @abstractmethod
+    def row_counts(self, name: str) -> dict[str, int]:
+        """Rows per table for one experiment (msts, steps, epochs, events, commands)."""
+
+    def close(self) -> None:  # noqa: B027 - a store without connections has nothing to do
+        """Release connections; idempotent."""

@@ -1,0 +1,72 @@
+"""Checkpoint files: each MST's state after each visit, written atomically, with retention.
+
+Files are versioned by the number of steps the MST had completed, so the
+store can name the one that matches what it recorded: a crash between
+writing a file and committing its record leaves an unreferenced newer file,
+never a record that points at the wrong state.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from modelhopper.errors import ConfigError, StoreError
+
+__all__ = ["Retention", "CheckpointManager"]
+
+
+class Retention(StrEnum):
+    LATEST_AND_BEST = "latest+best"  # the state after the last visit and after the best epoch
+    LATEST = "latest"
+    ALL = "all"
+
+
+class CheckpointManager:
+    def __init__(
+        self, root: str | os.PathLike, retention: Retention | str = Retention.LATEST_AND_BEST
+    ) -> None:
+        try:
+            self.retention = Retention(retention)
+        except ValueError:
+            choices = ", ".join(repr(r.value) for r in Retention)
+            raise ConfigError(f"checkpoints must be one of {choices}, got {retention!r}") from None
+        self.root = Path(root)
+
+    def path(self, mst_id: int, n_steps: int) -> Path:
+        return self.root / f"mst-{mst_id:05d}" / f"step-{n_steps:06d}.pt"
+
+    def write(self, mst_id: int, n_steps: int, state: bytes) -> Path:
+        """Write atomically: readers see the whole file or none (temp file + rename)."""
+        path = self.path(mst_id, n_steps)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(state)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        except OSError as e:
+            raise StoreError(f"cannot write checkpoint {path}: {e}; check free disk space") from e
+        return path
+
+    def read(self, path: str | os.PathLike) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise StoreError(
+                f"cannot read checkpoint {path}: {e}; the run directory may have been moved"
+            ) from e
+
+    def prune(self, mst_id: int, live: set[str]) -> None:
+        """Delete an MST's checkpoints that are not in ``live`` (unless retention is 'all')."""
+        if self.retention is Retention.ALL:
+            return
+        for path in self.path(mst_id, 0).parent.glob("step-*.pt"):
+            if str(path) not in live:
+                path.unlink(missing_ok=True)
+
+    def keeps_best(self) -> bool:
+        return self.retention is not Retention.LATEST

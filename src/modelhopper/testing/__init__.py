@@ -1,0 +1,10 @@
+"""Test helpers for modelhopper's interfaces: conformance suites every implementation passes.
+
+Needs pytest (``pip install 'modelhopper[dev]'``).
+"""
+
+from __future__ import annotations
+
+from modelhopper.testing._store import StoreConformance
+
+__all__ = ["StoreConformance"]

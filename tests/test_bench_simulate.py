@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "simulate.py"
+TIMINGS = {"us_per_decision", "decide_seconds", "wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_simulate", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def smoke(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("simulate")
+    report = bench.main(["--smoke-test", "--out", str(out)])
+    return out, report
+
+
+def test_smoke_run_writes_every_output(smoke):
+    out, _ = smoke
+    for name in ["simulate.json", "simulate.md", "simulate_ratio.png", "simulate_utilisation.png"]:
+        assert (out / name).stat().st_size > 0, name
+    assert "| scenario |" in (out / "simulate.md").read_text()
+
+
+def test_json_has_every_scenario_and_policy(bench, smoke):
+    out, _ = smoke
+    report = json.loads((out / "simulate.json").read_text())
+    assert set(report) == {"meta", "targets", "results"}
+    rows = report["results"]
+    names = {s.name for s in bench.scenarios(smoke=True)}
+    assert {(r["scenario"], r["policy"]) for r in rows} == {
+        (name, policy) for name in names for policy in ("random", "longest_remaining")
+    }
+    assert {r["kind"] for r in rows} == {
+        "balanced",
+        "spread",
+        "spread+straggler",
+        "spread+straggler+early stop",
+    }
+    keys = {
+        "makespan",
+        "lower_bound",
+        "makespan_over_bound",
+        "utilisation",
+        "n_decisions",
+        "us_per_decision",
+    }
+    for row in rows:
+        assert keys <= set(row)
+        assert row["n_decisions"] > 0 and row["us_per_decision"] > 0
+        assert 0 < row["utilisation"] <= row["utilisation_at_bound"] + 1e-6
+
+
+def test_makespan_is_never_below_the_bound(smoke):
+    _, report = smoke
+    for row in report["results"]:
+        assert row["makespan"] >= row["lower_bound"] - 1e-6, row["scenario"]
+
+
+def test_balanced_small_scenario_is_within_five_percent(smoke):
+    _, report = smoke
+    (row,) = [
+        r
+        for r in report["results"]
+        if r["scenario"] == "balanced 8x2" and r["policy"] == "longest_remaining"
+    ]
+    assert row["makespan_over_bound"] <= 1.05
+    (target,) = [t for t in report["targets"] if t["scenario"] == "balanced 8x2"]
+    assert target["met"] is True
+
+
+def test_early_stopping_stops_the_worse_half(smoke):
+    _, report = smoke
+    rows = [r for r in report["results"] if r["early_stop"]]
+    assert rows
+    for row in rows:
+        assert row["n_stopped"] == row["n_msts"] // 2
+    # Stopping changes the work: fewer decisions than the same MSTs run to the end.
+    stopped = rows[0]
+    assert stopped["n_decisions"] < stopped["n_msts"] * stopped["n_epochs"] * (
+        2 * stopped["n_workers"] - 1
+    )
+
+
+def test_results_are_deterministic_except_timings(bench, tmp_path, smoke):
+    _, first = smoke
+    again = bench.main(["--smoke-test", "--out", str(tmp_path)])
+
+    def strip(report):
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in report["results"]]
+
+    assert strip(first) == strip(again)
