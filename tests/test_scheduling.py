@@ -55,7 +55,7 @@ def _check_invariants(trace, n_workers: int, n_epochs: dict[int, int]) -> None:
 def test_epoch_plan_visits_every_shard_once_and_chains(n_shards):
     start = 0
     for epoch in range(4):
-        train, evaluation = epoch_plan(3, epoch, start, n_shards, seed=1)
+        train, evaluation = epoch_plan(epoch, start, n_shards, seed=1)
         assert sorted(train) == sorted(evaluation) == list(range(n_shards))
         assert train[0] == start and evaluation[0] == train[-1]
         start = evaluation[-1]
@@ -223,3 +223,19 @@ def test_mark_done_skips_the_steps_a_resumed_run_already_ran():
         assert list(resumed._msts[mst].pending) == list(full._msts[mst].pending)
     with pytest.raises(ConfigError, match="cannot mark 99 done"):
         resumed.mark_done(0, 99)
+
+
+def test_an_mst_stopped_at_its_epoch_end_trains_no_further_step():
+    def stop_zero(scheduler: MOPScheduler, mst_id: int, epoch: int) -> None:
+        if mst_id == 0 and epoch == 0:
+            scheduler.stop(0)
+
+    result = simulate(_scheduler(4, 3, 3, seed=2), _unit_cost, on_epoch_end=stop_zero)
+    steps = [s for _, _, v in result.trace if v.mst_id == 0 for s in v.steps]
+    assert max(s.epoch for s in steps) == 0
+    assert len(steps) == 2 * 3  # epoch 0's train and eval steps, nothing after
+
+
+def test_plans_form_a_latin_square_so_balanced_work_keeps_workers_busy():
+    result = simulate(_scheduler(64, 16, 2, seed=0), _unit_cost)
+    assert result.makespan <= 1.02 * result.lower_bound

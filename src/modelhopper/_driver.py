@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from modelhopper._progress import ProgressBar
-from modelhopper.errors import AllMSTsFailedError
+from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.estimator import PassResult
 from modelhopper.executors import BaseExecutor, VisitResult, VisitTask
-from modelhopper.procedures._base import MST, BaseProcedure, Decision
+from modelhopper.procedures._base import MST, BaseProcedure, Decision, EpochResult
 from modelhopper.result import MSTStatus, RunStats
 from modelhopper.scheduling import MOPScheduler, Step, StepKind, Visit, makespan_lower_bound
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
@@ -99,37 +99,133 @@ class Driver:
         self.n_workers = n_workers
         self.progress = progress
         self.scheduler = MOPScheduler(n_workers, policy=procedure.policy, seed=procedure.seed)
-        self.msts: dict[int, _MSTProgress] = {}
+        self.msts_by_id: dict[int, _MSTProgress] = {}
+        self.warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
+        self.evaluated: list[EpochResult] = []  # every epoch result, in evaluation order
         self.epochs: dict[tuple[int, int], _Epoch] = {}
         self.states: dict[int, bytes] = {}
         self.last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
         self.in_flight: dict[int, Visit] = {}
         self.compute_seconds = 0.0
+        self.record_seconds = 0.0  # driver time spent checkpointing and writing the store
+        self.n_steps_done = 0
         self.n_visits = self.n_hops = self.hop_bytes = 0
         self.work: dict[tuple[int, int], float] = {}
 
     # -- building the state ------------------------------------------------
-    def add_new(self, msts: list[MST]) -> None:
-        """Register MSTs that have not run yet."""
-        for mst in msts:
-            self.msts[mst.id] = _MSTProgress(mst, MSTStatus.PENDING)
-            self.scheduler.add_mst(mst.id, self.procedure.epochs)
+    # -- the Trainer interface procedures and commands act through -----------
+    def add(
+        self,
+        params: Mapping[str, Any],
+        *,
+        epochs: int,
+        parent: int | None = None,
+        warm_start: bool = False,
+        priority: int = 0,
+    ) -> MST:
+        """Start a new MST (recorded in the store before it can run)."""
+        checked = self.procedure.space.validate_point(params)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+        if parent is not None:
+            self._progress(parent)
+        if warm_start and parent is None:
+            raise ConfigError("warm_start=True needs the parent MST to start from")
+        mst = self.procedure.make_mst(max(self.msts_by_id, default=-1) + 1, checked, parent)
+        self.store.add_msts(self.name, [MSTRecord(
+            mst_id=mst.id, params=mst.params, seed=mst.seed, status=MSTStatus.PENDING.value,
+            parent=parent, warm_start=warm_start, priority=priority, n_epochs=epochs,
+        )])  # fmt: skip
+        self.msts_by_id[mst.id] = _MSTProgress(mst, MSTStatus.PENDING)
+        if warm_start:
+            self.warm_from[mst.id] = parent  # type: ignore[assignment]
+        self.scheduler.add_mst(mst.id, epochs, priority=priority)
+        return mst
+
+    def extend(self, mst_id: int, epochs: int) -> None:
+        progress = self._progress(mst_id)
+        if progress.status in (MSTStatus.FAILED, MSTStatus.STOPPED):
+            raise ConfigError(
+                f"MST {mst_id} is {progress.status.value}; resume it before extending it"
+            )
+        if epochs <= self.scheduler.n_epochs(mst_id):
+            return
+        self.scheduler.extend(mst_id, epochs)
+        fields: dict[str, Any] = {"n_epochs": epochs}
+        if progress.status is MSTStatus.COMPLETED:
+            progress.status = fields["status"] = MSTStatus.RUNNING
+        self.store.update_mst(self.name, mst_id, **fields)
+
+    def stop(self, mst_id: int) -> None:
+        progress = self._progress(mst_id)
+        if progress.status in (MSTStatus.COMPLETED, MSTStatus.FAILED, MSTStatus.STOPPED):
+            raise ConfigError(
+                f"MST {mst_id} is already {progress.status.value}; only pending or running "
+                "MSTs can be stopped"
+            )
+        self.scheduler.stop(mst_id)
+        progress.status = MSTStatus.STOPPED
+        self.store.update_mst(self.name, mst_id, status=MSTStatus.STOPPED.value)
+        self.store.add_event(self.name, EventKind.MST_STOPPED, mst_id=mst_id)
+
+    def resume_mst(self, mst_id: int) -> None:
+        """Undo ``stop``: the MST continues with its remaining epochs."""
+        progress = self._progress(mst_id)
+        if progress.status is not MSTStatus.STOPPED:
+            raise ConfigError(
+                f"MST {mst_id} is {progress.status.value}, not stopped; only stopped MSTs resume"
+            )
+        self.scheduler.resume(mst_id)
+        done = self.scheduler.remaining_steps(mst_id) == 0
+        progress.status = MSTStatus.COMPLETED if done else MSTStatus.RUNNING
+        self.store.update_mst(self.name, mst_id, status=progress.status.value)
+
+    def set_priority(self, mst_id: int, priority: int) -> None:
+        self._progress(mst_id)
+        self.scheduler.set_priority(mst_id, priority)
+        self.store.update_mst(self.name, mst_id, priority=priority)
+
+    def msts(self) -> list[MST]:  # type: ignore[override]
+        return [self.msts_by_id[i].mst for i in sorted(self.msts_by_id)]
+
+    def status(self, mst_id: int) -> str:
+        return self._progress(mst_id).status.value
+
+    def budget(self, mst_id: int) -> int:
+        self._progress(mst_id)
+        return self.scheduler.n_epochs(mst_id)
+
+    def results(self, mst_id: int | None = None) -> list[EpochResult]:
+        return [r for r in self.evaluated if mst_id is None or r.mst_id == mst_id]
+
+    def _progress(self, mst_id: int) -> _MSTProgress:
+        try:
+            return self.msts_by_id[mst_id]
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"unknown MST {mst_id!r}; this run has MSTs {sorted(self.msts_by_id)}"
+            ) from None
 
     def restore(self, records: list[MSTRecord]) -> None:
         """Rebuild scheduler, metrics and states from the store (resuming a run)."""
         steps_by_mst: dict[int, list[StepRecord]] = {}
         for step in self.store.list_steps(self.name):
             steps_by_mst.setdefault(step.mst_id, []).append(step)
-        epochs_done = {(e.mst_id, e.epoch): e for e in self.store.list_epochs(self.name)}
+        stored = self.store.list_epochs(self.name)
+        epochs_done = {(e.mst_id, e.epoch): e for e in stored}
+        for e in sorted(stored, key=lambda e: (e.finished_at is None, e.finished_at)):
+            self.evaluated.append(EpochResult(e.mst_id, e.epoch, e.metrics))
         for record in records:
             mst = MST(record.mst_id, record.params, record.seed, record.parent)
             done = steps_by_mst.get(mst.id, [])
             progress = _MSTProgress(
                 mst, MSTStatus(record.status), len(done), record.checkpoint, record.best_checkpoint
             )
-            self.msts[mst.id] = progress
-            self.scheduler.add_mst(mst.id, record.n_epochs)
+            self.msts_by_id[mst.id] = progress
+            self.scheduler.add_mst(mst.id, record.n_epochs, priority=record.priority)
             self.scheduler.mark_done(mst.id, len(done))
+            if record.warm_start and record.parent is not None:
+                self.warm_from[mst.id] = record.parent
             if progress.status in (MSTStatus.FAILED, MSTStatus.STOPPED):
                 self.scheduler.stop(mst.id)
             if record.checkpoint is not None:
@@ -148,7 +244,7 @@ class Driver:
     # -- the loop ------------------------------------------------------------
     def run(self) -> RunStats:
         started = time.perf_counter()
-        total = sum(self.scheduler.remaining_steps(i) for i in self.msts)
+        total = sum(self.scheduler.remaining_steps(i) for i in self.msts_by_id)
         with ProgressBar(self.progress, total) as self.bar:
             while True:
                 self._dispatch()
@@ -161,14 +257,21 @@ class Driver:
         return self._stats(wall)
 
     def _remaining(self) -> int:
-        return sum(self.scheduler.remaining_steps(i) for i in self.msts) + sum(
+        return sum(self.scheduler.remaining_steps(i) for i in self.msts_by_id) + sum(
             len(v.steps) for v in self.in_flight.values()
         )
 
     def _dispatch(self) -> None:
+        self._assign()
+        n_idle = self.n_workers - len(self.in_flight)
+        if n_idle:  # let the procedure add or promote MSTs, so workers do not wait
+            self.procedure.on_idle(self, n_idle)
+            self._assign()
+
+    def _assign(self) -> None:
         idle = [w for w in range(self.n_workers) if w not in self.in_flight]
         for visit in self.scheduler.assign(idle):
-            progress = self.msts[visit.mst_id]
+            progress = self.msts_by_id[visit.mst_id]
             mst = progress.mst
             fresh = mst.id not in self.states
             state = None
@@ -176,7 +279,9 @@ class Driver:
                 state = self.states[mst.id]
                 self.n_hops += 1
                 self.hop_bytes += len(state)
-            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh)
+            parent = self.warm_from.get(mst.id) if fresh else None
+            init = self.states.get(parent) if parent is not None else None
+            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh, init)
             self.executor.submit(visit.worker, task)
             self.in_flight[visit.worker] = visit
             self.n_visits += 1
@@ -196,15 +301,18 @@ class Driver:
         state = result.state
         seconds = [o.result.seconds for o in result.outcomes]
         self.scheduler.complete(visit, seconds)
+        self.n_steps_done += len(visit.steps)
         self.compute_seconds += sum(seconds)
         key = (visit.mst_id, visit.worker)
         self.work[key] = self.work.get(key, 0.0) + sum(seconds)
+        started = time.perf_counter()
         self._record(visit, result, state)
+        self.record_seconds += time.perf_counter() - started
         self.bar.update(len(visit.steps), self._remaining())
 
     def _record(self, visit: Visit, result: VisitResult, state: bytes) -> None:
         """Checkpoint, then one store transaction, then decisions, then pruning."""
-        progress = self.msts[visit.mst_id]
+        progress = self.msts_by_id[visit.mst_id]
         progress.n_steps += len(visit.steps)
         path = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state))
         steps, epochs = [], []
@@ -242,7 +350,11 @@ class Driver:
         """Ask the procedure after each completed epoch; return a new final status, if any."""
         mst_id = progress.mst.id
         for record in epochs:
-            decision = self.procedure.on_epoch_end(progress.mst, record.epoch, record.metrics)
+            result = EpochResult(mst_id, record.epoch, record.metrics)
+            self.evaluated.append(result)
+            decision = self.procedure.on_epoch_end(self, result)
+            if progress.status is MSTStatus.STOPPED:  # the procedure stopped it via stop()
+                return None
             if decision is Decision.STOP and self.scheduler.remaining_steps(mst_id):
                 self.scheduler.stop(mst_id)
                 return MSTStatus.STOPPED
@@ -293,7 +405,7 @@ class Driver:
 
     def _fail(self, visit: Visit, result: VisitResult) -> None:
         self.scheduler.fail(visit)
-        progress = self.msts[visit.mst_id]
+        progress = self.msts_by_id[visit.mst_id]
         progress.status = MSTStatus.FAILED
         self.store.update_mst(
             self.name, visit.mst_id, status=MSTStatus.FAILED.value, error=result.error,
@@ -310,8 +422,8 @@ class Driver:
         )
 
     def _raise_if_all_failed(self) -> None:
-        failed = [p for p in self.msts.values() if p.status is MSTStatus.FAILED]
-        if failed and len(failed) == len(self.msts):
+        failed = [p for p in self.msts_by_id.values() if p.status is MSTStatus.FAILED]
+        if failed and len(failed) == len(self.msts_by_id):
             errors = {r.mst_id: r.error for r in self.store.list_msts(self.name)}
             reasons = sorted({errors.get(p.mst.id) or "unknown" for p in failed})
             raise AllMSTsFailedError(
@@ -335,6 +447,8 @@ class Driver:
             resident_shard_bytes=tuple(self.executor.resident_shard_bytes),
             dataset_bytes=0,
             lower_bound_seconds=makespan_lower_bound(matrix),
+            n_steps=self.n_steps_done,
+            record_seconds=self.record_seconds,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -196,7 +197,9 @@ def load_spec(path: Path) -> ModuleType:
 
     if not path.is_file():
         raise ConfigError(f"spec file {str(path)!r} does not exist; give the path to a .py file")
-    name = f"modelhopper_spec_{path.stem}"
+    # One module name per file: two specs named spec.py must not replace each other.
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"modelhopper_spec_{path.stem}_{digest}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"cannot import {str(path)!r}; is it a Python file?")

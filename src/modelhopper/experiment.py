@@ -35,7 +35,6 @@ from modelhopper.store import (
     BaseStore,
     EventKind,
     ExperimentRecord,
-    MSTRecord,
     RunStatus,
     open_store,
 )
@@ -111,11 +110,8 @@ def run_search(
     """Record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
     _check_arguments(data, n_workers, executor)
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
-    proposals = procedure.propose()
-    if not proposals:
-        raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
-    msts = [procedure.make_mst(i, params) for i, params in enumerate(proposals)]
-    _probe(procedure, msts[0], data)
+    probe = procedure.space.sample(np.random.default_rng(procedure.seed))
+    _probe(procedure, procedure.make_mst(0, probe), data)
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
     name = run_name or _new_name(procedure)
     _check_new_name(db, name)
@@ -136,10 +132,12 @@ def run_search(
             n_workers=n_workers, run_dir=str(directory), provenance=provenance,
         )
     )  # fmt: skip
-    db.add_msts(name, [_mst_record(m, procedure.epochs) for m in msts])
-    db.add_event(name, EventKind.STARTED, detail={"n_msts": len(msts)})
     driver = _driver(name, procedure, executor, db, directory, n_workers, retention, progress)
-    driver.add_new(msts)
+    procedure.start(driver)
+    if not driver.msts_by_id:
+        db.set_experiment_status(name, RunStatus.FAILED)
+        raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
+    db.add_event(name, EventKind.STARTED, detail={"n_msts": len(driver.msts_by_id)})
     return _execute(driver, shards, directory, keep_shards)
 
 
@@ -152,13 +150,6 @@ def _check_new_name(store: BaseStore, name: str) -> None:
         f"a run named {name!r} already exists in the store; pick another run_name, "
         f"or continue it with `modelhopper resume {name}` / mh.resume({name!r})"
     )
-
-
-def _mst_record(mst: MST, n_epochs: int) -> MSTRecord:
-    return MSTRecord(
-        mst_id=mst.id, params=mst.params, seed=mst.seed, status=MSTStatus.PENDING.value,
-        parent=mst.parent, n_epochs=n_epochs,
-    )  # fmt: skip
 
 
 def _driver(
@@ -227,6 +218,7 @@ def resume(
         record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))
+    procedure.start(driver)  # procedures rebuild what they need from the trainer
     return _execute(driver, shards, directory, bool(record.spec.get("keep_shards")))
 
 

@@ -94,6 +94,12 @@ class RunStats:
     resident_shard_bytes: tuple[int, ...]  # shard bytes held by each worker
     dataset_bytes: int  # training + validation bytes of the dataset
     lower_bound_seconds: float  # makespan lower bound from the measured work
+    n_steps: int = 0  # train and eval steps run (sub-epochs and validation-shard passes)
+    record_seconds: float = 0.0  # driver time checkpointing and writing the store
+
+    @property
+    def record_seconds_per_step(self) -> float:
+        return self.record_seconds / self.n_steps if self.n_steps else 0.0
 
     @property
     def ideal_seconds(self) -> float:

@@ -48,7 +48,7 @@ def _experiment(name: str = "run-a") -> ExperimentRecord:
 # -- migrations -------------------------------------------------------------------------
 def test_fresh_database_is_migrated_to_head_and_matches_the_orm(store_url: str) -> None:
     with SQLStore(store_url) as store:
-        assert store.schema_version() == migrations.head_revision() == "0001"
+        assert store.schema_version() == migrations.head_revision() == "0002"
     engine = create_engine(store_url)
     try:
         with engine.connect() as connection:
@@ -78,13 +78,41 @@ def test_database_at_head_is_not_migrated_again(
         SQLStore(path=tmp_path / "fresh.db")
 
 
+def test_a_0001_database_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    command.upgrade(migrations.alembic_config(url), "0001")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO experiments (name, status, procedure, spec, space, seed, n_workers, "
+                "run_dir, provenance, created_at, updated_at) VALUES ('old', 'completed', "
+                "'GridSearch', '{}', '{}', 0, 1, '/r', '{}', '2026-01-01', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO msts (experiment_id, mst_id, params, seed, status, parent, n_epochs, "
+                "created_at, updated_at) VALUES (1, 0, '{\"lr\": 0.1}', 3, 'completed', NULL, 2, "
+                "'2026-01-01', '2026-01-01')"
+            )
+        )
+    engine.dispose()
+    with SQLStore(url) as store:
+        assert store.schema_version() == "0002"
+        (mst,) = store.list_msts("old")
+    assert (mst.params, mst.warm_start, mst.priority) == ({"lr": 0.1}, False, 0)
+
+
 def test_database_of_a_newer_modelhopper_is_refused(store_url: str) -> None:
     SQLStore(store_url).close()
     engine = create_engine(store_url)
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"revision '9999'.*newest is '0001'.*upgrade modelhopper"):
+    with pytest.raises(StoreError, match=r"revision '9999'.*newest is '0002'.*upgrade modelhopper"):
         SQLStore(store_url)
 
 

@@ -28,6 +28,7 @@ class VisitTask:
     steps: tuple[Step, ...]
     state: bytes | None
     fresh: bool
+    init_state: bytes | None = None  # a fresh MST's starting weights (a warm-started clone)
 
 
 @dataclass(frozen=True)

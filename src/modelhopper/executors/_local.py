@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -41,10 +42,15 @@ def _worker_main(
     from modelhopper.data._sharding import open_shard
     from modelhopper.executors._worker import ShardWorker, warm_up_torch
 
-    torch.set_num_threads(n_threads)
-    warm_up_torch()
-    shard = open_shard(shard_path)
-    runner = ShardWorker(worker, shard, n_shards, cloudpickle.loads(factory_blob))
+    try:
+        torch.set_num_threads(n_threads)
+        warm_up_torch()
+        shard = open_shard(shard_path)
+        runner = ShardWorker(worker, shard, n_shards, cloudpickle.loads(factory_blob))
+    except Exception as e:  # tell the driver why, rather than dying with a bare exit code
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        conn.close()
+        return
     try:
         conn.send(("ready", shard.nbytes))
         while (task := conn.recv()) is not None:
@@ -125,10 +131,15 @@ class LocalExecutor(BaseExecutor):
 
     def _ready(self, worker: int) -> int:
         try:
-            _, nbytes = self._conns[worker].recv()
+            kind, payload = self._conns[worker].recv()
         except (EOFError, OSError) as e:
             raise self._died(worker) from e
-        return nbytes
+        if kind == "error":
+            raise ExecutorError(
+                f"worker {worker} could not start: {payload}\nIf make_estimator lives in a "
+                "module, the worker processes must be able to import it (PYTHONPATH)"
+            )
+        return payload
 
     def _replace(self, worker: int) -> None:
         """Start a new process for a dead worker, on the same shard."""

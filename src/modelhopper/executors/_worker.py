@@ -113,8 +113,12 @@ class ShardWorker:
     def _estimator_for(self, task: VisitTask) -> tuple[Estimator, torch.Tensor]:
         cached = self._cache.get(task.mst_id)
         if task.fresh:
-            # Initial weights come from the MST's seed alone.
-            return build_estimator(self.factory, task.params, task.seed), torch.get_rng_state()
+            # Initial weights come from the MST's seed alone, or from the parent it clones.
+            estimator = build_estimator(self.factory, task.params, task.seed)
+            rng = torch.get_rng_state()
+            if task.init_state is not None:
+                estimator.model.load_state_dict(state_from_bytes(task.init_state)["model"])
+            return estimator, rng
         if task.state is None:
             # The driver sends no state only when this worker ran the MST's last visit.
             if cached is None:

@@ -1,13 +1,21 @@
-"""The procedure interface: procedures decide which MSTs to train; they never run them."""
+"""The procedure interface: procedures decide which MSTs to train; they never run them.
+
+A procedure acts through a ``Trainer`` (the running experiment's narrow view:
+add an MST, raise its epoch budget, stop it, read results) from three hooks:
+``start`` (before anything runs), ``on_epoch_end`` (each time an MST's epoch
+is evaluated) and ``on_idle`` (a worker has nothing to run: add MSTs or
+promote paused ones, so workers never wait on a rung to fill). Procedures keep
+no history of their own: they read it from the trainer, so a resumed run
+continues with the same decisions. Tests drive them with a fake trainer.
+"""
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import Estimator, derive_seed
@@ -20,12 +28,14 @@ if TYPE_CHECKING:
     from modelhopper.result import Result
     from modelhopper.store import BaseStore
 
-__all__ = ["MST", "Decision", "Direction", "BaseProcedure"]
+__all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
 
 
 class Decision(StrEnum):
-    CONTINUE = "continue"
-    STOP = "stop"
+    """What ``on_epoch_end`` may return about the MST that reported."""
+
+    CONTINUE = "continue"  # keep to its epoch budget
+    STOP = "stop"  # no more epochs for it
 
 
 class Direction(StrEnum):
@@ -43,13 +53,57 @@ class MST:
     parent: int | None = None
 
 
+@dataclass(frozen=True)
+class EpochResult:
+    mst_id: int
+    epoch: int  # 0-based: the MST has now trained epoch + 1 epochs
+    metrics: Mapping[str, float]
+
+
+class Trainer(Protocol):
+    """What a procedure can see and do in a running experiment."""
+
+    @property
+    def n_workers(self) -> int: ...
+
+    def add(
+        self,
+        params: Mapping[str, Any],
+        *,
+        epochs: int,
+        parent: int | None = None,
+        warm_start: bool = False,
+    ) -> MST:
+        """Start a new MST with this epoch budget. ``warm_start`` initialises its model
+        weights from ``parent``'s latest state (its optimizer starts afresh)."""
+
+    def extend(self, mst_id: int, epochs: int) -> None:
+        """Raise an MST's epoch budget to ``epochs`` (a promotion); it continues at once."""
+
+    def stop(self, mst_id: int) -> None:
+        """Give the MST no more epochs."""
+
+    def msts(self) -> list[MST]:
+        """Every MST of the run, in id order."""
+
+    def status(self, mst_id: int) -> str:
+        """An MSTStatus value: pending, running, completed (its budget is done; ``extend``
+        revives it), stopped, failed."""
+
+    def budget(self, mst_id: int) -> int:
+        """The MST's current epoch budget."""
+
+    def results(self, mst_id: int | None = None) -> list[EpochResult]:
+        """Evaluated epochs, of one MST or all, in the order they were evaluated."""
+
+
 def _check_positive_int(name: str, value: object, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}; e.g. {example}")
     return value
 
 
-class BaseProcedure(ABC):
+class BaseProcedure:
     """Proposes MSTs and judges each epoch's result; the experiment runs them on MOP."""
 
     def __init__(
@@ -98,13 +152,34 @@ class BaseProcedure(ABC):
             "policy": self.policy.value,
         }
 
-    @abstractmethod
     def propose(self) -> list[dict[str, Any]]:
-        """The parameter dicts of the MSTs to start with."""
+        """The parameter dicts of the MSTs to start with (grid and random search)."""
+        return []
 
-    def on_epoch_end(self, mst: MST, epoch: int, metrics: Mapping[str, float]) -> Decision:
+    def start(self, trainer: Trainer) -> None:
+        """Add the first MSTs; by default those of ``propose()``, each for ``epochs`` epochs.
+
+        A resumed run calls ``start`` again with its MSTs already in the trainer.
+        """
+        if trainer.msts():
+            return
+        for params in self.propose():
+            trainer.add(params, epochs=self.epochs)
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
         """Called when an MST's epoch is evaluated; the default trains every epoch."""
         return Decision.CONTINUE
+
+    def on_idle(self, trainer: Trainer, n_idle: int) -> None:
+        """``n_idle`` workers have nothing to run; add or promote MSTs to feed them."""
+        return None
+
+    def objective(self, metrics: Mapping[str, float]) -> float:
+        """The metric as a value to maximise (NaN-safe: a missing or NaN value is -inf)."""
+        value = metrics.get(self.metric, float("nan"))
+        if value != value:  # NaN
+            return float("-inf")
+        return value if self.maximize else -value
 
     def make_mst(self, mst_id: int, params: Mapping[str, Any], parent: int | None = None) -> MST:
         return MST(mst_id, dict(params), derive_seed(self.seed, mst_id), parent)

@@ -76,6 +76,8 @@ class MSTRecord:
     seed: int
     status: str  # an MSTStatus value
     parent: int | None = None  # the MST this one was cloned from
+    warm_start: bool = False  # starts from the parent's latest weights (fresh optimizer)
+    priority: int = 0  # higher runs first when several MSTs could use a worker
     n_epochs: int = 0  # the epoch budget currently planned
     checkpoint: str | None = None  # path of the state after its last recorded visit
     best_checkpoint: str | None = None

@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -192,6 +193,8 @@ class MSTRow(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(32))
     parent: Mapped[int | None]
+    warm_start: Mapped[bool] = mapped_column(server_default=false())
+    priority: Mapped[int] = mapped_column(server_default="0")
     n_epochs: Mapped[int]
     checkpoint: Mapped[str | None] = mapped_column(Text)
     best_checkpoint: Mapped[str | None] = mapped_column(Text)
