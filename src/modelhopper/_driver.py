@@ -262,6 +262,9 @@ class Driver:
         )
 
     def _dispatch(self) -> None:
+        from modelhopper.commands import apply_pending
+
+        apply_pending(self)  # human-in-the-loop commands, at each scheduling step
         self._assign()
         n_idle = self.n_workers - len(self.in_flight)
         if n_idle:  # let the procedure add or promote MSTs, so workers do not wait

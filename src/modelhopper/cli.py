@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -115,15 +117,119 @@ def run(
     _report(fit)
 
 
+MSTArg = Annotated[int, typer.Argument(help="the MST's id")]
+RunArg = Annotated[str, typer.Argument(help="the run's name")]
+Settings = Annotated[
+    list[str] | None, typer.Option("--set", help="param=value (value as JSON, else text)")
+]
+
+
 @app.command()
 def resume(
     run_name: Annotated[str, typer.Argument(help="the run to continue")],
+    mst: Annotated[int | None, typer.Argument(help="resume only this stopped MST")] = None,
     store: Store = None,
 ) -> None:
-    """Continue a run whose driver stopped (crash, kill) from its store and checkpoints."""
+    """Continue a run whose driver stopped (crash, kill); with MST, resume a stopped MST."""
     import modelhopper as mh
 
+    if mst is not None:
+        _send(store, run_name, "resume", {"mst_id": mst})
+        return
     _report(lambda: mh.resume(run_name, store=store, progress=True))
+
+
+@app.command()
+def stop(run_name: RunArg, mst: MSTArg, store: Store = None) -> None:
+    """Stop an MST of a running run (applied at the driver's next scheduling step)."""
+    _send(store, run_name, "stop", {"mst_id": mst})
+
+
+@app.command()
+def clone(
+    run_name: RunArg,
+    mst: MSTArg,
+    settings: Settings = None,
+    warm_start: Annotated[bool, typer.Option(help="start from the MST's weights")] = True,
+    epochs: Annotated[int | None, typer.Option(help="epochs for the clone")] = None,
+    store: Store = None,
+) -> None:
+    """Clone an MST with some params changed (--set lr=0.001) into a new MST."""
+    payload = {"mst_id": mst, "changes": parse_settings(settings), "warm_start": warm_start}
+    _send(store, run_name, "clone", {**payload, "epochs": epochs})
+
+
+@app.command()
+def add(
+    run_name: RunArg,
+    settings: Settings = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs for the new MST")] = None,
+    store: Store = None,
+) -> None:
+    """Add an MST with the given params (--set hidden=64 --set lr=0.01) to a running run."""
+    _send(store, run_name, "add", {"params": parse_settings(settings), "epochs": epochs})
+
+
+@app.command()
+def priority(
+    run_name: RunArg, mst: MSTArg, value: Annotated[int, typer.Argument()], store: Store = None
+) -> None:
+    """Set an MST's priority: higher runs first when several MSTs could use a worker."""
+    _send(store, run_name, "priority", {"mst_id": mst, "priority": value})
+
+
+@app.command()
+def status(
+    run_name: RunArg,
+    watch: Annotated[bool, typer.Option(help="refresh until the run ends")] = False,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    store: Store = None,
+) -> None:
+    """The MSTs of a run (finished or going on), sorted by the run's metric."""
+    import modelhopper as mh
+
+    def table() -> tuple[Table, bool]:
+        result = _or_exit(lambda: mh.load_result(run_name, store=store))
+        return results_table(result), result.status != "running"
+
+    if not watch:
+        console.print(table()[0])
+        return
+    from rich.live import Live
+
+    with Live(table()[0], console=console, auto_refresh=False) as live:
+        while True:
+            current, finished = table()
+            live.update(current, refresh=True)
+            if finished:
+                break
+            time.sleep(interval)
+
+
+def parse_settings(settings: list[str] | None) -> dict[str, Any]:
+    """``name=value`` pairs; values parse as JSON (numbers, true, null...) or stay text."""
+    parsed: dict[str, Any] = {}
+    for item in settings or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            console.print(f"[red]error:[/] --set needs name=value, got {item!r}")
+            raise typer.Exit(2)
+        try:
+            parsed[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parsed[name] = raw
+    return parsed
+
+
+def _send(store: str | None, run_name: str, kind: str, payload: dict[str, Any]) -> None:
+    """Queue a command, wait for the driver to apply it, print the outcome."""
+    from modelhopper.commands import submit, wait_for
+    from modelhopper.store import open_store
+
+    db = _or_exit(lambda: open_store(store))
+    command = _or_exit(lambda: submit(db, run_name, kind, payload))
+    done = _or_exit(lambda: wait_for(db, run_name, command))
+    console.print(done.message)
 
 
 @app.command("ls")

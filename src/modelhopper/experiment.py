@@ -88,7 +88,7 @@ def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
             data.check_labels(int(output.shape[1]))
 
 
-def _new_name(procedure: BaseProcedure) -> str:
+def new_run_name(procedure: BaseProcedure) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{type(procedure).__name__.lower()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
@@ -113,8 +113,8 @@ def run_search(
     probe = procedure.space.sample(np.random.default_rng(procedure.seed))
     _probe(procedure, procedure.make_mst(0, probe), data)
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
-    name = run_name or _new_name(procedure)
-    _check_new_name(db, name)
+    name = run_name or new_run_name(procedure)
+    _checknew_run_name(db, name)
     directory = Path(run_dir if run_dir is not None else DEFAULT_ROOT / name).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
@@ -133,7 +133,7 @@ def run_search(
         )
     )  # fmt: skip
     driver = _driver(name, procedure, executor, db, directory, n_workers, retention, progress)
-    procedure.start(driver)
+    procedure.on_start(driver)
     if not driver.msts_by_id:
         db.set_experiment_status(name, RunStatus.FAILED)
         raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
@@ -141,7 +141,7 @@ def run_search(
     return _execute(driver, shards, directory, keep_shards)
 
 
-def _check_new_name(store: BaseStore, name: str) -> None:
+def _checknew_run_name(store: BaseStore, name: str) -> None:
     try:
         store.get_experiment(name)
     except StoreError:
@@ -218,7 +218,7 @@ def resume(
         record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))
-    procedure.start(driver)  # procedures rebuild what they need from the trainer
+    procedure.on_start(driver)  # procedures rebuild what they need from the trainer
     return _execute(driver, shards, directory, bool(record.spec.get("keep_shards")))
 
 

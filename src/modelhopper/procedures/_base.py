@@ -2,7 +2,7 @@
 
 A procedure acts through a ``Trainer`` (the running experiment's narrow view:
 add an MST, raise its epoch budget, stop it, read results) from three hooks:
-``start`` (before anything runs), ``on_epoch_end`` (each time an MST's epoch
+``on_start`` (before anything runs), ``on_epoch_end`` (each time an MST's epoch
 is evaluated) and ``on_idle`` (a worker has nothing to run: add MSTs or
 promote paused ones, so workers never wait on a rung to fill). Procedures keep
 no history of their own: they read it from the trainer, so a resumed run
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from modelhopper.data import Dataset
     from modelhopper.executors import BaseExecutor
     from modelhopper.result import Result
+    from modelhopper.handle import RunHandle
     from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
@@ -156,10 +157,10 @@ class BaseProcedure:
         """The parameter dicts of the MSTs to start with (grid and random search)."""
         return []
 
-    def start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Trainer) -> None:
         """Add the first MSTs; by default those of ``propose()``, each for ``epochs`` epochs.
 
-        A resumed run calls ``start`` again with its MSTs already in the trainer.
+        A resumed run calls ``on_start`` again with its MSTs already in the trainer.
         """
         if trainer.msts():
             return
@@ -183,6 +184,28 @@ class BaseProcedure:
 
     def make_mst(self, mst_id: int, params: Mapping[str, Any], parent: int | None = None) -> MST:
         return MST(mst_id, dict(params), derive_seed(self.seed, mst_id), parent)
+
+    def start(
+        self,
+        data: Dataset,
+        *,
+        n_workers: int = 2,
+        executor: BaseExecutor | None = None,
+        run_name: str | None = None,
+        store: str | BaseStore | None = None,
+        **kwargs: Any,
+    ) -> RunHandle:
+        """Start the run in the background and return a handle to watch and steer it."""
+        from modelhopper.experiment import DEFAULT_ROOT, new_run_name, run_search
+        from modelhopper.handle import RunHandle
+        from modelhopper.store import BaseStore, open_store
+
+        db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
+        name = run_name or new_run_name(self)
+        return RunHandle(name, db, lambda: run_search(
+            self, data, n_workers=n_workers, executor=executor, run_name=name, store=db,
+            **kwargs,
+        ))  # fmt: skip
 
     def fit(
         self,

@@ -215,6 +215,10 @@ class BaseStore(ABC):
         """Oldest first."""
 
     @abstractmethod
+    def list_commands(self, name: str) -> list[CommandRecord]:
+        """Every command of the run, with its status and message, oldest first."""
+
+    @abstractmethod
     def set_command_status(
         self, command_id: int, status: CommandStatus, message: str | None = None
     ) -> None: ...

@@ -500,16 +500,18 @@ class SQLStore(BaseStore):
             return _command_record(row)
 
     def pending_commands(self, name: str) -> list[CommandRecord]:
+        return self._commands(name, pending_only=True)
+
+    def list_commands(self, name: str) -> list[CommandRecord]:
+        return self._commands(name, pending_only=False)
+
+    def _commands(self, name: str, *, pending_only: bool) -> list[CommandRecord]:
         with self._transaction(f"listing the commands of experiment {name!r}") as session:
             experiment = self._experiment(session, name)
-            rows = session.scalars(
-                select(CommandRow)
-                .where(
-                    CommandRow.experiment_id == experiment.id,
-                    CommandRow.status == CommandStatus.PENDING.value,
-                )
-                .order_by(CommandRow.id)
-            ).all()
+            query = select(CommandRow).where(CommandRow.experiment_id == experiment.id)
+            if pending_only:
+                query = query.where(CommandRow.status == CommandStatus.PENDING.value)
+            rows = session.scalars(query.order_by(CommandRow.id)).all()
             return [_command_record(row) for row in rows]
 
     def set_command_status(

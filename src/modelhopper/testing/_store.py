@@ -520,6 +520,12 @@ class StoreConformance:
         assert store.pending_commands("run-a") == []
         assert store.pending_commands("run-b") == [other]
         assert store.row_counts("run-a")["commands"] == 2  # applied commands are kept
+        done = store.list_commands("run-a")
+        assert [(c.id, c.status, c.message) for c in done] == [
+            (stop.id, CommandStatus.APPLIED, None),
+            (clone.id, CommandStatus.REJECTED, "MST 0 has failed"),
+        ]
+        assert all(c.applied_at is not None and c.applied_at >= c.created_at for c in done)
 
         with pytest.raises(StoreError, match=rf"command {stop.id}\b.*already applied"):
             store.set_command_status(stop.id, CommandStatus.REJECTED)
@@ -535,6 +541,8 @@ class StoreConformance:
             store.add_command("nope", "stop", {})
         with pytest.raises(StoreError, match=r"'nope'"):
             store.pending_commands("nope")
+        with pytest.raises(StoreError, match=r"'nope'"):
+            store.list_commands("nope")
 
     # -- counts and closing ---------------------------------------------------------------
     def test_row_counts(self, store: BaseStore) -> None:

@@ -1,0 +1,134 @@
+"""Human-in-the-loop control: commands written to the store, applied by the running driver.
+
+Anyone who can reach the store (the CLI, a notebook holding a ``RunHandle``, the
+dashboard) writes a command; the driver applies pending commands at its next
+scheduling step and records each as applied or rejected, with an event.
+``submit`` checks a command against the store first, so most mistakes are
+reported at once and nothing is queued.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from modelhopper.errors import ConfigError, ModelHopperError
+from modelhopper.space import Space
+from modelhopper.store import BaseStore, CommandRecord, CommandStatus, EventKind
+
+if TYPE_CHECKING:
+    from modelhopper._driver import Driver
+
+__all__ = ["CommandKind", "submit", "wait_for", "apply_pending"]
+
+_FINISHED = ("completed", "failed", "stopped")
+
+
+class CommandKind(StrEnum):
+    STOP = "stop"
+    RESUME = "resume"
+    CLONE = "clone"
+    ADD = "add"
+    PRIORITY = "priority"
+
+
+def _mst(store: BaseStore, name: str, mst_id: Any) -> Any:
+    msts = {m.mst_id: m for m in store.list_msts(name)}
+    if mst_id not in msts:
+        raise ConfigError(f"run {name!r} has no MST {mst_id!r}; its MSTs are {sorted(msts)}")
+    return msts[mst_id]
+
+
+def _check(store: BaseStore, name: str, kind: CommandKind, payload: Mapping[str, Any]) -> None:
+    """What can be checked before the driver sees the command."""
+    run = store.get_experiment(name)
+    if run.status.value != "running":
+        raise ConfigError(f"run {name!r} is {run.status.value}; commands reach only a running run")
+    space = Space.from_dict(run.space)
+    if kind is CommandKind.ADD:
+        space.validate_point(payload["params"])
+        return
+    mst = _mst(store, name, payload["mst_id"])
+    if kind is CommandKind.STOP and mst.status in _FINISHED:
+        raise ConfigError(f"MST {mst.mst_id} is already {mst.status}; nothing to stop")
+    if kind is CommandKind.RESUME and mst.status != "stopped":
+        raise ConfigError(f"MST {mst.mst_id} is {mst.status}, not stopped; nothing to resume")
+    if kind is CommandKind.CLONE:
+        space.validate_point({**mst.params, **payload.get("changes", {})})
+    if kind is CommandKind.PRIORITY and not isinstance(payload.get("priority"), int):
+        raise ConfigError(f"priority must be an integer, got {payload.get('priority')!r}")
+
+
+def submit(
+    store: BaseStore, name: str, kind: CommandKind | str, payload: Mapping[str, Any]
+) -> CommandRecord:
+    """Check a command and queue it for the running driver of run ``name``."""
+    try:
+        kind = CommandKind(kind)
+    except ValueError:
+        choices = ", ".join(k.value for k in CommandKind)
+        raise ConfigError(f"unknown command {kind!r}; commands are {choices}") from None
+    _check(store, name, kind, payload)
+    return store.add_command(name, kind.value, dict(payload))
+
+
+def wait_for(
+    store: BaseStore, name: str, command: CommandRecord, *, timeout: float = 120.0
+) -> CommandRecord:
+    """Block until the driver applied or rejected the command; raise if it was rejected."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c.id != command.id for c in store.pending_commands(name)):
+            done = next(c for c in store.list_commands(name) if c.id == command.id)
+            if done.status is CommandStatus.REJECTED:
+                raise ConfigError(f"command {done.kind} was rejected: {done.message}")
+            return done
+        time.sleep(0.05)  # the driver applies commands between visits
+    raise ConfigError(
+        f"command {command.kind} is still pending after {timeout:.0f} s; is the run's driver "
+        f"alive? (`modelhopper status {name}`)"
+    )
+
+
+def apply_pending(driver: Driver) -> None:
+    """Apply every pending command of the driver's run, in order; record the outcome of each."""
+    store, name = driver.store, driver.name
+    for command in store.pending_commands(name):
+        try:
+            message = _apply(driver, CommandKind(command.kind), command.payload)
+            status = CommandStatus.APPLIED
+        except (ModelHopperError, KeyError, TypeError, ValueError) as e:
+            message, status = f"{type(e).__name__}: {e}", CommandStatus.REJECTED
+        store.set_command_status(command.id, status, message)
+        mst_id = command.payload.get("mst_id")
+        store.add_event(
+            name, EventKind.COMMAND,
+            mst_id=mst_id if mst_id in driver.msts_by_id else None,
+            detail={"command": command.id, "kind": command.kind, "status": status.value,
+                    "message": message},
+        )  # fmt: skip
+
+
+def _apply(driver: Driver, kind: CommandKind, payload: Mapping[str, Any]) -> str:
+    if kind is CommandKind.STOP:
+        driver.stop(payload["mst_id"])
+        return f"stopped MST {payload['mst_id']}"
+    if kind is CommandKind.RESUME:
+        driver.resume_mst(payload["mst_id"])
+        return f"resumed MST {payload['mst_id']}"
+    if kind is CommandKind.PRIORITY:
+        driver.set_priority(payload["mst_id"], payload["priority"])
+        return f"MST {payload['mst_id']} has priority {payload['priority']}"
+    epochs = payload.get("epochs") or driver.procedure.epochs
+    if kind is CommandKind.ADD:
+        mst = driver.add(payload["params"], epochs=epochs, priority=payload.get("priority", 0))
+        return f"added MST {mst.id}"
+    parent = driver.msts_by_id.get(payload["mst_id"])
+    if parent is None:
+        raise ConfigError(f"unknown MST {payload['mst_id']!r}")
+    params = {**parent.mst.params, **payload.get("changes", {})}
+    warm = bool(payload.get("warm_start", True))
+    mst = driver.add(params, epochs=epochs, parent=parent.mst.id, warm_start=warm)
+    return f"cloned MST {parent.mst.id} as MST {mst.id}"

@@ -1,0 +1,334 @@
+"""Successive halving on MOP: ``ASHA``, asynchronous ``Hyperband`` and synchronous
+``SuccessiveHalving``.
+
+An MST climbs rungs r_k = min_epochs * reduction_factor**k, capped at max_epochs
+(``rungs(1, 10, 3) == (1, 3, 9, 10)``). Its budget is one rung's epochs; when it has
+trained them it pauses (its budget is done, so the trainer marks it completed) until
+the procedure promotes it with ``trainer.extend(mst, next_rung)``. Nothing is kept
+between hooks: reports, ranks and promotions are read from the trainer's results,
+budgets and statuses, so a resumed run decides as the uninterrupted one would.
+
+New MSTs are random points of the space: the j-th MST of a run is the j-th point that
+``RandomSearch`` with the same space and seed proposes, so procedures compare on the
+same candidates.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelhopper.errors import ConfigError
+from modelhopper.estimator import Estimator
+from modelhopper.procedures._base import (
+    MST,
+    BaseProcedure,
+    Decision,
+    EpochResult,
+    Trainer,
+    _check_positive_int,
+)
+from modelhopper.result import MSTStatus
+from modelhopper.space import Space
+
+__all__ = ["ASHA", "Hyperband", "SuccessiveHalving", "rungs"]
+
+_ENDED = (MSTStatus.STOPPED.value, MSTStatus.FAILED.value)
+_ACTIVE = (MSTStatus.PENDING.value, MSTStatus.RUNNING.value)
+
+
+def rungs(min_epochs: int, max_epochs: int, reduction_factor: int) -> tuple[int, ...]:
+    """The rung epochs min_epochs * reduction_factor**k below max_epochs, then max_epochs."""
+    out = []
+    epochs = min_epochs
+    while epochs < max_epochs:
+        out.append(epochs)
+        epochs *= reduction_factor
+    return (*out, max_epochs)
+
+
+@dataclass
+class _View:
+    """One read of the trainer: MSTs in id order with their metrics by epoch, budget, status."""
+
+    msts: list[MST]
+    metrics: dict[int, dict[int, Mapping[str, float]]]
+    budget: dict[int, int]
+    status: dict[int, str]
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> _View:
+        msts = trainer.msts()
+        metrics: dict[int, dict[int, Mapping[str, float]]] = {m.id: {} for m in msts}
+        for r in trainer.results():
+            metrics.setdefault(r.mst_id, {})[r.epoch] = r.metrics  # a re-evaluation replaces
+        budget = {m.id: trainer.budget(m.id) for m in msts}
+        status = {m.id: trainer.status(m.id) for m in msts}
+        return cls(msts, metrics, budget, status)
+
+    def done(self, mst_id: int) -> int:
+        """Epochs evaluated (its latest evaluated epoch + 1)."""
+        epochs = self.metrics[mst_id]
+        return max(epochs) + 1 if epochs else 0
+
+    def n_active(self) -> int:
+        """MSTs that still have epochs to train (they keep a worker busy or queued)."""
+        return sum(
+            self.status[m.id] in _ACTIVE and self.done(m.id) < self.budget[m.id] for m in self.msts
+        )
+
+    def ranked(
+        self, members: list[int], epochs: int, objective: Callable[[Mapping[str, float]], float]
+    ) -> list[int]:
+        """Members that reported after ``epochs`` epochs, best first (ties: lower id first)."""
+        scored = [
+            (objective(self.metrics[m][epochs - 1]), m)
+            for m in members
+            if epochs - 1 in self.metrics[m]
+        ]
+        return [m for _, m in sorted(scored, key=lambda t: (-t[0], t[1]))]
+
+    def paused_at(self, mst_id: int, epochs: int) -> bool:
+        """Trained exactly to a budget of ``epochs`` and neither stopped nor failed."""
+        return (
+            self.status[mst_id] not in _ENDED
+            and self.budget[mst_id] == epochs
+            and self.done(mst_id) >= epochs
+        )
+
+
+class _Halving(BaseProcedure):
+    """Arguments, rungs and random points shared by the successive-halving procedures."""
+
+    def __init__(
+        self,
+        make_estimator: Callable[[dict[str, Any]], Estimator],
+        space: Space | Mapping[str, Any],
+        *,
+        max_epochs: int,
+        n_msts: int,
+        min_epochs: int = 1,
+        reduction_factor: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        max_epochs = _check_positive_int("max_epochs", max_epochs, "max_epochs=27")
+        super().__init__(make_estimator, space, epochs=max_epochs, **kwargs)
+        self.max_epochs = max_epochs
+        self.min_epochs = _check_positive_int("min_epochs", min_epochs, "min_epochs=1")
+        if min_epochs > max_epochs:
+            raise ConfigError(
+                f"min_epochs <= max_epochs must hold, got min_epochs={min_epochs}, "
+                f"max_epochs={max_epochs}; lower min_epochs or raise max_epochs"
+            )
+        if (
+            isinstance(reduction_factor, bool)
+            or not isinstance(reduction_factor, int)
+            or reduction_factor < 2
+        ):
+            raise ConfigError(
+                "reduction_factor must be an integer >= 2 (a rung promotes its top "
+                f"1/reduction_factor), got {reduction_factor!r}; e.g. reduction_factor=3"
+            )
+        self.reduction_factor = reduction_factor
+        self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=27")
+        self.rungs = rungs(self.min_epochs, self.max_epochs, self.reduction_factor)
+        self._points: list[dict[str, Any]] = []
+        self._rng: np.random.Generator | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "min_epochs": self.min_epochs,
+            "max_epochs": self.max_epochs,
+            "reduction_factor": self.reduction_factor,
+            "n_msts": self.n_msts,
+        }
+
+    def _point(self, index: int) -> dict[str, Any]:
+        """RandomSearch's point number ``index`` for this space and seed (memoised draws)."""
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.seed, 1])
+        while len(self._points) <= index:
+            self._points.append(self.space.sample(self._rng))
+        return copy.deepcopy(self._points[index])
+
+
+class _AsyncHalving(_Halving):
+    """ASHA over one or more brackets: promote when possible, else add, never wait."""
+
+    brackets: tuple[tuple[int, ...], ...]
+
+    def _bracket_of(self, index: int) -> int:
+        """Bracket of the run's MST number ``index`` (its position in ``trainer.msts()``)."""
+        return 0
+
+    def start(self, trainer: Trainer) -> None:
+        if not trainer.msts():  # a resumed run has its MSTs; on_idle feeds its workers
+            self._feed(trainer, trainer.n_workers, _View.of(trainer))
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
+        view = _View.of(trainer)
+        # the reporting MST frees its worker when its budget is done: give that worker a job
+        self._feed(trainer, trainer.n_workers - view.n_active(), view)
+        return Decision.CONTINUE
+
+    def on_idle(self, trainer: Trainer, n_idle: int) -> None:
+        self._feed(trainer, n_idle, _View.of(trainer))
+
+    def _feed(self, trainer: Trainer, n_jobs: int, view: _View) -> None:
+        """Li et al.'s get_job, ``n_jobs`` times: a promotion if any, else a new MST."""
+        if n_jobs <= 0:
+            return
+        promotions = self._promotions(view)
+        n_added = len(view.msts)
+        for _ in range(n_jobs):
+            if promotions:
+                mst_id, epochs = promotions.pop(0)
+                trainer.extend(mst_id, epochs)
+            elif n_added < self.n_msts:
+                first_rung = self.brackets[self._bracket_of(n_added)][0]
+                trainer.add(self._point(n_added), epochs=first_rung)
+                n_added += 1
+            else:
+                return
+
+    def _promotions(self, view: _View) -> list[tuple[int, int]]:
+        """(mst_id, next rung epochs) of every promotable MST, in the order to promote them:
+        bracket by bracket, rungs top down, best first within a rung."""
+        out = []
+        for b, bracket in enumerate(self.brackets):
+            members = [m.id for i, m in enumerate(view.msts) if self._bracket_of(i) == b]
+            for k in reversed(range(len(bracket) - 1)):
+                ranked = view.ranked(members, bracket[k], self.objective)
+                top = ranked[: len(ranked) // self.reduction_factor]
+                out += [(m, bracket[k + 1]) for m in top if view.paused_at(m, bracket[k])]
+        return out
+
+
+class ASHA(_AsyncHalving):
+    """Asynchronous successive halving (Li et al., 2020): workers never wait on a rung.
+
+    Each time a worker frees (``on_epoch_end`` of an MST whose budget is done, or
+    ``on_idle``), ASHA promotes an MST to its next rung if one is in the top
+    floor(n_k / reduction_factor) of the n_k MSTs that reported at rung k and is not yet
+    promoted (rungs scanned top down, best first, ties to the lower id; stopped and
+    failed MSTs are never promoted); otherwise it adds a new random MST with the lowest
+    rung's budget, until ``n_msts`` MSTs were added.
+    """
+
+    def __init__(
+        self,
+        make_estimator: Callable[[dict[str, Any]], Estimator],
+        space: Space | Mapping[str, Any],
+        *,
+        max_epochs: int,
+        n_msts: int,
+        min_epochs: int = 1,
+        reduction_factor: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            make_estimator, space, max_epochs=max_epochs, n_msts=n_msts,
+            min_epochs=min_epochs, reduction_factor=reduction_factor, **kwargs,
+        )  # fmt: skip
+        self.brackets = (self.rungs,)
+
+
+def _bracket_cycle(weights: list[int]) -> tuple[int, ...]:
+    """Bracket indices interleaved in proportion to ``weights`` (smooth weighted round robin)."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    cycle = []
+    for _ in range(total):
+        current = [c + w for c, w in zip(current, weights, strict=True)]
+        best = max(range(len(weights)), key=lambda b: (current[b], -b))
+        current[best] -= total
+        cycle.append(best)
+    return tuple(cycle)
+
+
+class Hyperband(_AsyncHalving):
+    """Asynchronous Hyperband: brackets of ASHA that halve from different first rungs.
+
+    Bracket b = 0..s_max (s_max the largest s with min_epochs * reduction_factor**s <=
+    max_epochs) is an ASHA whose lowest rung is min_epochs * reduction_factor**b. New
+    MSTs go to brackets in Hyperband's proportions, n_b = ceil((s_max + 1) / (s_max - b
+    + 1) * reduction_factor**(s_max - b)), so every bracket spends about the same
+    epochs; the proportions are interleaved deterministically (``bracket_cycle``; the
+    run's j-th MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a
+    promotion from the first bracket that has one, else a new MST.
+    """
+
+    def __init__(
+        self,
+        make_estimator: Callable[[dict[str, Any]], Estimator],
+        space: Space | Mapping[str, Any],
+        *,
+        max_epochs: int,
+        n_msts: int,
+        min_epochs: int = 1,
+        reduction_factor: int = 3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            make_estimator, space, max_epochs=max_epochs, n_msts=n_msts,
+            min_epochs=min_epochs, reduction_factor=reduction_factor, **kwargs,
+        )  # fmt: skip
+        eta = self.reduction_factor
+        s_max = len(rungs(self.min_epochs, self.max_epochs, eta)) - 1
+        if self.min_epochs * eta**s_max > self.max_epochs:  # the last rung is a capped one
+            s_max -= 1
+        self.brackets = tuple(
+            rungs(self.min_epochs * eta**b, self.max_epochs, eta) for b in range(s_max + 1)
+        )
+        self.bracket_sizes = tuple(
+            -(-(s_max + 1) * eta ** (s_max - b) // (s_max - b + 1)) for b in range(s_max + 1)
+        )
+        self.bracket_cycle = _bracket_cycle(list(self.bracket_sizes))
+
+    def _bracket_of(self, index: int) -> int:
+        return self.bracket_cycle[index % len(self.bracket_cycle)]
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "n_brackets": len(self.brackets)}
+
+
+class SuccessiveHalving(_Halving):
+    """Synchronous successive halving, with a barrier at every rung.
+
+    ``start`` adds all ``n_msts`` random MSTs with the lowest rung's budget. Rung k's
+    promotions are decided only once every MST that entered it has reported at rung k
+    (or was stopped or failed): its top max(1, floor(n_k / reduction_factor)) of the
+    n_k that reported go on to rung k + 1. Workers idle at each barrier; ASHA is the
+    asynchronous alternative this is compared against.
+    """
+
+    def start(self, trainer: Trainer) -> None:
+        if not trainer.msts():
+            for index in range(self.n_msts):
+                trainer.add(self._point(index), epochs=self.rungs[0])
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
+        self._promote(trainer)
+        return Decision.CONTINUE
+
+    def on_idle(self, trainer: Trainer, n_idle: int) -> None:
+        self._promote(trainer)
+
+    def _promote(self, trainer: Trainer) -> None:
+        view = _View.of(trainer)
+        for k, epochs in enumerate(self.rungs[:-1]):
+            entered = [m.id for m in view.msts if view.budget[m.id] >= epochs]
+            if any(view.budget[m] > epochs for m in entered):
+                continue  # rung k was decided already
+            if any(view.status[m] not in _ENDED and view.done(m) < epochs for m in entered):
+                return  # the barrier: some MST of the rung has not reported yet
+            ranked = view.ranked(entered, epochs, self.objective)
+            for m in ranked[: max(1, len(ranked) // self.reduction_factor)]:
+                if view.paused_at(m, epochs):
+                    trainer.extend(m, self.rungs[k + 1])
+            return

@@ -1,0 +1,367 @@
+"""Optuna's samplers (TPE, CMA-ES, GP, NSGA-II, random, ...) proposing MSTs, by ask and tell.
+
+The procedure owns an in-memory Optuna study: the study *is* the sampler's state, the
+one thing a procedure keeps besides the trainer. Each new MST is ``study.ask`` with
+fixed distributions translated from the space (choice/grid -> categorical, uniform ->
+float, loguniform -> float with log, randint -> int with high - 1, quniform -> float
+with step q; constants are added to the params, not sampled). An MST's value is its
+last epoch's metric; it is told to the study once the MST is over: completed (its
+budget done), stopped (with its last value) or failed (``TrialState.FAIL``; so is an
+MST that ended without a finite value).
+
+The Trainer has no "MST ended" callback, so every hook first compares the trainer's
+MSTs with what the study was told: an MST whose status is completed, stopped or failed
+and that was not told yet is told then, and ``on_epoch_end`` tells the reporting MST
+when that epoch ends its budget (result.epoch + 1 == budget). On a resumed run
+``start`` rebuilds the study from the trainer (finished MSTs as finished trials,
+pending and running ones as running trials) and asks nothing more than a fresh run
+would. MSTs added by others (e.g. a user's command) are told as finished trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from modelhopper.errors import ConfigError, SpaceError
+from modelhopper.estimator import Estimator, derive_seed
+from modelhopper.procedures._base import (
+    MST,
+    BaseProcedure,
+    Decision,
+    EpochResult,
+    Trainer,
+    _check_positive_int,
+)
+from modelhopper.result import MSTStatus
+from modelhopper.space import (
+    Choice,
+    Grid,
+    LogUniform,
+    QUniform,
+    RandInt,
+    Space,
+    Uniform,
+)
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.samplers import BaseSampler
+
+__all__ = ["OptunaSearch", "TPESearch"]
+
+_FINISHED = (MSTStatus.COMPLETED.value, MSTStatus.STOPPED.value, MSTStatus.FAILED.value)
+_ACTIVE = (MSTStatus.PENDING.value, MSTStatus.RUNNING.value)
+_SCALAR = (type(None), bool, int, float, str)
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as e:
+        raise ConfigError(
+            "OptunaSearch and TPESearch need optuna: pip install 'modelhopper[optuna]'"
+        ) from e
+    return optuna
+
+
+@contextmanager
+def _quiet(optuna: Any) -> Iterator[None]:
+    """Optuna logs every trial at INFO; keep it to warnings while we drive the study."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _multiple(value: float, q: float) -> bool:
+    return Decimal(repr(value)) % Decimal(repr(q)) == 0
+
+
+class _Codec:
+    """The space as fixed Optuna distributions, and params to and from trial params."""
+
+    def __init__(self, space: Space, optuna: Any) -> None:
+        d = optuna.distributions
+        self.distributions: dict[str, BaseDistribution] = {}
+        self.choices: dict[str, tuple[Any, ...]] = {}  # non-scalar choices, by index
+        self.constants: dict[str, Any] = {}
+        for name, domain in space.domains.items():
+            if isinstance(domain, (Choice, Grid)):
+                if all(type(v) in _SCALAR for v in domain.values):
+                    self.distributions[name] = d.CategoricalDistribution(domain.values)
+                else:  # lists and dicts are not Optuna choices: sample their index
+                    self.choices[name] = domain.values
+                    choices = tuple(range(len(domain.values)))
+                    self.distributions[name] = d.CategoricalDistribution(choices)
+            elif isinstance(domain, LogUniform):
+                self.distributions[name] = d.FloatDistribution(domain.low, domain.high, log=True)
+            elif isinstance(domain, Uniform):
+                self.distributions[name] = d.FloatDistribution(domain.low, domain.high)
+            elif isinstance(domain, RandInt):
+                self.distributions[name] = d.IntDistribution(domain.low, domain.high - 1)
+            elif isinstance(domain, QUniform):
+                low, high, q = domain.low, domain.high, domain.q
+                if not (_multiple(low, q) and _multiple(high, q)):
+                    raise SpaceError(
+                        f"quniform({name!r}) needs low and high that are multiples of q for "
+                        f"Optuna, which samples low + k*q while the space holds multiples of q; "
+                        f"got low={low!r}, high={high!r}, q={q!r}; e.g. "
+                        f"quniform({_snap(low, q, up=True)!r}, {_snap(high, q, up=False)!r}, "
+                        f"{q!r})"
+                    )
+                self.distributions[name] = d.FloatDistribution(low, high, step=q)
+            else:
+                self.constants[name] = domain
+
+    def decode(self, trial_params: Mapping[str, Any]) -> dict[str, Any]:
+        params = {}
+        for name, value in trial_params.items():
+            params[name] = self.choices[name][value] if name in self.choices else value
+        return {**params, **self.constants}
+
+    def encode(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Trial params of an MST's params, or None if they are not points of the space."""
+        out = {}
+        for name, dist in self.distributions.items():
+            if name not in params:
+                return None
+            value = params[name]
+            if name in self.choices:
+                hits = [i for i, v in enumerate(self.choices[name]) if v == value]
+                if not hits:
+                    return None
+                value = hits[0]
+            try:
+                if not dist._contains(dist.to_internal_repr(value)):
+                    return None
+            except (TypeError, ValueError):
+                return None
+            out[name] = value
+        return out
+
+
+def _snap(value: float, q: float, *, up: bool) -> float:
+    steps = Decimal(repr(value)) / Decimal(repr(q))
+    whole = int(steps.to_integral_value(rounding="ROUND_CEILING" if up else "ROUND_FLOOR"))
+    return float(Decimal(whole) * Decimal(repr(q)))
+
+
+class OptunaSearch(BaseProcedure):
+    """``n_msts`` MSTs proposed by an Optuna sampler, as workers free up.
+
+    ``sampler`` is an Optuna sampler, a function ``seed -> sampler``, or None for
+    ``TPESampler``. A function (and None) is called afresh with a seed derived from
+    ``seed`` and the MST's number before every proposal, so each proposal is a function
+    of the seed and of what the study was told, and a resumed run proposes what the
+    uninterrupted one would; a sampler object is used as is (its own random stream
+    restarts on resume).
+
+    ``start`` proposes max(n_workers, ``n_initial``) MSTs; each time an MST's budget is
+    done and each time workers are idle, new MSTs are proposed so every worker stays
+    busy, until ``n_msts`` were proposed. ``study`` is the Optuna study (after ``start``).
+    """
+
+    def __init__(
+        self,
+        make_estimator: Callable[[dict[str, Any]], Estimator],
+        space: Space | Mapping[str, Any],
+        *,
+        n_msts: int,
+        epochs: int,
+        sampler: BaseSampler | Callable[[int], BaseSampler] | None = None,
+        n_initial: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(make_estimator, space, epochs=epochs, **kwargs)
+        self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=32")
+        self.n_initial = _check_positive_int("n_initial", n_initial, "n_initial=4")
+        self._optuna = _import_optuna()
+        base = self._optuna.samplers.BaseSampler
+        if sampler is not None and not isinstance(sampler, base):
+            probe = sampler(self.seed) if callable(sampler) else None
+            if not isinstance(probe, base):
+                raise ConfigError(
+                    "sampler must be an Optuna sampler, a function seed -> sampler, or None "
+                    f"for TPE, got {sampler!r}; e.g. sampler=optuna.samplers.RandomSampler(seed=0)"
+                )
+        self.sampler = sampler
+        self._codec = _Codec(self.space, self._optuna)
+        self.study: optuna.Study | None = None
+        self._trials: dict[int, int] = {}  # MST id -> trial number, until told
+        self._told: set[int] = set()
+
+    def settings(self) -> dict[str, Any]:
+        sampler = self._sampler_for(self.seed)
+        return {
+            **super().settings(),
+            "n_msts": self.n_msts,
+            "n_initial": self.n_initial,
+            "sampler": type(sampler).__name__,
+        }
+
+    def _sampler_for(self, seed: int) -> BaseSampler:
+        """The sampler for one proposal; ``seed`` is derived from the MST's number."""
+        if self.sampler is None:
+            sampler: BaseSampler = self._optuna.samplers.TPESampler(seed=seed)
+            return sampler
+        if isinstance(self.sampler, self._optuna.samplers.BaseSampler):
+            return self.sampler
+        return self.sampler(seed)
+
+    # ------------------------------------------------------------ hooks
+
+    def start(self, trainer: Trainer) -> None:
+        with _quiet(self._optuna):
+            self.study = self._optuna.create_study(
+                direction=self.direction.value, sampler=self._sampler_for(self.seed)
+            )
+        self._trials, self._told = {}, set()
+        msts = trainer.msts()
+        if msts:  # a resumed run: rebuild the study, propose nothing more than on_idle does
+            for mst in msts:
+                self._adopt(trainer, mst)
+            return
+        self._propose(trainer, max(trainer.n_workers, self.n_initial), msts)
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
+        ended = result.mst_id if result.epoch + 1 >= trainer.budget(result.mst_id) else None
+        msts = self._sync(trainer, ended=ended, last=result)
+        n_active = sum(
+            trainer.status(m.id) in _ACTIVE and m.id in self._trials and m.id != ended for m in msts
+        )
+        self._propose(trainer, trainer.n_workers - n_active, msts)
+        return Decision.CONTINUE
+
+    def on_idle(self, trainer: Trainer, n_idle: int) -> None:
+        msts = self._sync(trainer)
+        self._propose(trainer, n_idle, msts)
+
+    # ------------------------------------------------------------ ask and tell
+
+    def _propose(self, trainer: Trainer, n: int, msts: list[MST]) -> None:
+        assert self.study is not None, "start() creates the study"
+        n = min(n, self.n_msts - len(msts))
+        for index in range(len(msts), len(msts) + max(n, 0)):
+            self.study.sampler = self._sampler_for(derive_seed(self.seed, 3, index))
+            with _quiet(self._optuna):
+                trial = self.study.ask(self._codec.distributions)
+            mst = trainer.add(self._codec.decode(trial.params), epochs=self.epochs)
+            self._trials[mst.id] = trial.number
+
+    def _sync(
+        self, trainer: Trainer, *, ended: int | None = None, last: EpochResult | None = None
+    ) -> list[MST]:
+        """Tell the study about every MST that is over and was not told yet."""
+        msts = trainer.msts()
+        for mst in msts:
+            if mst.id in self._told:
+                continue
+            if mst.id == ended or trainer.status(mst.id) in _FINISHED:
+                result = last if last is not None and last.mst_id == mst.id else None
+                self._tell(trainer, mst, result)
+        return msts
+
+    def _outcome(
+        self, trainer: Trainer, mst_id: int, last: EpochResult | None
+    ) -> tuple[Any, float | None]:
+        state = self._optuna.trial.TrialState
+        if trainer.status(mst_id) == MSTStatus.FAILED.value:
+            return state.FAIL, None
+        if last is None:
+            results = trainer.results(mst_id)
+            if not results:
+                return state.FAIL, None
+            last = results[-1]
+        value = self.objective(last.metrics)
+        if not math.isfinite(value):
+            return state.FAIL, None
+        return state.COMPLETE, value if self.maximize else -value
+
+    def _tell(self, trainer: Trainer, mst: MST, last: EpochResult | None) -> None:
+        assert self.study is not None, "start() creates the study"
+        state, value = self._outcome(trainer, mst.id, last)
+        number = self._trials.pop(mst.id, None)
+        with _quiet(self._optuna):
+            if number is not None:
+                self.study.tell(number, value, state=state)
+            else:
+                self._add_trial(mst, state, value)
+        self._told.add(mst.id)
+
+    def _adopt(self, trainer: Trainer, mst: MST) -> None:
+        """Add a trial for an MST the study did not propose (resume, or added by others)."""
+        assert self.study is not None, "start() creates the study"
+        if trainer.status(mst.id) in _FINISHED:
+            self._tell(trainer, mst, None)
+        elif self._add_trial(mst, self._optuna.trial.TrialState.RUNNING, None):
+            self._trials[mst.id] = len(self.study.trials) - 1
+
+    def _add_trial(self, mst: MST, state: Any, value: float | None) -> bool:
+        assert self.study is not None, "start() creates the study"
+        params = self._codec.encode(mst.params)
+        if params is None:  # not a point of the space (e.g. a user's clone-with-changes)
+            return False
+        dists = {name: self._codec.distributions[name] for name in params}
+        self.study.add_trial(
+            self._optuna.trial.create_trial(
+                params=params, distributions=dists, value=value, state=state
+            )
+        )
+        return True
+
+
+class TPESearch(OptunaSearch):
+    """``OptunaSearch`` with Optuna's ``TPESampler`` (Tree-structured Parzen Estimator).
+
+    ``n_startup_trials`` MSTs are random before TPE models the results; ``multivariate``
+    models parameters jointly. Other TPE options: pass ``sampler=lambda seed:
+    optuna.samplers.TPESampler(seed=seed, ...)`` to ``OptunaSearch``.
+    """
+
+    def __init__(
+        self,
+        make_estimator: Callable[[dict[str, Any]], Estimator],
+        space: Space | Mapping[str, Any],
+        *,
+        n_msts: int,
+        epochs: int,
+        n_startup_trials: int = 10,
+        multivariate: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if "sampler" in kwargs:
+            raise ConfigError(
+                "TPESearch makes its own TPESampler, got sampler=...; "
+                "use OptunaSearch(sampler=...) for another sampler"
+            )
+        if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int):
+            raise ConfigError(
+                f"n_startup_trials must be an integer >= 0, got {n_startup_trials!r}; e.g. 10"
+            )
+        if n_startup_trials < 0:
+            raise ConfigError(
+                f"n_startup_trials must be an integer >= 0, got {n_startup_trials!r}; e.g. 10"
+            )
+        self.n_startup_trials = n_startup_trials
+        self.multivariate = bool(multivariate)
+        super().__init__(make_estimator, space, n_msts=n_msts, epochs=epochs, **kwargs)
+
+    def _sampler_for(self, seed: int) -> BaseSampler:
+        sampler: BaseSampler = self._optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self.n_startup_trials, multivariate=self.multivariate
+        )
+        return sampler
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "n_startup_trials": self.n_startup_trials,
+            "multivariate": self.multivariate,
+        }
