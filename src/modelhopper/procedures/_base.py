@@ -25,8 +25,8 @@ from modelhopper.space import Space
 if TYPE_CHECKING:
     from modelhopper.data import Dataset
     from modelhopper.executors import BaseExecutor
-    from modelhopper.result import Result
     from modelhopper.handle import RunHandle
+    from modelhopper.result import Result
     from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
