@@ -17,7 +17,20 @@ from modelhopper.errors import (
 from modelhopper.estimator import Estimator
 from modelhopper.executors import BaseExecutor, LocalExecutor
 from modelhopper.experiment import load_model, load_result, resume
-from modelhopper.procedures import MST, BaseProcedure, Decision, Direction, GridSearch, RandomSearch
+from modelhopper.procedures import (
+    ASHA,
+    MST,
+    PBT,
+    BaseProcedure,
+    Decision,
+    Direction,
+    GridSearch,
+    Hyperband,
+    OptunaSearch,
+    RandomSearch,
+    SuccessiveHalving,
+    TPESearch,
+)
 from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
 from modelhopper.scheduling import MOPScheduler, SchedulingPolicy
 from modelhopper.space import (
@@ -33,6 +46,12 @@ from modelhopper.space import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASHA",
+    "Hyperband",
+    "OptunaSearch",
+    "PBT",
+    "SuccessiveHalving",
+    "TPESearch",
     "AllMSTsFailedError",
     "BaseExecutor",
     "BaseProcedure",

@@ -134,8 +134,8 @@ class BaseProcedure:
             raise ConfigError(
                 f"direction must be 'maximize' or 'minimize', got {direction!r}"
             ) from None
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = seed
         self.policy = _parse_policy(policy)
 

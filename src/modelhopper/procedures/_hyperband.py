@@ -166,13 +166,15 @@ class _AsyncHalving(_Halving):
         """Bracket of the run's MST number ``index`` (its position in ``trainer.msts()``)."""
         return 0
 
-    def start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Trainer) -> None:
         if not trainer.msts():  # a resumed run has its MSTs; on_idle feeds its workers
             self._feed(trainer, trainer.n_workers, _View.of(trainer))
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
+        if result.epoch + 1 < trainer.budget(result.mst_id):
+            return Decision.CONTINUE  # it keeps its worker; idle ones get on_idle
+        # the reporting MST paused at a rung and frees its worker: give that worker a job
         view = _View.of(trainer)
-        # the reporting MST frees its worker when its budget is done: give that worker a job
         self._feed(trainer, trainer.n_workers - view.n_active(), view)
         return Decision.CONTINUE
 
@@ -300,20 +302,21 @@ class Hyperband(_AsyncHalving):
 class SuccessiveHalving(_Halving):
     """Synchronous successive halving, with a barrier at every rung.
 
-    ``start`` adds all ``n_msts`` random MSTs with the lowest rung's budget. Rung k's
+    ``on_start`` adds all ``n_msts`` random MSTs with the lowest rung's budget. Rung k's
     promotions are decided only once every MST that entered it has reported at rung k
     (or was stopped or failed): its top max(1, floor(n_k / reduction_factor)) of the
     n_k that reported go on to rung k + 1. Workers idle at each barrier; ASHA is the
     asynchronous alternative this is compared against.
     """
 
-    def start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Trainer) -> None:
         if not trainer.msts():
             for index in range(self.n_msts):
                 trainer.add(self._point(index), epochs=self.rungs[0])
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
-        self._promote(trainer)
+        if result.epoch + 1 >= trainer.budget(result.mst_id):  # it may complete its rung
+            self._promote(trainer)
         return Decision.CONTINUE
 
     def on_idle(self, trainer: Trainer, n_idle: int) -> None:

@@ -13,7 +13,7 @@ The Trainer has no "MST ended" callback, so every hook first compares the traine
 MSTs with what the study was told: an MST whose status is completed, stopped or failed
 and that was not told yet is told then, and ``on_epoch_end`` tells the reporting MST
 when that epoch ends its budget (result.epoch + 1 == budget). On a resumed run
-``start`` rebuilds the study from the trainer (finished MSTs as finished trials,
+``on_start`` rebuilds the study from the trainer (finished MSTs as finished trials,
 pending and running ones as running trials) and asks nothing more than a fresh run
 would. MSTs added by others (e.g. a user's command) are told as finished trials.
 """
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from modelhopper.errors import ConfigError, SpaceError
+from modelhopper.errors import ConfigError, ModelHopperError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.procedures._base import (
     MST,
@@ -127,9 +127,9 @@ class _Codec:
         return {**params, **self.constants}
 
     def encode(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Trial params of an MST's params, or None if they are not points of the space."""
+        """Trial params of an MST's params (choices of lists/dicts as their index)."""
         out = {}
-        for name, dist in self.distributions.items():
+        for name in self.distributions:
             if name not in params:
                 return None
             value = params[name]
@@ -138,11 +138,6 @@ class _Codec:
                 if not hits:
                     return None
                 value = hits[0]
-            try:
-                if not dist._contains(dist.to_internal_repr(value)):
-                    return None
-            except (TypeError, ValueError):
-                return None
             out[name] = value
         return out
 
@@ -163,9 +158,9 @@ class OptunaSearch(BaseProcedure):
     uninterrupted one would; a sampler object is used as is (its own random stream
     restarts on resume).
 
-    ``start`` proposes max(n_workers, ``n_initial``) MSTs; each time an MST's budget is
+    ``on_start`` proposes max(n_workers, ``n_initial``) MSTs; each time an MST's budget is
     done and each time workers are idle, new MSTs are proposed so every worker stays
-    busy, until ``n_msts`` were proposed. ``study`` is the Optuna study (after ``start``).
+    busy, until ``n_msts`` were proposed. ``study`` is the Optuna study (after ``on_start``).
     """
 
     def __init__(
@@ -182,23 +177,22 @@ class OptunaSearch(BaseProcedure):
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
         self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=32")
         self.n_initial = _check_positive_int("n_initial", n_initial, "n_initial=4")
-        self._optuna = _import_optuna()
-        base = self._optuna.samplers.BaseSampler
+        base = _import_optuna().samplers.BaseSampler
         if sampler is not None and not isinstance(sampler, base):
-            probe = sampler(self.seed) if callable(sampler) else None
+            probe = sampler(self._seed_for(-1)) if callable(sampler) else None
             if not isinstance(probe, base):
                 raise ConfigError(
                     "sampler must be an Optuna sampler, a function seed -> sampler, or None "
                     f"for TPE, got {sampler!r}; e.g. sampler=optuna.samplers.RandomSampler(seed=0)"
                 )
         self.sampler = sampler
-        self._codec = _Codec(self.space, self._optuna)
+        self._codec = _Codec(self.space, _import_optuna())
         self.study: optuna.Study | None = None
         self._trials: dict[int, int] = {}  # MST id -> trial number, until told
         self._told: set[int] = set()
 
     def settings(self) -> dict[str, Any]:
-        sampler = self._sampler_for(self.seed)
+        sampler = self._sampler_for(self._seed_for(-1))
         return {
             **super().settings(),
             "n_msts": self.n_msts,
@@ -206,21 +200,25 @@ class OptunaSearch(BaseProcedure):
             "sampler": type(sampler).__name__,
         }
 
+    def _seed_for(self, index: int) -> int:
+        """The sampler seed for proposing the run's MST number ``index`` (32 bits, as Optuna's)."""
+        return derive_seed(self.seed, 3, index + 1) % 2**32
+
     def _sampler_for(self, seed: int) -> BaseSampler:
         """The sampler for one proposal; ``seed`` is derived from the MST's number."""
         if self.sampler is None:
-            sampler: BaseSampler = self._optuna.samplers.TPESampler(seed=seed)
+            sampler: BaseSampler = _import_optuna().samplers.TPESampler(seed=seed)
             return sampler
-        if isinstance(self.sampler, self._optuna.samplers.BaseSampler):
-            return self.sampler
-        return self.sampler(seed)
+        if callable(self.sampler):  # samplers are not callable; checked in __init__
+            return self.sampler(seed)
+        return self.sampler
 
     # ------------------------------------------------------------ hooks
 
-    def start(self, trainer: Trainer) -> None:
-        with _quiet(self._optuna):
-            self.study = self._optuna.create_study(
-                direction=self.direction.value, sampler=self._sampler_for(self.seed)
+    def on_start(self, trainer: Trainer) -> None:
+        with _quiet(_import_optuna()):
+            self.study = _import_optuna().create_study(
+                direction=self.direction.value, sampler=self._sampler_for(self._seed_for(-1))
             )
         self._trials, self._told = {}, set()
         msts = trainer.msts()
@@ -233,9 +231,7 @@ class OptunaSearch(BaseProcedure):
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
         ended = result.mst_id if result.epoch + 1 >= trainer.budget(result.mst_id) else None
         msts = self._sync(trainer, ended=ended, last=result)
-        n_active = sum(
-            trainer.status(m.id) in _ACTIVE and m.id in self._trials and m.id != ended for m in msts
-        )
+        n_active = sum(trainer.status(m.id) in _ACTIVE for m in msts if m.id != ended)
         self._propose(trainer, trainer.n_workers - n_active, msts)
         return Decision.CONTINUE
 
@@ -245,13 +241,21 @@ class OptunaSearch(BaseProcedure):
 
     # ------------------------------------------------------------ ask and tell
 
+    def _study_or_raise(self) -> optuna.Study:
+        if self.study is None:
+            raise ModelHopperError(
+                f"{type(self).__name__} has no study yet: the experiment calls on_start(trainer) "
+                "before any other hook; call it first when driving the procedure by hand"
+            )
+        return self.study
+
     def _propose(self, trainer: Trainer, n: int, msts: list[MST]) -> None:
-        assert self.study is not None, "start() creates the study"
+        study = self._study_or_raise()
         n = min(n, self.n_msts - len(msts))
         for index in range(len(msts), len(msts) + max(n, 0)):
-            self.study.sampler = self._sampler_for(derive_seed(self.seed, 3, index))
-            with _quiet(self._optuna):
-                trial = self.study.ask(self._codec.distributions)
+            study.sampler = self._sampler_for(self._seed_for(index))
+            with _quiet(_import_optuna()):
+                trial = study.ask(self._codec.distributions)
             mst = trainer.add(self._codec.decode(trial.params), epochs=self.epochs)
             self._trials[mst.id] = trial.number
 
@@ -271,7 +275,7 @@ class OptunaSearch(BaseProcedure):
     def _outcome(
         self, trainer: Trainer, mst_id: int, last: EpochResult | None
     ) -> tuple[Any, float | None]:
-        state = self._optuna.trial.TrialState
+        state = _import_optuna().trial.TrialState
         if trainer.status(mst_id) == MSTStatus.FAILED.value:
             return state.FAIL, None
         if last is None:
@@ -285,35 +289,36 @@ class OptunaSearch(BaseProcedure):
         return state.COMPLETE, value if self.maximize else -value
 
     def _tell(self, trainer: Trainer, mst: MST, last: EpochResult | None) -> None:
-        assert self.study is not None, "start() creates the study"
+        study = self._study_or_raise()
         state, value = self._outcome(trainer, mst.id, last)
         number = self._trials.pop(mst.id, None)
-        with _quiet(self._optuna):
+        with _quiet(_import_optuna()):
             if number is not None:
-                self.study.tell(number, value, state=state)
+                study.tell(number, value, state=state)
             else:
                 self._add_trial(mst, state, value)
         self._told.add(mst.id)
 
     def _adopt(self, trainer: Trainer, mst: MST) -> None:
         """Add a trial for an MST the study did not propose (resume, or added by others)."""
-        assert self.study is not None, "start() creates the study"
+        study = self._study_or_raise()
         if trainer.status(mst.id) in _FINISHED:
             self._tell(trainer, mst, None)
-        elif self._add_trial(mst, self._optuna.trial.TrialState.RUNNING, None):
-            self._trials[mst.id] = len(self.study.trials) - 1
+        elif self._add_trial(mst, _import_optuna().trial.TrialState.RUNNING, None):
+            self._trials[mst.id] = len(study.get_trials(deepcopy=False)) - 1
 
     def _add_trial(self, mst: MST, state: Any, value: float | None) -> bool:
-        assert self.study is not None, "start() creates the study"
+        study = self._study_or_raise()
         params = self._codec.encode(mst.params)
         if params is None:  # not a point of the space (e.g. a user's clone-with-changes)
             return False
-        dists = {name: self._codec.distributions[name] for name in params}
-        self.study.add_trial(
-            self._optuna.trial.create_trial(
-                params=params, distributions=dists, value=value, state=state
+        try:
+            trial = _import_optuna().trial.create_trial(
+                params=params, distributions=self._codec.distributions, value=value, state=state
             )
-        )
+        except ValueError:  # a value outside its distribution
+            return False
+        study.add_trial(trial)
         return True
 
 
@@ -321,8 +326,9 @@ class TPESearch(OptunaSearch):
     """``OptunaSearch`` with Optuna's ``TPESampler`` (Tree-structured Parzen Estimator).
 
     ``n_startup_trials`` MSTs are random before TPE models the results; ``multivariate``
-    models parameters jointly. Other TPE options: pass ``sampler=lambda seed:
-    optuna.samplers.TPESampler(seed=seed, ...)`` to ``OptunaSearch``.
+    models parameters jointly (None: Optuna's default, joint for one objective). For
+    other TPE options pass ``sampler=lambda seed: optuna.samplers.TPESampler(seed=seed,
+    ...)`` to ``OptunaSearch``.
     """
 
     def __init__(
@@ -333,7 +339,7 @@ class TPESearch(OptunaSearch):
         n_msts: int,
         epochs: int,
         n_startup_trials: int = 10,
-        multivariate: bool = False,
+        multivariate: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if "sampler" in kwargs:
@@ -341,20 +347,20 @@ class TPESearch(OptunaSearch):
                 "TPESearch makes its own TPESampler, got sampler=...; "
                 "use OptunaSearch(sampler=...) for another sampler"
             )
-        if isinstance(n_startup_trials, bool) or not isinstance(n_startup_trials, int):
-            raise ConfigError(
-                f"n_startup_trials must be an integer >= 0, got {n_startup_trials!r}; e.g. 10"
-            )
-        if n_startup_trials < 0:
+        if (
+            isinstance(n_startup_trials, bool)
+            or not isinstance(n_startup_trials, int)
+            or n_startup_trials < 0
+        ):
             raise ConfigError(
                 f"n_startup_trials must be an integer >= 0, got {n_startup_trials!r}; e.g. 10"
             )
         self.n_startup_trials = n_startup_trials
-        self.multivariate = bool(multivariate)
+        self.multivariate = None if multivariate is None else bool(multivariate)
         super().__init__(make_estimator, space, n_msts=n_msts, epochs=epochs, **kwargs)
 
     def _sampler_for(self, seed: int) -> BaseSampler:
-        sampler: BaseSampler = self._optuna.samplers.TPESampler(
+        sampler: BaseSampler = _import_optuna().samplers.TPESampler(
             seed=seed, n_startup_trials=self.n_startup_trials, multivariate=self.multivariate
         )
         return sampler

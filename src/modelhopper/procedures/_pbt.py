@@ -61,7 +61,10 @@ class PBT(BaseProcedure):
     domain; otherwise a float (uniform, loguniform, quniform) is multiplied by one of
     ``perturbation_factors`` and clipped into its bounds (quniform: rounded to a multiple
     of q), an int (randint) likewise but moved by at least 1, and a choice/grid value moves
-    to a neighbouring value of its list. Constants are kept. The randomness of replacing
+    to a neighbour in its list (either side at random; from an end, inward). Constants are
+    kept. A member is judged against the members that have reported at the same boundary
+    so far (asynchronous: the first to arrive are rarely cut), and the parent is drawn
+    among the top quantile of those. The randomness of replacing
     MST m comes from ``numpy.random.default_rng([seed, 2, m])``, so a run is a function of
     the seed and the results. Failed members are not replaced; the population shrinks.
     """
@@ -77,9 +80,20 @@ class PBT(BaseProcedure):
         quantile: float = 0.25,
         perturbation_factors: Sequence[float] = (0.8, 1.2),
         resample_probability: float = 0.25,
+        mutable: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
+        # Clones start from their parent's weights, so architecture params must not move:
+        # ``mutable`` names the hyperparameters PBT may perturb (default: every domain).
+        names = self.space.names if mutable is None else tuple(mutable)
+        unknown = [n for n in names if n not in self.space]
+        if unknown or not names:
+            raise ConfigError(
+                f"mutable must name parameters of the space, got {mutable!r}; the space has "
+                f"{list(self.space.names)} (list the hyperparameters, e.g. mutable=['lr'])"
+            )
+        self.mutable = names
         self.population_size = _check_positive_int(
             "population_size", population_size, "population_size=8"
         )
@@ -120,7 +134,7 @@ class PBT(BaseProcedure):
             "resample_probability": self.resample_probability,
         }
 
-    def start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: Trainer) -> None:
         if trainer.msts():  # a resumed run: the population is there already
             return
         rng = np.random.default_rng([self.seed, 1])  # RandomSearch's points, in order
@@ -148,7 +162,7 @@ class PBT(BaseProcedure):
         """``params`` perturbed as the class docstring says, checked against the space."""
         new = dict(params)
         for name, domain in self.space.domains.items():
-            if isinstance(domain, BaseDomain):
+            if isinstance(domain, BaseDomain) and name in self.mutable:
                 if rng.random() < self.resample_probability:
                     new[name] = domain.sample(rng)
                 else:

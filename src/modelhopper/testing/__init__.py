@@ -5,6 +5,7 @@ Needs pytest (``pip install 'modelhopper[dev]'``).
 
 from __future__ import annotations
 
+from modelhopper.testing._fake_trainer import EpochLog, FakeTrainer
 from modelhopper.testing._store import StoreConformance
 
-__all__ = ["StoreConformance"]
+__all__ = ["EpochLog", "FakeTrainer", "StoreConformance"]

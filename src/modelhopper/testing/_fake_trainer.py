@@ -5,19 +5,24 @@ It runs a procedure the way the experiment driver does, without processes or mod
     trainer = FakeTrainer(ASHA(make, space, max_epochs=9, n_msts=27), n_workers=4,
                           objective_fn=lambda params, epoch: (params["lr"] - 0.01) ** 2)
     trainer.run()
-    trainer.log  # EpochLog(start, end, worker, mst_id, epoch, evaluated) in start order
+    trainer.log  # EpochLog(start, end, worker, mst_id, epoch, evaluated), as epochs end
 
 Each epoch of an MST occupies one free worker for ``cost(params)`` simulated seconds
 (1 by default); at most ``n_workers`` epochs are in flight. Hooks are called as the
-driver calls them: ``start`` once, ``on_epoch_end`` after each evaluated epoch (the
-MST's status already says ``completed`` if that epoch ended its budget), ``on_idle``
+driver calls them: ``on_start`` once, ``on_epoch_end`` after each evaluated epoch (the
+MST's status still says running; it becomes completed after the hook if that epoch
+ended its budget, and STOP stops it only if epochs remain), ``on_idle``
 whenever a worker is left with nothing runnable after an event. Runnable MSTs go to
 free workers lowest id first. ``objective_fn(params, epoch)`` returns the metric value
 (or a mapping of metrics); raising ``MSTFailedError`` fails that MST only. Stopping an
 MST whose epoch is in flight lets the worker finish it but drops its result.
 
+``calls`` records the procedure's ``add``/``extend``/``stop`` calls in order,
+``idle_calls`` each ``on_idle``; ``evaluate`` scripts one result by hand; ``run(n_epochs=k)``
+pauses after k epochs and ``resume(new_procedure)`` continues as a restarted driver would.
 The fake is strict, to catch procedure bugs: params are checked with the procedure's
-space, budgets may only grow, and a stopped or failed MST cannot be extended.
+space, budgets may only grow, a stopped or failed MST cannot be extended, and only a
+pending or running MST can be stopped (as in the driver).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class FakeTrainer:
         self.time = 0.0
         self.log: list[EpochLog] = []
         self.idle_calls: list[tuple[float, int]] = []  # (time, n_idle) of each on_idle call
+        self.calls: list[tuple[str, int, int | None]] = []  # ("add"|"extend"|"stop", id, epochs)
         self.stopped_at: dict[int, float] = {}
         self.warm_start: dict[int, bool] = {}
         self.errors: dict[int, str] = {}
@@ -118,6 +124,7 @@ class FakeTrainer:
         self._status[mst.id] = MSTStatus.PENDING
         self._done[mst.id] = 0
         self.warm_start[mst.id] = warm_start
+        self.calls.append(("add", mst.id, epochs))
         return mst
 
     def extend(self, mst_id: int, epochs: int) -> None:
@@ -131,15 +138,21 @@ class FakeTrainer:
                 f"extend raises a budget: epochs must be an int >= {self._budget[mst_id]} "
                 f"for MST {mst_id}, got {epochs!r}"
             )
+        if epochs == self._budget[mst_id]:
+            return
         self._budget[mst_id] = epochs
+        self.calls.append(("extend", mst_id, epochs))
         if self._status[mst_id] is MSTStatus.COMPLETED and self._done[mst_id] < epochs:
             self._status[mst_id] = MSTStatus.RUNNING
 
     def stop(self, mst_id: int) -> None:
         self._check_id(mst_id)
-        if self._status[mst_id] is not MSTStatus.FAILED:
-            self._status[mst_id] = MSTStatus.STOPPED
-            self.stopped_at.setdefault(mst_id, self.time)
+        if self._status[mst_id] not in (MSTStatus.PENDING, MSTStatus.RUNNING):
+            raise ConfigError(
+                f"MST {mst_id} is already {self._status[mst_id].value}; only pending or running "
+                "MSTs can be stopped"
+            )
+        self._stop(mst_id)
 
     def msts(self) -> list[MST]:
         return list(self._msts)
@@ -165,7 +178,7 @@ class FakeTrainer:
         more evaluated epochs (right after the last one's ``on_epoch_end``), as a driver crash."""
         if not self._started:
             self._started = True
-            self.procedure.start(self)
+            self.procedure.on_start(self)
             self._feed()
         target = None if n_epochs is None else len(self._results) + n_epochs
         while self._flights:
@@ -177,7 +190,7 @@ class FakeTrainer:
 
     def resume(self, procedure: BaseProcedure) -> FakeTrainer:
         """A copy of this trainer's state driven by ``procedure`` (a fresh instance), as a
-        driver restarted from its store: ``run`` calls ``procedure.start`` first. Epochs in
+        driver restarted from its store: ``run`` calls ``procedure.on_start`` first. Epochs in
         flight are kept, so a resumed run can be compared event by event with an
         uninterrupted one."""
         twin = copy.copy(self)
@@ -187,6 +200,18 @@ class FakeTrainer:
         twin.procedure = procedure
         twin._started = False
         return twin
+
+    def evaluate(
+        self, mst_id: int, value: float | Mapping[str, float], *, notify: bool = True
+    ) -> Decision:
+        """Record the MST's next epoch with this metric value now, off the clock, and (with
+        ``notify``) call ``on_epoch_end`` and apply its decision: for tests that script
+        results rather than run them."""
+        self._check_id(mst_id)
+        if self._status[mst_id] not in (MSTStatus.PENDING, MSTStatus.RUNNING):
+            raise ConfigError(f"MST {mst_id} is {self._status[mst_id].value}: it has no epoch left")
+        self._status[mst_id] = MSTStatus.RUNNING
+        return self._record(mst_id, self._done[mst_id], value, notify=notify)
 
     def utilisation(self) -> float:
         """Busy worker time over n_workers x elapsed time (1.0 = no worker ever idle)."""
@@ -263,14 +288,29 @@ class FakeTrainer:
             self._status[mst_id] = MSTStatus.FAILED
             self.errors[mst_id] = str(e)
             return
+        self._record(mst_id, flight.epoch, value)
+
+    def _record(
+        self, mst_id: int, epoch: int, value: float | Mapping[str, float], *, notify: bool = True
+    ) -> Decision:
         metrics = (
             dict(value) if isinstance(value, Mapping) else {self.procedure.metric: float(value)}
         )
-        result = EpochResult(mst_id, flight.epoch, metrics)
+        result = EpochResult(mst_id, epoch, metrics)
         self._results.append(result)
         self._done[mst_id] += 1
-        if self._done[mst_id] >= self._budget[mst_id]:
+        decision = Decision.CONTINUE
+        if notify:  # as the driver: the status still says running during the hook
+            decision = Decision(self.procedure.on_epoch_end(self, result))
+        if self._status[mst_id] in (MSTStatus.STOPPED, MSTStatus.FAILED):
+            return decision  # the procedure stopped it via stop()
+        if decision is Decision.STOP and self._done[mst_id] < self._budget[mst_id]:
+            self._stop(mst_id)
+        elif self._done[mst_id] >= self._budget[mst_id]:
             self._status[mst_id] = MSTStatus.COMPLETED
-        decision = Decision(self.procedure.on_epoch_end(self, result))
-        if decision is Decision.STOP:
-            self.stop(mst_id)
+        return decision
+
+    def _stop(self, mst_id: int) -> None:
+        self.calls.append(("stop", mst_id, None))
+        self._status[mst_id] = MSTStatus.STOPPED
+        self.stopped_at[mst_id] = self.time
