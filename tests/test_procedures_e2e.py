@@ -31,8 +31,8 @@ PROCEDURES = {
                                       reduction_factor=2, n_msts=6, **COMMON),
     "sha": lambda: mh.SuccessiveHalving(make_estimator, SPACE, min_epochs=1, max_epochs=4,
                                         reduction_factor=2, n_msts=4, **COMMON),
-    "pbt": lambda: mh.PBT(make_estimator, SPACE, population_size=6, epochs=6, interval=2, mutable=["lr"],
-                          quantile=0.34, **COMMON),
+    "pbt": lambda: mh.PBT(make_estimator, SPACE, population_size=6, epochs=6, interval=2,
+                          mutable=["lr"], quantile=0.34, **COMMON),
 }  # fmt: skip
 
 
