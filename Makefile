@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv demo test test-fast bench lint data postgres clean
+.PHONY: venv demo test test-fast bench bench-simulate lint data postgres clean
 
 venv: $(STAMP)
 
@@ -37,8 +37,14 @@ test: venv data postgres
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+# Benchmarks write bench/results/*.json and *.md (minutes each on 2 cores).
 bench: venv data
 	$(PY) bench/mop_efficiency.py
+	$(PY) bench/store_overhead.py
+	$(PY) bench/procedures.py
+
+bench-simulate: venv
+	$(PY) bench/simulate.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

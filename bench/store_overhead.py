@@ -49,6 +49,7 @@ def _size(path: Path) -> int:
 
 
 def measure(store_url: str | None, folder: Path, n_msts: int, epochs: int, label: str) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     url = store_url or f"sqlite:///{folder}/modelhopper.db"
     search = mh.RandomSearch(make_estimator, SPACE, n_msts=n_msts, epochs=epochs, seed=0)
     name = f"overhead-{label}-{int(time.time())}"

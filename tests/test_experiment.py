@@ -11,10 +11,18 @@ from torch import nn
 import modelhopper as mh
 
 
+class _Greedy(nn.Module):
+    """Asks the allocator for 2 PiB per batch: a real out-of-memory failure, not a mock."""
+
+    def forward(self, x):
+        return x + torch.zeros(x.shape[0], 2**48, dtype=torch.uint8)[:, : x.shape[1]]
+
+
 def make_estimator(p):
     if p.get("broken"):
         raise RuntimeError("factory exploded on purpose")
-    model = nn.Sequential(nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10))
+    layers = [nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10)]
+    model = nn.Sequential(_Greedy(), *layers) if p.get("oom") else nn.Sequential(*layers)
     return mh.Estimator(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=p["lr"]),
@@ -84,6 +92,18 @@ def test_failing_msts_fail_alone(digits, tmp_path):
     assert diverged.status is mh.MSTStatus.FAILED
     assert "loss became" in diverged.error and "lower the learning rate" in diverged.error
     assert result.best.id == ok.id
+
+
+def test_an_mst_out_of_memory_fails_alone(digits, tmp_path):
+    space = {"hidden": 32, "lr": 0.05, "oom": mh.grid([False, True])}
+    with pytest.warns(UserWarning, match="failed"):
+        result = mh.GridSearch(make_estimator, space, epochs=1).fit(
+            digits, n_workers=2, run_dir=tmp_path
+        )
+    ok, greedy = sorted(result.msts, key=lambda m: m.params["oom"])
+    assert ok.status is mh.MSTStatus.COMPLETED
+    assert greedy.status is mh.MSTStatus.FAILED
+    assert "allocate" in greedy.error  # torch's allocator refused: "can't allocate memory"
 
 
 def test_all_msts_failing_raises_with_the_reasons(digits, tmp_path):

@@ -239,7 +239,12 @@ def _writer_rows(path: Path, pid: int) -> int:
         return int(connection.execute(query, (pid,)).fetchone()[0])
 
 
-def test_a_second_driver_process_on_sqlite_warns_once(tmp_path: Path) -> None:
+def test_a_second_driver_process_on_sqlite_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelhopper.store import _sql
+
+    monkeypatch.setattr(_sql, "_WRITER_CHECK_SECONDS", 0.0)  # check at every write, here
     path = tmp_path / "shared.db"
     warning = r"SQLite is for one driver process.*store=\"postgresql://user@host/db\""
     with SQLStore(path=path) as store:

@@ -1,0 +1,49 @@
+"""The benchmarks run from a clean clone in their tiny --smoke-test size (results to tmp)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BENCH = Path(__file__).parent.parent / "bench"
+
+
+def _run(script: str, out: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke-test", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_mop_efficiency_smoke(tmp_path):
+    _run("mop_efficiency.py", tmp_path)
+    rows = json.loads((tmp_path / "mop_efficiency_smoke.json").read_text())["results"]
+    assert [r["workload"] for r in rows] == ["small CNN", "MLP 784-256-10"]
+    for row in rows:
+        assert row["data_copies"] == 1.0
+        assert 0 < row["efficiency"] <= 1.05
+        assert row["wall_seconds"] >= row["lower_bound_seconds"]  # no schedule beats the bound
+
+
+def test_store_overhead_smoke(tmp_path):
+    _run("store_overhead.py", tmp_path)
+    (row,) = json.loads((tmp_path / "store_overhead_smoke.json").read_text())
+    assert row["row_counts"]["msts"] == 10
+    assert row["row_counts"]["steps"] == row["n_steps"] == 10 * 1 * 2 * 2
+    assert row["record_ms_per_step"] > 0
+
+
+def test_procedures_smoke(tmp_path):
+    _run("procedures.py", tmp_path)
+    data = json.loads((tmp_path / "procedures_smoke.json").read_text())
+    names = [r["procedure"] for r in data["results"]]
+    assert names[0].startswith("ASHA") and "SuccessiveHalving (barrier)" in names
+    assert any(r["time_to_target_seconds"] is not None for r in data["results"])
+    for row in data["results"]:
+        assert 0 < row["utilisation"] <= 1.05
