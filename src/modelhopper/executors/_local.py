@@ -7,6 +7,7 @@ forked, so no torch thread pool is inherited in a broken state.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import traceback
@@ -51,14 +52,11 @@ def _worker_main(
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
         conn.close()
         return
-    try:
+    # EOF or a broken pipe means the driver is gone (killed or crashed): just exit.
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError), conn:
         conn.send(("ready", shard.nbytes))
         while (task := conn.recv()) is not None:
             conn.send(("result", runner.run(task)))
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the driver is gone (killed or crashed): nothing left to do
-    finally:
-        conn.close()
 
 
 class LocalExecutor(BaseExecutor):
@@ -160,10 +158,9 @@ class LocalExecutor(BaseExecutor):
         if not self._processes[worker].is_alive():
             self._replace(worker)
         self._busy[worker] = task.mst_id
-        try:
+        # If it died just now, wait() sees its sentinel and reports the crash.
+        with contextlib.suppress(BrokenPipeError, OSError):
             self._conns[worker].send(task)
-        except (BrokenPipeError, OSError):
-            pass  # it died just now: wait() sees its sentinel and reports the crash
 
     def wait(self) -> list[VisitResult]:
         if not self._busy:

@@ -12,6 +12,7 @@ there warns once (``_note_writer``); several drivers should share PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -256,13 +257,11 @@ class SQLStore(BaseStore):
         )
 
     def _forget_writer(self) -> None:
-        try:
-            with self._write.begin() as session:
-                row = session.get(WriterRow, (socket.gethostname(), os.getpid()))
-                if row is not None:
-                    session.delete(row)
-        except SQLAlchemyError:
-            pass  # best effort: a row left behind is ignored once this process has exited
+        # Best effort: a row left behind is ignored once this process has exited.
+        with contextlib.suppress(SQLAlchemyError), self._write.begin() as session:
+            row = session.get(WriterRow, (socket.gethostname(), os.getpid()))
+            if row is not None:
+                session.delete(row)
 
     # -- lookups ----------------------------------------------------------------
     def _experiment(self, session: Session, name: str) -> ExperimentRow:

@@ -125,7 +125,7 @@ class StoreConformance:
 
     @pytest.fixture
     def store(self) -> BaseStore:
-        raise NotImplementedError("subclasses of StoreConformance provide a `store` fixture")
+        pytest.fail("a subclass of StoreConformance must override the `store` fixture")
 
     # -- experiments -----------------------------------------------------------------
     def test_experiment_round_trip(self, store: BaseStore) -> None:
