@@ -15,27 +15,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import socket
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from enum import Enum
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import psutil
-from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
 
 from modelhopper.errors import StoreError
 from modelhopper.store._base import (
@@ -49,6 +43,32 @@ from modelhopper.store._base import (
     MSTRecord,
     RunStatus,
     StepRecord,
+)
+from modelhopper.store._engine import (
+    _DEFAULT_ROOT,
+    _IMMEDIATE,
+    DEFAULT_FILE,
+    _create_engine,
+    _is_alive,
+    _process_started,
+    _resolve_url,
+    _sqlite_file,
+)
+from modelhopper.store._rows import (
+    _apply_mst_fields,
+    _check_mst_fields,
+    _check_same_mst,
+    _columns,
+    _command_record,
+    _enum,
+    _experiment_record,
+    _finished,
+    _int64,
+    _mst_row,
+    _newest_first,
+    _reason,
+    _text,
+    _to_record,
 )
 from modelhopper.store._schema import (
     CommandRow,
@@ -64,24 +84,10 @@ from modelhopper.store._schema import (
 
 __all__ = ["SQLStore", "open_store", "DEFAULT_FILE"]
 
-DEFAULT_FILE = "modelhopper.db"
-_DEFAULT_ROOT = "modelhopper-runs"
-_BUSY_TIMEOUT_MS = 30_000  # a reader or command writer holds the lock for milliseconds
-_CONNECT_TIMEOUT_S = 10
 _N_NAMES_SHOWN = 10
-_OTHER_HOST_STALE = timedelta(minutes=10)  # a writer on another host we cannot ask the OS about
-_IMMEDIATE = "modelhopper_sqlite_immediate"
 _MIGRATION_LOCK = 0x6D6F64656C686F70  # "modelhop": any constant that other apps are unlikely to use
-_MST_FIELDS = frozenset(f.name for f in dataclasses.fields(MSTRecord)) - {
-    "mst_id",
-    "created_at",
-    "updated_at",
-}
 _WRITER_CHECK_SECONDS = 2.0
 _POSTGRES_EXAMPLE = 'store="postgresql://user@host/db"'
-
-E = TypeVar("E", bound=Enum)
-R = TypeVar("R")
 
 
 def open_store(url: str | None = None, *, root: str | os.PathLike[str] = _DEFAULT_ROOT) -> SQLStore:
@@ -561,217 +567,3 @@ class SQLStore(BaseStore):
                 query = select(func.count()).where(row.experiment_id == experiment_id)
                 counts[table] = session.scalar(query) or 0
             return counts
-
-
-# -- URLs and engines ----------------------------------------------------------------
-def _resolve_url(url: str | None, path: str | os.PathLike[str] | None) -> URL:
-    if url is not None and path is not None:
-        raise StoreError(
-            f"SQLStore takes a url or a path, not both; got url={_mask(str(url))!r} and "
-            f"path={os.fspath(path)!r}: pass one"
-        )
-    if url is None:
-        file = Path(path if path is not None else Path(_DEFAULT_ROOT) / DEFAULT_FILE).resolve()
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"cannot create the folder {file.parent} for the SQLite store: {e}; pass a "
-                "writable path= or a database URL"
-            ) from e
-        return URL.create("sqlite", database=str(file))
-    try:
-        parsed = make_url(str(url))
-    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
-        raise StoreError(
-            f"store={_mask(str(url))!r} is not a database URL; write "
-            f"'sqlite:///path/to/{DEFAULT_FILE}' for a SQLite file or "
-            "'postgresql://user:password@host:5432/db' for PostgreSQL"
-        ) from e
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, the 'postgres' extra
-    return parsed
-
-
-def _mask(url: str) -> str:
-    """Hide the password of a URL SQLAlchemy could not parse."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _create_engine(url: URL, shown: str) -> Engine:
-    backend = url.get_backend_name()
-    options: dict[str, Any] = {}
-    if backend == "sqlite" and _sqlite_file(url) is None:
-        # In memory: one database per connection, so every session shares one connection.
-        options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-    elif backend != "sqlite":
-        options["pool_pre_ping"] = True  # a server restart must not fail the driver's next write
-        if backend == "postgresql" and "connect_timeout" not in url.query:
-            options["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
-    try:
-        engine = create_engine(url, **options)
-    except NoSuchModuleError as e:
-        raise StoreError(
-            f"store={shown!r} names a database SQLAlchemy does not know ({url.drivername!r}); "
-            "use 'sqlite:///path/file.db' or 'postgresql://user@host/db'"
-        ) from e
-    except ImportError as e:
-        extra = " (pip install 'modelhopper[postgres]')" if backend == "postgresql" else ""
-        raise StoreError(
-            f"store={shown!r} needs the database driver {e.name!r}, which is not installed{extra}"
-        ) from e
-    if backend == "sqlite":
-        _configure_sqlite(engine)
-    return engine
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite":
-        return None
-    database = url.database or ""
-    if database in ("", ":memory:") or url.query.get("mode") == "memory":
-        return None
-    return Path(database)
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # We issue BEGIN ourselves (below): the sqlite3 module's implicit one is deferred.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the driver's writes
-        cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        # A write takes the lock at BEGIN, so it waits (busy_timeout) instead of failing when a
-        # deferred transaction finds another writer on its way from reading to writing.
-        immediate = connection.get_execution_options().get(_IMMEDIATE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-@lru_cache(maxsize=8)
-def _process_started(pid: int) -> float:
-    return psutil.Process(pid).create_time()
-
-
-def _is_alive(row: WriterRow, host: str, now: datetime) -> bool:
-    if row.host != host:
-        return now - row.seen_at < _OTHER_HOST_STALE
-    try:
-        # The pid alone is not enough: the OS recycles it; the start time tells them apart.
-        return abs(psutil.Process(row.pid).create_time() - row.process_started) < 1.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-# -- values ------------------------------------------------------------------------------
-def _reason(error: SQLAlchemyError) -> str:
-    cause = getattr(error, "orig", None) or error
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {first_line}"
-
-
-def _newest_first(query: Any) -> Any:
-    return query.order_by(ExperimentRow.created_at.desc(), ExperimentRow.id.desc())
-
-
-def _enum(enum: type[E], value: Any, what: str) -> E:
-    try:
-        return enum(value)
-    except ValueError:
-        choices = ", ".join(repr(member.value) for member in enum)
-        raise StoreError(f"{what} must be a {enum.__name__} ({choices}), got {value!r}") from None
-
-
-def _text(value: Any) -> Any:
-    """Enums by value and paths as strings: what the columns hold."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def _int64(what: str, value: int) -> int:
-    if not -(2**63) <= value < 2**63:
-        raise StoreError(
-            f"{what} must fit in a signed 64-bit integer to be stored, got {value}; "
-            "use a smaller seed (e.g. seed % 2**63)"
-        )
-    return value
-
-
-def _check_mst_fields(fields: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(fields) - _MST_FIELDS)
-    if unknown:
-        raise StoreError(
-            f"{where} got unknown MST field(s) {unknown}; the fields that can change are "
-            f"{sorted(_MST_FIELDS)}"
-        )
-    if "seed" in fields:
-        _int64("MST seed", fields["seed"])
-
-
-def _check_same_mst(mst_id: int, steps: list[StepRecord], epochs: list[EpochRecord]) -> None:
-    ids = [step.mst_id for step in steps] + [epoch.mst_id for epoch in epochs]
-    others = sorted({i for i in ids if i != mst_id})
-    if others:
-        raise StoreError(
-            f"record_visit records one MST's visit (mst_id={mst_id}) but got steps or epochs "
-            f"of mst_id {others}; record each MST's results in its own call"
-        )
-
-
-def _apply_mst_fields(row: MSTRow, fields: dict[str, Any], now: datetime) -> None:
-    for key, value in fields.items():
-        setattr(row, key, _text(value))
-    row.updated_at = now
-
-
-# -- rows <-> records ----------------------------------------------------------------
-def _experiment_record(row: ExperimentRow) -> ExperimentRecord:
-    return _to_record(ExperimentRecord, row, status=RunStatus(row.status))
-
-
-def _command_record(row: CommandRow) -> CommandRecord:
-    return _to_record(CommandRecord, row, status=CommandStatus(row.status))
-
-
-def _to_record(cls: type[R], row: Any, **converted: Any) -> R:
-    """A record from a row: each field from the column of that name, or as ``converted``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in converted]  # type: ignore[arg-type]
-    return cls(**{name: getattr(row, name) for name in names}, **converted)
-
-
-def _mst_row(experiment_id: int, record: MSTRecord, now: datetime) -> MSTRow:
-    created = record.created_at or now
-    seed = _int64(f"seed of MST {record.mst_id}", record.seed)
-    return MSTRow(
-        **_columns(
-            record,
-            experiment_id=experiment_id,
-            seed=seed,
-            created_at=created,
-            updated_at=record.updated_at or created,
-        )
-    )
-
-
-def _finished(
-    record: StepRecord | EpochRecord, experiment_id: int, now: datetime
-) -> dict[str, Any]:
-    """The columns of a step or an epoch, finished now unless the record says when."""
-    return _columns(record, experiment_id=experiment_id, finished_at=record.finished_at or now)
-
-
-def _columns(record: Any, **converted: Any) -> dict[str, Any]:
-    """A row's values from a record: each field as a column of that name, or as ``converted``."""
-    values = {f.name: _text(getattr(record, f.name)) for f in dataclasses.fields(record)}
-    return {**values, **converted}
