@@ -72,6 +72,8 @@ def test_ls_show_and_export_read_the_store(tmp_path):
     assert out.exit_code == 0, out.output
     listing = runner.invoke(app, ["ls", "--store", store])
     assert listing.exit_code == 0 and "first" in listing.output and "completed" in listing.output
+    watched = runner.invoke(app, ["status", "first", "--watch", "--store", store])
+    assert watched.exit_code == 0 and "MSTs by val_accuracy" in watched.output  # ends: completed
     shown = runner.invoke(app, ["show", "first", "--store", store])
     assert shown.exit_code == 0, shown.output
     assert "data_sha256" in shown.output and "MSTs by val_accuracy" in shown.output
