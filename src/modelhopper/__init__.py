@@ -31,6 +31,7 @@ from modelhopper.procedures import (
     SuccessiveHalving,
     TPESearch,
 )
+from modelhopper.representations import MaterialiseBudget, Representation
 from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
 from modelhopper.scheduling import MOPScheduler, SchedulingPolicy
 from modelhopper.space import (
@@ -72,10 +73,12 @@ __all__ = [
     "MOPScheduler",
     "MST",
     "MSTFailedError",
+    "MaterialiseBudget",
     "MSTResult",
     "MSTStatus",
     "ModelHopperError",
     "RandomSearch",
+    "Representation",
     "Result",
     "RunStats",
     "SchedulingPolicy",

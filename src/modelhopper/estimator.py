@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modelhopper.errors import EstimatorError, MSTFailedError
+from modelhopper.representations._representation import Representation
 
 __all__ = [
     "Estimator",
@@ -67,8 +68,15 @@ class Estimator:
     metrics: Sequence[str] = field(default_factory=lambda: ("accuracy",))
     batch_size: int = 32
     lr_scheduler: Any = None  # stepped once at the end of each epoch
+    # Applied to raw x on the worker before the model sees it; materialised once per shard.
+    representation: Representation | None = None
 
     def __post_init__(self) -> None:
+        if self.representation is not None and not isinstance(self.representation, Representation):
+            raise EstimatorError(
+                "Estimator.representation must be a modelhopper.Representation or None, "
+                f"got {type(self.representation).__name__}"
+            )
         if not isinstance(self.model, nn.Module):
             raise EstimatorError(
                 f"Estimator.model must be a torch.nn.Module, got {type(self.model).__name__}"
@@ -134,6 +142,15 @@ def _tensor(array: np.ndarray, index: slice | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(part)
 
 
+def _batch(
+    x: np.ndarray,
+    index: slice | np.ndarray,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    xb = _tensor(x, index)
+    return xb if transform is None else transform(xb)
+
+
 def _batches(n: int, batch_size: int, order: np.ndarray | None):
     for start in range(0, n, batch_size):
         if order is None:
@@ -150,8 +167,12 @@ def train_pass(
     seed: int,
     epoch: int,
     shard: int,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PassResult:
-    """One pass of SGD over a shard, shuffled by (MST seed, epoch, shard)."""
+    """One pass of SGD over a shard, shuffled by (MST seed, epoch, shard).
+
+    ``transform`` (a streamed representation) is applied to each batch of ``x``.
+    """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, shard))
     order = torch.randperm(len(x), generator=generator).numpy()
@@ -160,7 +181,7 @@ def train_pass(
     loss_sum = 0.0
     sums = dict.fromkeys(estimator.metrics, 0.0)
     for index in _batches(len(x), estimator.batch_size, order):
-        xb, yb = _tensor(x, index), _tensor(y, index)
+        xb, yb = _batch(x, index, transform), _tensor(y, index)
         optimizer.zero_grad(set_to_none=True)
         output = model(xb)
         loss = estimator.loss(output, yb)
@@ -180,7 +201,13 @@ def train_pass(
 
 
 @torch.no_grad()
-def evaluate_pass(estimator: Estimator, x: np.ndarray, y: np.ndarray) -> PassResult:
+def evaluate_pass(
+    estimator: Estimator,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> PassResult:
     """Loss and metric sums over a validation shard (no RNG use, no state change)."""
     started = time.perf_counter()
     estimator.model.eval()
@@ -188,7 +215,7 @@ def evaluate_pass(estimator: Estimator, x: np.ndarray, y: np.ndarray) -> PassRes
     sums = dict.fromkeys(estimator.metrics, 0.0)
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
     for index in _batches(len(x), batch_size, None):
-        xb, yb = _tensor(x, index), _tensor(y, index)
+        xb, yb = _batch(x, index, transform), _tensor(y, index)
         output = estimator.model(xb)
         loss_sum += float(estimator.loss(output, yb)) * len(yb)
         for name in estimator.metrics:

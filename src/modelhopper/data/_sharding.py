@@ -36,6 +36,7 @@ class ShardData:
     train_y: np.ndarray
     val_x: np.ndarray
     val_y: np.ndarray
+    path: str | None = None  # the shard's folder, when opened from one
 
     @property
     def nbytes(self) -> int:
@@ -102,4 +103,4 @@ def open_shard(path: str | os.PathLike) -> ShardData:
             f"cannot open shard {str(folder)!r}: {e}; the run directory may have been "
             "moved or cleaned while the run was going on"
         ) from e
-    return ShardData(**arrays)
+    return ShardData(**arrays, path=str(folder))

@@ -2,7 +2,10 @@
 
 A worker owns one shard for the whole run and a small cache of built
 estimators, so an MST that comes back only loads its state into modules it
-already has instead of rebuilding them.
+already has instead of rebuilding them. It also owns the shard's
+``FeatureStore``: an MST whose estimator has a representation trains on the
+shard's materialised features, built on first use and shared with every other
+MST that uses the same representation.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +34,7 @@ from modelhopper.estimator import (
     train_pass,
 )
 from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask
+from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 from modelhopper.scheduling import StepKind
 
 __all__ = ["ShardWorker", "warm_up_torch"]
@@ -52,7 +57,12 @@ class ShardWorker:
         factory: Callable[[dict[str, Any]], Estimator],
         *,
         cache_size: int = 8,
+        materialise: MaterialiseBudget | None = None,
+        feature_dir: str | None = None,
     ) -> None:
+        """``materialise`` bounds the shard's materialised representations (defaults:
+        ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
+        ``features`` folder in the shard's folder, so a replaced worker reuses them)."""
         self.worker = worker
         self.shard = shard
         self.n_shards = n_shards
@@ -60,6 +70,9 @@ class ShardWorker:
         self.cache_size = cache_size
         # mst_id -> (estimator, RNG state after its last step here), least recent first
         self._cache: OrderedDict[int, tuple[Estimator, torch.Tensor]] = OrderedDict()
+        if feature_dir is None and shard.path is not None:
+            feature_dir = str(Path(shard.path) / "features")
+        self.features = FeatureStore(shard, materialise, feature_dir)
 
     def run(self, task: VisitTask) -> VisitResult:
         started = time.perf_counter()
@@ -84,22 +97,24 @@ class ShardWorker:
         started = time.perf_counter()
         estimator, rng = self._estimator_for(task)
         state_seconds = time.perf_counter() - started
+        train_x, val_x, transform, extra = self._inputs(estimator)
         torch.set_rng_state(rng)
         outcomes = []
         for step in task.steps:
             if step.kind is StepKind.TRAIN:
                 result = train_pass(
                     estimator,
-                    self.shard.train_x,
+                    train_x,
                     self.shard.train_y,
                     seed=task.seed,
                     epoch=step.epoch,
                     shard=step.shard,
+                    transform=transform,
                 )
                 if step.position == self.n_shards - 1:
                     end_epoch(estimator)
             else:
-                result = evaluate_pass(estimator, self.shard.val_x, self.shard.val_y)
+                result = evaluate_pass(estimator, val_x, self.shard.val_y, transform=transform)
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
         started = time.perf_counter()
@@ -107,8 +122,24 @@ class ShardWorker:
         state_seconds += time.perf_counter() - started
         self._remember(task.mst_id, estimator, rng)
         return VisitResult(
-            self.worker, task.mst_id, tuple(outcomes), state, state_seconds=state_seconds
+            self.worker,
+            task.mst_id,
+            tuple(outcomes),
+            state,
+            state_seconds=state_seconds,
+            extra=extra,
         )
+
+    def _inputs(self, estimator: Estimator):
+        """The x the model trains on: raw, materialised features, or raw plus a transform."""
+        representation = estimator.representation
+        if representation is None:
+            return self.shard.train_x, self.shard.val_x, None, {}
+        lookup = self.features.get(representation)
+        extra = {"features": _feature_report(representation.name, lookup, self.features)}
+        if lookup.features is None:  # over budget: apply it to every batch instead
+            return self.shard.train_x, self.shard.val_x, representation, extra
+        return lookup.features.train_x, lookup.features.val_x, None, extra
 
     def _estimator_for(self, task: VisitTask) -> tuple[Estimator, torch.Tensor]:
         cached = self._cache.get(task.mst_id)
@@ -135,3 +166,16 @@ class ShardWorker:
         self._cache.move_to_end(mst_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _feature_report(name: str, lookup: Lookup, store: FeatureStore) -> dict[str, Any]:
+    """What one visit's representation cost, for VisitResult.extra (plain, picklable)."""
+    return {
+        "representation": name,
+        "tier": str(lookup.tier),
+        "built": lookup.built,
+        "seconds": lookup.seconds,
+        "nbytes": lookup.nbytes,
+        "evicted": list(lookup.evicted),
+        "built_bytes": store.built_bytes,
+    }
