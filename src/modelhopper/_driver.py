@@ -110,6 +110,7 @@ class Driver:
         self.record_seconds = 0.0  # driver time spent checkpointing and writing the store
         self.n_steps_done = 0
         self.n_visits = self.n_hops = self.hop_bytes = 0
+        self.moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
         self.work: dict[tuple[int, int], float] = {}
 
     # -- building the state ------------------------------------------------
@@ -282,6 +283,7 @@ class Driver:
                 state = self.states[mst.id]
                 self.n_hops += 1
                 self.hop_bytes += len(state)
+            self.moved_bytes[visit.worker] = len(state) if state is not None else 0
             parent = self.warm_from.get(mst.id) if fresh else None
             init = self.states.get(parent) if parent is not None else None
             task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh, init)
@@ -326,9 +328,11 @@ class Driver:
             if len(epoch.evaluation) == self.n_workers:
                 del self.epochs[visit.mst_id, outcome.step.epoch]
                 epochs.append(self._epoch_record(visit.mst_id, outcome.step.epoch, epoch))
+        moved = self.moved_bytes.pop(visit.worker, 0)  # the dashboard's timeline shows hops
         events: list[tuple[EventKind, dict[str, Any]]] = [
-            (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps)})
-        ]
+            (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps),
+                                "hop": moved > 0, "bytes": moved})
+        ]  # fmt: skip
         for record in epochs:
             if self._track_best(progress, record.metrics):
                 progress.best = str(self.checkpoints.path(visit.mst_id, self._cand(record)))

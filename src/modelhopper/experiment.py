@@ -137,7 +137,8 @@ def run_search(
     if not driver.msts_by_id:
         db.set_experiment_status(name, RunStatus.FAILED)
         raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
-    db.add_event(name, EventKind.STARTED, detail={"n_msts": len(driver.msts_by_id)})
+    detail = {"n_msts": len(driver.msts_by_id), "shard_bytes": [s.nbytes for s in shards]}
+    db.add_event(name, EventKind.STARTED, detail=detail)  # shard bytes: for the dashboard
     return _execute(driver, shards, directory, keep_shards)
 
 

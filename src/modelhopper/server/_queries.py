@@ -1,0 +1,652 @@
+"""What the dashboard reads from the store, fast enough for 5,000 MSTs and 100,000 epochs.
+
+The store's own methods return whole tables as records; a page needs a slice of
+them, summaries and aggregates. ``RunReader`` reads the SQL tables directly
+(read-only) and keeps, per run, an incremental cache of epoch metrics and of
+step and visit aggregates: each request reads only the rows added since the
+previous one (rows are found by their increasing ids and finish times), so a
+live run's page refreshes cheaply however long the run has gone on.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from modelhopper.errors import ConfigError
+from modelhopper.store import EventKind, RunStatus, SQLStore
+from modelhopper.store._schema import (
+    CommandRow,
+    EpochRow,
+    EventRow,
+    ExperimentRow,
+    MSTRow,
+    StepRow,
+    as_utc,
+)
+
+__all__ = ["NotFoundError", "RunReader", "MSTSummary", "MST_SORT_KEYS"]
+
+# Epoch rows are re-read from a little before the newest seen: a resumed run re-records
+# an epoch (upsert) with a new finish time, and clocks of writers may differ slightly.
+_EPOCH_OVERLAP = timedelta(seconds=5)
+MST_SORT_KEYS = ("mst_id", "status", "epochs", "last", "best", "priority", "parent")
+
+
+class NotFoundError(ConfigError):
+    """A run or MST the request names does not exist (HTTP 404)."""
+
+
+@dataclass
+class MSTSummary:
+    mst_id: int
+    params: dict[str, Any]
+    status: str
+    parent: int | None
+    warm_start: bool
+    priority: int
+    n_epochs: int
+    epochs_done: int = 0
+    last: float | None = None  # the run's metric at the last epoch
+    best: float | None = None  # the run's metric at the best epoch
+    best_epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric, last epoch
+    error: str | None = None
+
+
+@dataclass
+class _RunCache:
+    """Per-run aggregates, grown from the rows added since the last refresh."""
+
+    experiment_id: int
+    epochs: dict[int, dict[int, dict[str, float]]] = field(default_factory=dict)
+    epochs_seen: datetime | None = None
+    step_id: int = 0  # steps with larger ids are not aggregated yet
+    busy: dict[int, float] = field(default_factory=dict)  # worker -> compute seconds
+    n_steps: int = 0
+    first_start: datetime | None = None
+    last_finish: datetime | None = None
+    event_id: int = 0
+    n_visits: int = 0
+    n_hops: int = 0
+    hop_bytes: int = 0
+    shard_bytes: list[int] | None = None
+    stats: dict[str, Any] | None = None  # RunStats of the completed run
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class RunReader:
+    """Read-only views of the runs in a ``SQLStore``, shared by the API and the pages."""
+
+    def __init__(self, store: SQLStore) -> None:
+        if not isinstance(store, SQLStore):
+            raise ConfigError(
+                f"the dashboard reads a SQLStore, got {type(store).__name__}; open one with "
+                "modelhopper.store.open_store(url)"
+            )
+        self.store = store
+        self._caches: dict[str, _RunCache] = {}
+        self._caches_lock = threading.Lock()
+
+    def _session(self) -> Session:
+        return self.store._read()
+
+    # -- runs --------------------------------------------------------------------
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self._session() as session:
+            runs = session.scalars(
+                select(ExperimentRow).order_by(ExperimentRow.created_at.desc(), ExperimentRow.id)
+            ).all()
+            counts = dict(
+                session.execute(
+                    select(MSTRow.experiment_id, func.count()).group_by(MSTRow.experiment_id)
+                ).all()
+            )
+            return [_run_dict(row, counts.get(row.id, 0)) for row in runs]
+
+    def run(self, name: str) -> dict[str, Any]:
+        with self._session() as session:
+            row = self._experiment(session, name)
+            n_msts = session.scalar(select(func.count()).where(MSTRow.experiment_id == row.id))
+            return {
+                **_run_dict(row, n_msts or 0),
+                "spec": row.spec,
+                "space": row.space,
+                "seed": row.seed,
+                "run_dir": row.run_dir,
+            }
+
+    def provenance(self, name: str) -> dict[str, Any]:
+        with self._session() as session:
+            return dict(self._experiment(session, name).provenance)
+
+    def _experiment(self, session: Session, name: str) -> ExperimentRow:
+        row = session.scalars(select(ExperimentRow).where(ExperimentRow.name == name)).first()
+        if row is None:
+            raise NotFoundError(
+                f"no run named {name!r} in the store at {self.store.url}; "
+                "GET /api/runs lists the runs"
+            )
+        return row
+
+    # -- MSTs --------------------------------------------------------------------
+    def msts(self, name: str) -> tuple[dict[str, Any], list[MSTSummary]]:
+        """The run's record and a summary of every MST (params, status, epochs, metrics)."""
+        cache = self._refresh(name)
+        with self._session() as session:
+            run = self.run(name)
+            rows = session.execute(
+                select(
+                    MSTRow.mst_id, MSTRow.params, MSTRow.status, MSTRow.parent,
+                    MSTRow.warm_start, MSTRow.priority, MSTRow.n_epochs, MSTRow.error,
+                )
+                .where(MSTRow.experiment_id == cache.experiment_id)
+                .order_by(MSTRow.mst_id)
+            ).all()  # fmt: skip
+        metric, maximize = run["metric"], run["direction"] == "maximize"
+        summaries = []
+        for row in rows:
+            summary = MSTSummary(
+                mst_id=row.mst_id, params=row.params, status=row.status, parent=row.parent,
+                warm_start=bool(row.warm_start), priority=row.priority, n_epochs=row.n_epochs,
+                error=row.error,
+            )  # fmt: skip
+            _summarise(summary, cache.epochs.get(row.mst_id, {}), metric, maximize)
+            summaries.append(summary)
+        return run, summaries
+
+    def mst(self, name: str, mst_id: int) -> MSTSummary:
+        _, summaries = self.msts(name)
+        for summary in summaries:
+            if summary.mst_id == mst_id:
+                return summary
+        raise NotFoundError(
+            f"run {name!r} has no MST {mst_id}; GET /api/runs/{name}/msts lists its MSTs"
+        )
+
+    def metric_names(self, name: str) -> list[str]:
+        cache = self._refresh(name)
+        names: dict[str, None] = {}
+        for epochs in cache.epochs.values():
+            for metrics in epochs.values():
+                names.update(dict.fromkeys(metrics))
+            if len(names) > 1:
+                break
+        return sorted(names)
+
+    def curves(
+        self,
+        name: str,
+        *,
+        metric: str | None,
+        mst_ids: list[int] | None,
+        top: int,
+        max_points: int,
+    ) -> dict[str, Any]:
+        """One metric's curve per MST, aligned on epochs, for at most ``top`` MSTs.
+
+        Without ``mst_ids`` the ``top`` MSTs by best value of the run's metric are shown
+        (then those without an epoch). At most ``max_points`` epochs are kept, evenly
+        spread, always with the first and the last.
+        """
+        run, summaries = self.msts(name)
+        metric = metric or run["metric"]
+        cache = self._caches[name]
+        chosen = _choose(summaries, mst_ids, top, run["direction"] == "maximize")
+        last = max((max(cache.epochs.get(s.mst_id, {0: {}})) for s in chosen), default=0)
+        epochs = _spread(last + 1, max_points)
+        series = []
+        for summary in chosen:
+            rows = cache.epochs.get(summary.mst_id, {})
+            values = [_finite(rows[e].get(metric)) if e in rows else None for e in epochs]
+            series.append(
+                {"mst_id": summary.mst_id, "params": summary.params, "status": summary.status,
+                 "values": values}
+            )  # fmt: skip
+        return {
+            "run": name,
+            "metric": metric,
+            "direction": run["direction"],
+            "n_msts": len(summaries),
+            "epochs": epochs,
+            "series": series,
+        }
+
+    def epochs(
+        self, name: str, *, mst_id: int | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Per-epoch rows, ordered by (mst_id, epoch), one page of them and the total."""
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            where = [EpochRow.experiment_id == experiment.id]
+            if mst_id is not None:
+                where.append(EpochRow.mst_id == mst_id)
+            total = session.scalar(select(func.count()).select_from(EpochRow).where(*where)) or 0
+            rows = session.scalars(
+                select(EpochRow)
+                .where(*where)
+                .order_by(EpochRow.mst_id, EpochRow.epoch)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return total, [_epoch_dict(row) for row in rows]
+
+    # -- events and commands -----------------------------------------------------
+    def events(self, name: str, *, after_id: int, limit: int) -> list[dict[str, Any]]:
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            rows = session.scalars(
+                select(EventRow)
+                .where(EventRow.experiment_id == experiment.id, EventRow.id > after_id)
+                .order_by(EventRow.id)
+                .limit(limit)
+            ).all()
+            return [
+                {"id": r.id, "time": r.time, "kind": r.kind, "mst_id": r.mst_id,
+                 "worker": r.worker, "detail": _jsonable(r.detail)}
+                for r in rows
+            ]  # fmt: skip
+
+    def commands(self, name: str, *, limit: int) -> list[dict[str, Any]]:
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            rows = session.scalars(
+                select(CommandRow)
+                .where(CommandRow.experiment_id == experiment.id)
+                .order_by(CommandRow.id.desc())
+                .limit(limit)
+            ).all()
+            return [_command_dict(r) for r in rows]
+
+    def command(self, name: str, command_id: int) -> dict[str, Any]:
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            row = session.get(CommandRow, command_id)
+            if row is None or row.experiment_id != experiment.id:
+                raise NotFoundError(f"run {name!r} has no command {command_id}")
+            return _command_dict(row)
+
+    # -- workers: timeline and resources -------------------------------------------
+    def timeline(self, name: str, *, last: int) -> dict[str, Any]:
+        """The last ``last`` visits per worker with their start, end, MST and whether they
+        hopped, plus each worker's utilisation over the whole run."""
+        cache = self._refresh(name)
+        with self._session() as session:
+            n_workers = self._experiment(session, name).n_workers
+            steps = session.execute(
+                select(StepRow.id, StepRow.mst_id, StepRow.worker, StepRow.seconds,
+                       StepRow.finished_at, StepRow.epoch)
+                .where(StepRow.experiment_id == cache.experiment_id)
+                .order_by(StepRow.id.desc())
+                .limit(4 * last)
+            ).all()  # fmt: skip
+            visits = _visits(reversed(steps))[-last:]
+            hops = self._hops(session, cache.experiment_id, visits)
+        origin = cache.first_start
+        for visit in visits:
+            visit["hop"] = hops.get((visit["mst_id"], visit["end"]), visit.get("hop"))
+        _derive_hops(visits)
+        wall = _seconds(cache.first_start, cache.last_finish)
+        return {
+            "run": name,
+            "n_workers": n_workers,
+            "origin": origin,
+            "wall_seconds": wall,
+            "visits": [_relative(v, origin) for v in visits],
+            "workers": [
+                {
+                    "worker": w,
+                    "busy_seconds": cache.busy.get(w, 0.0),
+                    "utilisation": cache.busy.get(w, 0.0) / wall if wall else 0.0,
+                }
+                for w in range(n_workers)
+            ],  # fmt: skip
+        }
+
+    def _hops(
+        self, session: Session, experiment_id: int, visits: list[dict[str, Any]]
+    ) -> dict[tuple[int, datetime], bool]:
+        """Whether each visit moved state, from the driver's per-visit events."""
+        if not visits:
+            return {}
+        rows = session.execute(
+            select(EventRow.mst_id, EventRow.time, EventRow.detail).where(
+                EventRow.experiment_id == experiment_id,
+                EventRow.kind == EventKind.HOPPED.value,
+                EventRow.time >= visits[0]["end"],
+            )
+        ).all()
+        return {
+            (r.mst_id, as_utc(r.time)): bool(r.detail["hop"]) for r in rows if "hop" in r.detail
+        }
+
+    def resources(self, name: str) -> dict[str, Any]:
+        """Compute seconds, wall, efficiency, visits, hops, bytes moved, resident shard bytes."""
+        cache = self._refresh(name)
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            n_workers, status = experiment.n_workers, experiment.status
+        compute = sum(cache.busy.values())
+        wall = _seconds(cache.first_start, cache.last_finish)
+        shard_bytes = cache.shard_bytes
+        figures: dict[str, Any] = {
+            "run": name,
+            "status": status,
+            "source": "measured so far",
+            "n_workers": n_workers,
+            "compute_seconds": compute,
+            "wall_seconds": wall,
+            "efficiency": compute / n_workers / wall if wall else 0.0,
+            "n_steps": cache.n_steps,
+            "n_visits": cache.n_visits,
+            "n_hops": cache.n_hops,
+            "hop_bytes": cache.hop_bytes,
+            "resident_shard_bytes": shard_bytes,
+            "dataset_bytes": sum(shard_bytes) if shard_bytes else None,
+        }
+        if cache.stats is not None:  # a completed run: the driver's exact figures
+            stats = cache.stats
+            figures.update(
+                source="completed run",
+                compute_seconds=stats["compute_seconds"],
+                wall_seconds=stats["wall_seconds"],
+                efficiency=stats["compute_seconds"] / n_workers / stats["wall_seconds"]
+                if stats["wall_seconds"]
+                else 0.0,
+                n_visits=stats["n_visits"],
+                n_hops=stats["n_hops"],
+                hop_bytes=stats["hop_bytes"],
+                resident_shard_bytes=list(stats["resident_shard_bytes"]),
+                dataset_bytes=stats["dataset_bytes"],
+                lower_bound_seconds=stats.get("lower_bound_seconds"),
+            )
+        resident = figures["resident_shard_bytes"]
+        dataset = figures["dataset_bytes"]
+        figures["data_copies"] = sum(resident) / dataset if resident and dataset else None
+        return figures
+
+    # -- the incremental cache -------------------------------------------------------
+    def _refresh(self, name: str) -> _RunCache:
+        with self._session() as session:
+            experiment = self._experiment(session, name)
+            with self._caches_lock:
+                cache = self._caches.get(name)
+                if cache is None or cache.experiment_id != experiment.id:
+                    cache = self._caches[name] = _RunCache(experiment.id)
+            with cache.lock:
+                self._refresh_epochs(session, cache)
+                self._refresh_steps(session, cache)
+                self._refresh_events(session, cache)
+        return cache
+
+    def _refresh_epochs(self, session: Session, cache: _RunCache) -> None:
+        query = select(EpochRow.mst_id, EpochRow.epoch, EpochRow.metrics, EpochRow.finished_at)
+        query = query.where(EpochRow.experiment_id == cache.experiment_id)
+        if cache.epochs_seen is not None:
+            query = query.where(EpochRow.finished_at >= cache.epochs_seen - _EPOCH_OVERLAP)
+        for row in session.execute(query):
+            cache.epochs.setdefault(row.mst_id, {})[row.epoch] = row.metrics
+            finished = as_utc(row.finished_at)
+            if cache.epochs_seen is None or finished > cache.epochs_seen:
+                cache.epochs_seen = finished
+
+    def _refresh_steps(self, session: Session, cache: _RunCache) -> None:
+        where = (StepRow.experiment_id == cache.experiment_id, StepRow.id > cache.step_id)
+        rows = session.execute(
+            select(StepRow.worker, func.sum(StepRow.seconds), func.count(), func.max(StepRow.id),
+                   func.max(StepRow.finished_at))
+            .where(*where)
+            .group_by(StepRow.worker)
+        ).all()  # fmt: skip
+        if cache.first_start is None:
+            first = session.scalar(select(StepRow.finished_at).where(*where).order_by(StepRow.id))
+            if first is not None:  # the first visit's steps share their finish time
+                seconds = session.scalar(
+                    select(func.sum(StepRow.seconds)).where(*where, StepRow.finished_at == first)
+                )
+                cache.first_start = as_utc(first) - timedelta(seconds=float(seconds or 0.0))
+        for worker, seconds, count, max_id, max_finish in rows:
+            cache.busy[worker] = cache.busy.get(worker, 0.0) + float(seconds or 0.0)
+            cache.n_steps += count
+            cache.step_id = max(cache.step_id, max_id)
+            finish = as_utc(_as_datetime(max_finish))
+            if cache.last_finish is None or finish > cache.last_finish:
+                cache.last_finish = finish
+
+    def _refresh_events(self, session: Session, cache: _RunCache) -> None:
+        kinds = (EventKind.HOPPED.value, EventKind.STARTED.value, EventKind.COMPLETED.value)
+        rows = session.execute(
+            select(EventRow.id, EventRow.kind, EventRow.detail)
+            .where(
+                EventRow.experiment_id == cache.experiment_id,
+                EventRow.id > cache.event_id,
+                EventRow.kind.in_(kinds),
+            )
+            .order_by(EventRow.id)
+        ).all()
+        for row in rows:
+            cache.event_id = row.id
+            if row.kind == EventKind.HOPPED.value:
+                cache.n_visits += 1
+                moved = int(row.detail.get("bytes", 0) or 0)
+                cache.n_hops += moved > 0
+                cache.hop_bytes += moved
+            elif row.kind == EventKind.STARTED.value and "shard_bytes" in row.detail:
+                cache.shard_bytes = [int(b) for b in row.detail["shard_bytes"]]
+            elif row.kind == EventKind.COMPLETED.value:
+                cache.stats = row.detail
+
+
+# -- plain helpers -------------------------------------------------------------------
+def _run_dict(row: ExperimentRow, n_msts: int) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "status": RunStatus(row.status).value,
+        "procedure": row.procedure,
+        "metric": row.spec.get("metric", ""),
+        "direction": row.spec.get("direction", "maximize"),
+        "n_msts": n_msts,
+        "n_workers": row.n_workers,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _summarise(
+    summary: MSTSummary, epochs: dict[int, dict[str, float]], metric: str, maximize: bool
+) -> None:
+    if not epochs:
+        return
+    summary.epochs_done = len(epochs)
+    last = max(epochs)
+    summary.metrics = {k: v for k, v in epochs[last].items() if _finite(v) is not None}
+    summary.last = _finite(epochs[last].get(metric))
+    scored = [(v, e) for e, m in epochs.items() if (v := _finite(m.get(metric))) is not None]
+    if scored:
+        pick = max if maximize else min
+        summary.best, summary.best_epoch = pick(scored, key=lambda p: (p[0], -p[1]))
+
+
+def _choose(
+    summaries: list[MSTSummary], mst_ids: list[int] | None, top: int, maximize: bool
+) -> list[MSTSummary]:
+    if mst_ids is not None:
+        wanted = set(mst_ids)
+        return [s for s in summaries if s.mst_id in wanted][:top]
+    sign = -1.0 if maximize else 1.0
+    ranked = sorted(
+        summaries,
+        key=lambda s: (s.best is None, sign * s.best if s.best is not None else 0.0, s.mst_id),
+    )
+    return sorted(ranked[:top], key=lambda s: s.mst_id)
+
+
+def _spread(n: int, max_points: int) -> list[int]:
+    """At most ``max_points`` of range(n), evenly spread, with the first and the last."""
+    if n <= max_points:
+        return list(range(n))
+    if max_points == 1:
+        return [n - 1]
+    step = (n - 1) / (max_points - 1)
+    return sorted({round(i * step) for i in range(max_points)})
+
+
+def _visits(steps: Iterable[Any]) -> list[dict[str, Any]]:
+    """Steps (oldest first) grouped into visits: one MST on one worker, recorded at once."""
+    visits: list[dict[str, Any]] = []
+    for step in steps:
+        end = as_utc(step.finished_at)
+        seconds = step.seconds if math.isfinite(step.seconds) else 0.0
+        current = visits[-1] if visits else None
+        if current and (current["mst_id"], current["worker"], current["end"]) == (
+            step.mst_id, step.worker, end
+        ):  # fmt: skip
+            current["seconds"] += seconds
+            current["steps"] += 1
+            continue
+        visits.append(
+            {"mst_id": step.mst_id, "worker": step.worker, "end": end, "seconds": seconds,
+             "steps": 1, "epoch": step.epoch, "hop": None}
+        )  # fmt: skip
+    return visits
+
+
+def _derive_hops(visits: list[dict[str, Any]]) -> None:
+    """For visits whose event does not say (older runs): the state moved if the MST's
+    previous visit was on another worker and this worker last ran another MST."""
+    last_worker_of: dict[int, int] = {}
+    last_mst_on: dict[int, int] = {}
+    for visit in visits:
+        mst, worker = visit["mst_id"], visit["worker"]
+        if visit["hop"] is None:
+            before = last_worker_of.get(mst)
+            visit["hop"] = before is not None and last_mst_on.get(worker) != mst
+        last_worker_of[mst], last_mst_on[worker] = worker, mst
+
+
+def _relative(visit: dict[str, Any], origin: datetime | None) -> dict[str, Any]:
+    end = _seconds(origin, visit["end"])
+    return {
+        "mst_id": visit["mst_id"],
+        "worker": visit["worker"],
+        "epoch": visit["epoch"],
+        "start": max(0.0, end - visit["seconds"]),
+        "end": end,
+        "steps": visit["steps"],
+        "hop": bool(visit["hop"]),
+    }
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float:
+    if start is None or end is None:
+        return 0.0
+    return max(0.0, (end - start).total_seconds())
+
+
+def _as_datetime(value: Any) -> datetime:
+    """``max()`` over a datetime column comes back as text on SQLite."""
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _jsonable(value: Any) -> Any:
+    """Non-finite floats become null: JSON has no literal for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _epoch_dict(row: EpochRow) -> dict[str, Any]:
+    return {
+        "mst_id": row.mst_id,
+        "epoch": row.epoch,
+        "metrics": _jsonable(row.metrics),
+        "train_order": row.train_order,
+        "eval_order": row.eval_order,
+        "train_seconds": _finite(row.train_seconds),
+        "eval_seconds": _finite(row.eval_seconds),
+        "finished_at": row.finished_at,
+    }
+
+
+def _command_dict(row: CommandRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "payload": _jsonable(row.payload),
+        "status": row.status,
+        "created_at": row.created_at,
+        "applied_at": row.applied_at,
+        "message": row.message,
+    }
+
+
+def page_msts(
+    summaries: list[MSTSummary],
+    *,
+    status: str | None,
+    query: str | None,
+    sort: str,
+    descending: bool,
+    offset: int,
+    limit: int,
+) -> tuple[int, list[MSTSummary]]:
+    """Filter (status, and words each found in "name=value" text), sort, then slice.
+
+    ``sort`` is one of ``MST_SORT_KEYS`` or ``param:<name>``; MSTs without a value
+    (no epoch yet, no such param) come last in either order.
+    """
+    chosen = [s for s in summaries if status is None or s.status == status]
+    words = (query or "").lower().split()
+    if words:
+        chosen = [s for s in chosen if all(w in _search_text(s) for w in words)]
+    present = [s for s in chosen if _sort_value(s, sort) is not None]
+    missing = [s for s in chosen if _sort_value(s, sort) is None]
+    present.sort(key=lambda s: (_sortable(_sort_value(s, sort)), s.mst_id), reverse=descending)
+    ordered = present + missing
+    return len(ordered), ordered[offset : offset + limit]
+
+
+def _search_text(summary: MSTSummary) -> str:
+    parts = [f"mst_id={summary.mst_id}", f"status={summary.status}"]
+    parts += [f"{k}={v}" for k, v in summary.params.items()]
+    return " ".join(parts).lower()
+
+
+def _sort_value(summary: MSTSummary, sort: str) -> Any:
+    if sort.startswith("param:"):
+        return summary.params.get(sort.removeprefix("param:"))
+    return {
+        "mst_id": summary.mst_id,
+        "status": summary.status,
+        "epochs": summary.epochs_done,
+        "last": summary.last,
+        "best": summary.best,
+        "priority": summary.priority,
+        "parent": summary.parent,
+    }[sort]
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Numbers before text, so params of mixed types still sort."""
+    if isinstance(value, bool | int | float):
+        return (0, float(value))
+    return (1, str(value))
