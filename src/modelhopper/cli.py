@@ -289,6 +289,50 @@ def export(
         console.print(f"logged {n} MLflow runs to {mlflow}")
 
 
+@app.command()
+def dashboard(
+    store: Store = None,
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8265,
+) -> None:
+    """Serve the dashboard and REST API on the store (pip install 'modelhopper[dashboard]')."""
+    from modelhopper.server import TOKEN_VARIABLE, new_token, require_dashboard, serve
+    from modelhopper.store import open_store
+
+    _or_exit(require_dashboard)
+    db = _or_exit(lambda: open_store(store))
+    token = new_token()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(
+        f"[bold]modelhopper dashboard[/] on {db.url}: http://{shown}:{port}/?token={token}"
+    )
+    console.print(
+        f"commands (stop, clone, ...) need the token: Authorization: Bearer {token} "
+        f"(set {TOKEN_VARIABLE} to choose it); Ctrl-C stops the server"
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[yellow]note:[/] bound to {host}: anyone who reaches this port can read the runs"
+        )
+    serve(db, host=host, port=port, token=token)
+
+
+@app.command()
+def report(
+    run_name: RunArg,
+    out: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
+    store: Store = None,
+) -> None:
+    """Write a run's page as one self-contained HTML file (curves, timeline, MSTs)."""
+    from modelhopper.server import require_report, write_report
+    from modelhopper.store import open_store
+
+    _or_exit(require_report)
+    db = _or_exit(lambda: open_store(store))
+    path = _or_exit(lambda: write_report(db, run_name, out))
+    console.print(f"wrote {path}")
+
+
 def _or_exit(action: Any) -> Any:
     try:
         return action()

@@ -258,3 +258,14 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"fastapi.*pip install 'modelhopper\[dashboard\]'"):
         require_dashboard()
+
+
+def test_events_newest_and_without_visits(client, store):
+    from modelhopper.store import EventKind
+
+    store.add_event("fake", EventKind.MST_STOPPED, mst_id=2)
+    newest = client.get("/api/runs/fake/events", params={"newest": True, "limit": 2}).json()
+    assert [e["kind"] for e in newest] == ["hopped", "mst_stopped"]
+    assert newest[0]["id"] < newest[1]["id"]  # still oldest first
+    runs = client.get("/api/runs/fake/events", params={"skip_visits": True}).json()
+    assert [e["kind"] for e in runs] == ["started", "mst_stopped"]

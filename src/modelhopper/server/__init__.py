@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelhopper.errors import ConfigError
@@ -17,7 +18,15 @@ from modelhopper.errors import ConfigError
 if TYPE_CHECKING:
     from modelhopper.store import SQLStore
 
-__all__ = ["create_app", "new_token", "require_dashboard", "serve", "TOKEN_VARIABLE"]
+__all__ = [
+    "TOKEN_VARIABLE",
+    "create_app",
+    "new_token",
+    "require_dashboard",
+    "require_report",
+    "serve",
+    "write_report",
+]
 
 TOKEN_VARIABLE = "MODELHOPPER_TOKEN"
 _NEEDED = ("fastapi", "uvicorn", "jinja2", "pydantic")
@@ -33,6 +42,25 @@ def require_dashboard() -> None:
             f"the dashboard needs {', '.join(missing)}, not installed here; install it "
             "with: pip install 'modelhopper[dashboard]'"
         )
+
+
+def require_report() -> None:
+    """A report needs only Jinja2; ``ConfigError`` naming the extra if it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("jinja2") is None:
+        raise ConfigError(
+            "a report needs jinja2, not installed here; install it with: "
+            "pip install 'modelhopper[dashboard]'"
+        )
+
+
+def write_report(store: SQLStore, run: str, out: str | os.PathLike[str]) -> Path:
+    """Write run ``run``'s page as one self-contained HTML file; returns its path."""
+    require_report()
+    from modelhopper.server._render import write_report as _write_report
+
+    return _write_report(store, run, out)
 
 
 def new_token() -> str:

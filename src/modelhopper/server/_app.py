@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,6 +80,11 @@ def create_app(store: SQLStore, *, token: str) -> FastAPI:
 
     app.include_router(pages_router(reader))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     return app
 
 
@@ -247,8 +252,14 @@ def _api_router(reader: RunReader, store: SQLStore) -> Any:
         run: RunName,
         after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        newest: Annotated[
+            bool, Query(description="the last `limit` events, not the first")
+        ] = False,
+        skip_visits: Annotated[bool, Query(description="leave out per-visit events")] = False,
     ) -> Any:
-        return reader.events(run, after_id=after_id, limit=limit)
+        return reader.events(
+            run, after_id=after_id, limit=limit, newest=newest, skip_visits=skip_visits
+        )
 
     @api.get("/runs/{run}/timeline", response_model=TimelineOut, summary="Workers' timeline")
     def get_timeline(

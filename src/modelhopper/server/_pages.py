@@ -6,7 +6,6 @@ script (static/dashboard.js) reads the JSON API and refreshes itself.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,10 +13,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from modelhopper.server._queries import RunReader
+from modelhopper.server._render import LIVE, TEMPLATES, run_context
 
-__all__ = ["pages_router", "TEMPLATES"]
-
-TEMPLATES = Path(__file__).with_name("templates")
+__all__ = ["pages_router"]
 
 
 def pages_router(reader: RunReader) -> APIRouter:
@@ -26,13 +24,11 @@ def pages_router(reader: RunReader) -> APIRouter:
 
     @pages.get("/", response_class=HTMLResponse)
     def runs_page(request: Request) -> Any:
-        return templates.TemplateResponse(request, "runs.html", {"runs": reader.list_runs()})
+        context = {"runs": reader.list_runs(), **LIVE}
+        return templates.TemplateResponse(request, "runs.html", context)
 
     @pages.get("/runs/{run}", response_class=HTMLResponse)
     def run_page(request: Request, run: str) -> Any:
-        info = reader.run(run)
-        return templates.TemplateResponse(
-            request, "run.html", {"run": info, "metrics": reader.metric_names(run)}
-        )
+        return templates.TemplateResponse(request, "run.html", run_context(reader, run, live=True))
 
     return pages

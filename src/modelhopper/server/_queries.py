@@ -206,8 +206,8 @@ class RunReader:
         metric = metric or run["metric"]
         cache = self._caches[name]
         chosen = _choose(summaries, mst_ids, top, run["direction"] == "maximize")
-        last = max((max(cache.epochs.get(s.mst_id, {0: {}})) for s in chosen), default=0)
-        epochs = _spread(last + 1, max_points)
+        n_epochs = max((max(cache.epochs.get(s.mst_id, {-1: {}})) + 1 for s in chosen), default=0)
+        epochs = _spread(n_epochs, max_points)
         series = []
         for summary in chosen:
             rows = cache.epochs.get(summary.mst_id, {})
@@ -245,15 +245,29 @@ class RunReader:
             return total, [_epoch_dict(row) for row in rows]
 
     # -- events and commands -----------------------------------------------------
-    def events(self, name: str, *, after_id: int, limit: int) -> list[dict[str, Any]]:
+    def events(
+        self,
+        name: str,
+        *,
+        after_id: int,
+        limit: int,
+        newest: bool = False,
+        skip_visits: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Events with id > after_id, oldest first: the first ``limit``, or the last.
+
+        ``skip_visits`` leaves out the per-visit events (the timeline shows them).
+        """
         with self._session() as session:
             experiment = self._experiment(session, name)
+            where = [EventRow.experiment_id == experiment.id, EventRow.id > after_id]
+            if skip_visits:
+                where.append(EventRow.kind != EventKind.HOPPED.value)
+            order = EventRow.id.desc() if newest else EventRow.id
             rows = session.scalars(
-                select(EventRow)
-                .where(EventRow.experiment_id == experiment.id, EventRow.id > after_id)
-                .order_by(EventRow.id)
-                .limit(limit)
+                select(EventRow).where(*where).order_by(order).limit(limit)
             ).all()
+            rows = sorted(rows, key=lambda r: r.id)
             return [
                 {"id": r.id, "time": r.time, "kind": r.kind, "mst_id": r.mst_id,
                  "worker": r.worker, "detail": _jsonable(r.detail)}
