@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from modelhopper.data import Dataset, Split, datasets
 from modelhopper.errors import (
     AllMSTsFailedError,
@@ -46,6 +48,15 @@ from modelhopper.space import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # RayExecutor needs the optional Ray extra: import it only when asked for.
+    if name == "RayExecutor":
+        from modelhopper.executors._ray import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ASHA",
     "Hyperband",
@@ -79,6 +90,7 @@ __all__ = [
     "ModelHopperError",
     "RandomSearch",
     "Representation",
+    "RayExecutor",
     "Result",
     "RunStats",
     "SchedulingPolicy",

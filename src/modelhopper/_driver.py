@@ -19,7 +19,14 @@ import numpy as np
 from modelhopper._progress import ProgressBar
 from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.estimator import PassResult
-from modelhopper.executors import BaseExecutor, VisitResult, VisitTask
+from modelhopper.executors import (
+    BaseExecutor,
+    State,
+    VisitResult,
+    VisitTask,
+    state_bytes,
+    state_nbytes,
+)
 from modelhopper.procedures._base import MST, BaseProcedure, Decision, EpochResult
 from modelhopper.result import MSTStatus, RunStats
 from modelhopper.scheduling import MOPScheduler, Step, StepKind, Visit, makespan_lower_bound
@@ -103,7 +110,7 @@ class Driver:
         self.warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
         self.evaluated: list[EpochResult] = []  # every epoch result, in evaluation order
         self.epochs: dict[tuple[int, int], _Epoch] = {}
-        self.states: dict[int, bytes] = {}
+        self.states: dict[int, State] = {}  # bytes, or a reference the executor holds
         self.last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
         self.in_flight: dict[int, Visit] = {}
         self.compute_seconds = 0.0
@@ -282,8 +289,8 @@ class Driver:
             if not fresh and self.last_mst_on.get(visit.worker) != mst.id:
                 state = self.states[mst.id]
                 self.n_hops += 1
-                self.hop_bytes += len(state)
-            self.moved_bytes[visit.worker] = len(state) if state is not None else 0
+                self.hop_bytes += state_nbytes(state)
+            self.moved_bytes[visit.worker] = state_nbytes(state) if state is not None else 0
             parent = self.warm_from.get(mst.id) if fresh else None
             init = self.states.get(parent) if parent is not None else None
             task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh, init)
@@ -297,7 +304,7 @@ class Driver:
     def _handle(self, result: VisitResult) -> None:
         visit = self.in_flight.pop(result.worker)
         if result.crashed:
-            self._requeue_after_crash(visit)
+            self._requeue_after_crash(visit, state_lost=result.state_lost)
             return
         self.last_mst_on[result.worker] = result.mst_id
         if result.error is not None or result.state is None:
@@ -315,11 +322,11 @@ class Driver:
         self.record_seconds += time.perf_counter() - started
         self.bar.update(len(visit.steps), self._remaining())
 
-    def _record(self, visit: Visit, result: VisitResult, state: bytes) -> None:
+    def _record(self, visit: Visit, result: VisitResult, state: State) -> None:
         """Checkpoint, then one store transaction, then decisions, then pruning."""
         progress = self.msts_by_id[visit.mst_id]
         progress.n_steps += len(visit.steps)
-        path = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state))
+        path = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state_bytes(state)))
         steps, epochs = [], []
         for outcome in result.outcomes:
             steps.append(_to_record(visit.mst_id, visit.worker, outcome.step, outcome.result))
@@ -401,8 +408,13 @@ class Driver:
             eval_seconds=sum(p.seconds for p in epoch.evaluation.values()),
         )
 
-    def _requeue_after_crash(self, visit: Visit) -> None:
+    def _requeue_after_crash(self, visit: Visit, *, state_lost: bool = False) -> None:
         """The worker died mid-visit and was replaced: run the visit again from the last state."""
+        if state_lost:  # it lived on a node that died: fall back to the checkpoints
+            for mst_id in (visit.mst_id, self.warm_from.get(visit.mst_id)):
+                latest = self.msts_by_id[mst_id].latest if mst_id is not None else None
+                if latest is not None:
+                    self.states[mst_id] = self.checkpoints.read(latest)
         self.scheduler.requeue(visit)
         self.last_mst_on.pop(visit.worker, None)  # the new process holds no state
         self.store.add_event(

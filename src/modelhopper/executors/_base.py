@@ -11,7 +11,43 @@ from modelhopper.data._sharding import ShardInfo
 from modelhopper.estimator import PassResult
 from modelhopper.scheduling import Step
 
-__all__ = ["BaseExecutor", "VisitTask", "StepOutcome", "VisitResult"]
+__all__ = [
+    "BaseExecutor",
+    "State",
+    "StateRef",
+    "StepOutcome",
+    "VisitResult",
+    "VisitTask",
+    "state_bytes",
+    "state_nbytes",
+]
+
+
+class StateRef(ABC):
+    """An MST's serialised state held by the executor, not by the driver.
+
+    Executors whose workers pass state to each other directly (Ray's object
+    store) hand the driver this reference instead of the bytes: the next visit
+    gets the reference, and the bytes go worker to worker. The driver fetches
+    them only to write a checkpoint.
+    """
+
+    nbytes: int
+
+    @abstractmethod
+    def fetch(self) -> bytes:
+        """The state's bytes, copied to the caller."""
+
+
+State = bytes | StateRef
+
+
+def state_nbytes(state: State) -> int:
+    return state.nbytes if isinstance(state, StateRef) else len(state)
+
+
+def state_bytes(state: State) -> bytes:
+    return state.fetch() if isinstance(state, StateRef) else state
 
 
 @dataclass(frozen=True)
@@ -26,9 +62,9 @@ class VisitTask:
     params: dict[str, Any]
     seed: int
     steps: tuple[Step, ...]
-    state: bytes | None
+    state: State | None
     fresh: bool
-    init_state: bytes | None = None  # a fresh MST's starting weights (a warm-started clone)
+    init_state: State | None = None  # a fresh MST's starting weights (a warm-started clone)
 
 
 @dataclass(frozen=True)
@@ -42,9 +78,10 @@ class VisitResult:
     worker: int
     mst_id: int
     outcomes: tuple[StepOutcome, ...] = ()
-    state: bytes | None = None
+    state: State | None = None
     error: str | None = None  # set when the MST failed during this visit
     crashed: bool = False  # the worker died mid-visit (it was replaced); re-run the visit
+    state_lost: bool = False  # with crashed: the state this visit got is gone; reload it
     traceback: str | None = None
     state_seconds: float = 0.0  # time spent (de)serialising state on the worker
     busy_seconds: float = 0.0  # the whole visit on the worker, state handling included

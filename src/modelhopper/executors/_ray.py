@@ -1,0 +1,398 @@
+"""RayExecutor: MOP across machines, one Ray actor per worker, pinned to its node.
+
+Each actor owns one shard for the whole run and reads it on its own node,
+from a path that node can read or from files shipped to it once. Model state
+hops actor to actor through Ray's object store: an actor returns its state as
+an object, and the driver hands that object's reference to the next actor,
+which pulls the bytes from the node that made them. The driver holds
+references and metadata; it copies a state to itself only to write the
+checkpoint.
+
+A dead actor is replaced on the same node when that node is alive (node
+affinity), else on another node, which re-materialises the shard from its
+source; the interrupted visit then re-runs from the MST's last state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from modelhopper.data._sharding import ShardInfo
+from modelhopper.errors import ConfigError, ExecutorError
+from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
+
+__all__ = ["RayExecutor"]
+
+_DATA_MODES = ("auto", "path", "ship")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError(
+            "RayExecutor needs Ray, an optional extra: pip install 'modelhopper[ray]'"
+        ) from e
+    return ray
+
+
+class _RayState(StateRef):
+    """A state in Ray's object store, on the node of the actor that produced it."""
+
+    def __init__(self, ref: Any, nbytes: int) -> None:
+        self.ref = ref
+        self.nbytes = nbytes
+
+    def fetch(self) -> bytes:
+        return import_ray().get(self.ref)
+
+
+class _ShardActor:
+    """The body of a worker actor: hosts a ShardWorker next to its shard."""
+
+    def __init__(self, worker: int, n_shards: int, factory_blob: bytes, n_threads: int) -> None:
+        import torch
+
+        from modelhopper.executors._worker import warm_up_torch
+
+        torch.set_num_threads(n_threads)
+        warm_up_torch()
+        self.worker = worker
+        self.n_shards = n_shards
+        self.factory = cloudpickle.loads(factory_blob)
+        self.runner: Any = None
+
+    def can_read(self, path: str) -> bool:
+        return (Path(path) / "shard.json").is_file()
+
+    def open(self, path: str | None, files: Mapping[str, bytes] | None) -> dict[str, Any]:
+        """Open the shard from ``path``, or write the shipped ``files`` to local disk first."""
+        import ray
+
+        from modelhopper.data._sharding import open_shard
+        from modelhopper.executors._worker import ShardWorker
+
+        if files is not None:
+            path = _materialise(files, self.worker)
+        assert path is not None  # the executor sends one of the two
+        shard = open_shard(path)
+        self.runner = ShardWorker(self.worker, shard, self.n_shards, self.factory)
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "nbytes": shard.nbytes,
+            "path": path,
+        }
+
+    def run(
+        self, task: VisitTask, state: bytes | None, init_state: bytes | None
+    ) -> tuple[VisitResult, bytes | None]:
+        # Ray resolved the state references: the bytes came from the producing node.
+        result = self.runner.run(dataclasses.replace(task, state=state, init_state=init_state))
+        out = result.state
+        assert out is None or isinstance(out, bytes)
+        meta = dataclasses.replace(
+            result, state=None, extra={**result.extra, "nbytes": len(out or b"")}
+        )
+        return meta, out
+
+
+def _materialise(files: Mapping[str, bytes], worker: int) -> str:
+    """Write a shipped shard under this node's temp dir, once, and return its folder."""
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-shard-{worker}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        (folder / name).write_bytes(blob)
+    return str(folder)
+
+
+def _pickle_factory(factory: Callable[..., Any]) -> bytes:
+    """Pickle the factory so that other nodes can load it.
+
+    Code of an installed package is pickled by reference (every node must have
+    the package); a user's own module (a spec file, a script, a test) goes by
+    value, since the nodes' Python paths do not have it.
+    """
+    module = sys.modules.get(getattr(factory, "__module__", "") or "")
+    file = getattr(module, "__file__", None) or ""
+    if module is None or module.__name__ == "__main__" or "-packages" in file:
+        return cloudpickle.dumps(factory)
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(factory)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def _read_shard_files(path: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
+
+
+class RayExecutor(BaseExecutor):
+    """Run MOP on a Ray cluster: one actor per worker, each pinned to the node of its shard.
+
+    Args:
+        address: ``None`` starts a Ray instance on this machine (or uses the one
+            already initialised in this process); ``"auto"`` joins the cluster
+            this machine belongs to; ``"ray://host:10001"`` uses Ray Client.
+        resources_per_worker: Ray resources of each worker actor, e.g.
+            ``{"CPU": 1, "GPU": 0}``; torch threads default to its CPUs.
+        data: how actors get their shard. ``"path"``: read the shard folder on
+            the actor's node (shared storage, or the same machine); ``"ship"``:
+            the driver sends the shard files to the node once; ``"auto"``
+            (default): the path when the node can read it, else ship.
+        max_restarts: deaths of one worker tolerated before the run fails.
+        start_timeout: seconds to wait for the workers to be placed and open
+            their shards before giving up with the cluster's free resources.
+        init_kwargs: extra keyword arguments for ``ray.init``.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        resources_per_worker: Mapping[str, float] | None = None,
+        threads_per_worker: int | None = None,
+        data: str = "auto",
+        max_restarts: int = 3,
+        start_timeout: float = 120.0,
+        init_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        resources = dict(resources_per_worker or {"CPU": 1})
+        for name, amount in resources.items():
+            if not isinstance(amount, int | float) or isinstance(amount, bool) or amount < 0:
+                raise ConfigError(
+                    f"resources_per_worker[{name!r}] must be a number >= 0, got {amount!r}"
+                )
+        if data not in _DATA_MODES:
+            raise ConfigError(
+                f"data must be one of {', '.join(map(repr, _DATA_MODES))}, got {data!r}"
+            )
+        if threads_per_worker is not None and threads_per_worker < 1:
+            raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        if max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
+        if start_timeout <= 0:
+            raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout}")
+        self.address = address
+        self.resources = resources
+        self.threads_per_worker = threads_per_worker or max(1, int(resources.get("CPU", 1)))
+        self.data = data
+        self.max_restarts = max_restarts
+        self.start_timeout = start_timeout
+        self.init_kwargs = dict(init_kwargs or {})
+        self._ray: Any = None
+        self._owns_ray = False
+        self._actor_class: Any = None
+        self._shards: list[ShardInfo] = []
+        self._factory_blob = b""
+        self._actors: list[Any] = []
+        self._infos: list[dict[str, Any]] = []
+        self._busy: dict[int, tuple[int, Any, Any]] = {}  # worker -> (mst, meta ref, state ref)
+        self.restarts: list[int] = []
+        self.shipped_bytes = 0  # shard bytes the driver sent to nodes (data="ship")
+
+    # -- what the run reports ------------------------------------------------------
+    @property
+    def n_workers(self) -> int:
+        return len(self._actors)
+
+    @property
+    def resident_shard_bytes(self) -> list[int]:
+        return [info["nbytes"] for info in self._infos]
+
+    @property
+    def worker_nodes(self) -> list[str]:
+        """The Ray node id each worker (and so its shard) lives on."""
+        return [info["node"] for info in self._infos]
+
+    @property
+    def pids(self) -> list[int]:
+        return [info["pid"] for info in self._infos]
+
+    def shard_bytes_per_node(self) -> dict[str, int]:
+        per_node: dict[str, int] = {}
+        for info in self._infos:
+            per_node[info["node"]] = per_node.get(info["node"], 0) + info["nbytes"]
+        return per_node
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+        if self._actors:
+            raise ExecutorError("this RayExecutor is already started; use a new one per run")
+        self._ray = ray = import_ray()
+        self._connect()
+        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_ShardActor)
+        self._shards = list(shards)
+        self._factory_blob = _pickle_factory(factory)
+        self.restarts = [0] * len(shards)
+        self._actors = [self._create(w, "SPREAD") for w in range(len(shards))]
+        self._infos = self._open(list(range(len(shards))))
+
+    def _connect(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            return  # the caller's cluster connection: use it, leave it up
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+        if self.address is not None:
+            kwargs.pop("include_dashboard")  # joining a cluster: its head decides
+        kwargs.update(self.init_kwargs)
+        try:
+            ray.init(address=self.address, **kwargs)
+        except Exception as e:
+            where = self.address or "a new local Ray instance"
+            raise ExecutorError(
+                f"cannot start or join Ray at {where}: {e}; for a cluster, start it with "
+                "'ray start --head' and pass address='auto' (or 'ray://HEAD:10001')"
+            ) from e
+        self._owns_ray = True
+
+    def _create(self, worker: int, strategy: Any) -> Any:
+        resources = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU")}
+        return self._actor_class.options(
+            num_cpus=self.resources.get("CPU", 1),
+            num_gpus=self.resources.get("GPU", 0),
+            resources=resources or None,
+            scheduling_strategy=strategy,
+            name=None,
+        ).remote(worker, len(self._shards), self._factory_blob, self.threads_per_worker)
+
+    def _open(self, workers: list[int]) -> list[dict[str, Any]]:
+        """Each actor opens its shard on its node; shipped only where the path is unreadable."""
+        ray = self._ray
+        paths = [str(self._shards[w].path) for w in workers]
+        if self.data == "path":
+            readable = [True] * len(workers)
+        elif self.data == "ship":
+            readable = [False] * len(workers)
+        else:
+            checks = [
+                self._actors[w].can_read.remote(p) for w, p in zip(workers, paths, strict=True)
+            ]
+            readable = self._get(checks, "check their shard paths")
+        refs = []
+        for w, path, ok in zip(workers, paths, readable, strict=True):
+            if ok:
+                refs.append(self._actors[w].open.remote(path, None))
+            else:
+                files = _read_shard_files(path)
+                self.shipped_bytes += sum(len(b) for b in files.values())
+                refs.append(self._actors[w].open.remote(None, ray.put(files)))
+        return self._get(refs, "open their shards")
+
+    def _get(self, refs: list[Any], doing: str) -> list[Any]:
+        ray = self._ray
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if pending:
+            raise ExecutorError(
+                f"{len(pending)} of {len(refs)} Ray workers did not {doing} within "
+                f"{self.start_timeout:.0f} s; each needs {self.resources} and the cluster has "
+                f"{ray.available_resources()} free; lower resources_per_worker, use fewer "
+                "workers, or add nodes"
+            )
+        try:
+            return ray.get(refs)
+        except Exception as e:
+            raise ExecutorError(
+                f"a Ray worker could not start: {e}\nIf make_estimator lives in a module, every "
+                "node must be able to import it (install it there or use a runtime_env)"
+            ) from e
+
+    # -- visits --------------------------------------------------------------------
+    def submit(self, worker: int, task: VisitTask) -> None:
+        if worker in self._busy:
+            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker][0]}")
+        state, init = (_as_arg(s) for s in (task.state, task.init_state))
+        bare = dataclasses.replace(task, state=None, init_state=None)
+        meta, out = self._actors[worker].run.options(num_returns=2).remote(bare, state, init)
+        self._busy[worker] = (task.mst_id, meta, out)
+
+    def wait(self) -> list[VisitResult]:
+        if not self._busy:
+            raise ExecutorError("wait() with no visit in flight; submit one first")
+        ray = self._ray
+        by_ref = {meta: worker for worker, (_, meta, _) in self._busy.items()}
+        ray.wait(list(by_ref), num_returns=1)
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+        return [self._collect(by_ref[ref]) for ref in sorted(ready, key=by_ref.__getitem__)]
+
+    def _collect(self, worker: int) -> VisitResult:
+        ray = self._ray
+        mst_id, meta_ref, state_ref = self._busy.pop(worker)
+        try:
+            meta = ray.get(meta_ref)
+        except ray.exceptions.ObjectLostError:
+            # The state this visit needed lived on a node that is gone.
+            return VisitResult(worker, mst_id, crashed=True, state_lost=True)
+        except ray.exceptions.RayActorError:
+            self._replace(worker, mst_id)
+            return VisitResult(worker, mst_id, crashed=True)
+        if meta.error is not None or not meta.extra.get("nbytes"):
+            return meta
+        return dataclasses.replace(meta, state=_RayState(state_ref, meta.extra["nbytes"]))
+
+    def _replace(self, worker: int, mst_id: int | None = None) -> None:
+        """A new actor for a dead one: on the same node if it is alive, else anywhere."""
+        ray = self._ray
+        self.restarts[worker] += 1
+        if self.restarts[worker] > self.max_restarts:
+            doing = f" while running MST {mst_id}" if mst_id is not None else ""
+            raise ExecutorError(
+                f"Ray worker {worker} died {self.restarts[worker]} times{doing} "
+                f"(max_restarts={self.max_restarts}); if it was killed for memory, use fewer "
+                "workers or smaller batches"
+            )
+        node = self._infos[worker]["node"]
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        if node in alive:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            strategy: Any = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        else:
+            strategy = "SPREAD"  # its node is gone: re-materialise the shard elsewhere
+        self._actors[worker] = self._create(worker, strategy)
+        self._infos[worker] = self._open([worker])[0]
+
+    def shutdown(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        if ray.is_initialized():
+            for actor in self._actors:
+                try:
+                    ray.kill(actor)
+                except Exception:  # already dead: nothing to stop
+                    pass
+        self._actors = []
+        self._busy.clear()
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False
+        self._ray = None
+
+
+def _as_arg(state: Any) -> Any:
+    """A reference goes to the actor as is (Ray fetches it there); bytes go by value."""
+    return state.ref if isinstance(state, _RayState) else state
+
+
+def wait_for_nodes(n_nodes: int, timeout: float = 60.0) -> None:
+    """Block until the connected cluster shows ``n_nodes`` alive nodes (tests, benchmarks)."""
+    ray = import_ray()
+    deadline = time.monotonic() + timeout
+    while sum(1 for n in ray.nodes() if n.get("Alive")) < n_nodes:
+        if time.monotonic() > deadline:
+            raise ExecutorError(f"the Ray cluster did not reach {n_nodes} nodes in {timeout} s")
+        time.sleep(0.2)

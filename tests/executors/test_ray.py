@@ -1,0 +1,96 @@
+"""RayExecutor on one node: the executor conformance suite; results equal LocalExecutor's."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper.estimator import state_from_bytes
+from modelhopper.testing import ExecutorConformance
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_single_node")]
+
+
+class TestRayExecutor(ExecutorConformance):
+    def new_executor(self):
+        return mh.RayExecutor(resources_per_worker={"CPU": 1})
+
+    def worker_pid(self, executor, worker):
+        return executor.pids[worker]
+
+    def kill_worker(self, executor, worker):
+        os.kill(executor.pids[worker], signal.SIGKILL)
+
+
+def make_estimator(p):
+    model = nn.Sequential(
+        nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Dropout(0.2), nn.Linear(p["hidden"], 10)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    return mh.Estimator(
+        model=model,
+        optimizer=optimizer,
+        loss=nn.CrossEntropyLoss(),
+        metrics=["accuracy"],
+        batch_size=32,
+        lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+    )
+
+
+def _search():
+    space = {"hidden": mh.grid([16, 48]), "lr": mh.grid([1e-2, 3e-3])}
+    return mh.GridSearch(
+        make_estimator, space, epochs=2, metric="val_accuracy", direction="maximize", seed=11
+    )
+
+
+def _final(result: mh.Result) -> dict[int, tuple[list[dict], dict[str, torch.Tensor]]]:
+    history = result.history().drop(columns=["train_seconds", "eval_seconds"])
+    out = {}
+    for mst in result.msts:
+        with open(mst.checkpoint, "rb") as f:
+            weights = state_from_bytes(f.read())["model"]
+        out[mst.id] = (history[history.mst_id == mst.id].to_dict("records"), weights)
+    return out
+
+
+def _assert_same_training(got: mh.Result, want: mh.Result) -> None:
+    got_final, want_final = _final(got), _final(want)
+    assert got_final.keys() == want_final.keys()
+    for mst, (history, weights) in want_final.items():
+        assert got_final[mst][0] == history
+        for name, tensor in weights.items():
+            assert torch.equal(got_final[mst][1][name], tensor), (mst, name)
+
+
+def test_ray_trains_bit_for_bit_like_local(tmp_path):
+    data = mh.datasets.digits(seed=0)
+    local = _search().fit(data, n_workers=2, run_dir=tmp_path / "local", progress=False,
+                          executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+    executor = mh.RayExecutor(threads_per_worker=1)
+    on_ray = _search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
+                           executor=executor)  # fmt: skip
+    _assert_same_training(on_ray, local)
+    assert on_ray.stats.n_hops > 0 and on_ray.stats.hop_bytes > 0
+    assert sum(on_ray.stats.resident_shard_bytes) == on_ray.stats.dataset_bytes
+
+
+def test_bad_arguments_are_rejected_clearly():
+    with pytest.raises(mh.ConfigError, match=r"resources_per_worker\['CPU'\] must be a number"):
+        mh.RayExecutor(resources_per_worker={"CPU": -1})
+    with pytest.raises(mh.ConfigError, match="data must be one of 'auto', 'path', 'ship'"):
+        mh.RayExecutor(data="copy")
+    with pytest.raises(mh.ConfigError, match="max_restarts must be >= 0"):
+        mh.RayExecutor(max_restarts=-1)
+
+
+def test_workers_that_cannot_be_placed_fail_with_the_free_resources(tmp_path):
+    executor = mh.RayExecutor(resources_per_worker={"CPU": 64}, start_timeout=3)
+    data = mh.datasets.digits(seed=0)
+    with pytest.raises(mh.ExecutorError, match=r"did not check their shard paths within 3 s.*free"):
+        _search().fit(data, n_workers=2, run_dir=tmp_path, progress=False, executor=executor)
