@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: venv demo test test-fast bench bench-simulate lint data postgres clean
+.PHONY: venv demo test test-fast bench bench-simulate lint data postgres browser clean
 
 venv: $(STAMP)
 
@@ -28,10 +28,16 @@ postgres:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	  else echo "PostgreSQL missing: sudo apt-get install postgresql (its store tests are skipped)"; fi; }
 
+# Chromium for the dashboard's end-to-end test (driven by Playwright; no browser download).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "Chromium missing: sudo apt-get install chromium (the dashboard's browser test is skipped)"; fi; }
+
 demo: venv
 	$(VENV)/bin/modelhopper demo
 
-test: venv data postgres
+test: venv data postgres browser
 	$(PY) -m pytest -q
 
 test-fast: venv
