@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from modelhopper.data._dataset import Dataset, Split
+from modelhopper.data._wordnet import TextSet, wordnet_noun_glosses
 from modelhopper.errors import DataError
 
-__all__ = ["digits", "fashion_mnist"]
+__all__ = ["TextSet", "digits", "fashion_mnist", "wordnet_noun_glosses"]
 
 
 # --------------------------------------------------------------------------- digits

