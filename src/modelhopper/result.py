@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from torch import nn
 
 from modelhopper.errors import ModelHopperError
 from modelhopper.estimator import build_estimator, state_from_bytes
+
+if TYPE_CHECKING:
+    from modelhopper.store import BaseStore
 
 __all__ = ["MSTStatus", "MSTResult", "RunStats", "Result"]
 
@@ -159,3 +163,18 @@ class Result:
         """One row per (MST, epoch): metrics, shard orders and seconds."""
         rows = [row for mst in self.msts for row in mst.history]
         return pd.DataFrame(rows)
+
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        metric: str | None = None,
+        top: int = 20,
+        store: str | BaseStore | None = None,
+    ) -> Any:
+        """Learning curves of ``metric`` (default: the run's) for the ``top`` best MSTs, and
+        the workers' timeline read from ``store`` (default: the default store), as a
+        matplotlib ``Figure``; written as a PNG to ``path`` if given. Needs matplotlib."""
+        from modelhopper._plot import plot_result
+
+        return plot_result(self, path, metric=metric, top=top, store=store)

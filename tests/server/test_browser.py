@@ -172,3 +172,30 @@ def test_stop_an_mst_from_the_dashboard_of_a_live_run(live_run, tmp_path):
 
 def _exists(store: SQLStore) -> bool:
     return any(r.name == "e2e" for r in store.list_experiments())
+
+
+def test_report_renders_offline(store, tmp_path):
+    """The static report draws its curves and timeline with no server and no network."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from modelhopper.server import write_report
+
+    path = write_report(store, "fake", tmp_path / "report.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
+        assert _painted_pixels(page, "#curves canvas") > 1000
+        assert _painted_pixels(page, "#timeline") > 1000
+        assert page.locator("#mst-body tr").count() == 6
+        page.click("th[data-sort='mst_id']")  # sorting works on the embedded data too
+        page.click("th[data-sort='mst_id']")  # again: descending
+        page.wait_for_function("document.querySelector('#mst-body tr').dataset.mst === '5'")
+        browser.close()
+    assert errors == [] and requests == [path.as_uri()]
