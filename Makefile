@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WORDNET := /usr/share/wordnet/data.noun
 
 .PHONY: venv demo test test-fast bench bench-simulate lint data postgres browser clean
 
@@ -16,11 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
-# Fashion-MNIST comes from the Debian package dataset-fashion-mnist (tests and benchmarks).
+# Fashion-MNIST and WordNet come from the Debian packages dataset-fashion-mnist and
+# wordnet-base (tests, examples and benchmarks).
 data:
-	@test -f $(FMNIST) || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; }
+	@test -f $(FMNIST) -a -f $(WORDNET) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist wordnet-base; \
+	  else echo "Data missing: sudo apt-get install dataset-fashion-mnist wordnet-base"; fi; }
 
 # PostgreSQL server binaries for the store tests, which start and stop a throwaway server.
 postgres:
@@ -48,6 +50,7 @@ bench: venv data
 	$(PY) bench/mop_efficiency.py
 	$(PY) bench/store_overhead.py
 	$(PY) bench/procedures.py
+	$(PY) bench/transfer.py
 
 bench-simulate: venv
 	$(PY) bench/simulate.py
