@@ -92,7 +92,7 @@ def _draw_curves(ax: Any, result: Result, metric: str, top: int) -> None:
 
 
 def _draw_timeline(ax: Any, result: Result, store: str | BaseStore | None) -> None:
-    from modelhopper.server._queries import _derive_hops, _visits
+    from modelhopper.server._timeline import derive_hops, visits_of
 
     try:
         steps, hops = _load_steps(result.name, store)
@@ -100,10 +100,10 @@ def _draw_timeline(ax: Any, result: Result, store: str | BaseStore | None) -> No
         ax.set_axis_off()
         ax.text(0.5, 0.5, f"no timeline: {e}", ha="center", va="center", wrap=True, fontsize=8)
         return
-    visits = _visits(sorted(steps, key=lambda s: s.finished_at))
+    visits = visits_of(sorted(steps, key=lambda s: s.finished_at))
     for visit in visits:
         visit["hop"] = hops.get((visit["mst_id"], visit["end"]))
-    _derive_hops(visits)  # runs recorded before visits' events said whether they hopped
+    derive_hops(visits)  # runs recorded before visits' events said whether they hopped
     if not visits:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no sub-epoch recorded yet", ha="center", va="center")

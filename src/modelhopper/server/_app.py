@@ -39,7 +39,8 @@ from modelhopper.server._models import (
     RunOut,
     TimelineOut,
 )
-from modelhopper.server._queries import MST_SORT_KEYS, NotFoundError, RunReader, page_msts
+from modelhopper.server._msts import MST_SORT_KEYS, page_msts
+from modelhopper.server._queries import NotFoundError, RunReader
 from modelhopper.store import SQLStore
 
 __all__ = ["create_app", "STATIC"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelhopper.errors import ConfigError
+from modelhopper.server._msts import (
+    MSTSummary,
+    choose,
+    finite,
+    spread,
+    summarise,
+)
+from modelhopper.server._timeline import derive_hops, relative, seconds_between, visits_of
 from modelhopper.store import EventKind, RunStatus, SQLStore
 from modelhopper.store._schema import (
     CommandRow,
@@ -32,33 +39,15 @@ from modelhopper.store._schema import (
     as_utc,
 )
 
-__all__ = ["NotFoundError", "RunReader", "MSTSummary", "MST_SORT_KEYS"]
+__all__ = ["NotFoundError", "RunReader"]
 
 # Epoch rows are re-read from a little before the newest seen: a resumed run re-records
 # an epoch (upsert) with a new finish time, and clocks of writers may differ slightly.
 _EPOCH_OVERLAP = timedelta(seconds=5)
-MST_SORT_KEYS = ("mst_id", "status", "epochs", "last", "best", "priority", "parent")
 
 
 class NotFoundError(ConfigError):
     """A run or MST the request names does not exist (HTTP 404)."""
-
-
-@dataclass
-class MSTSummary:
-    mst_id: int
-    params: dict[str, Any]
-    status: str
-    parent: int | None
-    warm_start: bool
-    priority: int
-    n_epochs: int
-    epochs_done: int = 0
-    last: float | None = None  # the run's metric at the last epoch
-    best: float | None = None  # the run's metric at the best epoch
-    best_epoch: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # every metric, last epoch
-    error: str | None = None
 
 
 @dataclass
@@ -80,12 +69,6 @@ class _RunCache:
     shard_bytes: list[int] | None = None
     stats: dict[str, Any] | None = None  # RunStats of the completed run
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 class RunReader:
@@ -164,7 +147,7 @@ class RunReader:
                 warm_start=bool(row.warm_start), priority=row.priority, n_epochs=row.n_epochs,
                 error=row.error,
             )  # fmt: skip
-            _summarise(summary, cache.epochs.get(row.mst_id, {}), metric, maximize)
+            summarise(summary, cache.epochs.get(row.mst_id, {}), metric, maximize)
             summaries.append(summary)
         return run, summaries
 
@@ -205,13 +188,13 @@ class RunReader:
         run, summaries = self.msts(name)
         metric = metric or run["metric"]
         cache = self._caches[name]
-        chosen = _choose(summaries, mst_ids, top, run["direction"] == "maximize")
+        chosen = choose(summaries, mst_ids, top, run["direction"] == "maximize")
         n_epochs = max((max(cache.epochs.get(s.mst_id, {-1: {}})) + 1 for s in chosen), default=0)
-        epochs = _spread(n_epochs, max_points)
+        epochs = spread(n_epochs, max_points)
         series = []
         for summary in chosen:
             rows = cache.epochs.get(summary.mst_id, {})
-            values = [_finite(rows[e].get(metric)) if e in rows else None for e in epochs]
+            values = [finite(rows[e].get(metric)) if e in rows else None for e in epochs]
             series.append(
                 {"mst_id": summary.mst_id, "params": summary.params, "status": summary.status,
                  "values": values}
@@ -307,19 +290,19 @@ class RunReader:
                 .order_by(StepRow.id.desc())
                 .limit(4 * last)
             ).all()  # fmt: skip
-            visits = _visits(reversed(steps))[-last:]
+            visits = visits_of(reversed(steps))[-last:]
             hops = self._hops(session, cache.experiment_id, visits)
         origin = cache.first_start
         for visit in visits:
             visit["hop"] = hops.get((visit["mst_id"], visit["end"]), visit.get("hop"))
-        _derive_hops(visits)
-        wall = _seconds(cache.first_start, cache.last_finish)
+        derive_hops(visits)
+        wall = seconds_between(cache.first_start, cache.last_finish)
         return {
             "run": name,
             "n_workers": n_workers,
             "origin": origin,
             "wall_seconds": wall,
-            "visits": [_relative(v, origin) for v in visits],
+            "visits": [relative(v, origin) for v in visits],
             "workers": [
                 {
                     "worker": w,
@@ -354,7 +337,7 @@ class RunReader:
             experiment = self._experiment(session, name)
             n_workers, status = experiment.n_workers, experiment.status
         compute = sum(cache.busy.values())
-        wall = _seconds(cache.first_start, cache.last_finish)
+        wall = seconds_between(cache.first_start, cache.last_finish)
         shard_bytes = cache.shard_bytes
         figures: dict[str, Any] = {
             "run": name,
@@ -479,97 +462,6 @@ def _run_dict(row: ExperimentRow, n_msts: int) -> dict[str, Any]:
     }
 
 
-def _summarise(
-    summary: MSTSummary, epochs: dict[int, dict[str, float]], metric: str, maximize: bool
-) -> None:
-    if not epochs:
-        return
-    summary.epochs_done = len(epochs)
-    last = max(epochs)
-    summary.metrics = {k: v for k, v in epochs[last].items() if _finite(v) is not None}
-    summary.last = _finite(epochs[last].get(metric))
-    scored = [(v, e) for e, m in epochs.items() if (v := _finite(m.get(metric))) is not None]
-    if scored:
-        pick = max if maximize else min
-        summary.best, summary.best_epoch = pick(scored, key=lambda p: (p[0], -p[1]))
-
-
-def _choose(
-    summaries: list[MSTSummary], mst_ids: list[int] | None, top: int, maximize: bool
-) -> list[MSTSummary]:
-    if mst_ids is not None:
-        wanted = set(mst_ids)
-        return [s for s in summaries if s.mst_id in wanted][:top]
-    sign = -1.0 if maximize else 1.0
-    ranked = sorted(
-        summaries,
-        key=lambda s: (s.best is None, sign * s.best if s.best is not None else 0.0, s.mst_id),
-    )
-    return sorted(ranked[:top], key=lambda s: s.mst_id)
-
-
-def _spread(n: int, max_points: int) -> list[int]:
-    """At most ``max_points`` of range(n), evenly spread, with the first and the last."""
-    if n <= max_points:
-        return list(range(n))
-    if max_points == 1:
-        return [n - 1]
-    step = (n - 1) / (max_points - 1)
-    return sorted({round(i * step) for i in range(max_points)})
-
-
-def _visits(steps: Iterable[Any]) -> list[dict[str, Any]]:
-    """Steps (oldest first) grouped into visits: one MST on one worker, recorded at once."""
-    visits: list[dict[str, Any]] = []
-    for step in steps:
-        end = as_utc(step.finished_at)
-        seconds = step.seconds if math.isfinite(step.seconds) else 0.0
-        current = visits[-1] if visits else None
-        if current and (current["mst_id"], current["worker"], current["end"]) == (
-            step.mst_id, step.worker, end
-        ):  # fmt: skip
-            current["seconds"] += seconds
-            current["steps"] += 1
-            continue
-        visits.append(
-            {"mst_id": step.mst_id, "worker": step.worker, "end": end, "seconds": seconds,
-             "steps": 1, "epoch": step.epoch, "hop": None}
-        )  # fmt: skip
-    return visits
-
-
-def _derive_hops(visits: list[dict[str, Any]]) -> None:
-    """For visits whose event does not say (older runs): the state moved if the MST's
-    previous visit was on another worker and this worker last ran another MST."""
-    last_worker_of: dict[int, int] = {}
-    last_mst_on: dict[int, int] = {}
-    for visit in visits:
-        mst, worker = visit["mst_id"], visit["worker"]
-        if visit["hop"] is None:
-            before = last_worker_of.get(mst)
-            visit["hop"] = before is not None and last_mst_on.get(worker) != mst
-        last_worker_of[mst], last_mst_on[worker] = worker, mst
-
-
-def _relative(visit: dict[str, Any], origin: datetime | None) -> dict[str, Any]:
-    end = _seconds(origin, visit["end"])
-    return {
-        "mst_id": visit["mst_id"],
-        "worker": visit["worker"],
-        "epoch": visit["epoch"],
-        "start": max(0.0, end - visit["seconds"]),
-        "end": end,
-        "steps": visit["steps"],
-        "hop": bool(visit["hop"]),
-    }
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float:
-    if start is None or end is None:
-        return 0.0
-    return max(0.0, (end - start).total_seconds())
-
-
 def _as_datetime(value: Any) -> datetime:
     """``max()`` over a datetime column comes back as text on SQLite."""
     if isinstance(value, datetime):
@@ -595,8 +487,8 @@ def _epoch_dict(row: EpochRow) -> dict[str, Any]:
         "metrics": _jsonable(row.metrics),
         "train_order": row.train_order,
         "eval_order": row.eval_order,
-        "train_seconds": _finite(row.train_seconds),
-        "eval_seconds": _finite(row.eval_seconds),
+        "train_seconds": finite(row.train_seconds),
+        "eval_seconds": finite(row.eval_seconds),
         "finished_at": row.finished_at,
     }
 
@@ -611,56 +503,3 @@ def _command_dict(row: CommandRow) -> dict[str, Any]:
         "applied_at": row.applied_at,
         "message": row.message,
     }
-
-
-def page_msts(
-    summaries: list[MSTSummary],
-    *,
-    status: str | None,
-    query: str | None,
-    sort: str,
-    descending: bool,
-    offset: int,
-    limit: int,
-) -> tuple[int, list[MSTSummary]]:
-    """Filter (status, and words each found in "name=value" text), sort, then slice.
-
-    ``sort`` is one of ``MST_SORT_KEYS`` or ``param:<name>``; MSTs without a value
-    (no epoch yet, no such param) come last in either order.
-    """
-    chosen = [s for s in summaries if status is None or s.status == status]
-    words = (query or "").lower().split()
-    if words:
-        chosen = [s for s in chosen if all(w in _search_text(s) for w in words)]
-    present = [s for s in chosen if _sort_value(s, sort) is not None]
-    missing = [s for s in chosen if _sort_value(s, sort) is None]
-    present.sort(key=lambda s: (_sortable(_sort_value(s, sort)), s.mst_id), reverse=descending)
-    ordered = present + missing
-    return len(ordered), ordered[offset : offset + limit]
-
-
-def _search_text(summary: MSTSummary) -> str:
-    parts = [f"mst_id={summary.mst_id}", f"status={summary.status}"]
-    parts += [f"{k}={v}" for k, v in summary.params.items()]
-    return " ".join(parts).lower()
-
-
-def _sort_value(summary: MSTSummary, sort: str) -> Any:
-    if sort.startswith("param:"):
-        return summary.params.get(sort.removeprefix("param:"))
-    return {
-        "mst_id": summary.mst_id,
-        "status": summary.status,
-        "epochs": summary.epochs_done,
-        "last": summary.last,
-        "best": summary.best,
-        "priority": summary.priority,
-        "parent": summary.parent,
-    }[sort]
-
-
-def _sortable(value: Any) -> tuple[int, Any]:
-    """Numbers before text, so params of mixed types still sort."""
-    if isinstance(value, bool | int | float):
-        return (0, float(value))
-    return (1, str(value))
