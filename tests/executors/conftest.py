@@ -46,3 +46,40 @@ def ray_single_node():
     ray.shutdown()
     leftover = wait_until_gone(ray_processes() - before)
     assert not leftover, f"Ray processes left behind: {sorted(leftover)}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Start a multi-node Ray cluster on loopback: a head with no CPUs, and 1-CPU worker nodes.
+
+    Each node runs its own raylet and object store. Call the fixture's value with
+    ``n_nodes`` (head included); the cluster and all its processes are stopped after the module.
+    """
+    ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'modelhopper[ray]'")
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    before = ray_processes()
+    clusters = []
+
+    def start(n_nodes: int):
+        # Fast failure detection, so a removed node is declared dead in about a second.
+        config = {"health_check_period_ms": 200, "health_check_failure_threshold": 3}
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "object_store_memory": 80 * 2**20,
+                            "_system_config": config},
+        )  # fmt: skip
+        clusters.append(cluster)
+        for _ in range(n_nodes - 1):
+            cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        return cluster
+
+    yield start
+    ray.shutdown()
+    for cluster in clusters:
+        cluster.shutdown()
+    leftover = wait_until_gone(ray_processes() - before)
+    assert not leftover, f"Ray processes left behind: {sorted(leftover)}"

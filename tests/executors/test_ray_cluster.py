@@ -1,0 +1,160 @@
+"""RayExecutor on a real multi-node Ray cluster on loopback (head + worker nodes, one machine).
+
+Each node is its own raylet and object store, so these tests see what a
+cluster would: where shards live, state crossing nodes, an actor or a whole
+node dying mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper.store import EventKind, SQLStore
+
+pytestmark = pytest.mark.slow
+
+N_NODES = 3  # two for the workers, one spare to take over a dead node's shard
+
+
+def make_estimator(p):
+    model = nn.Sequential(
+        nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Dropout(0.1), nn.Linear(p["hidden"], 10)
+    )
+    return mh.Estimator(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        metrics=["accuracy"],
+        batch_size=16,
+    )
+
+
+def _search():
+    space = {"hidden": mh.grid([32, 64]), "lr": mh.grid([1e-3, 3e-3])}
+    return mh.GridSearch(
+        make_estimator, space, epochs=3, metric="val_accuracy", direction="maximize", seed=5
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster):
+    return ray_cluster(n_nodes=N_NODES)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("local")
+    data = mh.datasets.digits(seed=0)
+    return _search().fit(data, n_workers=2, run_dir=folder, progress=False,
+                         executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+
+
+def _metrics(result: mh.Result) -> dict[int, list[dict]]:
+    history = result.history().drop(columns=["train_seconds", "eval_seconds"])
+    return {mst: rows.to_dict("records") for mst, rows in history.groupby("mst_id")}
+
+
+def _fit(executor, tmp_path, name="run"):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    data = mh.datasets.digits(seed=0)
+    result = _search().fit(data, n_workers=2, executor=executor, run_name=name, store=url,
+                           run_dir=tmp_path / "run", progress=False)  # fmt: skip
+    return result, url
+
+
+def test_each_node_holds_only_its_shard_and_state_crosses_nodes(cluster, reference, tmp_path):
+    executor = mh.RayExecutor(resources_per_worker={"CPU": 1})
+    result, _ = _fit(executor, tmp_path)
+    nodes = executor.worker_nodes
+    head = cluster.head_node.node_id
+    assert len(set(nodes)) == 2 and head not in nodes  # one worker per worker node
+    shard_bytes = executor.resident_shard_bytes
+    assert executor.shard_bytes_per_node() == {nodes[0]: shard_bytes[0], nodes[1]: shard_bytes[1]}
+    assert sum(shard_bytes) == result.stats.dataset_bytes  # one copy across the cluster
+    # With one worker per node, every hop is a state crossing from one node to the other.
+    assert result.stats.n_hops > 0 and result.stats.hop_bytes > 0
+    assert _metrics(result) == _metrics(reference)
+
+
+def test_shards_shipped_once_to_nodes_that_cannot_read_the_path(reference, tmp_path, cluster):
+    executor = mh.RayExecutor(data="ship")
+    result, _ = _fit(executor, tmp_path)
+    assert executor.shipped_bytes >= result.stats.dataset_bytes  # arrays plus shard.json
+    assert _metrics(result) == _metrics(reference)
+
+
+class _Killer(threading.Thread):
+    """Once the run has recorded ``after`` steps, kill worker 0's actor or its whole node."""
+
+    def __init__(self, executor, url, after, kill):
+        super().__init__(daemon=True)
+        self.executor, self.url, self.after, self.kill = executor, url, after, kill
+        self.done = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + 300
+        store = SQLStore(self.url)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if len(store.list_steps("run")) >= self.after:
+                        break
+                except mh.StoreError:
+                    pass  # the run is not recorded yet
+                time.sleep(0.05)
+            self.kill(self.executor)
+            self.done.set()
+        finally:
+            store.close()
+
+
+def test_a_killed_actor_is_replaced_on_its_node_and_results_do_not_change(
+    cluster, reference, tmp_path
+):
+    executor = mh.RayExecutor(max_restarts=2)
+    killer = _Killer(executor, f"sqlite:///{tmp_path}/db.sqlite", 8,
+                     lambda ex: os.kill(ex.pids[0], signal.SIGKILL))  # fmt: skip
+    killer.start()
+    result, url = _fit(executor, tmp_path)
+    killer.join(timeout=5)
+    assert killer.done.is_set()
+    nodes_before = executor.worker_nodes
+    assert executor.restarts[0] == 1 and len(set(nodes_before)) == 2
+    assert _metrics(result) == _metrics(reference)
+    events = SQLStore(url).list_events("run")
+    assert any(e.kind is EventKind.WORKER_RESTARTED and e.worker == 0 for e in events)
+
+
+def test_a_dead_node_moves_its_shard_to_another_node_and_results_do_not_change(
+    cluster, reference, tmp_path
+):
+    spare = cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    cluster.wait_for_nodes()
+    executor = mh.RayExecutor(max_restarts=2)
+
+    removed = []
+
+    def remove_worker_0_node(ex):
+        node = next(n for n in cluster.worker_nodes if n.node_id == ex.worker_nodes[0])
+        removed.append(node.node_id)
+        cluster.remove_node(node)
+
+    killer = _Killer(executor, f"sqlite:///{tmp_path}/db.sqlite", 8, remove_worker_0_node)
+    killer.start()
+    result, _ = _fit(executor, tmp_path)
+    killer.join(timeout=5)
+    assert killer.done.is_set() and executor.restarts[0] >= 1
+    # Worker 0 and its shard moved to the one node left with a free CPU.
+    alive = {n.node_id for n in cluster.worker_nodes}
+    assert removed[0] not in alive and spare.node_id in alive | set(removed)
+    assert set(executor.worker_nodes) <= alive and len(set(executor.worker_nodes)) == 2
+    assert executor.resident_shard_bytes == list(result.stats.resident_shard_bytes)
+    assert _metrics(result) == _metrics(reference)
