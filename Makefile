@@ -50,6 +50,7 @@ bench: venv data
 	$(PY) bench/mop_efficiency.py
 	$(PY) bench/store_overhead.py
 	$(PY) bench/procedures.py
+	$(PY) bench/ray_efficiency.py
 	$(PY) bench/transfer.py
 
 bench-simulate: venv

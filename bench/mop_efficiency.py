@@ -56,12 +56,14 @@ def _estimator(model: nn.Module, p: dict) -> mh.Estimator:
     )
 
 
-def run_workload(name: str, factory, data: mh.Dataset, epochs: int, n_workers: int) -> dict:
+def run_workload(
+    name: str, factory, data: mh.Dataset, epochs: int, n_workers: int, executor=None
+) -> dict:
     search = mh.GridSearch(
         factory, SPACE, epochs=epochs, metric="val_accuracy", direction="maximize", seed=0
     )
     with tempfile.TemporaryDirectory() as run_dir:
-        result = search.fit(data, n_workers=n_workers, run_dir=run_dir)
+        result = search.fit(data, n_workers=n_workers, run_dir=run_dir, executor=executor)
     s = result.stats
     return {
         "workload": name,

@@ -47,3 +47,16 @@ def test_procedures_smoke(tmp_path):
     assert any(r["time_to_target_seconds"] is not None for r in data["results"])
     for row in data["results"]:
         assert 0 < row["utilisation"] <= 1.05
+
+
+def test_ray_efficiency_smoke(tmp_path):
+    _run("ray_efficiency.py", tmp_path)
+    rows = json.loads((tmp_path / "ray_efficiency_smoke.json").read_text())["results"]
+    setups = [r["setup"] for r in rows]
+    assert setups == ["LocalExecutor", "RayExecutor, 1 node", "RayExecutor, 2 nodes (loopback)"]
+    for row in rows:
+        assert row["data_copies"] == 1.0 and 0 < row["efficiency"] <= 1.05
+    two_nodes = rows[-1]
+    assert two_nodes["n_nodes"] == 2 and len(two_nodes["shard_bytes_per_node"]) == 2
+    # Same seeds, same shard orders: the same training whichever executor ran it.
+    assert len({r["best_val_accuracy"] for r in rows}) == 1

@@ -32,6 +32,28 @@ Store = Annotated[
     typer.Option(help="SQLAlchemy URL of the store [default: sqlite file in ./modelhopper-runs]"),
 ]
 RunName = Annotated[str | None, typer.Option(help="name of the run in the store")]
+ExecutorName = Annotated[
+    str, typer.Option("--executor", help="'local' (worker processes here) or 'ray'")
+]
+Address = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to join: 'auto' or 'ray://HEAD:10001' [default: start one]"),
+]
+CPUs = Annotated[float, typer.Option(help="Ray CPUs per worker (torch threads)")]
+GPUs = Annotated[float, typer.Option(help="Ray GPUs per worker (it trains on its GPU)")]
+
+
+def make_executor(name: str, address: str | None, cpus: float, gpus: float) -> Any:
+    """The executor the command-line options name."""
+    import modelhopper as mh
+
+    if name == "local":
+        if address is not None:
+            raise mh.ConfigError("--address is for --executor ray; drop it or add --executor ray")
+        return mh.LocalExecutor()
+    if name == "ray":
+        return mh.RayExecutor(address=address, resources_per_worker={"CPU": cpus, "GPU": gpus})
+    raise mh.ConfigError(f"--executor must be 'local' or 'ray', got {name!r}")
 
 
 def demo_space() -> dict[str, Any]:
@@ -105,14 +127,18 @@ def run(
     run_dir: RunDir = None,
     run_name: RunName = None,
     store: Store = None,
+    executor: ExecutorName = "local",
+    address: Address = None,
+    cpus_per_worker: CPUs = 1,
+    gpus_per_worker: GPUs = 0,
 ) -> None:
     """Run the model selection that SPEC.py defines."""
 
     def fit() -> Any:
+        runner = make_executor(executor, address, cpus_per_worker, gpus_per_worker)
         search, data = spec_objects(load_spec(spec), spec)
-        return search.fit(
-            data, n_workers=workers, run_dir=run_dir, run_name=run_name, store=store, progress=True
-        )
+        return search.fit(data, n_workers=workers, run_dir=run_dir, run_name=run_name,
+                          store=store, progress=True, executor=runner)  # fmt: skip
 
     _report(fit)
 
@@ -129,6 +155,10 @@ def resume(
     run_name: Annotated[str, typer.Argument(help="the run to continue")],
     mst: Annotated[int | None, typer.Argument(help="resume only this stopped MST")] = None,
     store: Store = None,
+    executor: ExecutorName = "local",
+    address: Address = None,
+    cpus_per_worker: CPUs = 1,
+    gpus_per_worker: GPUs = 0,
 ) -> None:
     """Continue a run whose driver stopped (crash, kill); with MST, resume a stopped MST."""
     import modelhopper as mh
@@ -136,7 +166,8 @@ def resume(
     if mst is not None:
         _send(store, run_name, "resume", {"mst_id": mst})
         return
-    _report(lambda: mh.resume(run_name, store=store, progress=True))
+    _report(lambda: mh.resume(run_name, store=store, progress=True, executor=make_executor(
+        executor, address, cpus_per_worker, gpus_per_worker)))  # fmt: skip
 
 
 @app.command()

@@ -27,7 +27,7 @@ from modelhopper.data import Dataset
 from modelhopper.data._sharding import ShardInfo, write_shards
 from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
 from modelhopper.estimator import build_estimator, metric_names
-from modelhopper.executors import BaseExecutor, LocalExecutor
+from modelhopper.executors import BaseExecutor, resolve_executor
 from modelhopper.procedures._base import MST, BaseProcedure
 from modelhopper.provenance import collect_provenance
 from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
@@ -61,8 +61,10 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
                 f"n_workers={n_workers} is more than the {len(split)} {name} examples; "
                 f"every worker's shard needs at least one: use n_workers <= {len(split)}"
             )
-    if executor is not None and not isinstance(executor, BaseExecutor):
-        raise ConfigError(f"executor must be a BaseExecutor, got {type(executor).__name__}")
+    if executor is not None and not isinstance(executor, BaseExecutor | str):
+        raise ConfigError(
+            f"executor must be 'local', 'ray' or a BaseExecutor, got {type(executor).__name__}"
+        )
 
 
 def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
@@ -99,7 +101,7 @@ def run_search(
     data: Dataset,
     *,
     n_workers: int = 2,
-    executor: BaseExecutor | None = None,
+    executor: BaseExecutor | str | None = None,
     run_name: str | None = None,
     store: str | BaseStore | None = None,
     run_dir: str | os.PathLike | None = None,
@@ -109,6 +111,7 @@ def run_search(
 ) -> Result:
     """Record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
     _check_arguments(data, n_workers, executor)
+    executor = resolve_executor(executor)
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     probe = procedure.space.sample(np.random.default_rng(procedure.seed))
     _probe(procedure, procedure.make_mst(0, probe), data)
@@ -119,7 +122,6 @@ def run_search(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
     shards = write_shards(data, n_workers, directory / "shards", procedure.seed)
-    executor = executor or LocalExecutor()
     provenance = collect_provenance(
         seed=procedure.seed, n_workers=n_workers, shard_paths=[s.path for s in shards],
         executor=type(executor).__name__,
@@ -198,7 +200,7 @@ def resume(
     run_name: str,
     *,
     store: str | BaseStore | None = None,
-    executor: BaseExecutor | None = None,
+    executor: BaseExecutor | str | None = None,
     progress: bool = False,
 ) -> Result:
     """Continue a run whose driver stopped (crash, kill, Ctrl-C) from its store and checkpoints.
@@ -215,7 +217,7 @@ def resume(
     db.set_experiment_status(run_name, RunStatus.RUNNING)
     db.add_event(run_name, EventKind.RESUMED)
     driver = _driver(
-        run_name, procedure, executor or LocalExecutor(), db, directory, record.n_workers,
+        run_name, procedure, resolve_executor(executor), db, directory, record.n_workers,
         record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelhopper.errors import ConfigError
 from modelhopper.executors._base import (
     BaseExecutor,
     State,
@@ -25,9 +26,29 @@ __all__ = [
     "StepOutcome",
     "VisitResult",
     "VisitTask",
+    "resolve_executor",
     "state_bytes",
     "state_nbytes",
 ]
+
+
+_NAMES = ("local", "ray")
+
+
+def resolve_executor(executor: BaseExecutor | str | None) -> BaseExecutor:
+    """An executor instance from an instance, a name ('local', 'ray') or None (local)."""
+    if executor is None or executor == "local":
+        return LocalExecutor()
+    if executor == "ray":
+        from modelhopper.executors._ray import RayExecutor
+
+        return RayExecutor()
+    if isinstance(executor, BaseExecutor):
+        return executor
+    raise ConfigError(
+        f"executor must be 'local', 'ray' or a BaseExecutor such as RayExecutor(address=...), "
+        f"got {executor!r}"
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -190,7 +190,7 @@ class BaseProcedure:
         data: Dataset,
         *,
         n_workers: int = 2,
-        executor: BaseExecutor | None = None,
+        executor: BaseExecutor | str | None = None,
         run_name: str | None = None,
         store: str | BaseStore | None = None,
         **kwargs: Any,
@@ -212,7 +212,7 @@ class BaseProcedure:
         data: Dataset,
         *,
         n_workers: int = 2,
-        executor: BaseExecutor | None = None,
+        executor: BaseExecutor | str | None = None,
         run_name: str | None = None,
         store: str | BaseStore | None = None,
         run_dir: str | os.PathLike | None = None,
@@ -225,7 +225,10 @@ class BaseProcedure:
         The run is recorded in ``store`` (a SQLAlchemy URL; default a SQLite file
         under ./modelhopper-runs/) under ``run_name``; its shards and checkpoints go
         to ``run_dir`` (default ./modelhopper-runs/<run_name>). ``checkpoints`` is
-        'latest+best', 'latest' or 'all'.
+        'latest+best', 'latest' or 'all'. ``executor`` is 'local' (default: worker
+        processes on this machine), 'ray' (a Ray instance, or the cluster this
+        process joined with ``ray.init``), or an executor such as
+        ``RayExecutor(address="auto")``.
         """
         from modelhopper.experiment import run_search
 
