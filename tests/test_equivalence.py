@@ -145,3 +145,21 @@ def test_same_seed_reproduces_msts_orders_and_metrics(digits, tmp_path):
     assert _fingerprint(first) == _fingerprint(again)
     assert _fingerprint(first)[0] != _fingerprint(other)[0]
     assert _fingerprint(first)[1] != _fingerprint(other)[1]
+
+
+def test_one_mst_hopping_back_to_an_idle_worker_still_equals_sequential(digits, tmp_path):
+    # With one MST the other worker idles, still holding the MST from its last visit:
+    # that copy is stale once the MST trained elsewhere, so the state must hop again.
+    space = {"hidden": mh.grid([16]), "lr": mh.grid([1e-2]), "batch_size": mh.choice([32])}
+    search = mh.GridSearch(
+        make_estimator, space, epochs=3, metric="val_accuracy", direction="maximize", seed=11
+    )
+    result = search.fit(digits, n_workers=N_WORKERS, run_dir=tmp_path, progress=False,
+                        executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+    (record,) = result.msts
+    reference, _ = _sequential(
+        mh.MST(record.id, record.params, record.seed), digits, record.history
+    )
+    state = state_from_bytes(record.checkpoint.read_bytes())
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(state["model"][name], tensor), name

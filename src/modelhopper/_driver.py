@@ -112,6 +112,7 @@ class Driver:
         self.epochs: dict[tuple[int, int], _Epoch] = {}
         self.states: dict[int, State] = {}  # bytes, or a reference the executor holds
         self.last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
+        self.last_worker_of: dict[int, int] = {}  # MST -> worker of its last visit
         self.in_flight: dict[int, Visit] = {}
         self.compute_seconds = 0.0
         self.record_seconds = 0.0  # driver time spent checkpointing and writing the store
@@ -286,7 +287,7 @@ class Driver:
             mst = progress.mst
             fresh = mst.id not in self.states
             state = None
-            if not fresh and self.last_mst_on.get(visit.worker) != mst.id:
+            if not fresh and not self._holds_latest(visit.worker, mst.id):
                 state = self.states[mst.id]
                 self.n_hops += 1
                 self.hop_bytes += state_nbytes(state)
@@ -301,12 +302,21 @@ class Driver:
                 progress.status = MSTStatus.RUNNING
                 self.store.update_mst(self.name, mst.id, status=MSTStatus.RUNNING.value)
 
+    def _holds_latest(self, worker: int, mst_id: int) -> bool:
+        """Whether the worker has the MST's latest state in memory, so no hop is needed.
+
+        Both must hold: the MST's last visit ran there (else the worker's copy
+        is stale), and the worker ran nothing since (so its cache still has it).
+        """
+        return self.last_worker_of.get(mst_id) == worker and self.last_mst_on.get(worker) == mst_id
+
     def _handle(self, result: VisitResult) -> None:
         visit = self.in_flight.pop(result.worker)
         if result.crashed:
             self._requeue_after_crash(visit, state_lost=result.state_lost)
             return
         self.last_mst_on[result.worker] = result.mst_id
+        self.last_worker_of[result.mst_id] = result.worker
         if result.error is not None or result.state is None:
             self._fail(visit, result)
             return
