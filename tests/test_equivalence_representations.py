@@ -55,13 +55,22 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def mop_result(digits, tmp_path_factory):
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="module")
+def mop_result(digits, run_dir):
+    # No memory budget: features go to the disk tier and are read memory-mapped.
     search = mh.GridSearch(make_estimator, SPACE, epochs=EPOCHS, metric="val_accuracy", seed=SEED)
     return search.fit(
         digits,
         n_workers=N_WORKERS,
-        run_dir=tmp_path_factory.mktemp("run"),
-        executor=mh.LocalExecutor(threads_per_worker=1),
+        run_dir=run_dir,
+        keep_shards=True,
+        executor=mh.LocalExecutor(
+            threads_per_worker=1, materialise=mh.MaterialiseBudget(memory_bytes=0)
+        ),
     )
 
 
@@ -105,3 +114,10 @@ def test_mop_with_a_representation_equals_sequential_training_bit_for_bit(mop_re
         for key, value in reference.optimizer.state_dict()["state"].items():
             for name in value:
                 assert torch.equal(state["optimizer"]["state"][key][name], value[name])
+
+
+@pytest.mark.slow
+def test_each_shard_holds_one_materialised_copy_per_representation(mop_result, run_dir):
+    for shard in range(N_WORKERS):
+        files = sorted((run_dir / "shards" / f"shard-{shard}" / "features").glob("*.npy"))
+        assert len(files) == 2 * 2  # (train, val) x the two degrees, shared by two lrs each

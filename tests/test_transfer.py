@@ -71,6 +71,14 @@ def test_loading_does_not_move_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_randomly_initialised_blocks_are_the_same_in_every_process():
+    torch.manual_seed(1)
+    a = PretrainedTrunk(lambda: [nn.Linear(4, 4)], name="scratch").blocks()[0].weight
+    torch.manual_seed(2)
+    b = PretrainedTrunk(lambda: [nn.Linear(4, 4)], name="scratch").blocks()[0].weight
+    assert torch.equal(a, b)
+
+
 def test_fingerprint_follows_the_weights_and_the_cut():
     def heavier():
         blocks = load_blocks()

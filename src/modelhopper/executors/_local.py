@@ -20,6 +20,7 @@ import cloudpickle
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
+from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = ["LocalExecutor"]
 
@@ -37,6 +38,7 @@ def _worker_main(
     factory_blob: bytes,
     n_threads: int,
     conn: Connection,
+    materialise: MaterialiseBudget | None = None,
 ) -> None:
     import torch
 
@@ -47,7 +49,8 @@ def _worker_main(
         torch.set_num_threads(n_threads)
         warm_up_torch()
         shard = open_shard(shard_path)
-        runner = ShardWorker(worker, shard, n_shards, cloudpickle.loads(factory_blob))
+        factory = cloudpickle.loads(factory_blob)
+        runner = ShardWorker(worker, shard, n_shards, factory, materialise=materialise)
     except Exception as e:  # tell the driver why, rather than dying with a bare exit code
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
         conn.close()
@@ -65,7 +68,8 @@ class LocalExecutor(BaseExecutor):
     A worker that dies is replaced by a new process that re-opens the same
     shard; its visit comes back as ``crashed`` so the driver re-runs it from
     the MST's last state. More than ``max_restarts`` deaths of one worker
-    raise ``ExecutorError``.
+    raise ``ExecutorError``. ``materialise`` bounds each worker's materialised
+    representations (default ``MaterialiseBudget()``: 512 MiB memory, 4 GiB disk).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class LocalExecutor(BaseExecutor):
         threads_per_worker: int | None = None,
         max_restarts: int = 3,
         start_method: str = "spawn",
+        materialise: MaterialiseBudget | None = None,
     ):
         if threads_per_worker is not None and threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
@@ -81,6 +86,7 @@ class LocalExecutor(BaseExecutor):
             raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
         self.threads_per_worker = threads_per_worker
         self.max_restarts = max_restarts
+        self.materialise = materialise
         self._context: Any = mp.get_context(start_method)
         self._args: list[tuple[Any, ...]] = []
         self._processes: list[Any] = []
@@ -119,6 +125,7 @@ class LocalExecutor(BaseExecutor):
         process = self._context.Process(
             target=_worker_main,
             args=(*self._args[worker], child),
+            kwargs={"materialise": self.materialise},
             name=f"modelhopper-worker-{worker}",
             daemon=True,
         )

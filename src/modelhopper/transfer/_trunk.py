@@ -78,7 +78,8 @@ class PretrainedTrunk:
 
     ``load()`` is the user's code (``torch.load``, ``safetensors``,
     ``from_pretrained``...) and returns the blocks; it runs under a forked torch
-    RNG, so loading never changes an MST's initial weights. ``readouts`` names
+    RNG seeded with 0, so loading never changes an MST's initial weights and
+    randomly initialised blocks are the same in every worker process. ``readouts`` names
     parameter-free modules applied to the chosen layer's output before the head
     (pooling over tokens, flattening a feature map); their names are MST
     parameters. ``name`` identifies the network in fingerprints, together with a
@@ -122,6 +123,9 @@ class PretrainedTrunk:
         """The frozen pretrained blocks (loaded on first use, then shared in this process)."""
         if self._blocks is None:
             with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(
+                    0
+                )  # a loader that initialises modules does so the same everywhere
                 loaded = list(self.load())
             self._blocks = [_checked_block(b, i) for i, b in enumerate(loaded)]
             if not self._blocks:
