@@ -151,6 +151,12 @@ def _batch(
     return xb if transform is None else transform(xb)
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters are (batches go there); the CPU for a parameterless model."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def _batches(n: int, batch_size: int, order: np.ndarray | None):
     for start in range(0, n, batch_size):
         if order is None:
@@ -180,8 +186,9 @@ def train_pass(
     model.train()
     loss_sum = 0.0
     sums = dict.fromkeys(estimator.metrics, 0.0)
+    device = _device_of(model)
     for index in _batches(len(x), estimator.batch_size, order):
-        xb, yb = _batch(x, index, transform), _tensor(y, index)
+        xb, yb = _batch(x, index, transform).to(device), _tensor(y, index).to(device)
         optimizer.zero_grad(set_to_none=True)
         output = model(xb)
         loss = estimator.loss(output, yb)
@@ -214,8 +221,9 @@ def evaluate_pass(
     loss_sum = 0.0
     sums = dict.fromkeys(estimator.metrics, 0.0)
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
+    device = _device_of(estimator.model)
     for index in _batches(len(x), batch_size, None):
-        xb, yb = _batch(x, index, transform), _tensor(y, index)
+        xb, yb = _batch(x, index, transform).to(device), _tensor(y, index).to(device)
         output = estimator.model(xb)
         loss_sum += float(estimator.loss(output, yb)) * len(yb)
         for name in estimator.metrics:
@@ -258,4 +266,5 @@ def state_to_bytes(state: Mapping[str, Any]) -> bytes:
 
 
 def state_from_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), weights_only=True)
+    # On the CPU whatever device wrote it: loading copies it to the model's device.
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")

@@ -76,6 +76,7 @@ def test_ray_trains_bit_for_bit_like_local(tmp_path):
     on_ray = _search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
                            executor=executor)  # fmt: skip
     _assert_same_training(on_ray, local)
+    assert executor.devices == ["cpu", "cpu"]  # no GPU asked for: the actors train on CPU
     assert on_ray.stats.n_hops > 0 and on_ray.stats.hop_bytes > 0
     assert sum(on_ray.stats.resident_shard_bytes) == on_ray.stats.dataset_bytes
 

@@ -29,6 +29,7 @@ import cloudpickle
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
+from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = ["RayExecutor"]
 
@@ -59,7 +60,15 @@ class _RayState(StateRef):
 class _ShardActor:
     """The body of a worker actor: hosts a ShardWorker next to its shard."""
 
-    def __init__(self, worker: int, n_shards: int, factory_blob: bytes, n_threads: int) -> None:
+    def __init__(
+        self,
+        worker: int,
+        n_shards: int,
+        factory_blob: bytes,
+        n_threads: int,
+        materialise: Any = None,
+    ) -> None:
+        import ray
         import torch
 
         from modelhopper.executors._worker import warm_up_torch
@@ -69,6 +78,9 @@ class _ShardActor:
         self.worker = worker
         self.n_shards = n_shards
         self.factory = cloudpickle.loads(factory_blob)
+        self.materialise = materialise
+        # An actor given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES to it).
+        self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
         self.runner: Any = None
 
     def can_read(self, path: str) -> bool:
@@ -85,12 +97,16 @@ class _ShardActor:
             path = _materialise(files, self.worker)
         assert path is not None  # the executor sends one of the two
         shard = open_shard(path)
-        self.runner = ShardWorker(self.worker, shard, self.n_shards, self.factory)
+        self.runner = ShardWorker(
+            self.worker, shard, self.n_shards, self.factory,
+            materialise=self.materialise, device=self.device,
+        )  # fmt: skip
         return {
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "nbytes": shard.nbytes,
             "path": path,
+            "device": self.device or "cpu",
         }
 
     def run(
@@ -156,6 +172,10 @@ class RayExecutor(BaseExecutor):
         start_timeout: seconds to wait for the workers to be placed and open
             their shards before giving up with the cluster's free resources.
         init_kwargs: extra keyword arguments for ``ray.init``.
+        materialise: bounds each worker's materialised representations
+            (default ``MaterialiseBudget()``), as on ``LocalExecutor``.
+
+    A worker given a GPU (``{"GPU": 1}``) trains its MSTs on it.
     """
 
     def __init__(
@@ -168,6 +188,7 @@ class RayExecutor(BaseExecutor):
         max_restarts: int = 3,
         start_timeout: float = 120.0,
         init_kwargs: Mapping[str, Any] | None = None,
+        materialise: MaterialiseBudget | None = None,
     ) -> None:
         resources = dict(resources_per_worker or {"CPU": 1})
         for name, amount in resources.items():
@@ -192,6 +213,7 @@ class RayExecutor(BaseExecutor):
         self.max_restarts = max_restarts
         self.start_timeout = start_timeout
         self.init_kwargs = dict(init_kwargs or {})
+        self.materialise = materialise
         self._ray: Any = None
         self._owns_ray = False
         self._actor_class: Any = None
@@ -216,6 +238,11 @@ class RayExecutor(BaseExecutor):
     def worker_nodes(self) -> list[str]:
         """The Ray node id each worker (and so its shard) lives on."""
         return [info["node"] for info in self._infos]
+
+    @property
+    def devices(self) -> list[str]:
+        """Where each worker trains: 'cpu', or 'cuda' for a worker given a GPU."""
+        return [info["device"] for info in self._infos]
 
     @property
     def pids(self) -> list[int]:
@@ -267,7 +294,10 @@ class RayExecutor(BaseExecutor):
             resources=resources or None,
             scheduling_strategy=strategy,
             name=None,
-        ).remote(worker, len(self._shards), self._factory_blob, self.threads_per_worker)
+        ).remote(
+            worker, len(self._shards), self._factory_blob, self.threads_per_worker,
+            self.materialise,
+        )  # fmt: skip
 
     def _open(self, workers: list[int]) -> list[dict[str, Any]]:
         """Each actor opens its shard on its node; shipped only where the path is unreadable."""

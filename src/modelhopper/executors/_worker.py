@@ -59,10 +59,13 @@ class ShardWorker:
         cache_size: int = 8,
         materialise: MaterialiseBudget | None = None,
         feature_dir: str | None = None,
+        device: str | None = None,
     ) -> None:
         """``materialise`` bounds the shard's materialised representations (defaults:
         ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
-        ``features`` folder in the shard's folder, so a replaced worker reuses them)."""
+        ``features`` folder in the shard's folder, so a replaced worker reuses them).
+        ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form."""
+        self.device = torch.device(device) if device is not None else None
         self.worker = worker
         self.shard = shard
         self.n_shards = n_shards
@@ -118,7 +121,7 @@ class ShardWorker:
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
         started = time.perf_counter()
-        state = state_to_bytes(get_state(estimator, rng))
+        state = state_to_bytes(self._with_device_rng(get_state(estimator, rng)))
         state_seconds += time.perf_counter() - started
         self._remember(task.mst_id, estimator, rng)
         return VisitResult(
@@ -145,7 +148,7 @@ class ShardWorker:
         cached = self._cache.get(task.mst_id)
         if task.fresh:
             # Initial weights come from the MST's seed alone, or from the parent it clones.
-            estimator = build_estimator(self.factory, task.params, task.seed)
+            estimator = self._build(task)
             rng = torch.get_rng_state()
             if task.init_state is not None:
                 estimator.model.load_state_dict(state_from_bytes(task.init_state)["model"])
@@ -158,8 +161,27 @@ class ShardWorker:
                     "from state it does not hold"
                 )
             return cached
-        estimator = cached[0] if cached else build_estimator(self.factory, task.params, task.seed)
-        return estimator, set_state(estimator, state_from_bytes(task.state))
+        estimator = cached[0] if cached else self._build(task)
+        state = state_from_bytes(task.state)
+        if "cuda_rng" in state and self._on_cuda():
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        return estimator, set_state(estimator, state)
+
+    def _build(self, task: VisitTask) -> Estimator:
+        estimator = build_estimator(self.factory, task.params, task.seed)
+        if self.device is not None:
+            # In place: the optimizer built by the factory keeps the same parameters.
+            estimator.model.to(self.device)
+        return estimator
+
+    def _on_cuda(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
+
+    def _with_device_rng(self, state: dict[str, Any]) -> dict[str, Any]:
+        """On a GPU, dropout draws from the GPU's generator: its state hops too."""
+        if self._on_cuda():
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def _remember(self, mst_id: int, estimator: Estimator, rng: torch.Tensor) -> None:
         self._cache[mst_id] = (estimator, rng)
