@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: venv demo test test-fast bench bench-simulate lint data postgres browser clean
+.PHONY: venv demo test test-fast bench bench-simulate bench-compare lint data postgres browser clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ bench: venv data
 
 bench-simulate: venv
 	$(PY) bench/simulate.py
+
+# MOP vs Ray Tune, DDP, model averaging and sequential training on one workload (~45 min);
+# SYSTEMS=sequential,mop_local runs a subset.
+bench-compare: venv data
+	$(PY) bench/compare.py $(if $(SYSTEMS),--systems $(SYSTEMS))
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -1,0 +1,103 @@
+"""bench/compare.py in its --smoke-test size: every system runs and reports sane figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+SYSTEMS = ["sequential", "mop_local", "mop_ray", "ray_tune", "ddp", "model_averaging"]
+EXPECTED = SYSTEMS if HAVE_RAY else [s for s in SYSTEMS if s not in ("mop_ray", "ray_tune")]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke-test", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, json.loads((out / "compare_smoke.json").read_text())
+
+
+def test_writes_table_json_and_chart(smoke):
+    out, _ = smoke
+    for name in ["compare_smoke.json", "compare_smoke.md", "compare_smoke.png"]:
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "compare_smoke.md").read_text()
+    assert "| system | wall s |" in table
+    assert ("Not run: mop_ray, ray_tune" in table) is not HAVE_RAY
+
+
+def test_every_system_has_sane_figures(smoke):
+    _, report = smoke
+    rows = report["results"]
+    assert [r["system"] for r in rows] == EXPECTED
+    meta = report["meta"]
+    assert (meta["n_msts"], meta["epochs"], meta["workers"]) == (2, 1, 2)
+    for r in rows:
+        assert r["wall_seconds"] > 0 and r["compute_seconds"] > 0, r["system"]
+        assert 0 < r["efficiency"] <= 1.05, r["system"]
+        assert r["peak_rss_bytes_sum"] > 0 and r["n_processes"] >= 1, r["system"]
+        assert all(b > 0 for b in r["data_bytes_per_worker"]), r["system"]
+        assert len(r["msts"]) == 2
+        for mst in r["msts"]:
+            assert 0 <= mst["val_accuracy"] <= 1 and len(mst["history"]) == 1
+            assert -1 <= mst["gap_to_sequential"] <= 1
+        if r["system"] != "sequential":
+            assert r["bytes_communicated"] > 0, r["system"]
+            assert r["n_processes"] >= 3, r["system"]  # the runner and a process per worker
+
+
+def test_data_footprint_of_each_system(smoke):
+    _, report = smoke
+    rows = {r["system"]: r for r in report["results"]}
+    dataset = rows["sequential"]["data_bytes_total"]  # one process holds one copy
+    for name in ("mop_local", "mop_ray", "ddp", "model_averaging"):
+        if name in rows:  # one copy in total, split between the workers
+            assert rows[name]["data_bytes_total"] == pytest.approx(dataset, rel=0.01), name
+            assert max(rows[name]["data_bytes_per_worker"]) < 0.6 * dataset, name
+    if "ray_tune" in rows:  # the object store's copy and a copy in each running trial
+        assert rows["ray_tune"]["data_bytes_total"] == 3 * dataset
+        assert rows["ray_tune"]["bytes_communicated"] == 2 * dataset  # each trial fetched it
+
+
+def test_same_seed_same_training_gives_the_same_accuracy(smoke):
+    _, report = smoke
+    rows = {r["system"]: r for r in report["results"]}
+    assert rows["sequential"]["max_abs_gap_to_sequential"] == 0
+    seeds = [[m["seed"] for m in r["msts"]] for r in rows.values()]
+    assert all(s == seeds[0] for s in seeds)  # every system trained the same MSTs
+    if "ray_tune" in rows:  # a trial runs the sequential passes in a process of its own
+        assert rows["ray_tune"]["max_abs_gap_to_sequential"] == 0
+
+
+def test_systems_option_runs_a_subset(tmp_path):
+    from_cli = subprocess.run(
+        [sys.executable, str(SCRIPT), "--systems", "ddp,bogus", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert from_cli.returncode == 2
+    assert "--systems takes names from sequential, mop_local" in from_cli.stderr
+
+
+def test_systems_option_runs_only_those(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke-test", "--systems", "sequential",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "compare_smoke.json").read_text())
+    assert [r["system"] for r in report["results"]] == ["sequential"]
+    assert report["results"][0]["efficiency_sequential_work"] == pytest.approx(
+        report["results"][0]["efficiency"]
+    )
