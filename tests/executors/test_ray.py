@@ -95,3 +95,37 @@ def test_workers_that_cannot_be_placed_fail_with_the_free_resources(tmp_path):
     data = mh.datasets.digits(seed=0)
     with pytest.raises(mh.ExecutorError, match=r"did not check their shard paths within 3 s.*free"):
         _search().fit(data, n_workers=2, run_dir=tmp_path, progress=False, executor=executor)
+
+
+def _squares(x: torch.Tensor, *, scale: float) -> torch.Tensor:
+    return torch.cat([x * scale, (x * scale) ** 2], dim=1)
+
+
+def make_estimator_with_representation(p):
+    model = nn.Sequential(nn.Linear(128, 24), nn.ReLU(), nn.Linear(24, 10))
+    return mh.Estimator(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        metrics=["accuracy"],
+        batch_size=32,
+        representation=mh.Representation("squares", _squares, params={"scale": p["scale"]}),
+    )
+
+
+def test_representations_are_materialised_on_ray_workers_and_train_the_same(tmp_path):
+    space = {"scale": mh.grid([0.1]), "lr": mh.grid([1e-2, 3e-3])}  # two MSTs share one
+    search = lambda: mh.GridSearch(  # noqa: E731
+        make_estimator_with_representation, space, epochs=2, metric="val_accuracy", seed=3
+    )
+    data = mh.datasets.digits(seed=0)
+    local = search().fit(data, n_workers=2, run_dir=tmp_path / "local", progress=False,
+                         executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+    disk_only = mh.MaterialiseBudget(memory_bytes=0)  # so the copies show as files
+    on_ray = search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
+                          keep_shards=True, executor=mh.RayExecutor(threads_per_worker=1,
+                          materialise=disk_only))  # fmt: skip
+    _assert_same_training(on_ray, local)
+    for shard in range(2):  # each Ray worker materialised its shard once for both MSTs
+        features = tmp_path / "ray" / "shards" / f"shard-{shard}" / "features"
+        assert len(list(features.glob("*.npy"))) == 2  # train and val
