@@ -3,8 +3,8 @@
     python bench/dashboard.py [--smoke-test] [--n-msts 5000] [--epochs 20] [--store URL]
 
 Writes a synthetic run straight into a SQLite store (bulk inserts; what the
-driver would have recorded: MSTs, 100,000 epoch rows, 400,000 steps, 200,000
-per-visit events), then times each API endpoint and the run page through the
+driver would have recorded: MSTs, 100,000 epoch rows, 400,000 steps, 300,000
+events: one per visit and one per epoch), then times each API endpoint and the run page through the
 ASGI app in process (FastAPI's TestClient: routing, queries, validation and JSON
 included, no network): the first request (cold: the reader's cache is built),
 the median of the next ones (warm), and a refresh after the run grew by 100
@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -89,6 +90,10 @@ def _insert_epochs(session: Any, experiment: int, n_msts: int, epochs: range, rn
                     "mst_id": mst, "worker": None,
                     "detail": {"worker": worker, "steps": 2, "hop": shard > 0, "bytes": 50_000},
                 })  # fmt: skip
+            events.append({
+                "experiment_id": experiment, "time": clock, "kind": EventKind.EPOCH_END.value,
+                "mst_id": mst, "worker": None, "detail": {"epoch": epoch},
+            })  # fmt: skip
             accuracy = 1.0 - 0.9 * math.exp(-rate[mst] * (epoch + 1))
             rows.append({
                 "experiment_id": experiment, "mst_id": mst, "epoch": epoch,
@@ -111,7 +116,8 @@ REQUESTS = [
     ("learning curves, best 200, val_loss", f"/api/runs/{RUN}/curves?top=200&metric=val_loss"),
     ("per-epoch history page", f"/api/runs/{RUN}/epochs?offset=50000&limit=200"),
     ("events, newest 100, no visits", f"/api/runs/{RUN}/events?newest=true&skip_visits=true"),
-    ("timeline, last 3,000 visits", f"/api/runs/{RUN}/timeline?last=3000"),
+    ("timeline, last 1,000 visits (the page)", f"/api/runs/{RUN}/timeline?last=1000"),
+    ("timeline, last 5,000 visits (a report)", f"/api/runs/{RUN}/timeline?last=5000"),
     ("resource totals", f"/api/runs/{RUN}/resources"),
     ("run page (HTML)", f"/runs/{RUN}"),
 ]
@@ -182,14 +188,23 @@ def main() -> None:
     parser.add_argument("--n-msts", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--db", type=Path, help="keep the filled store here (reused if it exists)")
     args = parser.parse_args()
     n_msts, n_epochs = (50, 4) if args.smoke_test else (args.n_msts, args.epochs)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "big.db"
+        if args.db is not None and args.db.exists():  # a copy: measuring grows the run
+            shutil.copy(args.db, path)
+        elif args.db is not None:  # fill it, keep it, measure a copy
+            with SQLStore(path=args.db) as store:
+                _fill(store, n_msts, n_epochs)
+            shutil.copy(args.db, path)
+        started = time.perf_counter()
         with SQLStore(path=path) as store:
-            started = time.perf_counter()
-            counts = _fill(store, n_msts, n_epochs)
-            fill = time.perf_counter() - started
+            reused = any(r.name == RUN for r in store.list_experiments())
+            counts = store.row_counts(RUN) if reused else _fill(store, n_msts, n_epochs)
+        fill = time.perf_counter() - started
+        with SQLStore(path=path) as store:
             rows, grown = measure(store, args.repeats)
         meta = {
             "n_msts": n_msts, "n_epochs": n_epochs, "rows": counts, "fill_seconds": fill,

@@ -206,14 +206,19 @@ def _api_router(reader: RunReader, store: SQLStore) -> Any:
                 422,
                 f"sort must be one of {', '.join(MST_SORT_KEYS)} or param:NAME, got {sort!r}",
             )
-        info, summaries = reader.msts(run)
-        total, items = page_msts(
-            summaries, status=status, query=q, sort=sort, descending=order == "desc",
-            offset=offset, limit=limit,
-        )  # fmt: skip
+        matched = [0]
+
+        def page(every: list[Any]) -> list[Any]:
+            matched[0], items = page_msts(
+                every, status=status, query=q, sort=sort, descending=order == "desc",
+                offset=offset, limit=limit,
+            )  # fmt: skip
+            return items
+
+        info, n_msts, items = reader.msts(run, page)
         return {
             "run": run, "metric": info["metric"], "direction": info["direction"],
-            "total": total, "n_msts": len(summaries), "offset": offset, "limit": limit,
+            "total": matched[0], "n_msts": n_msts, "offset": offset, "limit": limit,
             "items": [vars(s) for s in items],
         }  # fmt: skip
 

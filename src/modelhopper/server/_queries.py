@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from modelhopper.errors import ConfigError
+from modelhopper.server._cache import Pick, RunCache
 from modelhopper.server._msts import (
     MSTSummary,
     choose,
     finite,
     spread,
-    summarise,
 )
 from modelhopper.server._timeline import derive_hops, relative, seconds_between, visits_of
 from modelhopper.store import EventKind, RunStatus, SQLStore
@@ -36,39 +34,13 @@ from modelhopper.store._schema import (
     ExperimentRow,
     MSTRow,
     StepRow,
-    as_utc,
 )
 
 __all__ = ["NotFoundError", "RunReader"]
 
-# Epoch rows are re-read from a little before the newest seen: a resumed run re-records
-# an epoch (upsert) with a new finish time, and clocks of writers may differ slightly.
-_EPOCH_OVERLAP = timedelta(seconds=5)
-
 
 class NotFoundError(ConfigError):
     """A run or MST the request names does not exist (HTTP 404)."""
-
-
-@dataclass
-class _RunCache:
-    """Per-run aggregates, grown from the rows added since the last refresh."""
-
-    experiment_id: int
-    epochs: dict[int, dict[int, dict[str, float]]] = field(default_factory=dict)
-    epochs_seen: datetime | None = None
-    step_id: int = 0  # steps with larger ids are not aggregated yet
-    busy: dict[int, float] = field(default_factory=dict)  # worker -> compute seconds
-    n_steps: int = 0
-    first_start: datetime | None = None
-    last_finish: datetime | None = None
-    event_id: int = 0
-    n_visits: int = 0
-    n_hops: int = 0
-    hop_bytes: int = 0
-    shard_bytes: list[int] | None = None
-    stats: dict[str, Any] | None = None  # RunStats of the completed run
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RunReader:
@@ -81,7 +53,7 @@ class RunReader:
                 "modelhopper.store.open_store(url)"
             )
         self.store = store
-        self._caches: dict[str, _RunCache] = {}
+        self._caches: dict[str, RunCache] = {}
         self._caches_lock = threading.Lock()
 
     def _session(self) -> Session:
@@ -126,49 +98,24 @@ class RunReader:
         return row
 
     # -- MSTs --------------------------------------------------------------------
-    def msts(self, name: str) -> tuple[dict[str, Any], list[MSTSummary]]:
-        """The run's record and a summary of every MST (params, status, epochs, metrics)."""
+    def msts(
+        self, name: str, pick: Pick | None = None
+    ) -> tuple[dict[str, Any], int, list[MSTSummary]]:
+        """The run's record, its number of MSTs, and the summaries (params, status, epochs,
+        metrics) of those ``pick`` takes from the list of all, by id [default: all]."""
         cache = self._refresh(name)
-        with self._session() as session:
-            run = self.run(name)
-            rows = session.execute(
-                select(
-                    MSTRow.mst_id, MSTRow.params, MSTRow.status, MSTRow.parent,
-                    MSTRow.warm_start, MSTRow.priority, MSTRow.n_epochs, MSTRow.error,
-                )
-                .where(MSTRow.experiment_id == cache.experiment_id)
-                .order_by(MSTRow.mst_id)
-            ).all()  # fmt: skip
-        metric, maximize = run["metric"], run["direction"] == "maximize"
-        summaries = []
-        for row in rows:
-            summary = MSTSummary(
-                mst_id=row.mst_id, params=row.params, status=row.status, parent=row.parent,
-                warm_start=bool(row.warm_start), priority=row.priority, n_epochs=row.n_epochs,
-                error=row.error,
-            )  # fmt: skip
-            summarise(summary, cache.epochs.get(row.mst_id, {}), metric, maximize)
-            summaries.append(summary)
-        return run, summaries
+        return (self.run(name), *cache.summaries(pick))
 
     def mst(self, name: str, mst_id: int) -> MSTSummary:
-        _, summaries = self.msts(name)
-        for summary in summaries:
-            if summary.mst_id == mst_id:
-                return summary
+        _, _, found = self.msts(name, lambda every: [s for s in every if s.mst_id == mst_id])
+        if found:
+            return found[0]
         raise NotFoundError(
             f"run {name!r} has no MST {mst_id}; GET /api/runs/{name}/msts lists its MSTs"
         )
 
     def metric_names(self, name: str) -> list[str]:
-        cache = self._refresh(name)
-        names: dict[str, None] = {}
-        for epochs in cache.epochs.values():
-            for metrics in epochs.values():
-                names.update(dict.fromkeys(metrics))
-            if len(names) > 1:
-                break
-        return sorted(names)
+        return self._refresh(name).metric_names()
 
     def curves(
         self,
@@ -185,16 +132,15 @@ class RunReader:
         (then those without an epoch). At most ``max_points`` epochs are kept, evenly
         spread, always with the first and the last.
         """
-        run, summaries = self.msts(name)
+        cache = self._refresh(name)
+        maximize = cache.maximize
+        run, n_msts, chosen = self.msts(name, lambda every: choose(every, mst_ids, top, maximize))
         metric = metric or run["metric"]
-        cache = self._caches[name]
-        chosen = choose(summaries, mst_ids, top, run["direction"] == "maximize")
-        n_epochs = max((max(cache.epochs.get(s.mst_id, {-1: {}})) + 1 for s in chosen), default=0)
-        epochs = spread(n_epochs, max_points)
+        ids = [s.mst_id for s in chosen]
+        epochs = spread(cache.n_epochs(ids), max_points)
         series = []
-        for summary in chosen:
-            rows = cache.epochs.get(summary.mst_id, {})
-            values = [finite(rows[e].get(metric)) if e in rows else None for e in epochs]
+        for summary, raw in zip(chosen, cache.series(ids, epochs, metric), strict=True):
+            values = [finite(v) for v in raw]
             series.append(
                 {"mst_id": summary.mst_id, "params": summary.params, "status": summary.status,
                  "values": values}
@@ -203,7 +149,7 @@ class RunReader:
             "run": name,
             "metric": metric,
             "direction": run["direction"],
-            "n_msts": len(summaries),
+            "n_msts": n_msts,
             "epochs": epochs,
             "series": series,
         }
@@ -283,19 +229,12 @@ class RunReader:
         cache = self._refresh(name)
         with self._session() as session:
             n_workers = self._experiment(session, name).n_workers
-            steps = session.execute(
-                select(StepRow.id, StepRow.mst_id, StepRow.worker, StepRow.seconds,
-                       StepRow.finished_at, StepRow.epoch)
-                .where(StepRow.experiment_id == cache.experiment_id)
-                .order_by(StepRow.id.desc())
-                .limit(4 * last)
-            ).all()  # fmt: skip
-            visits = visits_of(reversed(steps))[-last:]
-            hops = self._hops(session, cache.experiment_id, visits)
+            visits = _recent_visits(session, cache, last)
+        with cache.lock:
+            for visit in visits:
+                visit["hop"] = cache.hops.get((visit["mst_id"], visit["end"]))
+        derive_hops(visits)  # runs recorded before visits' events said whether they hopped
         origin = cache.first_start
-        for visit in visits:
-            visit["hop"] = hops.get((visit["mst_id"], visit["end"]), visit.get("hop"))
-        derive_hops(visits)
         wall = seconds_between(cache.first_start, cache.last_finish)
         return {
             "run": name,
@@ -310,24 +249,7 @@ class RunReader:
                     "utilisation": cache.busy.get(w, 0.0) / wall if wall else 0.0,
                 }
                 for w in range(n_workers)
-            ],  # fmt: skip
-        }
-
-    def _hops(
-        self, session: Session, experiment_id: int, visits: list[dict[str, Any]]
-    ) -> dict[tuple[int, datetime], bool]:
-        """Whether each visit moved state, from the driver's per-visit events."""
-        if not visits:
-            return {}
-        rows = session.execute(
-            select(EventRow.mst_id, EventRow.time, EventRow.detail).where(
-                EventRow.experiment_id == experiment_id,
-                EventRow.kind == EventKind.HOPPED.value,
-                EventRow.time >= visits[0]["end"],
-            )
-        ).all()
-        return {
-            (r.mst_id, as_utc(r.time)): bool(r.detail["hop"]) for r in rows if "hop" in r.detail
+            ],
         }
 
     def resources(self, name: str) -> dict[str, Any]:
@@ -376,75 +298,44 @@ class RunReader:
         return figures
 
     # -- the incremental cache -------------------------------------------------------
-    def _refresh(self, name: str) -> _RunCache:
+    def _refresh(self, name: str) -> RunCache:
         with self._session() as session:
             experiment = self._experiment(session, name)
             with self._caches_lock:
                 cache = self._caches.get(name)
                 if cache is None or cache.experiment_id != experiment.id:
-                    cache = self._caches[name] = _RunCache(experiment.id)
-            with cache.lock:
-                self._refresh_epochs(session, cache)
-                self._refresh_steps(session, cache)
-                self._refresh_events(session, cache)
+                    spec = experiment.spec
+                    cache = self._caches[name] = RunCache(
+                        experiment.id, spec.get("metric", ""),
+                        spec.get("direction", "maximize") == "maximize",
+                    )  # fmt: skip
+            cache.refresh(session)
         return cache
 
-    def _refresh_epochs(self, session: Session, cache: _RunCache) -> None:
-        query = select(EpochRow.mst_id, EpochRow.epoch, EpochRow.metrics, EpochRow.finished_at)
-        query = query.where(EpochRow.experiment_id == cache.experiment_id)
-        if cache.epochs_seen is not None:
-            query = query.where(EpochRow.finished_at >= cache.epochs_seen - _EPOCH_OVERLAP)
-        for row in session.execute(query):
-            cache.epochs.setdefault(row.mst_id, {})[row.epoch] = row.metrics
-            finished = as_utc(row.finished_at)
-            if cache.epochs_seen is None or finished > cache.epochs_seen:
-                cache.epochs_seen = finished
 
-    def _refresh_steps(self, session: Session, cache: _RunCache) -> None:
-        where = (StepRow.experiment_id == cache.experiment_id, StepRow.id > cache.step_id)
-        rows = session.execute(
-            select(StepRow.worker, func.sum(StepRow.seconds), func.count(), func.max(StepRow.id),
-                   func.max(StepRow.finished_at))
-            .where(*where)
-            .group_by(StepRow.worker)
-        ).all()  # fmt: skip
-        if cache.first_start is None:
-            first = session.scalar(select(StepRow.finished_at).where(*where).order_by(StepRow.id))
-            if first is not None:  # the first visit's steps share their finish time
-                seconds = session.scalar(
-                    select(func.sum(StepRow.seconds)).where(*where, StepRow.finished_at == first)
-                )
-                cache.first_start = as_utc(first) - timedelta(seconds=float(seconds or 0.0))
-        for worker, seconds, count, max_id, max_finish in rows:
-            cache.busy[worker] = cache.busy.get(worker, 0.0) + float(seconds or 0.0)
-            cache.n_steps += count
-            cache.step_id = max(cache.step_id, max_id)
-            finish = as_utc(_as_datetime(max_finish))
-            if cache.last_finish is None or finish > cache.last_finish:
-                cache.last_finish = finish
-
-    def _refresh_events(self, session: Session, cache: _RunCache) -> None:
-        kinds = (EventKind.HOPPED.value, EventKind.STARTED.value, EventKind.COMPLETED.value)
-        rows = session.execute(
-            select(EventRow.id, EventRow.kind, EventRow.detail)
-            .where(
-                EventRow.experiment_id == cache.experiment_id,
-                EventRow.id > cache.event_id,
-                EventRow.kind.in_(kinds),
-            )
-            .order_by(EventRow.id)
+def _recent_visits(session: Session, cache: RunCache, last: int) -> list[dict[str, Any]]:
+    """The run's last ``last`` visits, from its newest steps (a visit has 1-4 steps)."""
+    columns = (StepRow.id, StepRow.mst_id, StepRow.worker, StepRow.seconds,
+               StepRow.finished_at, StepRow.epoch)  # fmt: skip
+    # Usually a range scan of the newest ids ("+ 0" keeps the index on the run out of it) ...
+    steps = session.execute(
+        select(*columns)
+        .where(
+            StepRow.id > cache.step_id - 4 * last, StepRow.experiment_id + 0 == cache.experiment_id
+        )
+        .order_by(StepRow.id)
+    ).all()
+    visits = visits_of(steps)
+    if len(visits) <= last and cache.step_id - 4 * last > 0:
+        # ... unless other runs wrote in between: then the run's own newest steps.
+        steps = session.execute(
+            select(*columns)
+            .where(StepRow.experiment_id == cache.experiment_id)
+            .order_by(StepRow.id.desc())
+            .limit(4 * last)
         ).all()
-        for row in rows:
-            cache.event_id = row.id
-            if row.kind == EventKind.HOPPED.value:
-                cache.n_visits += 1
-                moved = int(row.detail.get("bytes", 0) or 0)
-                cache.n_hops += moved > 0
-                cache.hop_bytes += moved
-            elif row.kind == EventKind.STARTED.value and "shard_bytes" in row.detail:
-                cache.shard_bytes = [int(b) for b in row.detail["shard_bytes"]]
-            elif row.kind == EventKind.COMPLETED.value:
-                cache.stats = row.detail
+        visits = visits_of(reversed(steps))
+    return visits[-last:]
 
 
 # -- plain helpers -------------------------------------------------------------------
@@ -460,13 +351,6 @@ def _run_dict(row: ExperimentRow, n_msts: int) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
-
-
-def _as_datetime(value: Any) -> datetime:
-    """``max()`` over a datetime column comes back as text on SQLite."""
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
 
 
 def _jsonable(value: Any) -> Any:

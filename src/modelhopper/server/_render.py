@@ -56,7 +56,7 @@ def render_report(store: SQLStore, run: str) -> str:
         ) from e
     reader = RunReader(store)
     context = run_context(reader, run, live=False)
-    _, summaries = reader.msts(run)
+    _, _, summaries = reader.msts(run)
     context["page"]["data"] = _plain(
         {
             "run": context["page"]["run"],

@@ -256,7 +256,7 @@
 
   Timeline.prototype.load = function () {
     var self = this;
-    return this.source.get("timeline", { last: 3000 }).then(function (t) { self.draw(t); });
+    return this.source.get("timeline", { last: 1000 }).then(function (t) { self.draw(t); });
   };
 
   Timeline.prototype.draw = function (t) {
