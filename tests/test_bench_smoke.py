@@ -60,3 +60,16 @@ def test_ray_efficiency_smoke(tmp_path):
     assert two_nodes["n_nodes"] == 2 and len(two_nodes["shard_bytes_per_node"]) == 2
     # Same seeds, same shard orders: the same training whichever executor ran it.
     assert len({r["best_val_accuracy"] for r in rows}) == 1
+
+
+def test_footprint_smoke(tmp_path):
+    _run("footprint.py", tmp_path)
+    data = json.loads((tmp_path / "footprint_smoke.json").read_text())
+    dataset = data["meta"]["dataset_bytes"]
+    tune, mop = data["results"]
+    assert tune["system"].startswith("Ray Tune") and mop["system"].startswith("modelhopper")
+    # Ray Tune: a whole copy on every worker node; MOP: one copy across all of them.
+    assert tune["worker_nodes_used"] == mop["worker_nodes_used"] == 3
+    assert all(b >= dataset for b in tune["data_bytes_per_node"].values())
+    assert sum(mop["data_bytes_per_node"].values()) == dataset
+    assert all(b < dataset for b in mop["data_bytes_per_node"].values())
