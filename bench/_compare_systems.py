@@ -379,7 +379,10 @@ def run_system(name: str, cfg: dict) -> dict[str, Any]:
     """Run one system in this process (a fresh one per system) and measure it."""
     from _compare_measure import ProcessMemory
 
+    from modelhopper.executors._worker import warm_up_torch
+
     torch.set_num_threads(1)
+    warm_up_torch()  # the runner's one-off lazy imports are not the system's (workers pay theirs)
     data = load_arrays(cfg["n_train"], cfg["n_val"])
     with ProcessMemory() as memory:
         started = time.perf_counter()

@@ -211,25 +211,36 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def column(key: str, scale: float = 1.0) -> list[float]:
+        return [r[key] / scale if r[key] is not None else float("nan") for r in rows]
+
     panels = [
-        ("wall seconds", [r["wall_seconds"] for r in rows], False),
-        ("peak RSS MB (sum over processes)", [r["peak_rss_bytes_sum"] / MB for r in rows], False),
-        ("data MB resident (total)", [r["data_bytes_total"] / MB for r in rows], False),
-        ("MB communicated (log)", [max(r["bytes_communicated"] / MB, 1e-3) for r in rows], True),
+        ("wall seconds", column("wall_seconds"), False),
+        (
+            "efficiency (sequential work / 2 workers / wall)",
+            column("efficiency_sequential_work"),
+            False,
+        ),
+        ("peak RSS MB (sum over processes)", column("peak_rss_bytes_sum", MB), False),
+        ("data MB resident (all workers)", column("data_bytes_total", MB), False),
+        ("MB communicated (log scale)", column("bytes_communicated", MB), True),
+        ("mean final validation accuracy", column("mean_val_accuracy"), False),
     ]
     labels = [r["label"].replace(" (", "\n(") for r in rows]
     colors = [f"C{SYSTEMS.index(r['system'])}" for r in rows]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
     for ax, (title, values, log) in zip(axes.flat, panels, strict=True):
-        bars = ax.bar(range(len(rows)), values, color=colors)
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_title(title)
+        heights = [v if v and v == v else float("nan") for v in values] if log else values
+        bars = ax.bar(range(len(rows)), heights, color=colors)
+        texts = ["0" if v == 0 else f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for v in values]
+        ax.bar_label(bars, texts, fontsize=8)
+        ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
         if log:
             ax.set_yscale("log")
-    fig.suptitle("Same model selection workload, one run per system (2 workers)")
+    fig.suptitle("One model selection workload, one run per system, 2 workers of 1 core")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -263,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "smoke_test": args.smoke_test,
         "skipped": skipped,
+        "work_dir": tmp,  # removed at the end; no process of the run may outlive it
     }
     report = {"meta": meta, "results": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,17 @@ def test_data_footprint_of_each_system(smoke):
         assert rows["ray_tune"]["bytes_communicated"] == 2 * dataset  # each trial fetched it
 
 
+def test_no_process_of_the_run_is_left_behind(smoke):
+    psutil = pytest.importorskip("psutil")
+    _, report = smoke
+    work_dir = report["meta"]["work_dir"]  # Ray's session and Tune's storage live there
+    left = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(work_dir in part for part in process.info["cmdline"] or []):
+            left.append(process.info)
+    assert not left
+
+
 def test_same_seed_same_training_gives_the_same_accuracy(smoke):
     _, report = smoke
     rows = {r["system"]: r for r in report["results"]}
