@@ -68,13 +68,15 @@ def make_pretrain_estimator(p):
     )
 
 
-def pretrain(data: mh.Dataset, n_per_class: int, epochs: int, path: Path) -> float:
+def pretrain(
+    data: mh.Dataset, n_per_class: int, epochs: int, lrs: list[float], path: Path
+) -> float:
     """Select and train the seed CNN on classes 0-4; save its blocks' weights to ``path``."""
     x, y = subset(data.train, range(5), n_per_class)
     vx, vy = subset(data.validation, range(5), n_per_class // 4)
     search = mh.GridSearch(
         make_pretrain_estimator,
-        {"lr": mh.grid([1e-3, 3e-3])},
+        {"lr": mh.grid(lrs)},
         epochs=epochs,
         metric="val_accuracy",
         direction="maximize",
@@ -124,7 +126,10 @@ def main() -> None:
     workdir = Path("modelhopper-runs")  # next to the runs' store, in the current directory
     workdir.mkdir(exist_ok=True)
     weights = workdir / "image-transfer-cnn-classes-0-4.pt"
-    accuracy = pretrain(data, 200 if smoke else 4000, 1 if smoke else 4, weights)
+    if smoke:
+        accuracy = pretrain(data, 100, 1, [3e-3], weights)
+    else:
+        accuracy = pretrain(data, 4000, 4, [1e-3, 3e-3], weights)
     print(f"pretrained on classes 0-4: val_accuracy {accuracy:.3f} ({weights})")
 
     per_class = 10 if smoke else args.labels_per_class
@@ -136,7 +141,7 @@ def main() -> None:
     search = mh.GridSearch(
         transfer_factory(weights),
         space,
-        epochs=2 if smoke else 15,
+        epochs=1 if smoke else 15,
         metric="val_accuracy",
         direction="maximize",
         seed=0,
