@@ -131,6 +131,7 @@ def test_over_memory_budget_goes_to_disk_and_is_found_again(tmp_path):
     again = FeatureStore(_shard(), budget, tmp_path).get(mh.Representation("sq", squares))
     assert not again.built and again.tier is Tier.DISK
     assert np.array_equal(again.features.val_x, lookup.features.val_x)
+    assert again.features.build_seconds == lookup.features.build_seconds > 0
 
 
 def test_over_every_budget_streams():

@@ -33,8 +33,10 @@ Nautilus's planner aims for, without needing the workload in advance.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -47,7 +49,7 @@ from modelhopper.data._sharding import ShardData
 from modelhopper.errors import ConfigError
 from modelhopper.representations._representation import Representation
 
-__all__ = ["MaterialiseBudget", "Tier", "Features", "FeatureStore", "shard_fingerprint"]
+__all__ = ["MaterialiseBudget", "Tier", "Features", "FeatureStore", "Lookup", "shard_fingerprint"]
 
 _MiB = 1 << 20
 
@@ -183,7 +185,7 @@ class FeatureStore:
         val_x = representation.apply(self.shard.val_x)
         seconds = time.perf_counter() - started
         if tier is Tier.DISK:
-            train_x, val_x = self._write(key, train_x, val_x)
+            train_x, val_x = self._write(key, train_x, val_x, seconds)
         features = Features(key, train_x, val_x, tier, seconds)
         self._entries[key] = features
         self.built_bytes += features.nbytes
@@ -219,7 +221,7 @@ class FeatureStore:
     def _evict(self, key: str) -> None:
         entry = self._entries.pop(key)
         if entry.tier is Tier.DISK:
-            for path in self._paths(key):
+            for path in (*self._paths(key), self._cost_path(key)):
                 path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- disk tier
@@ -233,7 +235,12 @@ class FeatureStore:
         root = self.directory()
         return root / f"{key}.train.npy", root / f"{key}.val.npy"
 
-    def _write(self, key: str, train_x: np.ndarray, val_x: np.ndarray):
+    def _cost_path(self, key: str) -> Path:
+        return self.directory() / f"{key}.json"
+
+    def _write(self, key: str, train_x: np.ndarray, val_x: np.ndarray, seconds: float):
+        # The build time travels with the files, so a replaced worker values them alike.
+        self._cost_path(key).write_text(json.dumps({"build_seconds": seconds}))
         opened = []
         for path, array in zip(self._paths(key), (train_x, val_x), strict=True):
             partial = path.with_suffix(".partial.npy")
@@ -253,6 +260,13 @@ class FeatureStore:
         if size > self.free(Tier.DISK):
             return None
         train_x, val_x = (np.load(p, mmap_mode="r") for p in (train_path, val_path))
-        features = Features(key, train_x, val_x, Tier.DISK, build_seconds=0.0)
+        seconds = _read_cost(self._cost_path(key))
+        features = Features(key, train_x, val_x, Tier.DISK, build_seconds=seconds)
         self._entries[key] = features
         return features
+
+
+def _read_cost(path: Path) -> float:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return float(json.loads(path.read_text())["build_seconds"])
+    return 0.0
