@@ -267,5 +267,6 @@ def test_events_newest_and_without_visits(client, store):
     newest = client.get("/api/runs/fake/events", params={"newest": True, "limit": 2}).json()
     assert [e["kind"] for e in newest] == ["hopped", "mst_stopped"]
     assert newest[0]["id"] < newest[1]["id"]  # still oldest first
+    store.add_event("fake", EventKind.EPOCH_END, mst_id=2, detail={"epoch": 3})
     runs = client.get("/api/runs/fake/events", params={"skip_visits": True}).json()
     assert [e["kind"] for e in runs] == ["started", "mst_stopped"]

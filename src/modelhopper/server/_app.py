@@ -261,7 +261,9 @@ def _api_router(reader: RunReader, store: SQLStore) -> Any:
         newest: Annotated[
             bool, Query(description="the last `limit` events, not the first")
         ] = False,
-        skip_visits: Annotated[bool, Query(description="leave out per-visit events")] = False,
+        skip_visits: Annotated[
+            bool, Query(description="leave out the events of each visit and epoch")
+        ] = False,
     ) -> Any:
         return reader.events(
             run, after_id=after_id, limit=limit, newest=newest, skip_visits=skip_visits
@@ -295,7 +297,9 @@ def _api_router(reader: RunReader, store: SQLStore) -> Any:
             CommandOut.model_validate(vars(record)).model_dump(mode="json"), status_code=202
         )
 
-    commands = {"status_code": 202, "response_model": CommandOut, "dependencies": auth}
+    commands: dict[str, Any] = {
+        "status_code": 202, "response_model": CommandOut, "dependencies": auth,
+    }  # fmt: skip
 
     @api.post("/runs/{run}/msts/{mst_id}/stop", summary="Stop an MST", **commands)
     def stop_mst(run: RunName, mst_id: MSTId) -> Any:

@@ -171,7 +171,7 @@ class RunCache:
         ).all()  # fmt: skip
         if rows and self.first_start is None:
             first_id = min(row[4] for row in rows)
-            first = session.scalar(select(StepRow.finished_at).where(StepRow.id == first_id))
+            first = session.scalars(select(StepRow.finished_at).where(StepRow.id == first_id)).one()
             # The first visit's steps share their finish time: it started that much earlier.
             seconds = session.scalar(
                 select(func.sum(StepRow.seconds)).where(*where, StepRow.finished_at == first)

@@ -95,10 +95,10 @@ def page_msts(
     words = (query or "").lower().split()
     if words:
         chosen = [s for s in chosen if all(w in _search_text(s) for w in words)]
-    present = [s for s in chosen if _sort_value(s, sort) is not None]
-    missing = [s for s in chosen if _sort_value(s, sort) is None]
-    present.sort(key=lambda s: (_sortable(_sort_value(s, sort)), s.mst_id), reverse=descending)
-    ordered = present + missing
+    keyed = [(_sort_value(s, sort), s) for s in chosen]
+    present = [(_sortable(v), s.mst_id, s) for v, s in keyed if v is not None]
+    present.sort(key=lambda t: t[:2], reverse=descending)
+    ordered = [s for *_, s in present] + [s for v, s in keyed if v is None]
     return len(ordered), ordered[offset : offset + limit]
 
 
@@ -108,18 +108,13 @@ def _search_text(summary: MSTSummary) -> str:
     return " ".join(parts).lower()
 
 
+_ATTRIBUTES = {"epochs": "epochs_done"}  # sort keys that are not the field's name
+
+
 def _sort_value(summary: MSTSummary, sort: str) -> Any:
     if sort.startswith("param:"):
         return summary.params.get(sort.removeprefix("param:"))
-    return {
-        "mst_id": summary.mst_id,
-        "status": summary.status,
-        "epochs": summary.epochs_done,
-        "last": summary.last,
-        "best": summary.best,
-        "priority": summary.priority,
-        "parent": summary.parent,
-    }[sort]
+    return getattr(summary, _ATTRIBUTES.get(sort, sort))
 
 
 def _sortable(value: Any) -> tuple[int, Any]:

@@ -38,6 +38,8 @@ from modelhopper.store._schema import (
 
 __all__ = ["NotFoundError", "RunReader"]
 
+_ROUTINE = (EventKind.HOPPED.value, EventKind.EPOCH_END.value)  # one per visit, per epoch
+
 
 class NotFoundError(ConfigError):
     """A run or MST the request names does not exist (HTTP 404)."""
@@ -185,13 +187,14 @@ class RunReader:
     ) -> list[dict[str, Any]]:
         """Events with id > after_id, oldest first: the first ``limit``, or the last.
 
-        ``skip_visits`` leaves out the per-visit events (the timeline shows them).
+        ``skip_visits`` leaves out the events of each visit and epoch (the timeline and
+        the curves show them), keeping those about the run, commands and MSTs' ends.
         """
         with self._session() as session:
             experiment = self._experiment(session, name)
             where = [EventRow.experiment_id == experiment.id, EventRow.id > after_id]
             if skip_visits:
-                where.append(EventRow.kind != EventKind.HOPPED.value)
+                where.append(EventRow.kind.not_in(_ROUTINE))
             order = EventRow.id.desc() if newest else EventRow.id
             rows = session.scalars(
                 select(EventRow).where(*where).order_by(order).limit(limit)
