@@ -164,7 +164,7 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"`python bench/dashboard.py` on {meta['machine']}: one run with {meta['n_msts']:,} MSTs "
         f"x {meta['n_epochs']} epochs in a SQLite store ({meta['rows']['epochs']:,} epoch rows, "
         f"{meta['rows']['steps']:,} steps, {meta['rows']['events']:,} events; "
-        f"{meta['db_mb']:.0f} MB), written in {meta['fill_seconds']:.0f} s. Each request goes "
+        f"{meta['db_mb']:.0f} MB). Each request goes "
         "through the ASGI app in process (FastAPI TestClient: routing, SQL, validation, JSON; "
         "no network). *cold*: the first request after the dashboard starts (it builds its "
         "per-run cache); *warm*: median of the next "

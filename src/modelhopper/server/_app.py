@@ -262,7 +262,11 @@ def _api_router(reader: RunReader, store: SQLStore) -> Any:
             bool, Query(description="the last `limit` events, not the first")
         ] = False,
         skip_visits: Annotated[
-            bool, Query(description="leave out the events of each visit and epoch")
+            bool,
+            Query(
+                description="leave out the events of each visit and epoch (with newest: "
+                "among the last 20,000 events)"
+            ),
         ] = False,
     ) -> Any:
         return reader.events(

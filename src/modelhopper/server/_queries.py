@@ -39,6 +39,7 @@ from modelhopper.store._schema import (
 __all__ = ["NotFoundError", "RunReader"]
 
 _ROUTINE = (EventKind.HOPPED.value, EventKind.EPOCH_END.value)  # one per visit, per epoch
+_NEWEST_SCAN = 20_000  # events searched for the newest non-routine ones
 
 
 class NotFoundError(ConfigError):
@@ -188,13 +189,19 @@ class RunReader:
         """Events with id > after_id, oldest first: the first ``limit``, or the last.
 
         ``skip_visits`` leaves out the events of each visit and epoch (the timeline and
-        the curves show them), keeping those about the run, commands and MSTs' ends.
+        the curves show them), keeping those about the run, commands and MSTs' ends;
+        with ``newest``, among the run's last 20,000 events.
         """
         with self._session() as session:
             experiment = self._experiment(session, name)
             where = [EventRow.experiment_id == experiment.id, EventRow.id > after_id]
             if skip_visits:
                 where.append(EventRow.kind.not_in(_ROUTINE))
+            if skip_visits and newest:  # bounded: the newest few hundred thousand are routine
+                latest = session.scalar(
+                    select(func.max(EventRow.id)).where(EventRow.experiment_id == experiment.id)
+                )
+                where.append(EventRow.id > (latest or 0) - _NEWEST_SCAN)
             order = EventRow.id.desc() if newest else EventRow.id
             rows = session.scalars(
                 select(EventRow).where(*where).order_by(order).limit(limit)
