@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from modelhopper.errors import ConfigError, ModelHopperError
@@ -368,7 +369,8 @@ def _or_exit(action: Any) -> Any:
     try:
         return action()
     except ModelHopperError as e:
-        console.print(f"[red]error:[/] {e}")
+        # escape: a message such as pip install 'modelhopper[postgres]' is not rich markup
+        console.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
 
 

@@ -65,3 +65,40 @@ def test_plot_errors(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ConfigError, match="needs matplotlib.*pip install matplotlib"):
         result.plot(store=store)
+
+
+def test_dashboard_command_prints_the_token_and_serves(store, monkeypatch):
+    import modelhopper.server as server
+
+    served = {}
+    monkeypatch.setattr(server, "serve", lambda db, **kw: served.update(url=db.url, **kw))
+    monkeypatch.setenv("MODELHOPPER_TOKEN", "s3cret")
+    result = runner.invoke(app, ["dashboard", "--store", store.url, "--port", "9999"])
+    assert result.exit_code == 0, result.output
+    assert "http://127.0.0.1:9999/?token=s3cret" in result.output.replace("\n", "")
+    assert served == {"url": store.url, "host": "127.0.0.1", "port": 9999, "token": "s3cret"}
+    exposed = runner.invoke(app, ["dashboard", "--store", store.url, "--host", "0.0.0.0"])
+    assert "anyone who reaches this port can read the runs" in exposed.output.replace("\n", " ")
+
+
+def test_dashboard_command_without_the_extra(store, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name)
+    )
+    result = runner.invoke(app, ["dashboard", "--store", store.url])
+    assert result.exit_code == 2
+    assert "pip install 'modelhopper[dashboard]'" in result.output.replace("\n", "")
+
+
+def test_core_imports_without_the_dashboard():
+    import subprocess
+
+    code = (
+        "import sys, modelhopper, modelhopper.cli, modelhopper.server; "
+        "print([m for m in ('fastapi', 'uvicorn', 'jinja2', 'starlette') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
