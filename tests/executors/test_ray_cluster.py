@@ -88,6 +88,9 @@ def test_shards_shipped_once_to_nodes_that_cannot_read_the_path(reference, tmp_p
     executor = mh.RayExecutor(data="ship")
     result, _ = _fit(executor, tmp_path)
     assert executor.shipped_bytes >= result.stats.dataset_bytes  # arrays plus shard.json
+    copies = executor.shard_paths
+    assert all("modelhopper-shards" in path for path in copies)  # node-local copies, not ours
+    assert not any(os.path.exists(path) for path in copies)  # removed at shutdown
     assert _metrics(result) == _metrics(reference)
 
 

@@ -15,6 +15,7 @@ source; the interrupted visit then re-runs from the MST's last state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -82,6 +83,15 @@ class _ShardActor:
         # An actor given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES to it).
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
         self.runner: Any = None
+        self.shipped_to: str | None = None  # the local copy of a shipped shard
+
+    def close(self) -> None:
+        """Delete the local copy of a shipped shard (a shard read in place is left alone)."""
+        import shutil
+
+        self.runner = None  # closes the shard's memory maps
+        if self.shipped_to is not None:
+            shutil.rmtree(self.shipped_to, ignore_errors=True)
 
     def can_read(self, path: str) -> bool:
         return (Path(path) / "shard.json").is_file()
@@ -94,7 +104,7 @@ class _ShardActor:
         from modelhopper.executors._worker import ShardWorker
 
         if files is not None:
-            path = _materialise(files, self.worker)
+            path = self.shipped_to = _materialise(files, self.worker)
         assert path is not None  # the executor sends one of the two
         shard = open_shard(path)
         self.runner = ShardWorker(
@@ -238,6 +248,11 @@ class RayExecutor(BaseExecutor):
     def worker_nodes(self) -> list[str]:
         """The Ray node id each worker (and so its shard) lives on."""
         return [info["node"] for info in self._infos]
+
+    @property
+    def shard_paths(self) -> list[str]:
+        """Where each worker opened its shard on its node (a local copy when shipped)."""
+        return [info["path"] for info in self._infos]
 
     @property
     def devices(self) -> list[str]:
@@ -400,6 +415,9 @@ class RayExecutor(BaseExecutor):
         if ray is None:
             return
         if ray.is_initialized():
+            closing = [actor.close.remote() for actor in self._actors]
+            with contextlib.suppress(Exception):  # a dead actor has nothing to clean up
+                ray.wait(closing, num_returns=len(closing), timeout=10)
             for actor in self._actors:
                 try:
                     ray.kill(actor)
