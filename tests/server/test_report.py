@@ -93,6 +93,7 @@ def test_dashboard_command_without_the_extra(store, monkeypatch):
     assert "pip install 'modelhopper[dashboard]'" in result.output.replace("\n", "")
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_core_imports_without_the_dashboard():
     import subprocess
 
