@@ -91,6 +91,11 @@ def test_budget_rejects_negative_bytes():
         MaterialiseBudget(memory_bytes=-1)
 
 
+def test_local_executor_rejects_a_budget_that_is_not_one():
+    with pytest.raises(mh.ConfigError, match=r"materialise must be a modelhopper.Materialise"):
+        mh.LocalExecutor(materialise=512)
+
+
 def test_estimator_rejects_a_representation_that_is_not_one():
     model = nn.Linear(2, 2)
     with pytest.raises(mh.EstimatorError, match="representation must be a modelhopper"):

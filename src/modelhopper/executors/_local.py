@@ -86,6 +86,11 @@ class LocalExecutor(BaseExecutor):
             raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
         self.threads_per_worker = threads_per_worker
         self.max_restarts = max_restarts
+        if materialise is not None and not isinstance(materialise, MaterialiseBudget):
+            raise ConfigError(
+                "materialise must be a modelhopper.MaterialiseBudget(memory_bytes=..., "
+                f"disk_bytes=...) or None, got {materialise!r}"
+            )
         self.materialise = materialise
         self._context: Any = mp.get_context(start_method)
         self._args: list[tuple[Any, ...]] = []
