@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -41,12 +40,12 @@ from modelhopper.server._models import (
 )
 from modelhopper.server._msts import MST_SORT_KEYS, page_msts
 from modelhopper.server._queries import NotFoundError, RunReader
+from modelhopper.server._render import STATIC
 from modelhopper.store import SQLStore
 
-__all__ = ["create_app", "STATIC"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("modelhopper.server")
-STATIC = Path(__file__).with_name("static")
 MAX_ID = 2**53  # ids beyond this are no one's; bounding them keeps the database driver happy
 
 RunName = Annotated[str, PathParam(min_length=1, max_length=255, description="the run's name")]
