@@ -236,7 +236,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.bar_label(bars, texts, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-        if log:
+        if log and any(h > 0 for h in heights):  # (nan compares False)
             ax.set_yscale("log")
     fig.suptitle("One model selection workload, one run per system, 2 workers of 1 core")
     fig.tight_layout()
