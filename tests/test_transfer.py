@@ -63,6 +63,12 @@ def test_unmaterialised_trunk_keeps_frozen_weights_out_of_the_state():
     assert torch.equal(out1, out2) and not out1.requires_grad
 
 
+def test_moving_the_model_moves_its_frozen_blocks():
+    parts = _trunk(materialise=False).split(layer=2, trainable_from=1)
+    model = nn.Sequential(parts.trunk, nn.Linear(32, 10)).to(torch.float64)  # as .to(device)
+    assert model(torch.rand(4, 64, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_loading_does_not_move_the_global_rng():
     torch.manual_seed(7)
     expected = torch.rand(3)

@@ -49,6 +49,12 @@ class _Frozen(nn.Module):
         super().__init__()
         self._blocks = [*blocks, *([readout] if readout is not None else [])]
 
+    def _apply(self, fn: Any, recurse: bool = True) -> _Frozen:
+        # model.to(device) must move the frozen blocks too (a worker's MSTs share one device).
+        for block in self._blocks:
+            block._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             for block in self._blocks:
