@@ -115,18 +115,25 @@ def _wait_until(condition, what: str, timeout: float = 90.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _painted_pixels(page, selector: str) -> int:
+def _painted_pixels(page, selector: str, *, colored: bool = False) -> int:
+    """Pixels drawn on a canvas; ``colored``: only saturated ones (curves and bars, not the
+    grey axes and grid)."""
     return page.evaluate(
-        """(selector) => {
+        """([selector, colored]) => {
             const canvas = document.querySelector(selector);
             if (!canvas || !canvas.width || !canvas.height) return 0;
             const ctx = canvas.getContext("2d");
-            const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+            const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
             let n = 0;
-            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i + 3] === 0) continue;
+                const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+                const spread = Math.max(r, g, b) - Math.min(r, g, b);
+                if (!colored || spread > 60) n++;
+            }
             return n;
         }""",
-        selector,
+        [selector, colored],
     )
 
 
@@ -149,9 +156,9 @@ def test_stop_an_mst_from_the_dashboard_of_a_live_run(live_run, tmp_path):
         page.wait_for_function(
             "document.getElementById('curves-note').textContent.includes('epochs shown')"
         )
-        # Axes and grid alone paint ~1%; curves of 4 MSTs add more. Non-empty either way:
-        assert _painted_pixels(page, "#curves canvas") > 1000
-        assert _painted_pixels(page, "#timeline") > 1000
+        # The curves: colored strokes, not only the grey axes and grid.
+        assert _painted_pixels(page, "#curves canvas", colored=True) > 500
+        assert _painted_pixels(page, "#timeline", colored=True) > 500
         stop = page.locator("button[data-action='stop']").first
         mst_id = int(stop.get_attribute("data-mst"))
         stop.click()
@@ -159,15 +166,36 @@ def test_stop_an_mst_from_the_dashboard_of_a_live_run(live_run, tmp_path):
         status = lambda: next(m.status for m in store.list_msts("e2e") if m.mst_id == mst_id)  # noqa: E731
         _wait_until(lambda: status() == "stopped", f"MST {mst_id} to stop")
         page.wait_for_selector(f"tr[data-mst='{mst_id}'] .status.stopped", timeout=15_000)
+        _clone_from_the_form(page, store)
         page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
         browser.close()
-    (command,) = store.list_commands("e2e")
-    assert (command.kind, command.payload, command.status.value) == (
+    stop_command, clone_command = store.list_commands("e2e")
+    assert (stop_command.kind, stop_command.payload, stop_command.status.value) == (
         "stop", {"mst_id": mst_id}, "applied",
     )  # fmt: skip
+    assert clone_command.payload["changes"] == {"lr": 0.005}
     assert errors == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     store.close()
+
+
+def _clone_from_the_form(page, store: SQLStore) -> None:
+    """Clone with an edited lr: a value outside the space is refused in the form first."""
+    clone = page.locator("button[data-action='clone']").first
+    parent = int(clone.get_attribute("data-mst"))
+    clone.click()
+    page.fill("#editor-fields [data-param='lr']", "5")
+    page.click("#editor-ok")
+    page.wait_for_function(
+        "document.getElementById('editor-error').textContent.includes('outside')"
+    )
+    assert store.list_commands("e2e")[-1].kind == "stop"  # nothing queued
+    page.fill("#editor-fields [data-param='lr']", "0.005")
+    page.click("#editor-ok")
+    page.wait_for_selector("#editor", state="hidden")
+    clone_of = lambda: [m for m in store.list_msts("e2e") if m.parent == parent]  # noqa: E731
+    (child,) = _wait_until(clone_of, f"a clone of MST {parent}")
+    assert child.params["lr"] == 0.005 and child.warm_start
 
 
 def _exists(store: SQLStore) -> bool:
@@ -191,8 +219,8 @@ def test_report_renders_offline(store, tmp_path):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(path.as_uri())
         page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
-        assert _painted_pixels(page, "#curves canvas") > 1000
-        assert _painted_pixels(page, "#timeline") > 1000
+        assert _painted_pixels(page, "#curves canvas", colored=True) > 500
+        assert _painted_pixels(page, "#timeline", colored=True) > 500
         assert page.locator("#mst-body tr").count() == 6
         page.click("th[data-sort='mst_id']")  # sorting works on the embedded data too
         page.click("th[data-sort='mst_id']")  # again: descending
