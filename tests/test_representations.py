@@ -219,3 +219,16 @@ def _digits_estimator(p):
         model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
         representation=mh.Representation("squares", squares),
     )  # fmt: skip
+
+
+def test_label_range_is_checked_through_the_representation(tmp_path):
+    def five_classes(p):
+        model = nn.Linear(128, 5)  # digits has 10 classes
+        return mh.Estimator(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+            representation=mh.Representation("squares", squares),
+        )  # fmt: skip
+
+    search = mh.GridSearch(five_classes, {"x": 1}, epochs=1, metric="val_accuracy")
+    with pytest.raises(mh.DataError, match="outside \\[0, 5\\)"):
+        search.fit(mh.datasets.digits(seed=0), n_workers=2, run_dir=tmp_path)

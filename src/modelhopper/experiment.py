@@ -83,7 +83,10 @@ def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
     if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
         try:
             with torch.no_grad():
-                output = estimator.model.eval()(torch.from_numpy(data.train.x[:2]))
+                x = torch.from_numpy(np.array(data.train.x[:2]))
+                if estimator.representation is not None:  # the model reads its features
+                    x = estimator.representation(x)
+                output = estimator.model.eval()(x)
         except Exception:  # a model that cannot run fails on the workers, with its traceback
             return
         if output.ndim == 2 and output.shape[1] > 1:
