@@ -136,12 +136,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Machine: {meta['machine']}; torch {meta['torch']}; ray {meta['ray']}; {meta['date']}; "
         f"train/validation examples {meta['n_train']}/{meta['n_val']} "
-        "(official training images / official test images).",
+        "(official training images / official test images). Load average (1 min) "
+        f"{meta['load_average'][0]:.1f} at the start, {meta['load_average'][1]:.1f} at the end: "
+        "other work on the machine slows the parallel systems first.",
         "",
         "| system | wall s | pure training s | ideal s | efficiency | efficiency (sequential "
-        "work) | peak RSS MB (sum, processes) | data MB per worker | data MB total "
-        "| communicated MB | what moves | mean val acc | mean gap | max abs gap |",
-        "|---|" + "---|" * 13,
+        "work) | peak RSS MB (sum, processes) | peak RSS MB at once | data MB per worker "
+        "| data MB total | communicated MB | what moves | mean val acc | mean gap | max abs gap |",
+        "|---|" + "---|" * 14,
     ]
     for r in rows:
         per_worker = " / ".join(f"{b / MB:.1f}" for b in r["data_bytes_per_worker"])
@@ -152,7 +154,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['label']} | {r['wall_seconds']:.1f} | {r['compute_seconds']:.1f} | "
             f"{r['ideal_seconds']:.1f} | {r['efficiency']:.3f} | "
             f"{_f(r['efficiency_sequential_work'])} | "
-            f"{r['peak_rss_bytes_sum'] / MB:.0f} ({r['n_processes']}) | {per_worker} | {total} | "
+            f"{r['peak_rss_bytes_sum'] / MB:.0f} ({r['n_processes']}) | "
+            f"{r['peak_rss_concurrent_bytes'] / MB:.0f} | {per_worker} | {total} | "
             f"{r['bytes_communicated'] / MB:.1f} | {r['comm']} | {r['mean_val_accuracy']:.4f} | "
             f"{_f(r['mean_gap_to_sequential'], 4)} | {_f(r['max_abs_gap_to_sequential'], 4)} |"
         )
@@ -183,8 +186,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"*sequential* run's pure seconds / {w} by each wall: one yardstick of work for all.",
         "- **peak RSS**: each process's peak resident set (`VmHWM`, polled every 0.25 s, and "
         "the `ru_maxrss` that DDP ranks and Tune trials report), summed over every process of "
-        "the run (runner with the loaded data, workers, Ray's daemons and idle workers); shared "
-        "pages (Ray's object store) count in every process that maps them.",
+        "the run (runner with the loaded data, workers, Ray's daemons and idle workers; in "
+        "brackets the number of processes, e.g. one per Tune trial); shared pages (Ray's "
+        "object store) count in every process that maps them. **At once**: the largest sum of "
+        "the processes' current RSS seen by the 0.25 s poll (what the machine held at one time).",
         "- **data**: bytes of training + validation arrays each worker holds (MOP: its shards; "
         "DDP / model averaging: its half; Ray Tune: the trial's copy, which it makes of the "
         "fetched arrays as `torch.tensor(x)` would); Ray Tune's total adds the object store's "
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from _compare_systems import workload_msts
 
     cfg = {**size, "workers": args.workers, "msts": workload_msts(size["n_msts"])}
-    rows = []
+    rows, load_start = [], os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mh-compare-") as tmp:
         for name in systems:
             print(f"[compare] {name} ...", flush=True)
@@ -274,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "smoke_test": args.smoke_test,
         "skipped": skipped,
+        "load_average": [load_start, os.getloadavg()[0]],
         "work_dir": tmp,  # removed at the end; no process of the run may outlive it
     }
     report = {"meta": meta, "results": rows}
