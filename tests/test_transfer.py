@@ -105,6 +105,34 @@ def test_features_equal_the_blocks_applied_in_order():
     assert torch.equal(trunk.features(2)(x), expected)
 
 
+def test_materialising_layer_after_layer_runs_each_block_once_per_chunk():
+    calls = []
+
+    def counted():
+        blocks = load_blocks()
+        for i, block in enumerate(blocks):
+            block.register_forward_hook(lambda *_, i=i: calls.append(i))
+        return blocks
+
+    trunk = PretrainedTrunk(counted, name="digits-mlp", readouts={"sum": _Sum()})
+    x = torch.rand(10, 64)
+    reference = [block.eval() for block in load_blocks()]
+    expected = x
+    for layer in (1, 2, 3):
+        expected = reference[layer - 1](expected)
+        for readout in (None, "sum"):
+            got = trunk.features(layer, readout)(x)
+            assert torch.equal(got, expected if readout is None else expected.sum(1, True))
+    assert calls == [0, 1, 2]  # each block once, though 6 representations were built
+    assert torch.equal(trunk.features(1)(x), reference[0](x))  # shallower: from the input
+    assert calls == [0, 1, 2, 0]
+
+
+class _Sum(nn.Module):
+    def forward(self, x):
+        return x.sum(1, keepdim=True)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

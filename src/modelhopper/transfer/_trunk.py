@@ -16,6 +16,11 @@ trains on the stored output. With ``materialise=False`` the frozen prefix is par
 of the model and re-runs on every batch, which is the baseline the benchmark
 compares against. Either way the MST's state (what hops and is checkpointed)
 holds only trainable weights; frozen weights are read from ``load()``.
+
+Materialising layer after layer reuses work: per chunk of the shard, the output
+of the deepest block run so far is kept (``reuse_bytes``), so features of layer
+``L + 1`` or another readout of layer ``L`` continue from it. With MSTs arriving
+in layer order, each block runs once per shard, not once per (layer, readout).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +106,7 @@ class PretrainedTrunk:
         readouts: Mapping[str, nn.Module] | None = None,
         materialise: bool = True,
         batch_size: int = 256,
+        reuse_bytes: int = 256 * 2**20,
     ) -> None:
         if not callable(load):
             raise ConfigError(f"PretrainedTrunk load must be a function, got {load!r}")
@@ -117,12 +124,15 @@ class PretrainedTrunk:
         self.readouts = readouts
         self.materialise = materialise
         self.batch_size = batch_size
+        self.reuse_bytes = reuse_bytes
         self._blocks: list[nn.Module] | None = None
         self._digest: str | None = None
+        # chunk of input -> (depth, output of block ``depth``) kept while materialising
+        self._reuse: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers call load() themselves: pretrained weights never travel with the factory.
-        return {**self.__dict__, "_blocks": None, "_digest": None}
+        return {**self.__dict__, "_blocks": None, "_digest": None, "_reuse": OrderedDict()}
 
     # ---------------------------------------------------------------- the blocks
     def blocks(self) -> list[nn.Module]:
@@ -159,11 +169,49 @@ class PretrainedTrunk:
         self._check_layer(layer, "layer", low=1)
         return Representation(
             f"{self.name}/layer{layer}",
-            functools.partial(_run_prefix, prefix=self._prefix(layer, readout)),
+            functools.partial(self._features_of, readout_module=self._readout(readout)),
             params={"layer": layer, "readout": readout},
             digest=self.digest,
             batch_size=self.batch_size,
         )
+
+    def _features_of(
+        self, x: torch.Tensor, *, layer: int, readout_module: nn.Module | None, **_: Any
+    ) -> torch.Tensor:
+        """Block ``layer``'s output for ``x``, continuing from the deepest one kept for ``x``.
+
+        While a worker materialises, it asks for layer after layer (and readout after
+        readout) of the same chunks of its shard. Keeping, per chunk, the output of
+        the deepest block run so far (within ``reuse_bytes``, least recently used
+        first out) makes the trunk run once per shard and layer instead of once per
+        (layer, readout) from the input up. The same blocks run on the same chunks
+        in the same order, so the features are the same bits.
+        """
+        key = _chunk_key(x)
+        kept, hidden = self._reuse.get(key, (0, x))
+        depth = kept if kept <= layer else 0  # kept deeper than asked: run from the input
+        if depth == 0:
+            hidden = x
+        with torch.no_grad():
+            for block in self.blocks()[depth:layer]:
+                hidden = block(hidden)
+        if layer >= kept:
+            self._keep(key, layer, hidden)
+        if readout_module is None:
+            return hidden
+        with torch.no_grad():
+            return readout_module(hidden)
+
+    def _keep(self, key: str, depth: int, hidden: torch.Tensor) -> None:
+        nbytes = hidden.element_size() * hidden.nelement()
+        if nbytes > self.reuse_bytes:
+            return
+        self._reuse[key] = (depth, hidden)
+        self._reuse.move_to_end(key)
+        while sum(h.element_size() * h.nelement() for _, h in self._reuse.values()) > (
+            self.reuse_bytes
+        ):
+            self._reuse.popitem(last=False)
 
     def _prefix(self, layer: int, readout: str | None) -> _Frozen:
         return _Frozen(self.blocks()[:layer], self._readout(readout))
@@ -255,5 +303,8 @@ def _trainable_copy(block: nn.Module) -> nn.Module:
     return tuned
 
 
-def _run_prefix(x: torch.Tensor, *, prefix: _Frozen, **_: Any) -> torch.Tensor:
-    return prefix(x)
+def _chunk_key(x: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{tuple(x.shape)}{x.dtype}".encode())
+    digest.update(x.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
