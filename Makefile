@@ -57,9 +57,11 @@ bench-simulate: venv
 	$(PY) bench/simulate.py
 
 # MOP vs Ray Tune, DDP, model averaging and sequential training on one workload (~45 min);
-# SYSTEMS=sequential,mop_local runs a subset.
+# SYSTEMS=sequential,mop_local runs a subset. Then the data footprint on a 3-node loopback
+# Ray cluster: Ray Tune's copy per node against MOP's one copy (~3 min).
 bench-compare: venv data
 	$(PY) bench/compare.py $(if $(SYSTEMS),--systems $(SYSTEMS))
+	$(PY) bench/footprint.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
