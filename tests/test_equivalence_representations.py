@@ -67,6 +67,7 @@ def mop_result(digits, run_dir):
         digits,
         n_workers=N_WORKERS,
         run_dir=run_dir,
+        store=f"sqlite:///{run_dir}/modelhopper.db",  # module scope: not in the repo's cwd
         keep_shards=True,
         executor=mh.LocalExecutor(
             threads_per_worker=1, materialise=mh.MaterialiseBudget(memory_bytes=0)
