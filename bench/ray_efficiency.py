@@ -92,7 +92,8 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         "efficiency = (sum of measured step seconds / workers) / wall, as in mop_efficiency.md. "
         "On 2 nodes each worker's shard lives on its own node and every hop moves the state "
         "from one node's object store to the other's; the driver fetches each state once more "
-        "to write its checkpoint.",
+        "to write its checkpoint. Compare efficiencies, not walls, across rows: the step "
+        "seconds themselves vary with whatever else the machine runs (ideal s).",
     ]
     return "\n".join(lines) + "\n"
 
