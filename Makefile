@@ -39,11 +39,13 @@ browser:
 demo: venv
 	$(VENV)/bin/modelhopper demo
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process).
+TEST_WORKERS ?= 2
 test: venv data postgres browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Benchmarks write bench/results/*.json and *.md (minutes each on 2 cores).
 bench: venv data

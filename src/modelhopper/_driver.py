@@ -421,8 +421,9 @@ class Driver:
     def _requeue_after_crash(self, visit: Visit, *, state_lost: bool = False) -> None:
         """The worker died mid-visit and was replaced: run the visit again from the last state."""
         if state_lost:  # it lived on a node that died: fall back to the checkpoints
-            for mst_id in (visit.mst_id, self.warm_from.get(visit.mst_id)):
-                latest = self.msts_by_id[mst_id].latest if mst_id is not None else None
+            parent = self.warm_from.get(visit.mst_id)
+            for mst_id in (visit.mst_id,) if parent is None else (visit.mst_id, parent):
+                latest = self.msts_by_id[mst_id].latest
                 if latest is not None:
                     self.states[mst_id] = self.checkpoints.read(latest)
         self.scheduler.requeue(visit)

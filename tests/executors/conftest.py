@@ -11,11 +11,14 @@ _RAY_PROCESSES = ("raylet", "gcs_server", "plasma_store", "ray::")
 
 
 def ray_processes() -> set[int]:
-    """Pids of Ray's daemons and workers running on this machine."""
+    """Pids of the Ray daemons and workers this test process started (its descendants).
+
+    Only descendants count: tests in other pytest-xdist workers run Ray clusters of their own.
+    """
     found = set()
-    for process in psutil.process_iter(["name", "cmdline"]):
+    for process in psutil.Process().children(recursive=True):
         try:
-            text = " ".join([process.info["name"] or "", *(process.info["cmdline"] or [])[:2]])
+            text = " ".join([process.name() or "", *(process.cmdline() or [])[:2]])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if any(mark in text for mark in _RAY_PROCESSES):
@@ -43,8 +46,9 @@ def ray_single_node():
     before = ray_processes()
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=200 * 2**20)
     yield ray
+    started = ray_processes() - before  # before shutdown: a process it misses is orphaned
     ray.shutdown()
-    leftover = wait_until_gone(ray_processes() - before)
+    leftover = wait_until_gone(started | (ray_processes() - before))
     assert not leftover, f"Ray processes left behind: {sorted(leftover)}"
 
 
@@ -78,8 +82,9 @@ def ray_cluster():
         return cluster
 
     yield start
+    started = ray_processes() - before  # before shutdown: a process it misses is orphaned
     ray.shutdown()
     for cluster in clusters:
         cluster.shutdown()
-    leftover = wait_until_gone(ray_processes() - before)
+    leftover = wait_until_gone(started | (ray_processes() - before))
     assert not leftover, f"Ray processes left behind: {sorted(leftover)}"

@@ -33,7 +33,7 @@ from modelhopper.estimator import (
     state_to_bytes,
     train_pass,
 )
-from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask
+from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask, state_bytes
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 from modelhopper.scheduling import StepKind
 
@@ -151,7 +151,8 @@ class ShardWorker:
             estimator = self._build(task)
             rng = torch.get_rng_state()
             if task.init_state is not None:
-                estimator.model.load_state_dict(state_from_bytes(task.init_state)["model"])
+                init = state_from_bytes(state_bytes(task.init_state))
+                estimator.model.load_state_dict(init["model"])
             return estimator, rng
         if task.state is None:
             # The driver sends no state only when this worker ran the MST's last visit.
@@ -162,9 +163,10 @@ class ShardWorker:
                 )
             return cached
         estimator = cached[0] if cached else self._build(task)
-        state = state_from_bytes(task.state)
-        if "cuda_rng" in state and self._on_cuda():
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        state = state_from_bytes(state_bytes(task.state))
+        cuda = self._cuda_device()
+        if "cuda_rng" in state and cuda is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], cuda)
         return estimator, set_state(estimator, state)
 
     def _build(self, task: VisitTask) -> Estimator:
@@ -174,13 +176,14 @@ class ShardWorker:
             estimator.model.to(self.device)
         return estimator
 
-    def _on_cuda(self) -> bool:
-        return self.device is not None and self.device.type == "cuda"
+    def _cuda_device(self) -> torch.device | None:
+        return self.device if self.device is not None and self.device.type == "cuda" else None
 
     def _with_device_rng(self, state: dict[str, Any]) -> dict[str, Any]:
         """On a GPU, dropout draws from the GPU's generator: its state hops too."""
-        if self._on_cuda():
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        cuda = self._cuda_device()
+        if cuda is not None:
+            state["cuda_rng"] = torch.cuda.get_rng_state(cuda)
         return state
 
     def _remember(self, mst_id: int, estimator: Estimator, rng: torch.Tensor) -> None:

@@ -170,7 +170,8 @@ class ExecutorConformance(abc.ABC):
         assert [_sums(o.result) for o in result.outcomes] == [
             _sums(o.result) for o in expected.outcomes
         ]
-        assert state_nbytes(result.state) == len(expected.state)
+        assert result.state is not None and expected.state is not None
+        assert state_nbytes(result.state) == state_nbytes(expected.state)
         _assert_same_weights(result.state, expected.state)
 
     def test_state_hops_between_workers_bit_for_bit(
@@ -214,7 +215,7 @@ class ExecutorConformance(abc.ABC):
         assert failed.error is not None and "meant to fail" in failed.error
         assert failed.traceback and failed.state is None
         ok = self.run_one(started, 0, _task(4, (_train(0, 0, 0),)))
-        assert ok.error is None and state_nbytes(ok.state) > 0
+        assert ok.error is None and ok.state is not None and state_nbytes(ok.state) > 0
 
     def test_misuse_is_refused_clearly(
         self, started: BaseExecutor, shards: list[ShardInfo]
