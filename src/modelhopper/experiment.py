@@ -115,6 +115,7 @@ def run_search(
     """Record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
     _check_arguments(data, n_workers, executor)
     executor = resolve_executor(executor)
+    executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     probe = procedure.space.sample(np.random.default_rng(procedure.seed))
     _probe(procedure, procedure.make_mst(0, probe), data)
@@ -182,6 +183,7 @@ def _execute(driver: Driver, shards: list[ShardInfo], directory: Path, keep_shar
     try:
         with driver.executor:
             driver.executor.start(shards, driver.procedure.make_estimator)
+            startup = time.perf_counter() - started
             stats = driver.run()
     except (AllMSTsFailedError, ExecutorError) as e:
         store.set_experiment_status(name, RunStatus.FAILED)
@@ -191,6 +193,7 @@ def _execute(driver: Driver, shards: list[ShardInfo], directory: Path, keep_shar
         stats,
         total_seconds=time.perf_counter() - started,
         dataset_bytes=sum(s.nbytes for s in shards),
+        startup_seconds=startup,
     )
     store.set_experiment_status(name, RunStatus.COMPLETED)
     store.add_event(name, EventKind.COMPLETED, detail=dataclasses.asdict(stats))
@@ -219,8 +222,10 @@ def resume(
     shards = _load_shards(directory, record.n_workers)
     db.set_experiment_status(run_name, RunStatus.RUNNING)
     db.add_event(run_name, EventKind.RESUMED)
+    executor = resolve_executor(executor)
+    executor.prepare(record.n_workers)
     driver = _driver(
-        run_name, procedure, resolve_executor(executor), db, directory, record.n_workers,
+        run_name, procedure, executor, db, directory, record.n_workers,
         record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))

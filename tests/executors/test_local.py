@@ -1,11 +1,25 @@
-"""LocalExecutor passes the executor conformance suite."""
+"""LocalExecutor passes the executor conformance suite, however its workers are started.
+
+Workers are forked from the driver where that is safe, or from the zygote; either
+way they must never re-run the user's script, which has no ``__main__`` guard.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
 
 import modelhopper as mh
+from modelhopper.errors import ConfigError
+from modelhopper.executors import _local
+from modelhopper.executors._zygote import shared_zygote
 from modelhopper.testing import ExecutorConformance
 
 
@@ -18,3 +32,117 @@ class TestLocalExecutor(ExecutorConformance):
 
     def kill_worker(self, executor, worker):
         os.kill(executor.pids[worker], signal.SIGKILL)
+
+
+class TestLocalExecutorZygote(TestLocalExecutor):
+    """The same suite with every worker forked by the zygote (notebooks, several threads)."""
+
+    def new_executor(self):
+        return mh.LocalExecutor(threads_per_worker=2, start_method="zygote")
+
+
+def test_auto_forks_only_when_it_is_safe():
+    executor = mh.LocalExecutor()
+    assert executor._method(1) == ("fork" if sys.platform == "linux" else "zygote")
+    assert executor._method(2) == "zygote"  # an OpenMP pool in the driver would hang the child
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert executor._method(1) == "zygote"  # another thread may hold a lock forever
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_bad_start_method_is_refused():
+    with pytest.raises(ConfigError, match="start_method must be one of 'auto', 'fork', 'zygote'"):
+        mh.LocalExecutor(start_method="spawn")
+
+
+def test_a_factory_that_cannot_be_pickled_is_refused_in_one_line():
+    lock = threading.Lock()
+
+    def make_estimator(params):
+        with lock:
+            raise AssertionError("never called")
+
+    with pytest.raises(ConfigError, match="make_estimator cannot be sent to the worker processes"):
+        _local._pickle_factory(make_estimator)
+
+
+def test_the_zygote_is_shared_by_later_runs():
+    first = shared_zygote()
+    first.wait_ready(timeout=300)
+    assert shared_zygote() is first and first.alive
+
+
+_SCRIPT = """
+import pathlib, torch, torch.nn as nn
+import modelhopper as mh
+
+with open(pathlib.Path(__file__).with_name("imports.log"), "a") as log:
+    log.write("ran\\n")                       # a side effect at import: must happen once
+
+def make_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+                        loss=nn.CrossEntropyLoss(), batch_size=64)
+
+search = mh.GridSearch(make_estimator, {{"lr": mh.grid([0.003, 0.01])}}, epochs=2,
+                       metric="val_accuracy", direction="maximize")
+for _ in range(2):                           # a second fit reuses the started machinery
+    result = search.fit(mh.datasets.digits(), n_workers=2,
+                        executor=mh.LocalExecutor(start_method="{method}"))
+    print("ok", len(result.msts), result.best.metrics["val_accuracy"] > 0.5)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["auto", "zygote"])
+def test_a_script_without_a_main_guard_runs(tmp_path, method):
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent(_SCRIPT.format(method=method)))
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["ok 2 True", "ok 2 True"]
+    assert (tmp_path / "imports.log").read_text() == "ran\n"  # workers never re-ran it
+
+
+_LONG_RUN = """
+import torch, torch.nn as nn
+import modelhopper as mh
+
+def make_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+                        loss=nn.CrossEntropyLoss(), batch_size=8)
+
+search = mh.RandomSearch(make_estimator, {{"lr": mh.uniform(0.001, 0.01)}}, n_msts=4,
+                         epochs=10_000, metric="val_accuracy", direction="maximize")
+search.fit(mh.datasets.digits(), n_workers=2, executor=mh.LocalExecutor(start_method="{method}"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["auto", "zygote"])
+def test_workers_never_outlive_a_killed_driver(tmp_path, method):
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "long.py"
+    script.write_text(textwrap.dedent(_LONG_RUN.format(method=method)))
+    driver = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob("modelhopper-runs/*/checkpoints/*/*.pt")):
+            assert time.monotonic() < deadline and driver.poll() is None, "no visit finished"
+            time.sleep(0.05)
+        processes = psutil.Process(driver.pid).children(recursive=True)  # workers (+ zygote)
+        assert len(processes) >= 2
+        driver.kill()
+        driver.wait(timeout=60)
+        _, alive = psutil.wait_procs(processes, timeout=60)
+        assert not alive, f"processes outlived the driver: {alive}"
+    finally:
+        driver.kill()

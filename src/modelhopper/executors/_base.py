@@ -91,6 +91,9 @@ class VisitResult:
 class BaseExecutor(ABC):
     """Runs visits on ``n_workers`` workers, worker ``w`` owning shard ``w``."""
 
+    def prepare(self, n_workers: int) -> None:  # noqa: B027 - optional, most need nothing
+        """Called before the data is sharded: begin slow start-up work (no shard exists yet)."""
+
     @abstractmethod
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         """Start one worker per shard; each opens only its own shard."""

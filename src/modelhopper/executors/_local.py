@@ -1,8 +1,12 @@
 """LocalExecutor: one persistent process per worker on this machine.
 
-Each process opens its own shard once and keeps it; model state travels
-over the worker's pipe (no files on the way). Processes are spawned, not
-forked, so no torch thread pool is inherited in a broken state.
+Each process opens its own shard once and keeps it; model state travels over
+the worker's pipe (no files on the way). Workers never re-run the user's
+script, so a script needs no ``if __name__ == "__main__":`` guard: they are
+forked, either from the driver itself (when that is safe: Linux, one thread
+per worker, no other Python thread, CUDA unused; milliseconds) or from the
+zygote, a pre-warmed process started fresh once per driver process
+(``_zygote.py``). The user's factory travels by value (cloudpickle).
 """
 
 from __future__ import annotations
@@ -10,19 +14,25 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import traceback
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
+from modelhopper.executors._host import WorkerSpec, detach_from_parent, serve
+from modelhopper.executors._worker import warm_up_torch
+from modelhopper.executors._zygote import shared_zygote
 from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = ["LocalExecutor"]
+
+_START_METHODS = ("auto", "fork", "zygote")
 
 
 def _default_threads(n_workers: int) -> int:
@@ -31,35 +41,67 @@ def _default_threads(n_workers: int) -> int:
     return max(1, (cores or 1) // n_workers)
 
 
-def _worker_main(
-    worker: int,
-    shard_path: str,
-    n_shards: int,
-    factory_blob: bytes,
-    n_threads: int,
-    conn: Connection,
-    materialise: MaterialiseBudget | None = None,
-) -> None:
-    import torch
+def _fork_is_safe(n_threads: int) -> bool:
+    """Whether forking the driver itself gives a sound worker.
 
-    from modelhopper.data._sharding import open_shard
-    from modelhopper.executors._worker import ShardWorker, warm_up_torch
+    Other Python threads may hold locks the child would wait on forever (a
+    notebook kernel has several); a parent's OpenMP pool hangs a child that
+    runs more than one thread; CUDA cannot be used after a fork.
+    """
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and torch.cuda.is_initialized()
+    return sys.platform == "linux" and n_threads == 1 and threading.active_count() == 1 and not cuda
 
-    try:
-        torch.set_num_threads(n_threads)
-        warm_up_torch()
-        shard = open_shard(shard_path)
-        factory = cloudpickle.loads(factory_blob)
-        runner = ShardWorker(worker, shard, n_shards, factory, materialise=materialise)
-    except Exception as e:  # tell the driver why, rather than dying with a bare exit code
-        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-        conn.close()
-        return
-    # EOF or a broken pipe means the driver is gone (killed or crashed): just exit.
-    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError), conn:
-        conn.send(("ready", shard.nbytes))
-        while (task := conn.recv()) is not None:
-            conn.send(("result", runner.run(task)))
+
+class _Process(Protocol):
+    pid: int
+    conn: Connection
+
+    def is_alive(self) -> bool: ...
+    @property
+    def exitcode(self) -> int | None: ...
+    def join(self, timeout: float) -> None: ...
+    def kill(self) -> None: ...
+
+
+class _ForkedWorker:
+    """A worker forked from the driver process (multiprocessing's fork start method)."""
+
+    def __init__(self, others: list[Connection]) -> None:
+        context = mp.get_context("fork")
+        self.conn, child = context.Pipe()
+        # The child closes its copies of the driver's ends (its own and the other
+        # workers'), so that each worker sees EOF as soon as the driver is gone.
+        self._process = context.Process(
+            target=_forked_main,
+            args=(child, [*others, self.conn]),
+            name="modelhopper-worker",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self.pid = self._process.pid
+
+    def is_alive(self) -> bool:
+        return self._process.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        self._process.join(timeout=1)
+        return self._process.exitcode
+
+    def join(self, timeout: float) -> None:
+        self._process.join(timeout=timeout)
+
+    def kill(self) -> None:
+        self._process.kill()
+
+
+def _forked_main(conn: Connection, drivers_ends: list[Connection]) -> None:
+    detach_from_parent()
+    for end in drivers_ends:
+        end.close()
+    serve(conn)
 
 
 class LocalExecutor(BaseExecutor):
@@ -70,6 +112,10 @@ class LocalExecutor(BaseExecutor):
     the MST's last state. More than ``max_restarts`` deaths of one worker
     raise ``ExecutorError``. ``materialise`` bounds each worker's materialised
     representations (default ``MaterialiseBudget()``: 512 MiB memory, 4 GiB disk).
+    ``start_method``: ``"auto"`` forks the driver where that is safe and uses
+    the zygote elsewhere; ``"fork"`` or ``"zygote"`` force one (see the module).
+    ``start_timeout``: seconds a worker may take to start before it counts as
+    dead (a loaded machine can take long to start Python and import torch).
     """
 
     def __init__(
@@ -77,28 +123,46 @@ class LocalExecutor(BaseExecutor):
         *,
         threads_per_worker: int | None = None,
         max_restarts: int = 3,
-        start_method: str = "spawn",
+        start_method: str = "auto",
         materialise: MaterialiseBudget | None = None,
+        start_timeout: float = 300.0,
     ):
-        if threads_per_worker is not None and threads_per_worker < 1:
-            raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
-        if max_restarts < 0:
-            raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
-        self.threads_per_worker = threads_per_worker
-        self.max_restarts = max_restarts
+        if threads_per_worker is not None and (
+            isinstance(threads_per_worker, bool)
+            or not isinstance(threads_per_worker, int)
+            or threads_per_worker < 1
+        ):
+            raise ConfigError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        if start_method not in _START_METHODS:
+            raise ConfigError(
+                f"start_method must be one of {', '.join(map(repr, _START_METHODS))}, "
+                f"got {start_method!r}; 'auto' picks the fastest safe one"
+            )
+        if start_method == "fork" and sys.platform != "linux":
+            raise ConfigError(
+                f"start_method='fork' is for Linux; this is {sys.platform}: use 'auto' or 'zygote'"
+            )
+        if not start_timeout > 0:
+            raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout!r}")
         if materialise is not None and not isinstance(materialise, MaterialiseBudget):
             raise ConfigError(
                 "materialise must be a modelhopper.MaterialiseBudget(memory_bytes=..., "
                 f"disk_bytes=...) or None, got {materialise!r}"
             )
+        self.threads_per_worker = threads_per_worker
+        self.max_restarts = max_restarts
+        self.start_method = start_method
+        self.start_timeout = float(start_timeout)
         self.materialise = materialise
-        self._context: Any = mp.get_context(start_method)
-        self._args: list[tuple[Any, ...]] = []
-        self._processes: list[Any] = []
-        self._conns: list[Connection] = []
+        self._specs: list[WorkerSpec] = []
+        self._processes: list[_Process] = []
         self._busy: dict[int, int] = {}  # worker -> mst_id
+        self._lost: list[VisitResult] = []  # visits sent to a worker found dead, not yet reported
         self._resident: list[int] = []
         self.restarts: list[int] = []
+        self.start_methods: list[str] = []  # how each worker process was started, for tests
 
     @property
     def n_workers(self) -> int:
@@ -112,36 +176,59 @@ class LocalExecutor(BaseExecutor):
     def resident_shard_bytes(self) -> list[int]:
         return list(self._resident)
 
+    def prepare(self, n_workers: int) -> None:
+        """Start the zygote now if the workers will need it, so it warms up during sharding."""
+        if self._method(self._threads(n_workers)) == "zygote":
+            shared_zygote()
+
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         if self._processes:
             raise ExecutorError("this LocalExecutor is already started; use a new one per run")
-        threads = self.threads_per_worker or _default_threads(len(shards))
-        blob = cloudpickle.dumps(factory)
-        self._args = [(i.index, i.path, len(shards), blob, threads) for i in shards]
-        self._processes = [None] * len(shards)
-        self._conns = [None] * len(shards)  # type: ignore[list-item]
+        threads = self._threads(len(shards))
+        blob = _pickle_factory(factory)
+        self._specs = [
+            WorkerSpec(i.index, i.path, len(shards), blob, threads, self.materialise)
+            for i in shards
+        ]
+        self._processes = [None] * len(shards)  # type: ignore[list-item]
         self.restarts = [0] * len(shards)
+        self.start_methods = [""] * len(shards)
         for worker in range(len(shards)):
-            self._spawn(worker)
+            self._launch(worker)
         self._resident = [self._ready(worker) for worker in range(len(shards))]
 
-    def _spawn(self, worker: int) -> None:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(
-            target=_worker_main,
-            args=(*self._args[worker], child),
-            kwargs={"materialise": self.materialise},
-            name=f"modelhopper-worker-{worker}",
-            daemon=True,
-        )
-        process.start()
-        child.close()
+    def _threads(self, n_workers: int) -> int:
+        return self.threads_per_worker or _default_threads(n_workers)
+
+    def _method(self, n_threads: int) -> str:
+        if self.start_method != "auto":
+            return self.start_method
+        return "fork" if _fork_is_safe(n_threads) else "zygote"
+
+    def _launch(self, worker: int) -> None:
+        spec = self._specs[worker]
+        method = self._method(spec.n_threads)
+        if method == "fork":
+            warm_up_torch()  # once here, rather than once in every child
+            others = [p.conn for p in self._processes if p is not None]
+            process: _Process = _ForkedWorker(others)
+        else:
+            process = shared_zygote().fork(self.start_timeout)
         self._processes[worker] = process
-        self._conns[worker] = parent
+        self.start_methods[worker] = method
+        with contextlib.suppress(BrokenPipeError, OSError):  # a dead child shows in _ready
+            process.conn.send(spec)
 
     def _ready(self, worker: int) -> int:
+        conn = self._processes[worker].conn
         try:
-            kind, payload = self._conns[worker].recv()
+            if not conn.poll(self.start_timeout):
+                self._processes[worker].kill()
+                raise ExecutorError(
+                    f"worker {worker} did not start within {self.start_timeout:.0f} s; the "
+                    "machine may be overloaded: raise LocalExecutor(start_timeout=...)"
+                )
+            kind, payload = conn.recv()
         except (EOFError, OSError) as e:
             raise self._died(worker) from e
         if kind == "error":
@@ -159,32 +246,41 @@ class LocalExecutor(BaseExecutor):
                 worker,
                 f"; it died {self.restarts[worker]} times (max_restarts={self.max_restarts})",
             )
-        self._conns[worker].close()
-        self._processes[worker].join(timeout=1)
-        self._spawn(worker)
+        old = self._processes[worker]
+        old.conn.close()
+        old.join(timeout=1)
+        self._launch(worker)
         self._ready(worker)
 
     def submit(self, worker: int, task: VisitTask) -> None:
         if worker in self._busy:
             raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker]}")
-        if not self._processes[worker].is_alive():
-            self._replace(worker)
         self._busy[worker] = task.mst_id
-        # If it died just now, wait() sees its sentinel and reports the crash.
+        if not self._processes[worker].is_alive():
+            # It died while idle: its replacement holds no MST in memory, so the visit
+            # comes back as crashed and the driver sends it again with the MST's state.
+            self._replace(worker)
+            self._lost.append(VisitResult(worker, task.mst_id, crashed=True))
+            return
+        # If it died just now, wait() sees the EOF and reports the crash.
         with contextlib.suppress(BrokenPipeError, OSError):
-            self._conns[worker].send(task)
+            self._processes[worker].conn.send(task)
 
     def wait(self) -> list[VisitResult]:
         if not self._busy:
             raise ExecutorError("wait() with no visit in flight; submit one first")
-        busy = sorted(self._busy)
-        waitables: dict[Any, int] = {self._conns[w]: w for w in busy}
-        waitables.update({self._processes[w].sentinel: w for w in busy})
+        if self._lost:
+            lost, self._lost = self._lost, []
+            for result in lost:
+                del self._busy[result.worker]
+            return lost
+        # A worker that dies closes its end: its connection turns readable, then EOF.
+        waitables = {self._processes[w].conn: w for w in sorted(self._busy)}
         ready = wait(list(waitables))
         results = []
-        for worker in sorted({waitables[r] for r in ready}):
+        for worker in sorted(waitables[r] for r in ready):
             try:
-                _, result = self._conns[worker].recv()
+                _, result = self._processes[worker].conn.recv()
             except (EOFError, OSError):
                 result = self._crashed(worker)
             del self._busy[worker]
@@ -198,7 +294,6 @@ class LocalExecutor(BaseExecutor):
 
     def _died(self, worker: int, why: str = "") -> ExecutorError:
         process = self._processes[worker]
-        process.join(timeout=1)
         mst = self._busy.get(worker)
         doing = f" while running MST {mst}" if mst is not None else ""
         return ExecutorError(
@@ -207,18 +302,32 @@ class LocalExecutor(BaseExecutor):
         )
 
     def shutdown(self) -> None:
-        for conn in self._conns:
+        for process in self._processes:
+            if process is None:
+                continue
             try:
-                conn.send(None)
+                process.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
         for process in self._processes:
+            if process is None:
+                continue
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
-                process.join()
-        for conn in self._conns:
-            conn.close()
-        self._conns = []
+                process.join(timeout=5)
+            process.conn.close()
         self._processes = []
         self._busy.clear()
+        self._lost.clear()
+
+
+def _pickle_factory(factory: Callable[..., Any]) -> bytes:
+    try:
+        return cloudpickle.dumps(factory)
+    except Exception as e:
+        raise ConfigError(
+            f"make_estimator cannot be sent to the worker processes ({type(e).__name__}: {e}); "
+            "build what it needs (models, data, locks, open files) inside it instead of "
+            "capturing them from the enclosing scope"
+        ) from e

@@ -1,0 +1,88 @@
+"""The worker process's side of LocalExecutor: open one shard, then run visits until told to stop.
+
+However the process was started (forked from the driver, or forked by the
+zygote), it runs ``serve``: its first message is a ``WorkerSpec`` naming the
+shard and carrying the pickled estimator factory; then each message is a visit
+and each reply its result. EOF means the driver is gone: the worker exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import cloudpickle
+import torch
+
+from modelhopper.data._sharding import open_shard
+from modelhopper.executors._worker import ShardWorker, warm_up_torch
+from modelhopper.representations._store import MaterialiseBudget
+
+__all__ = ["WorkerSpec", "detach_from_parent", "die_with_parent", "serve"]
+
+_PR_SET_PDEATHSIG = 1  # prctl option, linux/prctl.h
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process needs to start: its shard and the user's estimator factory."""
+
+    worker: int
+    shard_path: str
+    n_shards: int
+    factory_blob: bytes  # cloudpickle of make_estimator: by value, so the script is never re-run
+    n_threads: int
+    materialise: MaterialiseBudget | None = None
+
+
+def detach_from_parent() -> None:
+    """First thing in a forked worker.
+
+    Ctrl-C reaches the whole process group: the driver handles it and stops the
+    workers, so they ignore it. A worker never outlives its parent. ``gc.freeze``
+    keeps the collector from touching every object inherited from the parent,
+    which would copy their pages.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    gc.freeze()
+
+
+def die_with_parent() -> None:
+    """On Linux, the kernel kills the worker if its parent dies (a backstop to EOF)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
+def serve(conn: Connection) -> None:
+    """Start the worker its first message describes, then answer visits until None or EOF."""
+    with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError), conn:
+        spec: WorkerSpec = conn.recv()
+        try:
+            runner = _start(spec)
+        except Exception as e:  # tell the driver why, rather than dying with a bare exit code
+            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            return
+        conn.send(("ready", runner.shard.nbytes))
+        while (task := conn.recv()) is not None:
+            conn.send(("result", runner.run(task)))
+
+
+def _start(spec: WorkerSpec) -> ShardWorker:
+    torch.set_num_threads(spec.n_threads)
+    warm_up_torch()
+    shard = open_shard(spec.shard_path)
+    factory = cloudpickle.loads(spec.factory_blob)
+    return ShardWorker(spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise)
