@@ -1,13 +1,18 @@
 """The driver loop: ask the scheduler for visits, hand them to the executor, record every result.
 
-Each finished visit is recorded in the store (steps, completed epochs, MST
-status, checkpoint reference) in one transaction before the next decision,
-so a crash of the driver loses at most the visits in flight, and ``resume``
-rebuilds this loop's state from the store and the checkpoints alone.
+When visits finish, the freed workers get their next visits first; only then
+are the finished visits checkpointed and recorded in the store (steps,
+completed epochs, MST status, checkpoint reference), all those that finished
+together in one transaction, while the workers compute. An MST whose visit
+ended an epoch gets no further visit until the procedure has decided on that
+epoch. A crash of the driver loses at most the visits in flight and those whose
+results arrived but were not yet committed; ``resume`` rebuilds this loop's
+state from the store and the checkpoints alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -30,10 +35,21 @@ from modelhopper.executors import (
 from modelhopper.procedures._base import MST, BaseProcedure, Decision, EpochResult
 from modelhopper.result import MSTStatus, RunStats
 from modelhopper.scheduling import MOPScheduler, Step, StepKind, Visit, makespan_lower_bound
-from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
-from modelhopper.store._checkpoints import CheckpointManager
+from modelhopper.store import (
+    BaseStore,
+    EpochRecord,
+    EventKind,
+    MSTRecord,
+    StepRecord,
+    VisitRecord,
+)
+from modelhopper.store._checkpoints import CheckpointManager, Retention
 
-__all__ = ["Driver", "candidate_steps"]
+__all__ = ["Driver", "candidate_steps", "COMMAND_POLL_SECONDS", "RECORD_INTERVAL_SECONDS"]
+
+COMMAND_POLL_SECONDS = 0.1  # how often the loop looks for human-in-the-loop commands
+# Results of short visits wait at most this long to share one store transaction.
+RECORD_INTERVAL_SECONDS = 0.1
 
 
 def candidate_steps(epoch: int, n_shards: int) -> int:
@@ -71,6 +87,18 @@ def _aggregate(prefix: str, parts: Mapping[int, PassResult]) -> dict[str, float]
     for name in ordered[0].metric_sums:
         metrics[f"{prefix}_{name}"] = sum(p.metric_sums[name] for p in ordered) / n
     return metrics
+
+
+@dataclass
+class _Finished:
+    """A visit whose result arrived and is accounted for, but not yet recorded in the store."""
+
+    visit: Visit
+    result: VisitResult
+    state: State
+    epochs: list[EpochRecord]  # the epochs this visit completed
+    moved: int  # state bytes the visit was sent (0: no hop)
+    arrived: float  # time.monotonic() when its result was accounted for
 
 
 @dataclass
@@ -116,6 +144,10 @@ class Driver:
         self.in_flight: dict[int, Visit] = {}
         self.compute_seconds = 0.0
         self.record_seconds = 0.0  # driver time spent checkpointing and writing the store
+        self.dispatch_seconds = 0.0  # driver time between results and the next visits sent
+        self.started: list[int] = []  # MSTs whose first visit was sent, not yet marked running
+        self.unrecorded: list[_Finished] = []  # accounted for, not yet in the store
+        self._commands_due = 0.0  # when to look for human-in-the-loop commands next
         self.n_steps_done = 0
         self.n_visits = self.n_hops = self.hop_bytes = 0
         self.moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
@@ -255,15 +287,45 @@ class Driver:
         started = time.perf_counter()
         total = sum(self.scheduler.remaining_steps(i) for i in self.msts_by_id)
         with ProgressBar(self.progress, total) as self.bar:
-            while True:
-                self._dispatch()
-                if not self.in_flight:
-                    break
-                for result in self.executor.wait():
-                    self._handle(result)
+            try:
+                self._loop()
+            except BaseException:  # whatever stops the loop, what finished is kept
+                with contextlib.suppress(Exception):
+                    self._record()
+                raise
+            self._record()
         wall = time.perf_counter() - started
         self._raise_if_all_failed()
         return self._stats(wall)
+
+    def _loop(self) -> None:
+        self._dispatch()
+        while self.in_flight:
+            results = self.executor.wait()
+            arrived = time.perf_counter()
+            for result in results:
+                if (finished := self._accept(result)) is not None:
+                    self.unrecorded.append(finished)
+            self._assign()  # the freed workers go on before anything is written
+            self.dispatch_seconds += time.perf_counter() - arrived
+            if self._record_due():
+                self._record()
+            self._dispatch()
+
+    def _record_due(self) -> bool:
+        """Record now, or let a few more short visits share one transaction?
+
+        Now when an epoch awaits its decision, when no visit is in flight, when a
+        state lives only in the executor (a Ray object could be lost with its node),
+        or when the oldest unrecorded result is RECORD_INTERVAL_SECONDS old.
+        """
+        if not self.unrecorded:
+            return False
+        return (
+            not self.in_flight
+            or any(f.epochs or not isinstance(f.state, bytes) for f in self.unrecorded)
+            or time.monotonic() - self.unrecorded[0].arrived >= RECORD_INTERVAL_SECONDS
+        )
 
     def _remaining(self) -> int:
         return sum(self.scheduler.remaining_steps(i) for i in self.msts_by_id) + sum(
@@ -273,12 +335,16 @@ class Driver:
     def _dispatch(self) -> None:
         from modelhopper.commands import apply_pending
 
-        apply_pending(self)  # human-in-the-loop commands, at each scheduling step
+        now = time.monotonic()
+        if now >= self._commands_due:  # a query per visit would cost more than the visit
+            self._commands_due = now + COMMAND_POLL_SECONDS
+            apply_pending(self)  # human-in-the-loop commands, between visits
         self._assign()
         n_idle = self.n_workers - len(self.in_flight)
         if n_idle:  # let the procedure add or promote MSTs, so workers do not wait
             self.procedure.on_idle(self, n_idle)
             self._assign()
+        self._mark_started()
 
     def _assign(self) -> None:
         idle = [w for w in range(self.n_workers) if w not in self.in_flight]
@@ -300,7 +366,12 @@ class Driver:
             self.n_visits += 1
             if progress.status is MSTStatus.PENDING:
                 progress.status = MSTStatus.RUNNING
-                self.store.update_mst(self.name, mst.id, status=MSTStatus.RUNNING.value)
+                self.started.append(mst.id)  # written after the dispatch, off the critical path
+
+    def _mark_started(self) -> None:
+        for mst_id in self.started:
+            self.store.update_mst(self.name, mst_id, status=MSTStatus.RUNNING.value)
+        self.started.clear()
 
     def _holds_latest(self, worker: int, mst_id: int) -> bool:
         """Whether the worker has the MST's latest state in memory, so no hop is needed.
@@ -310,62 +381,91 @@ class Driver:
         """
         return self.last_worker_of.get(mst_id) == worker and self.last_mst_on.get(worker) == mst_id
 
-    def _handle(self, result: VisitResult) -> None:
+    def _accept(self, result: VisitResult) -> _Finished | None:
+        """Account for a finished visit in memory (no I/O); None if it needs no record."""
         visit = self.in_flight.pop(result.worker)
         if result.crashed:
             self._requeue_after_crash(visit, state_lost=result.state_lost)
-            return
+            return None
         self.last_mst_on[result.worker] = result.mst_id
         self.last_worker_of[result.mst_id] = result.worker
         if result.error is not None or result.state is None:
             self._fail(visit, result)
-            return
-        state = result.state
+            return None
         seconds = [o.result.seconds for o in result.outcomes]
         self.scheduler.complete(visit, seconds)
         self.n_steps_done += len(visit.steps)
         self.compute_seconds += sum(seconds)
         key = (visit.mst_id, visit.worker)
         self.work[key] = self.work.get(key, 0.0) + sum(seconds)
-        started = time.perf_counter()
-        self._record(visit, result, state)
-        self.record_seconds += time.perf_counter() - started
-        self.bar.update(len(visit.steps), self._remaining())
-
-    def _record(self, visit: Visit, result: VisitResult, state: State) -> None:
-        """Checkpoint, then one store transaction, then decisions, then pruning."""
-        progress = self.msts_by_id[visit.mst_id]
-        progress.n_steps += len(visit.steps)
-        path = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state_bytes(state)))
-        steps, epochs = [], []
+        epochs = []
         for outcome in result.outcomes:
-            steps.append(_to_record(visit.mst_id, visit.worker, outcome.step, outcome.result))
             epoch = self._epoch(visit.mst_id, outcome.step.epoch)
             epoch.add(outcome.step, outcome.result)
             if len(epoch.evaluation) == self.n_workers:
                 del self.epochs[visit.mst_id, outcome.step.epoch]
                 epochs.append(self._epoch_record(visit.mst_id, outcome.step.epoch, epoch))
+        if epochs:  # no further visit before the procedure has decided on this epoch
+            self.scheduler.hold(visit.mst_id)
+        self.states[visit.mst_id] = result.state
+        self.bar.update(len(visit.steps), self._remaining())
         moved = self.moved_bytes.pop(visit.worker, 0)  # the dashboard's timeline shows hops
+        return _Finished(visit, result, result.state, epochs, moved, time.monotonic())
+
+    def _record(self) -> None:
+        """Checkpoints, decisions, then one store transaction for all unrecorded visits."""
+        finished, self.unrecorded = self.unrecorded, []
+        if not finished:
+            return
+        started = time.perf_counter()
+        last_training = {f.visit.mst_id: f for f in finished if _trains(f.visit)}
+        records = [self._visit_record(f, f is last_training.get(f.visit.mst_id)) for f in finished]
+        self.store.record_visits(self.name, records)
+        for mst_id in dict.fromkeys(f.visit.mst_id for f in finished):
+            self._prune(self.msts_by_id[mst_id])
+        for f in finished:
+            if f.epochs:
+                self.scheduler.unhold(f.visit.mst_id)
+        self.record_seconds += time.perf_counter() - started
+
+    def _visit_record(self, finished: _Finished, last_training: bool) -> VisitRecord:
+        """Write the visit's checkpoint if needed, ask the procedure about its epochs, build
+        its record.
+
+        A checkpoint is written after a visit that trained, unless a later visit of the
+        same MST in this transaction supersedes it (and it is not the state an epoch
+        evaluates, which may become the best). Evaluation changes no state: after an
+        evaluation-only visit the MST's latest checkpoint stays the one before it.
+        ``checkpoints="all"`` keeps one after every visit.
+        """
+        visit, result = finished.visit, finished.result
+        progress = self.msts_by_id[visit.mst_id]
+        progress.n_steps += len(visit.steps)
+        candidate = any(
+            s.kind is StepKind.TRAIN and s.position == self.n_workers - 1 for s in visit.steps
+        )
+        keep_all = self.checkpoints.retention is Retention.ALL
+        if progress.latest is None or keep_all or (_trains(visit) and (last_training or candidate)):
+            state = state_bytes(finished.state)
+            progress.latest = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state))
+        steps = [_to_record(visit.mst_id, visit.worker, o.step, o.result) for o in result.outcomes]
         events: list[tuple[EventKind, dict[str, Any]]] = [
             (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps),
-                                "hop": moved > 0, "bytes": moved})
+                                "hop": finished.moved > 0, "bytes": finished.moved})
         ]  # fmt: skip
-        for record in epochs:
+        for record in finished.epochs:
             if self._track_best(progress, record.metrics):
                 progress.best = str(self.checkpoints.path(visit.mst_id, self._cand(record)))
             events.append((EventKind.EPOCH_END, {"epoch": record.epoch}))
-        progress.latest = path
-        progress.epochs_done += len(epochs)
-        decision = self._decide(progress, epochs)
-        fields: dict[str, Any] = {"checkpoint": path, "best_checkpoint": progress.best}
+        progress.epochs_done += len(finished.epochs)
+        decision = self._decide(progress, finished.epochs) if finished.epochs else None
+        fields: dict[str, Any] = {"checkpoint": progress.latest, "best_checkpoint": progress.best}
         if decision is not None:
             progress.status = decision
             fields["status"] = decision.value
             stopped = decision is MSTStatus.STOPPED
             events.append((EventKind.MST_STOPPED if stopped else EventKind.MST_COMPLETED, {}))
-        self.store.record_visit(self.name, visit.mst_id, steps, epochs, fields, events)
-        self.states[visit.mst_id] = state
-        self._prune(progress)
+        return VisitRecord(visit.mst_id, steps, finished.epochs, fields, events)
 
     def _cand(self, record: EpochRecord) -> int:
         return candidate_steps(record.epoch, self.n_workers)
@@ -420,6 +520,7 @@ class Driver:
 
     def _requeue_after_crash(self, visit: Visit, *, state_lost: bool = False) -> None:
         """The worker died mid-visit and was replaced: run the visit again from the last state."""
+        self._record()  # in order: what finished before the crash first
         if state_lost:  # it lived on a node that died: fall back to the checkpoints
             parent = self.warm_from.get(visit.mst_id)
             for mst_id in (visit.mst_id,) if parent is None else (visit.mst_id, parent):
@@ -434,6 +535,7 @@ class Driver:
         )  # fmt: skip
 
     def _fail(self, visit: Visit, result: VisitResult) -> None:
+        self._record()  # in order: the MST's earlier visits first
         self.scheduler.fail(visit)
         progress = self.msts_by_id[visit.mst_id]
         progress.status = MSTStatus.FAILED
@@ -479,7 +581,12 @@ class Driver:
             lower_bound_seconds=makespan_lower_bound(matrix),
             n_steps=self.n_steps_done,
             record_seconds=self.record_seconds,
+            dispatch_seconds=self.dispatch_seconds,
         )
+
+
+def _trains(visit: Visit) -> bool:
+    return any(s.kind is StepKind.TRAIN for s in visit.steps)
 
 
 def _to_record(mst_id: int, worker: int, step: Step, result: PassResult) -> StepRecord:

@@ -100,6 +100,14 @@ class RunStats:
     lower_bound_seconds: float  # makespan lower bound from the measured work
     n_steps: int = 0  # train and eval steps run (sub-epochs and validation-shard passes)
     record_seconds: float = 0.0  # driver time checkpointing and writing the store
+    # Driver time from results arriving to the freed workers' next visits being sent: the
+    # only driver work a worker waits for (records are written after that).
+    dispatch_seconds: float = 0.0
+    startup_seconds: float = 0.0  # starting the workers until each had opened its shard
+
+    @property
+    def dispatch_seconds_per_visit(self) -> float:
+        return self.dispatch_seconds / self.n_visits if self.n_visits else 0.0
 
     @property
     def record_seconds_per_step(self) -> float:

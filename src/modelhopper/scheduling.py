@@ -119,6 +119,7 @@ class _MSTState:
     priority: int = 0
     running: bool = False
     stopped: bool = False
+    held: bool = False  # waiting for a decision on its last epoch
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -208,6 +209,17 @@ class MOPScheduler:
     def set_priority(self, mst_id: int, priority: int) -> None:
         self._state(mst_id).priority = priority
 
+    def hold(self, mst_id: int) -> None:
+        """No visit for the MST until ``unhold``: its epoch awaits the procedure's decision."""
+        state = self._state(mst_id)
+        self._unpark(state)
+        state.held = True
+
+    def unhold(self, mst_id: int) -> None:
+        state = self._state(mst_id)
+        state.held = False
+        self._park(state)
+
     # -- the scheduling step ----------------------------------------------
     def assign(self, idle_workers: Iterable[int]) -> list[Visit]:
         """Pick at most one visit for each idle worker (in worker order)."""
@@ -286,7 +298,7 @@ class MOPScheduler:
             ) from None
 
     def _park(self, state: _MSTState) -> None:
-        if not state.running and not state.stopped and state.pending:
+        if not state.running and not state.stopped and not state.held and state.pending:
             self._waiting[state.pending[0].shard].add(state.mst_id)
 
     def _unpark(self, state: _MSTState) -> None:

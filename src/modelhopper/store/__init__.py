@@ -13,6 +13,7 @@ from modelhopper.store._base import (
     MSTRecord,
     RunStatus,
     StepRecord,
+    VisitRecord,
 )
 from modelhopper.store._sql import SQLStore, open_store
 
@@ -28,5 +29,6 @@ __all__ = [
     "RunStatus",
     "SQLStore",
     "StepRecord",
+    "VisitRecord",
     "open_store",
 ]

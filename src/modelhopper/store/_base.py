@@ -1,8 +1,9 @@
 """The store interface: every experiment, MST, step, epoch, event and command, recorded.
 
-The driver writes a visit's step results, its checkpoint reference and the
-MST's status in one call (``record_visit``) before it makes the next
-decision, so a crash loses at most the visits in flight.
+The driver writes each visit's step results, the epochs it completed and the
+MST's checkpoint reference in one transaction (``record_visits``, for all the
+visits that finished together) before any decision that depends on them, so a
+crash loses at most the visits in flight and those not yet committed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "EpochRecord",
     "EventRecord",
     "CommandRecord",
+    "VisitRecord",
     "BaseStore",
 ]
 
@@ -117,6 +119,18 @@ class EpochRecord:
 
 
 @dataclass
+class VisitRecord:
+    """What one finished visit writes: its steps, the epochs it completed, the MST's new
+    fields (checkpoint, status...) and events (kind, detail) about this MST."""
+
+    mst_id: int
+    steps: list[StepRecord]
+    epochs: list[EpochRecord]
+    mst_fields: dict[str, Any]
+    events: Sequence[tuple[EventKind, dict[str, Any]]] = ()
+
+
+@dataclass
 class EventRecord:
     id: int
     time: datetime
@@ -170,7 +184,6 @@ class BaseStore(ABC):
         """Ordered by mst_id."""
 
     # -- results -------------------------------------------------------------
-    @abstractmethod
     def record_visit(
         self,
         name: str,
@@ -182,6 +195,11 @@ class BaseStore(ABC):
     ) -> None:
         """One transaction: a visit's steps, the epochs it completed, the MST's new fields
         (checkpoint, status...) and events (kind, detail) about this MST."""
+        self.record_visits(name, [VisitRecord(mst_id, steps, epochs, mst_fields, events)])
+
+    @abstractmethod
+    def record_visits(self, name: str, visits: Sequence[VisitRecord]) -> None:
+        """One transaction for several visits, in order: all of them are written or none."""
 
     @abstractmethod
     def list_steps(self, name: str, mst_id: int | None = None) -> list[StepRecord]:

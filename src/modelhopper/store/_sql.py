@@ -43,6 +43,7 @@ from modelhopper.store._base import (
     MSTRecord,
     RunStatus,
     StepRecord,
+    VisitRecord,
 )
 from modelhopper.store._engine import (
     _DEFAULT_ROOT,
@@ -385,19 +386,15 @@ class SQLStore(BaseStore):
             return [_to_record(MSTRecord, row) for row in rows]
 
     # -- results ---------------------------------------------------------------------
-    def record_visit(
-        self,
-        name: str,
-        mst_id: int,
-        steps: list[StepRecord],
-        epochs: list[EpochRecord],
-        mst_fields: dict[str, Any],
-        events: Sequence[tuple[EventKind, dict[str, Any]]] = (),
-    ) -> None:
-        _check_same_mst(mst_id, steps, epochs)
-        _check_mst_fields(mst_fields, "record_visit's mst_fields")
-        kinds = [_enum(EventKind, kind, "event kind") for kind, _ in events]
-        what = f"recording a visit of MST {mst_id} of experiment {name!r}"
+    def record_visits(self, name: str, visits: Sequence[VisitRecord]) -> None:
+        if not visits:
+            return
+        for visit in visits:
+            _check_same_mst(visit.mst_id, visit.steps, visit.epochs)
+            _check_mst_fields(visit.mst_fields, "record_visit's mst_fields")
+        kinds = [[_enum(EventKind, kind, "event kind") for kind, _ in v.events] for v in visits]
+        ids = sorted({v.mst_id for v in visits})
+        what = f"recording {len(visits)} visit(s) of MSTs {ids} of experiment {name!r}"
         conflict = (
             "a step of it is already recorded (a sub-epoch, keyed by mst_id, epoch, kind and "
             "shard, is recorded once)"
@@ -405,23 +402,26 @@ class SQLStore(BaseStore):
         now = utcnow()
         with self._transaction(what, write=True, driver=True, conflict=conflict) as session:
             experiment = self._experiment(session, name)
-            mst = self._mst(session, experiment, mst_id)
+            msts = {i: self._mst(session, experiment, i) for i in ids}  # each must exist
             # Written in this order, so a failure at any point undoes the earlier parts too;
             # bulk inserts (executemany), not the ORM's unit of work: this runs every visit.
+            steps = [_finished(s, experiment.id, now) for v in visits for s in v.steps]
             if steps:
-                session.execute(insert(StepRow), [_finished(s, experiment.id, now) for s in steps])
-            self._upsert_epochs(session, [_finished(e, experiment.id, now) for e in epochs])
-            _apply_mst_fields(mst, mst_fields, now)
+                session.execute(insert(StepRow), steps)
+            self._upsert_epochs(
+                session, [_finished(e, experiment.id, now) for v in visits for e in v.epochs]
+            )
+            for visit in visits:
+                _apply_mst_fields(msts[visit.mst_id], visit.mst_fields, now)
             session.flush()
+            events = [
+                {"experiment_id": experiment.id, "time": now, "kind": kind.value,
+                 "mst_id": visit.mst_id, "worker": None, "detail": detail}
+                for visit, visit_kinds in zip(visits, kinds, strict=True)
+                for kind, (_, detail) in zip(visit_kinds, visit.events, strict=True)
+            ]  # fmt: skip
             if events:
-                session.execute(
-                    insert(EventRow),
-                    [
-                        {"experiment_id": experiment.id, "time": now, "kind": kind.value,
-                         "mst_id": mst_id, "worker": None, "detail": detail}
-                        for kind, (_, detail) in zip(kinds, events, strict=True)
-                    ],
-                )  # fmt: skip
+                session.execute(insert(EventRow), events)
 
     def _upsert_epochs(self, session: Session, values: list[dict[str, Any]]) -> None:
         """Insert epochs; one already recorded (a resumed visit) is replaced by the new one."""
