@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import pytest
 
@@ -18,3 +22,35 @@ def _session_in_tmp_dir(tmp_path_factory):
 def _run_in_tmp_path(tmp_path, monkeypatch):
     """Default stores and run directories (./modelhopper-runs) land in the test's own folder."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ray_lock(tmp_path_factory) -> Callable[[], AbstractContextManager[None]]:
+    """``with ray_lock():`` around everything that starts Ray: one Ray cluster at a time.
+
+    ``make test`` runs test files side by side on pytest-xdist workers. Two Ray
+    clusters on 2 cores starve each other's actors past their start timeout, and a
+    loopback cluster (``ray.cluster_utils.Cluster``) writes /tmp/ray/ray_current_cluster,
+    which a plain ``ray.init()`` in another process then joins. The lock is an
+    exclusive ``flock`` on a file in the folder all workers of one run share (each
+    worker's basetemp is ``<run's basetemp>/popen-gwN``); re-entrant within a process.
+    """
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    path = shared / "ray.lock"
+    depth = 0
+
+    @contextlib.contextmanager
+    def hold() -> Iterator[None]:
+        nonlocal depth
+        # Closing the file releases the lock; a nested hold's own file never took it.
+        with open(path, "a") as file:
+            if depth == 0:
+                fcntl.flock(file, fcntl.LOCK_EX)
+            depth += 1
+            try:
+                yield
+            finally:
+                depth -= 1
+
+    return hold

@@ -18,12 +18,13 @@ EXPECTED = SYSTEMS if HAVE_RAY else [s for s in SYSTEMS if s not in ("mop_ray", 
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, ray_lock):
     out = tmp_path_factory.mktemp("compare")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke-test", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    with ray_lock():  # mop_ray and ray_tune start Ray
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--smoke-test", "--out", str(out)],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, json.loads((out / "compare_smoke.json").read_text())
 

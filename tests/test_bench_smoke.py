@@ -49,8 +49,9 @@ def test_procedures_smoke(tmp_path):
         assert 0 < row["utilisation"] <= 1.05
 
 
-def test_ray_efficiency_smoke(tmp_path):
-    _run("ray_efficiency.py", tmp_path)
+def test_ray_efficiency_smoke(tmp_path, ray_lock):
+    with ray_lock():
+        _run("ray_efficiency.py", tmp_path)
     rows = json.loads((tmp_path / "ray_efficiency_smoke.json").read_text())["results"]
     setups = [r["setup"] for r in rows]
     assert setups == ["LocalExecutor", "RayExecutor, 1 node", "RayExecutor, 2 nodes (loopback)"]
@@ -62,8 +63,9 @@ def test_ray_efficiency_smoke(tmp_path):
     assert len({r["best_val_accuracy"] for r in rows}) == 1
 
 
-def test_footprint_smoke(tmp_path):
-    _run("footprint.py", tmp_path)
+def test_footprint_smoke(tmp_path, ray_lock):
+    with ray_lock():
+        _run("footprint.py", tmp_path)
     data = json.loads((tmp_path / "footprint_smoke.json").read_text())
     dataset = data["meta"]["dataset_bytes"]
     tune, mop = data["results"]

@@ -45,15 +45,16 @@ def test_bad_executor_options_are_explained(tmp_path, options, message):
 
 
 @pytest.mark.slow
-def test_run_on_ray_from_the_command_line(tmp_path):
+def test_run_on_ray_from_the_command_line(tmp_path, ray_lock):
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
-    done = subprocess.run(
-        [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--executor", "ray",
-         "--store", f"sqlite:///{tmp_path}/db.sqlite", "--run-name", "onray"],
-        capture_output=True, text=True, timeout=600, env={"RAY_USAGE_STATS_ENABLED": "0",
-        **__import__("os").environ},
-    )  # fmt: skip
+    with ray_lock():
+        done = subprocess.run(
+            [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--executor", "ray",
+             "--store", f"sqlite:///{tmp_path}/db.sqlite", "--run-name", "onray"],
+            capture_output=True, text=True, timeout=600, env={"RAY_USAGE_STATS_ENABLED": "0",
+            **__import__("os").environ},
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run onray" in done.stdout and "efficiency" in done.stdout
     import modelhopper as mh

@@ -14,11 +14,14 @@ from modelhopper.estimator import state_from_bytes
 from modelhopper.testing import ExecutorConformance
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_single_node")]
+# Seconds for the actors to start: each is a new process that imports torch, slow
+# when another test file keeps both cores busy (the default is 120).
+START_TIMEOUT = 600.0
 
 
 class TestRayExecutor(ExecutorConformance):
     def new_executor(self):
-        return mh.RayExecutor(resources_per_worker={"CPU": 1})
+        return mh.RayExecutor(resources_per_worker={"CPU": 1}, start_timeout=START_TIMEOUT)
 
     def worker_pid(self, executor, worker):
         return executor.pids[worker]
@@ -72,7 +75,7 @@ def test_ray_trains_bit_for_bit_like_local(tmp_path):
     data = mh.datasets.digits(seed=0)
     local = _search().fit(data, n_workers=2, run_dir=tmp_path / "local", progress=False,
                           executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
-    executor = mh.RayExecutor(threads_per_worker=1)
+    executor = mh.RayExecutor(threads_per_worker=1, start_timeout=START_TIMEOUT)
     on_ray = _search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
                            executor=executor)  # fmt: skip
     _assert_same_training(on_ray, local)
@@ -124,7 +127,7 @@ def test_representations_are_materialised_on_ray_workers_and_train_the_same(tmp_
     disk_only = mh.MaterialiseBudget(memory_bytes=0)  # so the copies show as files
     on_ray = search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
                           keep_shards=True, executor=mh.RayExecutor(threads_per_worker=1,
-                          materialise=disk_only))  # fmt: skip
+                          materialise=disk_only, start_timeout=START_TIMEOUT))  # fmt: skip
     _assert_same_training(on_ray, local)
     for shard in range(2):  # each Ray worker materialised its shard once for both MSTs
         features = tmp_path / "ray" / "shards" / f"shard-{shard}" / "features"

@@ -22,6 +22,9 @@ from modelhopper.store import EventKind, SQLStore
 pytestmark = pytest.mark.slow
 
 N_NODES = 3  # two for the workers, one spare to take over a dead node's shard
+# Seconds for actors (and replacements) to start: each is a new process that imports
+# torch, slow when another test file keeps both cores busy (the default is 120).
+START_TIMEOUT = 600.0
 
 
 def make_estimator(p):
@@ -71,7 +74,7 @@ def _fit(executor, tmp_path, name="run"):
 
 
 def test_each_node_holds_only_its_shard_and_state_crosses_nodes(cluster, reference, tmp_path):
-    executor = mh.RayExecutor(resources_per_worker={"CPU": 1})
+    executor = mh.RayExecutor(resources_per_worker={"CPU": 1}, start_timeout=START_TIMEOUT)
     result, _ = _fit(executor, tmp_path)
     nodes = executor.worker_nodes
     head = cluster.head_node.node_id
@@ -85,7 +88,7 @@ def test_each_node_holds_only_its_shard_and_state_crosses_nodes(cluster, referen
 
 
 def test_shards_shipped_once_to_nodes_that_cannot_read_the_path(reference, tmp_path, cluster):
-    executor = mh.RayExecutor(data="ship")
+    executor = mh.RayExecutor(data="ship", start_timeout=START_TIMEOUT)
     result, _ = _fit(executor, tmp_path)
     assert executor.shipped_bytes >= result.stats.dataset_bytes  # arrays plus shard.json
     copies = executor.shard_paths
@@ -122,7 +125,7 @@ class _Killer(threading.Thread):
 def test_a_killed_actor_is_replaced_on_its_node_and_results_do_not_change(
     cluster, reference, tmp_path
 ):
-    executor = mh.RayExecutor(max_restarts=2)
+    executor = mh.RayExecutor(max_restarts=2, start_timeout=START_TIMEOUT)
     killer = _Killer(executor, f"sqlite:///{tmp_path}/db.sqlite", 8,
                      lambda ex: os.kill(ex.pids[0], signal.SIGKILL))  # fmt: skip
     killer.start()
@@ -141,7 +144,7 @@ def test_a_dead_node_moves_its_shard_to_another_node_and_results_do_not_change(
 ):
     spare = cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
     cluster.wait_for_nodes()
-    executor = mh.RayExecutor(max_restarts=2)
+    executor = mh.RayExecutor(max_restarts=2, start_timeout=START_TIMEOUT)
 
     removed = []
 
