@@ -146,3 +146,8 @@ def test_workers_never_outlive_a_killed_driver(tmp_path, method):
         assert not alive, f"processes outlived the driver: {alive}"
     finally:
         driver.kill()
+
+
+def test_forcing_an_unsafe_fork_is_refused():
+    with pytest.raises(ConfigError, match="start_method='fork' is unsafe here"):
+        mh.LocalExecutor(start_method="fork", threads_per_worker=2).prepare(2)

@@ -22,12 +22,14 @@ import cloudpickle
 import torch
 
 from modelhopper.data._sharding import open_shard
+from modelhopper.estimator import flush_denormals
 from modelhopper.executors._worker import ShardWorker, warm_up_torch
 from modelhopper.representations._store import MaterialiseBudget
 
-__all__ = ["WorkerSpec", "detach_from_parent", "die_with_parent", "serve"]
+__all__ = ["WorkerSpec", "detach_from_parent", "die_with_parent", "keep_freed_memory", "serve"]
 
 _PR_SET_PDEATHSIG = 1  # prctl option, linux/prctl.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options, malloc.h
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,26 @@ def serve(conn: Connection) -> None:
             conn.send(("result", runner.run(task)))
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next batch instead of returning it to the OS.
+
+    With glibc's defaults (mmap above 128 KiB, heap trimmed above 2x that, both
+    moving with what was freed last), a fresh process maps, faults in, zeroes
+    and unmaps a batch's activations again on every step: ~10-15% slower
+    training than in a long-lived process. Fixed thresholds keep up to 128 MiB
+    of freed heap for reuse.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's own upper bound for it
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 2**20)
+
+
 def _start(spec: WorkerSpec) -> ShardWorker:
+    keep_freed_memory()
+    flush_denormals()  # before the thread pool exists: its threads inherit it
     torch.set_num_threads(spec.n_threads)
     warm_up_torch()
     shard = open_shard(spec.shard_path)

@@ -201,9 +201,17 @@ class LocalExecutor(BaseExecutor):
         return self.threads_per_worker or _default_threads(n_workers)
 
     def _method(self, n_threads: int) -> str:
+        safe = _fork_is_safe(n_threads)
+        if self.start_method == "fork" and not safe:
+            raise ConfigError(
+                "start_method='fork' is unsafe here (it needs Linux, threads_per_worker=1, no "
+                f"other thread in this process and CUDA unused; threads per worker: {n_threads}, "
+                f"threads: {threading.active_count()}): a forked worker could hang; use "
+                "start_method='auto' or 'zygote'"
+            )
         if self.start_method != "auto":
             return self.start_method
-        return "fork" if _fork_is_safe(n_threads) else "zygote"
+        return "fork" if safe else "zygote"
 
     def _launch(self, worker: int) -> None:
         spec = self._specs[worker]

@@ -72,8 +72,12 @@ class _ShardActor:
         import ray
         import torch
 
+        from modelhopper.estimator import flush_denormals
+        from modelhopper.executors._host import keep_freed_memory
         from modelhopper.executors._worker import warm_up_torch
 
+        keep_freed_memory()
+        flush_denormals()  # before the thread pool exists: its threads inherit it
         torch.set_num_threads(n_threads)
         warm_up_torch()
         self.worker = worker

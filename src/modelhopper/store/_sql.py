@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -72,6 +72,7 @@ from modelhopper.store._rows import (
     _to_record,
 )
 from modelhopper.store._schema import (
+    Base,
     CommandRow,
     EpochRow,
     EventRow,
@@ -161,11 +162,18 @@ class SQLStore(BaseStore):
         )
 
     def _migrate(self, connection: Connection) -> None:
-        from modelhopper.store import migrations  # Alembic is imported only to open a store
-
         if connection.dialect.name == "postgresql":
             # Two processes opening a fresh database: one migrates, the other waits for it.
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        # Importing Alembic costs ~0.5 s: not needed for a database at head or an empty one.
+        tables = set(inspect(connection).get_table_names())
+        if not tables:
+            _create_at_head(connection)
+            return
+        if _stored_revision(connection, tables) == HEAD_REVISION:
+            return  # at head: not touched
+        from modelhopper.store import migrations
+
         current = migrations.current_revision(connection)
         head = migrations.head_revision()
         if current == head:
@@ -567,3 +575,32 @@ class SQLStore(BaseStore):
                 query = select(func.count()).where(row.experiment_id == experiment_id)
                 counts[table] = session.scalar(query) or 0
             return counts
+
+
+# The newest migration in store/migrations/versions (a test holds the two equal).
+HEAD_REVISION = "0002"
+_VERSION_TABLE = "alembic_version"
+
+
+def _stored_revision(connection: Connection, tables: set[str]) -> str | None:
+    if _VERSION_TABLE not in tables:
+        return None
+    return connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalar()
+
+
+def _create_at_head(connection: Connection) -> None:
+    """An empty database gets the schema of the newest migration, stamped as Alembic would.
+
+    The tables come from ``_schema.py``; a test checks that running every migration
+    gives the same schema, so later migrations apply to either database alike.
+    """
+    Base.metadata.create_all(connection)
+    connection.execute(
+        text(
+            f"CREATE TABLE {_VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+            f"CONSTRAINT {_VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    connection.execute(
+        text(f"INSERT INTO {_VERSION_TABLE} (version_num) VALUES (:head)"), {"head": HEAD_REVISION}
+    )

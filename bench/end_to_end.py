@@ -1,0 +1,299 @@
+"""End to end, as a user waits for it: the whole ``fit()`` call against a plain PyTorch loop.
+
+    python bench/end_to_end.py                # full size (~5 minutes on 2 cores)
+    python bench/end_to_end.py --smoke-test   # tiny sizes, for CI
+
+For each workload, in this one process (a plain script, no ``__main__`` guard
+needed): first the same trainings as a plain single-threaded PyTorch loop, one
+MST after another (each epoch: a seeded shuffle, mini-batch SGD over the whole
+training set, then a pass over the validation set); then ``search.fit(...)`` on
+2 workers, data already in memory. The limit is the plain loop's time / 2
+workers; ratio = limit / fit seconds (1.0 = as fast as the hardware allows).
+The plain loop flushes denormal floats to zero as the workers do, so both
+compute the same numbers (without it, the MLP grid's plain loop is slower:
+one MST's weights decay into denormals).
+While ``fit`` runs, a separate monitor process samples every 0.5 s (~2% of a
+core) the memory of this process and its children: the peak of the summed PSS (each shared page
+counted once, split between its sharers: the memory the tree really uses) and,
+for reference, of the summed RSS (shared pages counted once per process).
+
+Writes bench/results/end_to_end.json and .md (``--out`` to write elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper.estimator import flush_denormals
+from modelhopper.executors._worker import warm_up_torch
+
+RESULTS = Path(__file__).parent / "results"
+N_WORKERS = 2
+
+
+# -- the workloads ---------------------------------------------------------------------
+def readme_factory(p):  # the README's example
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10)
+    )
+    return _estimator(model, p)
+
+
+def mlp_factory(p):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    return _estimator(model, p)
+
+
+def cnn_factory(p):
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+    return _estimator(model, p)
+
+
+def _estimator(model: nn.Module, p: dict) -> mh.Estimator:
+    return mh.Estimator(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["l2"]),
+        loss=nn.CrossEntropyLoss(),
+        metrics=["accuracy"],
+        batch_size=p["batch_size"],
+    )
+
+
+def workloads(smoke: bool) -> list[dict]:
+    digits = mh.datasets.digits()
+    fmnist = mh.datasets.fashion_mnist(n_train=50_000)
+    official = _official_split(fmnist)  # 60,000 train, the official 10,000 test as validation
+    if smoke:
+        official = _head(official, 3000, 500)
+        fmnist = _head(fmnist, 2000, 500)
+    readme_space = {
+        "hidden": mh.choice([32, 128]), "lr": mh.loguniform(1e-4, 1e-1),
+        "l2": mh.choice([0.0, 1e-4]), "batch_size": 32,
+    }  # fmt: skip
+    mlp_space = {
+        "lr": mh.grid([1e-3, 1e-4]), "batch_size": mh.grid([64, 256]), "l2": mh.grid([1e-4, 1e-5]),
+    }  # fmt: skip
+    cnn_space = {"lr": mh.grid([1e-3, 3e-3]), "batch_size": mh.grid([64, 128]), "l2": 0.0}
+    return [
+        dict(name="README example (digits, 8 MLPs x 5 epochs)", data=digits,
+             search=mh.RandomSearch(readme_factory, readme_space, n_msts=8, epochs=5,
+                                    metric="val_accuracy", direction="maximize", seed=0)),
+        dict(name="MLP grid (Fashion-MNIST 60k/10k, 8 MLPs 784-256-10 x 3 epochs)",
+             data=official,
+             search=mh.GridSearch(mlp_factory, mlp_space, epochs=1 if smoke else 3,
+                                  metric="val_accuracy", direction="maximize", seed=0)),
+        dict(name="CNN (Fashion-MNIST 50k/10k, 4 small CNNs x 1 epoch)", data=fmnist,
+             search=mh.GridSearch(cnn_factory, cnn_space, epochs=1,
+                                  metric="val_accuracy", direction="maximize", seed=0)),
+    ]  # fmt: skip
+
+
+def _official_split(fmnist: mh.Dataset) -> mh.Dataset:
+    train_x = np.concatenate([fmnist.train.x, fmnist.validation.x])
+    train_y = np.concatenate([fmnist.train.y, fmnist.validation.y])
+    return mh.Dataset.from_numpy(train_x, train_y, fmnist.test.x, fmnist.test.y)
+
+
+def _head(data: mh.Dataset, n_train: int, n_val: int) -> mh.Dataset:
+    return mh.Dataset.from_numpy(
+        data.train.x[:n_train], data.train.y[:n_train],
+        data.validation.x[:n_val], data.validation.y[:n_val],
+    )  # fmt: skip
+
+
+# -- the plain loop ------------------------------------------------------------------------
+def plain_loop(search, data: mh.Dataset, msts: list[tuple[dict, int]]) -> tuple[float, list]:
+    """Each MST trained alone, one after another, single-threaded; returns seconds, accuracies."""
+    x, y = torch.from_numpy(np.array(data.train.x)), torch.from_numpy(np.array(data.train.y))
+    vx, vy = (
+        torch.from_numpy(np.array(data.validation.x)),
+        torch.from_numpy(np.array(data.validation.y)),
+    )
+    accuracies = []
+    started = time.perf_counter()
+    for params, seed in msts:
+        torch.manual_seed(seed)
+        estimator = search.make_estimator(params)
+        model, optimizer, loss_fn = estimator.model, estimator.optimizer, estimator.loss
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(search.epochs):
+            model.train()
+            for index in torch.randperm(len(x), generator=generator).split(estimator.batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[index]), y[index])
+                loss.backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                correct = sum(
+                    int((model(bx).argmax(1) == by).sum())
+                    for bx, by in zip(vx.split(256), vy.split(256), strict=True)
+                )
+        accuracies.append(correct / len(vx))
+    return time.perf_counter() - started, accuracies
+
+
+# -- memory of the process tree, sampled by another process ---------------------------------
+_MONITOR = """
+import sys, time, psutil
+root, interval = psutil.Process(int(sys.argv[1])), float(sys.argv[2])
+peak_pss = peak_rss = 0
+while not sys.stdin.closed:
+    pss = rss = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        break
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        pss += info.pss
+        rss += info.rss
+    peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+    import select
+    if select.select([sys.stdin], [], [], interval)[0]:
+        break
+print(peak_pss, peak_rss)
+"""
+
+
+class TreeMemory:
+    """Peak PSS and RSS of this process and its children, sampled from outside."""
+
+    def __enter__(self) -> TreeMemory:
+        self._monitor = subprocess.Popen(
+            [sys.executable, "-c", _MONITOR, str(os.getpid()), "0.5"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        out, _ = self._monitor.communicate("stop\n", timeout=60)
+        pss, rss = (int(v) for v in out.split())
+        self.peak_pss, self.peak_rss = pss, rss
+
+
+# -- one workload, side by side ---------------------------------------------------------------
+def run_workload(workload: dict) -> dict:
+    search, data = workload["search"], workload["data"]
+    with tempfile.TemporaryDirectory() as run_dir, TreeMemory() as memory:
+        started = time.perf_counter()
+        result = search.fit(data, n_workers=N_WORKERS, run_dir=run_dir,
+                            store=f"sqlite:///{run_dir}/runs.db")  # fmt: skip
+        fit_seconds = time.perf_counter() - started
+    msts = [(m.params, m.seed) for m in result.msts]  # the same MSTs, trained plainly
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    flush_denormals()  # the same numerics as the workers: the same trainings
+    plain_seconds, plain_acc = plain_loop(search, data, msts)
+    torch.set_flush_denormal(False)
+    torch.set_num_threads(threads)
+    s = result.stats
+    limit = plain_seconds / N_WORKERS
+    mop_acc = [m.metrics["val_accuracy"] for m in result.msts]
+    first_epoch = _first_epoch_slowdown(result)
+    return {
+        "workload": workload["name"],
+        "n_msts": len(msts),
+        "plain_loop_seconds": round(plain_seconds, 2),
+        "limit_seconds": round(limit, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "ratio": round(limit / fit_seconds, 3),
+        "fit_vs_plain_loop": round(plain_seconds / fit_seconds, 2),
+        "startup_seconds": round(s.startup_seconds, 2),
+        "outside_loop_seconds": round(fit_seconds - s.wall_seconds, 2),
+        "in_run_efficiency": round(s.efficiency, 3),
+        "dispatch_ms_per_visit": round(1000 * s.dispatch_seconds_per_visit, 3),
+        "record_ms_per_visit": round(1000 * s.record_seconds / max(s.n_visits, 1), 2),
+        "n_visits": s.n_visits,
+        "first_epoch_over_later_max": first_epoch,
+        "peak_tree_pss_gib": round(memory.peak_pss / 2**30, 3),
+        "peak_tree_rss_gib": round(memory.peak_rss / 2**30, 3),
+        "dataset_gib": round(data.nbytes / 2**30, 3),
+        "mean_val_accuracy_plain": round(float(np.mean(plain_acc)), 4),
+        "mean_val_accuracy_mop": round(float(np.mean(mop_acc)), 4),
+    }
+
+
+def _first_epoch_slowdown(result) -> float | None:
+    """Max over MSTs of (first epoch's train seconds / their later epochs' mean)."""
+    ratios = []
+    for mst in result.msts:
+        seconds = [row["train_seconds"] for row in mst.history]
+        if len(seconds) > 1:
+            ratios.append(seconds[0] / float(np.mean(seconds[1:])))
+    return round(max(ratios), 3) if ratios else None
+
+
+def _markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# End to end: `fit()` against a plain PyTorch loop",
+        "",
+        f"{meta['machine']}; {N_WORKERS} workers; limit = plain single-threaded loop / "
+        f"{N_WORKERS}; ratio = limit / fit (1.0 is the hardware's limit). Memory: peak over "
+        "the fit of the summed PSS of the script's process tree (RSS sum for reference). "
+        f"`python bench/end_to_end.py`, {meta['date']}.",
+        "",
+        "| workload | plain loop s | limit s | fit() s | ratio | fit vs plain loop | "
+        "worker start-up s | outside the loop s | in-run efficiency | driver ms per visit "
+        "(dispatch / record) | peak PSS GiB (RSS) | mean val acc plain / MOP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['plain_loop_seconds']} | {r['limit_seconds']} | "
+            f"{r['fit_seconds']} | **{r['ratio']}** | {r['fit_vs_plain_loop']}x | "
+            f"{r['startup_seconds']} | {r['outside_loop_seconds']} | {r['in_run_efficiency']} | "
+            f"{r['dispatch_ms_per_visit']} / {r['record_ms_per_visit']} | "
+            f"{r['peak_tree_pss_gib']} ({r['peak_tree_rss_gib']}) | "
+            f"{r['mean_val_accuracy_plain']} / {r['mean_val_accuracy_mop']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument("--only", type=int, nargs="*", help="workload indices to run (0, 1, 2)")
+    args = parser.parse_args()
+    # Pay torch's one-off lazy imports before either side is timed, as any script has.
+    warm_up_torch()
+    rows = []
+    for index, workload in enumerate(workloads(args.smoke_test)):
+        if args.only is not None and index not in args.only:
+            continue
+        rows.append(run_workload(workload))
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average": os.getloadavg(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "end_to_end_smoke" if args.smoke_test else "end_to_end"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
+    print(_markdown(rows, meta))
+
+
+main()
