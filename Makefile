@@ -49,6 +49,7 @@ test-fast: venv
 
 # Benchmarks write bench/results/*.json and *.md (minutes each on 2 cores).
 bench: venv data
+	$(PY) bench/end_to_end.py
 	$(PY) bench/mop_efficiency.py
 	$(PY) bench/store_overhead.py
 	$(PY) bench/procedures.py

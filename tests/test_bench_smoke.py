@@ -75,3 +75,14 @@ def test_footprint_smoke(tmp_path, ray_lock):
     assert all(b >= dataset for b in tune["data_bytes_per_node"].values())
     assert sum(mop["data_bytes_per_node"].values()) == dataset
     assert all(b < dataset for b in mop["data_bytes_per_node"].values())
+
+
+def test_end_to_end_smoke(tmp_path):
+    _run("end_to_end.py", tmp_path)
+    rows = json.loads((tmp_path / "end_to_end_smoke.json").read_text())["results"]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["plain_loop_seconds"] > 0 and row["fit_seconds"] > 0
+        assert 0 < row["ratio"] and 0 <= row["startup_seconds"] < row["fit_seconds"]
+        assert row["peak_tree_pss_gib"] > 0 and row["n_visits"] > 0
+        assert row["mean_val_accuracy_plain"] > 0.2 and row["mean_val_accuracy_mop"] > 0.2

@@ -8,6 +8,7 @@ run directory (shards, checkpoints, the pickled procedure).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -125,10 +126,11 @@ def run_search(
     directory = Path(run_dir if run_dir is not None else DEFAULT_ROOT / name).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
-    shards = write_shards(data, n_workers, directory / "shards", procedure.seed)
+    digest = hashlib.sha256()  # the shards' fingerprint, computed while they are written
+    shards = write_shards(data, n_workers, directory / "shards", procedure.seed, digest=digest)
     provenance = collect_provenance(
         seed=procedure.seed, n_workers=n_workers, shard_paths=[s.path for s in shards],
-        executor=type(executor).__name__,
+        executor=type(executor).__name__, data_sha256=digest.hexdigest(),
     )  # fmt: skip
     settings = {**procedure.settings(), "keep_shards": keep_shards, "checkpoints": retention.value}
     db.create_experiment(

@@ -59,12 +59,18 @@ def data_fingerprint(shard_paths: Sequence[str | os.PathLike]) -> str:
 
 
 def collect_provenance(
-    *, seed: int, n_workers: int, shard_paths: Sequence[str | os.PathLike], executor: str
+    *,
+    seed: int,
+    n_workers: int,
+    shard_paths: Sequence[str | os.PathLike],
+    executor: str,
+    data_sha256: str | None = None,
 ) -> dict[str, Any]:
+    """``data_sha256``: the shards' fingerprint if already computed (while writing them)."""
     return {
         "versions": _versions(),
         "git": _git(Path.cwd()),
-        "data_sha256": data_fingerprint(shard_paths),
+        "data_sha256": data_sha256 or data_fingerprint(shard_paths),
         "seed": seed,
         "host": socket.gethostname(),
         "platform": platform.platform(),

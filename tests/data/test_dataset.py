@@ -445,3 +445,27 @@ def test_from_arrays_rejects_bad_arguments(n, kwargs, match) -> None:
 def test_from_arrays_rejects_length_mismatch() -> None:
     with pytest.raises(DataError, match=r"x has 10 rows but y has 9 in the 'data' split"):
         Dataset.from_arrays(np.ones((10, 2)), np.ones(9))
+
+
+def test_shards_are_written_in_chunks_as_np_save_would_and_fingerprinted_in_the_same_pass(
+    tmp_path, monkeypatch
+):
+    import hashlib
+
+    from modelhopper.data import _sharding
+    from modelhopper.provenance import data_fingerprint
+
+    monkeypatch.setattr(_sharding, "_CHUNK_BYTES", 100)  # many chunks, a partial last one
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(103, 3, 2)).astype(np.float32), rng.integers(0, 4, 103)
+    data = Dataset.from_numpy(x[:83], y[:83], x[83:], y[83:])
+    digest = hashlib.sha256()
+    infos = _sharding.write_shards(data, 2, tmp_path, seed=5, digest=digest)
+    for info, (train, val) in zip(infos, _sharding.shard_splits(data, 2, seed=5), strict=True):
+        shard = _sharding.open_shard(info.path)
+        np.testing.assert_array_equal(shard.train_x, train.x)
+        np.testing.assert_array_equal(shard.train_y, train.y)
+        np.testing.assert_array_equal(shard.val_x, val.x)
+        np.testing.assert_array_equal(shard.val_y, val.y)
+        assert info.nbytes == shard.nbytes
+    assert digest.hexdigest() == data_fingerprint([i.path for i in infos])

@@ -6,10 +6,12 @@ worker opens memory-mapped; no other process ever reads it during the run.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,22 +77,65 @@ def _take(split: Split, index: np.ndarray, name: str) -> Split:
     return Split(split.x[index], split.y[index], name=name)
 
 
-def write_shards(dataset: Dataset, n_shards: int, directory: str | os.PathLike, seed: int):
-    """Write one folder per shard under ``directory``; returns their ``ShardInfo``."""
+def write_shards(
+    dataset: Dataset,
+    n_shards: int,
+    directory: str | os.PathLike,
+    seed: int,
+    *,
+    digest: Any = None,
+) -> list[ShardInfo]:
+    """Write one folder per shard under ``directory``; returns their ``ShardInfo``.
+
+    Rows are gathered and written in chunks of ~64 MiB, so the driver never holds
+    a copy of a shard. ``digest`` (a ``hashlib`` object), if given, is updated as
+    ``provenance.data_fingerprint`` would be from the files, in the same pass.
+    """
+    _check_shardable(dataset, n_shards)
+    train = shard_indices(len(dataset.train), n_shards, seed, salt=0)
+    val = shard_indices(len(dataset.validation), n_shards, seed, salt=1)
     root = Path(directory)
     infos = []
-    for index, (train, val) in enumerate(shard_splits(dataset, n_shards, seed)):
+    for index, (t, v) in enumerate(zip(train, val, strict=True)):
         path = root / f"shard-{index}"
         path.mkdir(parents=True, exist_ok=True)
-        arrays = {"train_x": train.x, "train_y": train.y, "val_x": val.x, "val_y": val.y}
-        for name, array in arrays.items():
-            np.save(path / f"{name}.npy", array)
-        info = ShardInfo(
-            index, str(path), len(train), len(val), sum(a.nbytes for a in arrays.values())
+        parts = {
+            "train_x": (dataset.train.x, t), "train_y": (dataset.train.y, t),
+            "val_x": (dataset.validation.x, v), "val_y": (dataset.validation.y, v),
+        }  # fmt: skip
+        nbytes = sum(
+            _write_rows(path / f"{name}.npy", array, rows, digest)
+            for name, (array, rows) in sorted(parts.items())  # the fingerprint's file order
         )
+        info = ShardInfo(index, str(path), len(t), len(v), nbytes)
         (path / "shard.json").write_text(json.dumps(asdict(info)))
         infos.append(info)
     return infos
+
+
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _write_rows(file: Path, array: np.ndarray, rows: np.ndarray, digest: Any) -> int:
+    """``np.save(file, array[rows])`` without building ``array[rows]``; returns data bytes."""
+    shape = (len(rows), *array.shape[1:])
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+              "shape": shape}  # fmt: skip
+    row_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_2_0(head, header)
+    if digest is not None:
+        digest.update(file.name.encode())
+        digest.update(head.getvalue())
+    with open(file, "wb") as f:
+        f.write(head.getvalue())
+        for start in range(0, len(rows), step):
+            chunk = np.ascontiguousarray(array[rows[start : start + step]])
+            f.write(chunk.data)
+            if digest is not None:
+                digest.update(chunk.data)
+    return row_bytes * len(rows)
 
 
 def open_shard(path: str | os.PathLike) -> ShardData:
