@@ -3,7 +3,9 @@
 The oracle below is plain PyTorch written independently of the engine; it
 shares only the documented contract: initial weights from ``torch.manual_seed
 (mst.seed)``, each sub-epoch shuffled by ``derive_seed(mst.seed, epoch, shard)``,
-the lr scheduler stepped after each epoch's last training shard.
+a ``train_transform``'s draws seeded by ``derive_seed(mst.seed, epoch, shard,
+batch, 1)`` with the MST's own RNG set aside, the lr scheduler stepped after each
+epoch's last training shard, denormal floats flushed to zero.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ N_WORKERS = 2
 EPOCHS = 2
 
 
+def augment(batch):
+    """Random augmentation: each 8x8 digit flipped left-right or not, plus noise."""
+    images = batch.reshape(-1, 8, 8)
+    flip = torch.rand(len(images)) < 0.5
+    images = torch.where(flip[:, None, None], images.flip(-1), images)
+    return (images + 0.3 * torch.randn_like(images)).reshape(batch.shape)
+
+
 def make_estimator(p):
     # Dropout draws from the global RNG, so the RNG state must hop with the model.
     model = nn.Sequential(
@@ -33,10 +43,12 @@ def make_estimator(p):
         metrics=["accuracy"],
         batch_size=p["batch_size"],
         lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+        train_transform=augment if p.get("augment") else None,
     )
 
 
-SPACE = {"hidden": mh.grid([16, 48]), "lr": mh.grid([1e-2, 3e-3]), "batch_size": mh.choice([32])}
+SPACE = {"hidden": mh.grid([16, 48]), "lr": mh.grid([1e-2, 3e-3]), "batch_size": mh.choice([32]),
+         "augment": mh.grid([False, True])}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +72,7 @@ def mop_result(digits, tmp_path_factory):
 def _sequential(mst, digits, history):
     """Plain PyTorch, one process, same shards in the order MOP recorded."""
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     shards = shard_splits(digits, N_WORKERS, seed=11)
     torch.manual_seed(mst.seed)
     est = make_estimator(mst.params)
@@ -71,9 +84,13 @@ def _sequential(mst, digits, history):
             train, _ = shards[shard]
             g = torch.Generator().manual_seed(derive_seed(mst.seed, epoch, shard))
             order = torch.randperm(len(train), generator=g)
-            for start in range(0, len(train), est.batch_size):
+            for batch, start in enumerate(range(0, len(train), est.batch_size)):
                 idx = order[start : start + est.batch_size].numpy()
                 x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
+                if est.train_transform is not None:
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(derive_seed(mst.seed, epoch, shard, batch, 1))
+                        x = est.train_transform(x)
                 est.optimizer.zero_grad()
                 est.loss(est.model(x), y).backward()
                 est.optimizer.step()
@@ -89,7 +106,7 @@ def _sequential(mst, digits, history):
 
 
 def test_mop_equals_sequential_training_bit_for_bit(mop_result, digits):
-    assert len(mop_result.msts) == 4
+    assert len(mop_result.msts) == 8  # half of them with random augmentation
     for record in mop_result.msts:
         assert record.status is mh.MSTStatus.COMPLETED
         mst = mh.MST(record.id, record.params, record.seed)
@@ -112,7 +129,7 @@ def test_mop_equals_sequential_training_bit_for_bit(mop_result, digits):
 
 def test_each_epoch_visits_every_shard_once(mop_result):
     history = mop_result.history()
-    assert len(history) == 4 * EPOCHS
+    assert len(history) == 8 * EPOCHS
     for orders in (history["train_order"], history["eval_order"]):
         assert all(sorted(order) == list(range(N_WORKERS)) for order in orders)
 

@@ -222,3 +222,25 @@ def test_bad_estimator_fields():
         mh.Estimator(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), ["f1"])
     with pytest.raises(mh.EstimatorError, match=r"batch_size must be >= 1, got 0"):
         mh.Estimator(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), [], 0)
+
+
+def test_a_transform_that_is_not_callable_is_refused():
+    with pytest.raises(mh.EstimatorError, match="Estimator.train_transform must be a callable"):
+        mh.Estimator(
+            model=nn.Linear(2, 2),
+            optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
+            loss=nn.CrossEntropyLoss(),
+            train_transform="flip",
+        )
+
+
+def test_per_example_applies_the_transform_to_each_example():
+    calls = []
+
+    def double(x):
+        calls.append(x.shape)
+        return x * 2
+
+    batch = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(mh.per_example(double)(batch), batch * 2)
+    assert calls == [torch.Size([2])] * 3

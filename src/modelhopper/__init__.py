@@ -16,7 +16,7 @@ from modelhopper.errors import (
     SpaceError,
     StoreError,
 )
-from modelhopper.estimator import Estimator
+from modelhopper.estimator import Estimator, per_example
 from modelhopper.executors import BaseExecutor, LocalExecutor
 from modelhopper.experiment import load_model, load_result, resume
 from modelhopper.procedures import (
@@ -99,6 +99,7 @@ __all__ = [
     "SpaceError",
     "Split",
     "__version__",
+    "per_example",
     "choice",
     "datasets",
     "grid",

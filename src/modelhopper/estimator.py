@@ -29,6 +29,7 @@ __all__ = [
     "build_estimator",
     "derive_seed",
     "flush_denormals",
+    "per_example",
     "train_pass",
     "evaluate_pass",
     "get_state",
@@ -71,6 +72,10 @@ class Estimator:
     lr_scheduler: Any = None  # stepped once at the end of each epoch
     # Applied to raw x on the worker before the model sees it; materialised once per shard.
     representation: Representation | None = None
+    # Applied to each training / evaluation batch on the worker (after any representation),
+    # e.g. random augmentation; train_transform's torch draws are seeded per batch.
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    eval_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.representation is not None and not isinstance(self.representation, Representation):
@@ -89,6 +94,13 @@ class Estimator:
             )
         if not callable(self.loss):
             raise EstimatorError(f"Estimator.loss must be callable, got {self.loss!r}")
+        for name in ("train_transform", "eval_transform"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise EstimatorError(
+                    f"Estimator.{name} must be a callable taking and returning a batch tensor "
+                    f"(e.g. a torchvision.transforms.v2 transform) or None, got {value!r}"
+                )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
             raise EstimatorError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.batch_size < 1:
@@ -165,6 +177,41 @@ def _batch(
     return xb if transform is None else transform(xb)
 
 
+_AUGMENT, _EVAL_AUGMENT = 1, 2  # salts: transform seeds never equal the shuffle's
+
+
+def _transformed(
+    transform: Callable[[torch.Tensor], torch.Tensor] | None, xb: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """Apply a batch transform with torch's CPU generator seeded for this batch alone.
+
+    The MST's own RNG stream (dropout) is set aside and restored, so a transform's
+    random draws depend only on (MST seed, epoch, shard, batch): the same on any
+    worker, after any hop, resumed or not.
+    """
+    if transform is None:
+        return xb
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(xb)
+
+
+def per_example(
+    transform: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch transform that applies ``transform`` to each example on its own.
+
+    Most random augmentations (``torchvision.transforms.v2.RandomCrop``, flips) draw
+    one set of parameters per call: on a batch they would crop every image alike.
+    """
+
+    def apply(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([transform(x) for x in batch])
+
+    apply.__name__ = f"per_example({getattr(transform, '__name__', type(transform).__name__)})"
+    return apply
+
+
 def _device_of(model: torch.nn.Module) -> torch.device:
     """Where the model's parameters are (batches go there); the CPU for a parameterless model."""
     parameter = next(model.parameters(), None)
@@ -191,7 +238,9 @@ def train_pass(
 ) -> PassResult:
     """One pass of SGD over a shard, shuffled by (MST seed, epoch, shard).
 
-    ``transform`` (a streamed representation) is applied to each batch of ``x``.
+    ``transform`` (a streamed representation) is applied to each batch of ``x``, then
+    the estimator's ``train_transform``, its torch draws seeded by (MST seed, epoch,
+    shard, batch number).
     """
     started = time.perf_counter()
     flush_denormals()
@@ -202,8 +251,12 @@ def train_pass(
     loss_sum = 0.0
     sums = dict.fromkeys(estimator.metrics, 0.0)
     device = _device_of(model)
-    for index in _batches(len(x), estimator.batch_size, order):
-        xb, yb = _batch(x, index, transform).to(device), _tensor(y, index).to(device)
+    for number, index in enumerate(_batches(len(x), estimator.batch_size, order)):
+        xb = _batch(x, index, transform)
+        xb = _transformed(
+            estimator.train_transform, xb, derive_seed(seed, epoch, shard, number, _AUGMENT)
+        )
+        xb, yb = xb.to(device), _tensor(y, index).to(device)
         optimizer.zero_grad(set_to_none=True)
         output = model(xb)
         loss = estimator.loss(output, yb)
@@ -238,8 +291,10 @@ def evaluate_pass(
     sums = dict.fromkeys(estimator.metrics, 0.0)
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
     device = _device_of(estimator.model)
-    for index in _batches(len(x), batch_size, None):
-        xb, yb = _batch(x, index, transform).to(device), _tensor(y, index).to(device)
+    for number, index in enumerate(_batches(len(x), batch_size, None)):
+        xb = _batch(x, index, transform)
+        xb = _transformed(estimator.eval_transform, xb, derive_seed(number, _EVAL_AUGMENT))
+        xb, yb = xb.to(device), _tensor(y, index).to(device)
         output = estimator.model(xb)
         loss_sum += float(estimator.loss(output, yb)) * len(yb)
         for name in estimator.metrics:

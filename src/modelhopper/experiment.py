@@ -87,6 +87,8 @@ def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
                 x = torch.from_numpy(np.array(data.train.x[:2]))
                 if estimator.representation is not None:  # the model reads its features
                     x = estimator.representation(x)
+                if estimator.eval_transform is not None:
+                    x = estimator.eval_transform(x)
                 output = estimator.model.eval()(x)
         except Exception:  # a model that cannot run fails on the workers, with its traceback
             return
