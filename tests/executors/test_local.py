@@ -146,3 +146,31 @@ def test_workers_never_outlive_a_killed_driver(tmp_path, method):
 def test_forcing_an_unsafe_fork_is_refused():
     with pytest.raises(ConfigError, match="start_method='fork' is unsafe here"):
         mh.LocalExecutor(start_method="fork", threads_per_worker=2).prepare(2)
+
+
+_SNIPPET = """
+import torch, torch.nn as nn
+import modelhopper as mh
+def make_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+                        loss=nn.CrossEntropyLoss(), batch_size=64)
+
+search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.003, 0.01])}, epochs=2)
+result = search.fit(mh.datasets.digits(), n_workers=2)
+print("ok", len(result.msts), result.best.metrics["val_accuracy"] > 0.5)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["python -c", "interactive interpreter"])
+def test_python_c_and_the_interactive_interpreter_need_no_main_guard(tmp_path, how):
+    if how == "python -c":
+        command, stdin = [sys.executable, "-c", _SNIPPET], None
+    else:  # what a user types at the >>> prompt, line by line
+        command, stdin = [sys.executable, "-i", "-q"], _SNIPPET + "\nexit()\n"
+    done = subprocess.run(
+        command, input=stdin, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok 2 True" in done.stdout, (done.stdout, done.stderr)
