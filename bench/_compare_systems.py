@@ -26,7 +26,13 @@ from _compare_measure import free_port, max_rss_bytes
 from mop_efficiency import SPACE, cnn
 
 import modelhopper as mh
-from modelhopper.estimator import build_estimator, end_epoch, evaluate_pass, train_pass
+from modelhopper.estimator import (
+    build_estimator,
+    end_epoch,
+    evaluate_pass,
+    flush_denormals,
+    train_pass,
+)
 
 BENCH = Path(__file__).resolve().parent
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -184,6 +190,7 @@ def _tune_trial(config: dict, data: Arrays) -> None:
     from ray import tune
 
     torch.set_num_threads(1)
+    flush_denormals()  # the numerics of modelhopper's workers, in every system compared
     fetched = nbytes(*data)  # the object store's arrays, mapped into this process
     own = tuple(np.array(a) for a in data)
     mst, epochs = config["mst"], config["epochs"]
@@ -319,6 +326,7 @@ def _dp_worker(rank: int, n: int, port: int, cfg: dict, folder: str, averaging: 
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
+    flush_denormals()  # the numerics of modelhopper's workers, in every system compared
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=n)
     with np.load(Path(folder) / f"rank{rank}.npz") as f:
@@ -382,6 +390,7 @@ def run_system(name: str, cfg: dict) -> dict[str, Any]:
     from modelhopper.executors._worker import warm_up_torch
 
     torch.set_num_threads(1)
+    flush_denormals()  # the numerics of modelhopper's workers, in every system compared
     warm_up_torch()  # the runner's one-off lazy imports are not the system's (workers pay theirs)
     data = load_arrays(cfg["n_train"], cfg["n_val"])
     with ProcessMemory() as memory:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import modelhopper as mh
-from modelhopper.estimator import flush_denormals
+from modelhopper.estimator import denormals_flushed
 from modelhopper.executors._worker import warm_up_torch
 
 RESULTS = Path(__file__).parent / "results"
@@ -203,9 +203,8 @@ def run_workload(workload: dict) -> dict:
     msts = [(m.params, m.seed) for m in result.msts]  # the same MSTs, trained plainly
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    flush_denormals()  # the same numerics as the workers: the same trainings
-    plain_seconds, plain_acc = plain_loop(search, data, msts)
-    torch.set_flush_denormal(False)
+    with denormals_flushed():  # the same numerics as the workers: the same trainings
+        plain_seconds, plain_acc = plain_loop(search, data, msts)
     torch.set_num_threads(threads)
     s = result.stats
     limit = plain_seconds / N_WORKERS

@@ -16,7 +16,7 @@ from torch import nn
 
 import modelhopper as mh
 from modelhopper.data._sharding import shard_splits
-from modelhopper.estimator import derive_seed, state_from_bytes
+from modelhopper.estimator import denormals_flushed, derive_seed, state_from_bytes
 
 N_WORKERS = 2
 EPOCHS = 2
@@ -72,7 +72,6 @@ def mop_result(digits, tmp_path_factory):
 def _sequential(mst, digits, history):
     """Plain PyTorch, one process, same shards in the order MOP recorded."""
     torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
     shards = shard_splits(digits, N_WORKERS, seed=11)
     torch.manual_seed(mst.seed)
     est = make_estimator(mst.params)
@@ -110,7 +109,8 @@ def test_mop_equals_sequential_training_bit_for_bit(mop_result, digits):
     for record in mop_result.msts:
         assert record.status is mh.MSTStatus.COMPLETED
         mst = mh.MST(record.id, record.params, record.seed)
-        reference, val_accuracy = _sequential(mst, digits, record.history)
+        with denormals_flushed():  # as in the workers
+            reference, val_accuracy = _sequential(mst, digits, record.history)
         state = state_from_bytes(record.checkpoint.read_bytes())
         for name, tensor in reference.model.state_dict().items():
             assert torch.equal(state["model"][name], tensor), (record.id, name)

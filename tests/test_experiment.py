@@ -244,3 +244,22 @@ def test_per_example_applies_the_transform_to_each_example():
     batch = torch.arange(6.0).reshape(3, 2)
     assert torch.equal(mh.per_example(double)(batch), batch * 2)
     assert calls == [torch.Size([2])] * 3
+
+
+def test_training_in_this_process_leaves_its_floating_point_behaviour_alone():
+    from modelhopper.estimator import denormals_flushed, train_pass
+
+    def subnormal_survives() -> bool:
+        return bool(torch.tensor(1e-40) * torch.tensor(1.0) != 0)
+
+    estimator = mh.Estimator(
+        model=nn.Linear(4, 3),
+        optimizer=torch.optim.SGD(nn.Linear(4, 3).parameters(), lr=0.1),
+        loss=nn.CrossEntropyLoss(),
+    )
+    x, y = np.ones((8, 4), dtype=np.float32), np.zeros(8, dtype=np.int64)
+    train_pass(estimator, x, y, seed=0, epoch=0, shard=0)
+    assert subnormal_survives()  # only worker processes flush denormals for good
+    with denormals_flushed():
+        assert not subnormal_survives()
+    assert subnormal_survives()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "PassResult",
     "build_estimator",
     "derive_seed",
+    "denormals_flushed",
     "flush_denormals",
     "per_example",
     "train_pass",
@@ -152,12 +154,22 @@ def flush_denormals() -> None:
 
     Weights that weight decay drives towards zero, and their Adam moments, end up
     denormal: each operation on one then costs ~100x, and an epoch can take
-    twice as long as the one before. Flushing changes results only where
-    values are below ~1e-38. Workers set it before their thread pool exists (its
-    threads inherit it); every pass sets it again, so training in one process
-    (the oracle of the equivalence tests) computes exactly what workers compute.
+    twice as long as the one before. Flushing changes results only where values
+    are below ~1e-38. A process-wide setting, for processes modelhopper owns (the
+    workers call it before their thread pool exists: its threads inherit it); in
+    the user's process use ``denormals_flushed()``, which undoes it.
     """
     torch.set_flush_denormal(True)
+
+
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush denormals while in the block (e.g. to compute what a worker computes)."""
+    flush_denormals()
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # IEEE behaviour, every process's default
 
 
 def _tensor(array: np.ndarray, index: slice | np.ndarray) -> torch.Tensor:
@@ -243,7 +255,6 @@ def train_pass(
     shard, batch number).
     """
     started = time.perf_counter()
-    flush_denormals()
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, shard))
     order = torch.randperm(len(x), generator=generator).numpy()
     model, optimizer = estimator.model, estimator.optimizer
@@ -285,7 +296,6 @@ def evaluate_pass(
 ) -> PassResult:
     """Loss and metric sums over a validation shard (no RNG use, no state change)."""
     started = time.perf_counter()
-    flush_denormals()
     estimator.model.eval()
     loss_sum = 0.0
     sums = dict.fromkeys(estimator.metrics, 0.0)
