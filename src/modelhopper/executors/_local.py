@@ -80,7 +80,7 @@ class _ForkedWorker:
         )
         self._process.start()
         child.close()
-        self.pid = self._process.pid
+        self.pid: int = self._process.pid  # type: ignore[assignment]  # set once started
 
     def is_alive(self) -> bool:
         return self._process.is_alive()
@@ -283,7 +283,7 @@ class LocalExecutor(BaseExecutor):
                 del self._busy[result.worker]
             return lost
         # A worker that dies closes its end: its connection turns readable, then EOF.
-        waitables = {self._processes[w].conn: w for w in sorted(self._busy)}
+        waitables: dict[Any, int] = {self._processes[w].conn: w for w in sorted(self._busy)}
         ready = wait(list(waitables))
         results = []
         for worker in sorted(waitables[r] for r in ready):
