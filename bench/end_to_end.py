@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mop_efficiency import cnn, mlp  # the same small CNN and MLP as the efficiency benchmark
 from torch import nn
 
 import modelhopper as mh
@@ -49,24 +50,6 @@ def readme_factory(p):  # the README's example
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10)
     )
-    return _estimator(model, p)
-
-
-def mlp_factory(p):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    return _estimator(model, p)
-
-
-def cnn_factory(p):
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
-    )  # fmt: skip
-    return _estimator(model, p)
-
-
-def _estimator(model: nn.Module, p: dict) -> mh.Estimator:
     return mh.Estimator(
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["l2"]),
@@ -97,10 +80,10 @@ def workloads(smoke: bool) -> list[dict]:
                                     metric="val_accuracy", direction="maximize", seed=0)),
         dict(name="MLP grid (Fashion-MNIST 60k/10k, 8 MLPs 784-256-10 x 3 epochs)",
              data=official,
-             search=mh.GridSearch(mlp_factory, mlp_space, epochs=1 if smoke else 3,
+             search=mh.GridSearch(mlp, mlp_space, epochs=1 if smoke else 3,
                                   metric="val_accuracy", direction="maximize", seed=0)),
         dict(name="CNN (Fashion-MNIST 50k/10k, 4 small CNNs x 1 epoch)", data=fmnist,
-             search=mh.GridSearch(cnn_factory, cnn_space, epochs=1,
+             search=mh.GridSearch(cnn, cnn_space, epochs=1,
                                   metric="val_accuracy", direction="maximize", seed=0)),
     ]  # fmt: skip
 
