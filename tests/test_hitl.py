@@ -137,6 +137,7 @@ def test_a_run_handle_steers_a_run_from_python(tmp_path):
         store=f"sqlite:///{tmp_path}/db.sqlite",
         run_dir=tmp_path / "run",
     )
+    assert sorted(run.status()["mst_id"]) == [0, 1]  # start() returns with every first MST
     short = run.add({"lr": 0.01}, epochs=1)
     run.stop(1)
     with pytest.raises(mh.ConfigError, match="MST 1 is already stopped; nothing to stop"):

@@ -12,7 +12,7 @@ import pandas as pd
 from modelhopper.commands import CommandKind, submit, wait_for
 from modelhopper.errors import ConfigError, StoreError
 from modelhopper.result import Result
-from modelhopper.store import BaseStore
+from modelhopper.store import BaseStore, EventKind
 
 __all__ = ["RunHandle"]
 
@@ -42,13 +42,16 @@ class RunHandle:
             self._error = e
 
     def _wait_until_recorded(self) -> None:
-        """Return once the run is in the store (sharding comes first), or its error."""
+        """Return once the run and its first MSTs are in the store (its ``started`` event:
+        sharding and the procedure's first proposals come first), or raise its error."""
         while self._thread.is_alive():
             try:
-                self.store.get_experiment(self.name)
+                events = self.store.list_events(self.name)
+            except StoreError:  # not created yet
+                events = []
+            if any(e.kind is EventKind.STARTED for e in events):
                 return
-            except StoreError:
-                self._thread.join(timeout=0.05)
+            self._thread.join(timeout=0.05)
         if self._error is not None:
             raise self._error
 

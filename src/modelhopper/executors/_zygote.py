@@ -186,7 +186,10 @@ def _main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     exits: dict[int, int] = {}
     signal.signal(signal.SIGCHLD, lambda *_: _reap(exits))
-    control.send(("ready", os.getpid()))
+    try:
+        control.send(("ready", os.getpid()))
+    except OSError:  # the driver ended while we started: nothing to do
+        os._exit(0)
     while True:
         try:
             message = control.recv()
