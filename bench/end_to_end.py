@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from mop_efficiency import cnn, mlp  # the same small CNN and MLP as the efficiency benchmark
-from torch import nn
 
 import modelhopper as mh
+from modelhopper.cli import demo_estimator  # the README example's factory
 from modelhopper.estimator import denormals_flushed
 from modelhopper.executors._worker import warm_up_torch
 
@@ -46,19 +46,6 @@ N_WORKERS = 2
 
 
 # -- the workloads ---------------------------------------------------------------------
-def readme_factory(p):  # the README's example
-    model = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10)
-    )
-    return mh.Estimator(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"], weight_decay=p["l2"]),
-        loss=nn.CrossEntropyLoss(),
-        metrics=["accuracy"],
-        batch_size=p["batch_size"],
-    )
-
-
 def workloads(smoke: bool) -> list[dict]:
     digits = mh.datasets.digits()
     fmnist = mh.datasets.fashion_mnist(n_train=50_000)
@@ -76,7 +63,7 @@ def workloads(smoke: bool) -> list[dict]:
     cnn_space = {"lr": mh.grid([1e-3, 3e-3]), "batch_size": mh.grid([64, 128]), "l2": 0.0}
     return [
         dict(name="README example (digits, 8 MLPs x 5 epochs)", data=digits,
-             search=mh.RandomSearch(readme_factory, readme_space, n_msts=8, epochs=5,
+             search=mh.RandomSearch(demo_estimator, readme_space, n_msts=8, epochs=5,
                                     metric="val_accuracy", direction="maximize", seed=0)),
         dict(name="MLP grid (Fashion-MNIST 60k/10k, 8 MLPs 784-256-10 x 3 epochs)",
              data=official,
