@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelhopper.data import Dataset, Split, datasets
+from modelhopper.data import Dataset, Split, StreamedSplit, datasets
 from modelhopper.errors import (
     AllMSTsFailedError,
     ConfigError,
@@ -98,6 +98,7 @@ __all__ = [
     "Space",
     "SpaceError",
     "Split",
+    "StreamedSplit",
     "__version__",
     "per_example",
     "choice",

@@ -23,7 +23,7 @@ import numpy as np
 
 from modelhopper._progress import ProgressBar
 from modelhopper.errors import AllMSTsFailedError, ConfigError
-from modelhopper.estimator import PassResult
+from modelhopper.estimator import SKIPPED, PassResult
 from modelhopper.executors import (
     BaseExecutor,
     State,
@@ -85,7 +85,11 @@ def _aggregate(prefix: str, parts: Mapping[int, PassResult]) -> dict[str, float]
     n = sum(p.n for p in ordered)
     metrics = {f"{prefix}_loss": sum(p.loss_sum for p in ordered) / n}
     for name in ordered[0].metric_sums:
-        metrics[f"{prefix}_{name}"] = sum(p.metric_sums[name] for p in ordered) / n
+        if name != SKIPPED:
+            metrics[f"{prefix}_{name}"] = sum(p.metric_sums[name] for p in ordered) / n
+    skipped = sum(p.metric_sums.get(SKIPPED, 0.0) for p in ordered)
+    if skipped:  # records left out as unreadable (on_bad_record="skip"): a count
+        metrics[f"{prefix}_{SKIPPED}"] = skipped
     return metrics
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelhopper._loader import batches, per_example
+from modelhopper.data._encoded import EncodedColumn
 from modelhopper.errors import EstimatorError, MSTFailedError
 from modelhopper.representations._representation import Representation
 
@@ -32,6 +34,7 @@ __all__ = [
     "denormals_flushed",
     "flush_denormals",
     "per_example",
+    "SKIPPED",
     "train_pass",
     "evaluate_pass",
     "get_state",
@@ -78,6 +81,9 @@ class Estimator:
     # e.g. random augmentation; train_transform's torch draws are seeded per batch.
     train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     eval_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # DataLoader worker processes that read, decode and transform batches ahead of the
+    # model (0: in the training process). Results do not depend on it.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.representation is not None and not isinstance(self.representation, Representation):
@@ -103,6 +109,15 @@ class Estimator:
                     f"Estimator.{name} must be a callable taking and returning a batch tensor "
                     f"(e.g. a torchvision.transforms.v2 transform) or None, got {value!r}"
                 )
+        if (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 0
+        ):
+            raise EstimatorError(
+                f"num_workers must be an int >= 0 (data-loading processes), got "
+                f"{self.num_workers!r}"
+            )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
             raise EstimatorError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.batch_size < 1:
@@ -172,75 +187,26 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(False)  # IEEE behaviour, every process's default
 
 
-def _tensor(array: np.ndarray, index: slice | np.ndarray) -> torch.Tensor:
-    """A batch as a tensor; slices of a read-only memory map are copied (torch needs writable)."""
-    part = array[index]
-    if not part.flags.writeable:
-        part = np.array(part)
-    return torch.from_numpy(part)
-
-
-def _batch(
-    x: np.ndarray,
-    index: slice | np.ndarray,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> torch.Tensor:
-    xb = _tensor(x, index)
-    return xb if transform is None else transform(xb)
-
-
-_AUGMENT, _EVAL_AUGMENT = 1, 2  # salts: transform seeds never equal the shuffle's
-
-
-def _transformed(
-    transform: Callable[[torch.Tensor], torch.Tensor] | None, xb: torch.Tensor, seed: int
-) -> torch.Tensor:
-    """Apply a batch transform with torch's CPU generator seeded for this batch alone.
-
-    The MST's own RNG stream (dropout) is set aside and restored, so a transform's
-    random draws depend only on (MST seed, epoch, shard, batch): the same on any
-    worker, after any hop, resumed or not.
-    """
-    if transform is None:
-        return xb
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return transform(xb)
-
-
-def per_example(
-    transform: Callable[[torch.Tensor], torch.Tensor],
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A batch transform that applies ``transform`` to each example on its own.
-
-    Most random augmentations (``torchvision.transforms.v2.RandomCrop``, flips) draw
-    one set of parameters per call: on a batch they would crop every image alike.
-    """
-
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        return torch.stack([transform(x) for x in batch])
-
-    apply.__name__ = f"per_example({getattr(transform, '__name__', type(transform).__name__)})"
-    return apply
-
-
 def _device_of(model: torch.nn.Module) -> torch.device:
     """Where the model's parameters are (batches go there); the CPU for a parameterless model."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _batches(n: int, batch_size: int, order: np.ndarray | None):
-    for start in range(0, n, batch_size):
-        if order is None:
-            yield slice(start, min(start + batch_size, n))
-        else:
-            yield order[start : start + batch_size]
+def _batch_indices(n: int, batch_size: int, order: np.ndarray | None) -> list[slice | np.ndarray]:
+    starts = range(0, n, batch_size)
+    if order is None:
+        return [slice(start, min(start + batch_size, n)) for start in starts]
+    return [order[start : start + batch_size] for start in starts]
+
+
+_AUGMENT, _EVAL_AUGMENT = 1, 2  # salts: transform seeds never equal the shuffle's
+SKIPPED = "skipped_records"  # a count in PassResult.metric_sums, not a mean
 
 
 def train_pass(
     estimator: Estimator,
-    x: np.ndarray,
+    x: np.ndarray | EncodedColumn,
     y: np.ndarray,
     *,
     seed: int,
@@ -252,22 +218,26 @@ def train_pass(
 
     ``transform`` (a streamed representation) is applied to each batch of ``x``, then
     the estimator's ``train_transform``, its torch draws seeded by (MST seed, epoch,
-    shard, batch number).
+    shard, batch number). Encoded ``x`` (image bytes) is decoded batch by batch.
     """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, shard))
     order = torch.randperm(len(x), generator=generator).numpy()
     model, optimizer = estimator.model, estimator.optimizer
     model.train()
-    loss_sum = 0.0
+    loss_sum, n, skipped = 0.0, 0, 0
     sums = dict.fromkeys(estimator.metrics, 0.0)
     device = _device_of(model)
-    for number, index in enumerate(_batches(len(x), estimator.batch_size, order)):
-        xb = _batch(x, index, transform)
-        xb = _transformed(
-            estimator.train_transform, xb, derive_seed(seed, epoch, shard, number, _AUGMENT)
-        )
-        xb, yb = xb.to(device), _tensor(y, index).to(device)
+    indices = _batch_indices(len(x), estimator.batch_size, order)
+    seeds = [derive_seed(seed, epoch, shard, k, _AUGMENT) for k in range(len(indices))]
+    for batch in batches(
+        x, y, indices, stage=transform, transform=estimator.train_transform, seeds=seeds,
+        num_workers=estimator.num_workers, pin_memory=device.type == "cuda",
+    ):  # fmt: skip
+        skipped += batch.skipped
+        if not len(batch.y):
+            continue
+        xb, yb = batch.x.to(device), batch.y.to(device)
         optimizer.zero_grad(set_to_none=True)
         output = model(xb)
         loss = estimator.loss(output, yb)
@@ -280,16 +250,28 @@ def train_pass(
         loss.backward()
         optimizer.step()
         loss_sum += value * len(yb)
+        n += len(yb)
         with torch.no_grad():
             for name in estimator.metrics:
                 sums[name] += METRICS[name](output.detach(), yb)
-    return PassResult(len(x), loss_sum, sums, time.perf_counter() - started)
+    return _result(n, loss_sum, sums, skipped, started)
+
+
+def _result(n: int, loss_sum: float, sums: dict[str, float], skipped: int, started: float):
+    if skipped:
+        sums[SKIPPED] = float(skipped)
+    if n == 0:
+        raise MSTFailedError(
+            f"every one of the shard's {skipped} records was skipped as unreadable; check "
+            "the data (on_bad_record='skip' leaves such records out)"
+        )
+    return PassResult(n, loss_sum, sums, time.perf_counter() - started)
 
 
 @torch.no_grad()
 def evaluate_pass(
     estimator: Estimator,
-    x: np.ndarray,
+    x: np.ndarray | EncodedColumn,
     y: np.ndarray,
     *,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -297,19 +279,26 @@ def evaluate_pass(
     """Loss and metric sums over a validation shard (no RNG use, no state change)."""
     started = time.perf_counter()
     estimator.model.eval()
-    loss_sum = 0.0
+    loss_sum, n, skipped = 0.0, 0, 0
     sums = dict.fromkeys(estimator.metrics, 0.0)
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
     device = _device_of(estimator.model)
-    for number, index in enumerate(_batches(len(x), batch_size, None)):
-        xb = _batch(x, index, transform)
-        xb = _transformed(estimator.eval_transform, xb, derive_seed(number, _EVAL_AUGMENT))
-        xb, yb = xb.to(device), _tensor(y, index).to(device)
+    indices = _batch_indices(len(x), batch_size, None)
+    seeds = [derive_seed(k, _EVAL_AUGMENT) for k in range(len(indices))]
+    for batch in batches(
+        x, y, indices, stage=transform, transform=estimator.eval_transform, seeds=seeds,
+        num_workers=estimator.num_workers, pin_memory=device.type == "cuda",
+    ):  # fmt: skip
+        skipped += batch.skipped
+        if not len(batch.y):
+            continue
+        xb, yb = batch.x.to(device), batch.y.to(device)
         output = estimator.model(xb)
         loss_sum += float(estimator.loss(output, yb)) * len(yb)
+        n += len(yb)
         for name in estimator.metrics:
             sums[name] += METRICS[name](output, yb)
-    return PassResult(len(x), loss_sum, sums, time.perf_counter() - started)
+    return _result(n, loss_sum, sums, skipped, started)
 
 
 def end_epoch(estimator: Estimator) -> None:

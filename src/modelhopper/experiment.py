@@ -25,7 +25,9 @@ from torch import nn
 
 from modelhopper._driver import Driver
 from modelhopper.data import Dataset
+from modelhopper.data._dataset import check_label_range
 from modelhopper.data._sharding import ShardInfo, write_shards
+from modelhopper.data._streaming import StreamedSplit
 from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
 from modelhopper.estimator import build_estimator, metric_names
 from modelhopper.executors import BaseExecutor, resolve_executor
@@ -52,7 +54,7 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
     if not isinstance(data, Dataset):
         raise ConfigError(
             f"data must be a modelhopper.Dataset, got {type(data).__name__}; build one with "
-            "Dataset.from_numpy / from_pandas / from_parquet / from_torch"
+            "Dataset.from_numpy / from_pandas / from_parquet / from_image_folder / from_torch"
         )
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}; e.g. n_workers=2")
@@ -68,32 +70,55 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
         )
 
 
-def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> None:
-    """Build the first MST's estimator to check the metric name and the label range."""
+def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> int | None:
+    """Build the first MST's estimator to check the metric name and the label range.
+
+    Returns the model's number of classes when it could tell (for the labels of
+    streamed splits, which are checked once sharding has read them).
+    """
     try:
         estimator = build_estimator(procedure.make_estimator, first.params, first.seed)
     except Exception:  # a factory that fails fails its MSTs alone, on the workers
-        return
+        return None
     names = metric_names(estimator.metrics)
     if procedure.metric not in names:
         raise ConfigError(
             f"unknown metric {procedure.metric!r}; this run reports {names} "
             "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
         )
-    labels = data.train.y
-    if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
-        try:
-            with torch.no_grad():
-                x = torch.from_numpy(np.array(data.train.x[:2]))
-                if estimator.representation is not None:  # the model reads its features
-                    x = estimator.representation(x)
-                if estimator.eval_transform is not None:
-                    x = estimator.eval_transform(x)
-                output = estimator.model.eval()(x)
-        except Exception:  # a model that cannot run fails on the workers, with its traceback
-            return
-        if output.ndim == 2 and output.shape[1] > 1:
-            data.check_labels(int(output.shape[1]))
+    head_x, head_y = _head(data.train)
+    if not (np.issubdtype(head_y.dtype, np.integer) and head_y.ndim == 1):
+        return None
+    try:
+        with torch.no_grad():
+            x = torch.from_numpy(np.array(head_x))
+            if estimator.representation is not None:  # the model reads its features
+                x = estimator.representation(x)
+            if estimator.eval_transform is not None:
+                x = estimator.eval_transform(x)
+            output = estimator.model.eval()(x)
+    except Exception:  # a model that cannot run fails on the workers, with its traceback
+        return None
+    if output.ndim == 2 and output.shape[1] > 1:
+        data.check_labels(int(output.shape[1]))
+        return int(output.shape[1])
+    return None
+
+
+def _head(split: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The first two examples of a split (decoded, for a streamed one) and their labels."""
+    if isinstance(split, StreamedSplit):
+        return split.head(2)
+    return split.x[:2], split.y[:2]
+
+
+def _check_shard_labels(shards: list[ShardInfo], num_classes: int) -> None:
+    """Labels of streamed splits, known once sharding has read them, against the model."""
+    for info in shards:
+        for prefix, name in (("train", "training"), ("val", "validation")):
+            labels = np.load(Path(info.path) / f"{prefix}_y.npy", mmap_mode="r")
+            if labels.dtype.kind in "iu":
+                check_label_range(np.asarray(labels), num_classes, f"{name} (shard {info.index})")
 
 
 def new_run_name(procedure: BaseProcedure) -> str:
@@ -121,7 +146,7 @@ def run_search(
     executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     probe = procedure.space.sample(np.random.default_rng(procedure.seed))
-    _probe(procedure, procedure.make_mst(0, probe), data)
+    num_classes = _probe(procedure, procedure.make_mst(0, probe), data)
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
     name = run_name or new_run_name(procedure)
     _checknew_run_name(db, name)
@@ -130,6 +155,8 @@ def run_search(
     (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
     digest = hashlib.sha256()  # the shards' fingerprint, computed while they are written
     shards = write_shards(data, n_workers, directory / "shards", procedure.seed, digest=digest)
+    if num_classes is not None and data.streamed:
+        _check_shard_labels(shards, num_classes)
     provenance = collect_provenance(
         seed=procedure.seed, n_workers=n_workers, shard_paths=[s.path for s in shards],
         executor=type(executor).__name__, data_sha256=digest.hexdigest(),

@@ -47,14 +47,18 @@ def _git(directory: Path) -> dict[str, Any] | None:
 
 
 def data_fingerprint(shard_paths: Sequence[str | os.PathLike]) -> str:
-    """SHA-256 over every shard file, in shard order: the same data gives the same hash."""
+    """SHA-256 over every shard file, in shard order: the same data gives the same hash.
+
+    Each file enters as its name and its own SHA-256, so sharding, which writes
+    several files at once, computes the same value while writing them.
+    """
     digest = hashlib.sha256()
     for shard in shard_paths:
-        for file in sorted(Path(shard).glob("*.npy")):
+        files = [f for f in Path(shard).iterdir() if f.suffix in (".npy", ".arrow")]
+        for file in sorted(files, key=lambda f: f.name):
             digest.update(file.name.encode())
             with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+                digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
 
 

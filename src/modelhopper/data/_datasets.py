@@ -19,7 +19,7 @@ from modelhopper.data._dataset import Dataset, Split
 from modelhopper.data._wordnet import TextSet, wordnet_noun_glosses
 from modelhopper.errors import DataError
 
-__all__ = ["TextSet", "digits", "fashion_mnist", "wordnet_noun_glosses"]
+__all__ = ["TextSet", "digits", "fashion_mnist", "fashion_mnist_folder", "wordnet_noun_glosses"]
 
 
 # --------------------------------------------------------------------------- digits
@@ -115,6 +115,47 @@ def _scale(images: np.ndarray, flatten: bool) -> np.ndarray:
     np.divide(x, 255.0, out=x)
     shape = (len(x), -1) if flatten else (len(x), 1, *images.shape[1:])
     return x.reshape(shape)
+
+
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)  # fmt: skip
+
+
+def fashion_mnist_folder(
+    directory: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    image_format: str = "png",
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write Fashion-MNIST's images as files in class folders (torchvision's ImageFolder layout).
+
+    ``directory/<class>/<index>.<png|jpg>`` for the official ``split`` ("train",
+    60,000 images, or "test", 10,000), its first ``limit`` images if given. Files
+    already there are kept, so a second call costs only a directory listing.
+    Returns ``directory``; read it back with ``Dataset.from_image_folder``.
+    """
+    from PIL import Image
+
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    extension = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}.get(image_format)
+    if extension is None:
+        raise DataError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+    paths = _find_fashion_files(root)
+    images, labels = _load_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
+    count = len(images) if limit is None else min(int(limit), len(images))
+    folder = Path(directory)
+    for name in FASHION_MNIST_CLASSES:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        path = folder / FASHION_MNIST_CLASSES[int(labels[index])] / f"{index:05d}.{extension}"
+        if not path.exists():
+            Image.fromarray(images[index]).save(path)
+    return folder
 
 
 def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,19 @@
 """Sharding: shuffle once with the seed, split into one shard per worker, write each once.
 
-A shard is a folder of ``.npy`` files (train_x, train_y, val_x, val_y) that a
-worker opens memory-mapped; no other process ever reads it during the run.
+A shard is a folder of files (train_x, train_y, val_x, val_y) that a worker
+opens memory-mapped; no other process ever reads it during the run. Labels and
+dense examples are ``.npy`` files; encoded examples (image bytes) are an Arrow
+IPC file each (``_encoded``), decoded per batch on the worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from modelhopper.data._dataset import Dataset, Split
+from modelhopper.data._encoded import Codec, EncodedColumn, EncodedWriter
+from modelhopper.data._streaming import RecordChunk, RecordSource, StreamedSplit
 from modelhopper.errors import ConfigError, DataError
 
 __all__ = ["ShardInfo", "ShardData", "shard_indices", "shard_splits", "write_shards", "open_shard"]
@@ -34,9 +41,9 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class ShardData:
-    train_x: np.ndarray
+    train_x: np.ndarray | EncodedColumn
     train_y: np.ndarray
-    val_x: np.ndarray
+    val_x: np.ndarray | EncodedColumn
     val_y: np.ndarray
     path: str | None = None  # the shard's folder, when opened from one
 
@@ -65,6 +72,8 @@ def _check_shardable(dataset: Dataset, n_shards: int) -> None:
 def shard_splits(dataset: Dataset, n_shards: int, seed: int) -> list[tuple[Split, Split]]:
     """In-memory (train, validation) parts per shard; what ``write_shards`` writes."""
     _check_shardable(dataset, n_shards)
+    if not isinstance(dataset.train, Split) or not isinstance(dataset.validation, Split):
+        raise DataError("shard_splits needs in-memory splits; open the written shards instead")
     train = shard_indices(len(dataset.train), n_shards, seed, salt=0)
     val = shard_indices(len(dataset.validation), n_shards, seed, salt=1)
     return [
@@ -87,63 +96,202 @@ def write_shards(
 ) -> list[ShardInfo]:
     """Write one folder per shard under ``directory``; returns their ``ShardInfo``.
 
-    Rows are gathered and written in chunks of ~64 MiB, so the driver never holds
-    a copy of a shard. ``digest`` (a ``hashlib`` object), if given, is updated as
-    ``provenance.data_fingerprint`` would be from the files, in the same pass.
+    In-memory splits are gathered and written in chunks of ~64 MiB, so the driver
+    never holds a copy of a shard; streamed splits flow from their source to the
+    shards in chunks of their ``memory_bytes`` (see ``_write_streamed``). Rows of a
+    streamed split keep their source order within a shard. ``digest`` (a
+    ``hashlib`` object), if given, is updated as ``provenance.data_fingerprint``
+    would be from the files, with hashes computed while the files are written.
     """
     _check_shardable(dataset, n_shards)
-    train = shard_indices(len(dataset.train), n_shards, seed, salt=0)
-    val = shard_indices(len(dataset.validation), n_shards, seed, salt=1)
     root = Path(directory)
+    folders = [root / f"shard-{index}" for index in range(n_shards)]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    hashes: list[dict[str, str]] = [{} for _ in folders]
+    counts = {}
+    codec = None
+    for prefix, split, salt in (("train", dataset.train, 0), ("val", dataset.validation, 1)):
+        parts = shard_indices(len(split), n_shards, seed, salt=salt)
+        counts[prefix] = [len(p) for p in parts]
+        if isinstance(split, StreamedSplit):
+            written = _write_streamed(split, parts, folders, prefix)
+            codec = split.source.codec or codec
+        else:
+            written = [_write_dense_part(split, rows, folder, prefix) for rows, folder in
+                       zip(parts, folders, strict=True)]  # fmt: skip
+        for shard_hashes, files in zip(hashes, written, strict=True):
+            shard_hashes.update(files)
     infos = []
-    for index, (t, v) in enumerate(zip(train, val, strict=True)):
-        path = root / f"shard-{index}"
-        path.mkdir(parents=True, exist_ok=True)
-        parts = {
-            "train_x": (dataset.train.x, t), "train_y": (dataset.train.y, t),
-            "val_x": (dataset.validation.x, v), "val_y": (dataset.validation.y, v),
-        }  # fmt: skip
-        nbytes = sum(
-            _write_rows(path / f"{name}.npy", array, rows, digest)
-            for name, (array, rows) in sorted(parts.items())  # the fingerprint's file order
-        )
-        info = ShardInfo(index, str(path), len(t), len(v), nbytes)
-        (path / "shard.json").write_text(json.dumps(asdict(info)))
+    for index, folder in enumerate(folders):
+        info = ShardInfo(index, str(folder), counts["train"][index], counts["val"][index], 0)
+        meta = {**asdict(info), "codec": codec.to_dict() if codec is not None else None}
+        (folder / "shard.json").write_text(json.dumps(meta))
+        nbytes = open_shard(folder).nbytes  # data bytes (encoded records as stored)
+        info = dataclasses.replace(info, nbytes=nbytes)
+        (folder / "shard.json").write_text(json.dumps({**meta, "nbytes": nbytes}))
+        if digest is not None:
+            for name in sorted(hashes[index]):  # the fingerprint's file order
+                digest.update(name.encode())
+                digest.update(bytes.fromhex(hashes[index][name]))
         infos.append(info)
     return infos
+
+
+def _write_dense_part(split: Split, rows: np.ndarray, folder: Path, prefix: str) -> dict[str, str]:
+    hashes = {}
+    for what, array in (("x", split.x), ("y", split.y)):
+        name = f"{prefix}_{what}.npy"
+        hashes[name] = _write_rows(folder / name, array, rows)
+    return hashes
 
 
 _CHUNK_BYTES = 64 * 2**20
 
 
-def _write_rows(file: Path, array: np.ndarray, rows: np.ndarray, digest: Any) -> int:
-    """``np.save(file, array[rows])`` without building ``array[rows]``; returns data bytes."""
-    shape = (len(rows), *array.shape[1:])
-    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-              "shape": shape}  # fmt: skip
+def _write_rows(file: Path, array: np.ndarray, rows: np.ndarray) -> str:
+    """``np.save(file, array[rows])`` without building ``array[rows]``; returns its SHA-256."""
+    writer = _DenseWriter(file, len(rows))
     row_bytes = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
     step = max(1, _CHUNK_BYTES // row_bytes)
-    head = io.BytesIO()
-    np.lib.format.write_array_header_2_0(head, header)
-    if digest is not None:
-        digest.update(file.name.encode())
-        digest.update(head.getvalue())
-    with open(file, "wb") as f:
-        f.write(head.getvalue())
-        for start in range(0, len(rows), step):
-            chunk = np.ascontiguousarray(array[rows[start : start + step]])
-            f.write(chunk.data)
-            if digest is not None:
-                digest.update(chunk.data)
-    return row_bytes * len(rows)
+    for start in range(0, len(rows), step):
+        writer.append(np.ascontiguousarray(array[rows[start : start + step]]))
+    return writer.close()
+
+
+class _DenseWriter:
+    """Writes a ``.npy`` file of ``n_rows`` rows appended in chunks, hashing as it goes.
+
+    The header is written with the first chunk (which gives the row shape and dtype).
+    """
+
+    def __init__(self, file: Path, n_rows: int) -> None:
+        self.file = file
+        self.n_rows = n_rows
+        self.written = 0
+        self.row_spec: tuple[tuple[int, ...], np.dtype] | None = None
+        self._handle: Any = None
+        self._digest = hashlib.sha256()
+
+    def append(self, rows: np.ndarray) -> None:
+        if self.row_spec is None:
+            self.row_spec = (tuple(rows.shape[1:]), rows.dtype)
+            header = {"descr": np.lib.format.dtype_to_descr(rows.dtype), "fortran_order": False,
+                      "shape": (self.n_rows, *rows.shape[1:])}  # fmt: skip
+            head = io.BytesIO()
+            np.lib.format.write_array_header_2_0(head, header)
+            self._handle = open(self.file, "wb")  # noqa: SIM115 - closed in close()
+            self._write(head.getvalue())
+        elif (tuple(rows.shape[1:]), rows.dtype) != self.row_spec:
+            shape, dtype = self.row_spec
+            raise DataError(
+                f"examples change shape or type while sharding ({shape} {dtype}, then "
+                f"{tuple(rows.shape[1:])} {rows.dtype}); every example of a dataset needs the "
+                "same shape and type"
+            )
+        self._write(np.ascontiguousarray(rows).data)
+        self.written += len(rows)
+
+    def _write(self, data: Any) -> None:
+        self._digest.update(data)
+        self._handle.write(data)
+
+    def close(self) -> str:
+        if self._handle is not None:
+            self._handle.close()
+        if self.written != self.n_rows:
+            raise DataError(
+                f"{self.file} got {self.written} rows of the {self.n_rows} expected; the source "
+                "changed its length while being read"
+            )
+        return self._digest.hexdigest()
+
+
+def _write_streamed(
+    split: StreamedSplit, parts: list[np.ndarray], folders: list[Path], prefix: str
+) -> list[dict[str, str]]:
+    """Stream a split's rows into its shards; a thread per shard where the source allows."""
+    source = split.source
+    if source.random_access:
+        n_threads = max(1, min(len(parts), os.cpu_count() or 1))
+        budget = split.memory_bytes // (2 * n_threads)
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
+            futures = [
+                pool.submit(_build_shard_part, source, np.sort(rows), folder, prefix, budget)
+                for rows, folder in zip(parts, folders, strict=True)
+            ]
+            return [f.result() for f in futures]
+    writers = [_part_writers(source, folder, prefix, len(rows)) for rows, folder in
+               zip(parts, folders, strict=True)]  # fmt: skip
+    owner = np.empty(len(source), dtype=np.int32)  # 4 bytes per example: the only O(n) state
+    for index, rows in enumerate(parts):
+        owner[rows] = index
+    start = 0
+    for chunk in source.chunks(split.memory_bytes // 2):
+        owners = owner[start : start + len(chunk)]
+        for index, (x_writer, y_writer) in enumerate(writers):
+            _append(x_writer, y_writer, chunk, np.flatnonzero(owners == index))
+        start += len(chunk)
+    if start != len(source):
+        raise DataError(
+            f"{source.describe()} gave {start} rows but said it had {len(source)}; the source "
+            "changed while being read"
+        )
+    return [_close(x_writer, y_writer, folder, prefix) for (x_writer, y_writer), folder in
+            zip(writers, folders, strict=True)]  # fmt: skip
+
+
+def _build_shard_part(
+    source: RecordSource, rows: np.ndarray, folder: Path, prefix: str, budget: int
+) -> dict[str, str]:
+    """One shard's rows of a random-access source, read and written chunk by chunk."""
+    x_writer, y_writer = _part_writers(source, folder, prefix, len(rows))
+    row_bytes = max(1, source.nbytes // max(len(source), 1))
+    step = max(1, budget // row_bytes)
+    for start in range(0, len(rows), step):
+        chunk = source.take(rows[start : start + step])
+        _append(x_writer, y_writer, chunk, np.arange(len(chunk)))
+    return _close(x_writer, y_writer, folder, prefix)
+
+
+def _part_writers(source: RecordSource, folder: Path, prefix: str, n_rows: int):
+    if source.codec is not None:
+        x_writer: Any = EncodedWriter(folder / f"{prefix}_x.arrow")
+    else:
+        x_writer = _DenseWriter(folder / f"{prefix}_x.npy", n_rows)
+    return x_writer, _DenseWriter(folder / f"{prefix}_y.npy", n_rows)
+
+
+def _append(x_writer: Any, y_writer: _DenseWriter, chunk: RecordChunk, rows: np.ndarray) -> None:
+    if not len(rows):
+        return
+    if isinstance(x_writer, EncodedWriter):
+        records, origins = chunk.x, chunk.origins or []
+        x_writer.append([records[r] for r in rows.tolist()], [origins[r] for r in rows.tolist()])
+    else:
+        x_writer.append(np.asarray(chunk.x)[rows])
+    y_writer.append(chunk.y[rows])
+
+
+def _close(x_writer: Any, y_writer: _DenseWriter, folder: Path, prefix: str) -> dict[str, str]:
+    x_name = f"{prefix}_x.arrow" if isinstance(x_writer, EncodedWriter) else f"{prefix}_x.npy"
+    return {x_name: x_writer.close(), f"{prefix}_y.npy": y_writer.close()}
 
 
 def open_shard(path: str | os.PathLike) -> ShardData:
-    """Open a shard's arrays memory-mapped (read-only)."""
+    """Open a shard's arrays memory-mapped (read-only); encoded examples as an EncodedColumn."""
     folder = Path(path)
     try:
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    except (OSError, ValueError) as e:
+        meta = json.loads((folder / "shard.json").read_text())
+        codec = Codec(**meta["codec"]) if meta.get("codec") else None
+        arrays: dict[str, Any] = {}
+        for name in _ARRAYS:
+            encoded = folder / f"{name}.arrow"
+            if codec is not None and encoded.exists():
+                arrays[name] = EncodedColumn(encoded, codec)
+            else:
+                arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+    except (OSError, ValueError, KeyError) as e:
         raise DataError(
             f"cannot open shard {str(folder)!r}: {e}; the run directory may have been "
             "moved or cleaned while the run was going on"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import multiprocessing
 import os
 import signal
 import sys
@@ -54,6 +55,11 @@ def detach_from_parent() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
+    # A worker may start processes of its own (DataLoader workers, Estimator.num_workers),
+    # which multiprocessing refuses to a daemonic process. The flag only spares the
+    # driver's exit from waiting on the worker, which the kill on the parent's death and
+    # the executor's stop already ensure.
+    multiprocessing.current_process()._config.pop("daemon", None)  # type: ignore[attr-defined]
     gc.freeze()
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._sharding import ShardData
 from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
@@ -138,6 +139,8 @@ class ShardWorker:
         representation = estimator.representation
         if representation is None:
             return self.shard.train_x, self.shard.val_x, None, {}
+        if isinstance(self.shard.train_x, EncodedColumn):  # decoded per batch: streamed
+            return self.shard.train_x, self.shard.val_x, representation, {}
         lookup = self.features.get(representation)
         extra = {"features": _feature_report(representation.name, lookup, self.features)}
         if lookup.features is None:  # over budget: apply it to every batch instead

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._sharding import ShardData
 from modelhopper.errors import ConfigError
 from modelhopper.representations._representation import Representation
@@ -113,11 +114,19 @@ class Lookup:
 def shard_fingerprint(shard: ShardData) -> str:
     """Hash of the shard's raw ``x`` (shape, dtype and bytes of train and validation)."""
     digest = hashlib.blake2b(digest_size=16)
-    for array in (shard.train_x, shard.val_x):
+    for array in (_dense(shard.train_x), _dense(shard.val_x)):
         digest.update(f"{array.shape}{array.dtype.str}".encode())
         for start in range(0, len(array), 4096):
             digest.update(np.ascontiguousarray(array[start : start + 4096]).tobytes())
     return digest.hexdigest()
+
+
+def _dense(x: np.ndarray | EncodedColumn) -> np.ndarray:
+    # Encoded shards (images decoded per batch) never reach the store: the worker applies
+    # their representation to each decoded batch instead.
+    if isinstance(x, EncodedColumn):
+        raise TypeError("representations of encoded shards are applied per batch, not stored")
+    return x
 
 
 class FeatureStore:
@@ -166,12 +175,12 @@ class FeatureStore:
         return self._build(key, representation, started)
 
     def _build(self, key: str, representation: Representation, started: float) -> Lookup:
-        train = self.shard.train_x
+        train, val = _dense(self.shard.train_x), _dense(self.shard.val_x)
         probe_n = min(len(train), representation.batch_size)
         probe = None
         if key not in self._estimates:  # a streamed representation is probed once only
             probe = representation.apply(train[:probe_n])
-            scale = (len(train) + len(self.shard.val_x)) / max(probe_n, 1)
+            scale = (len(train) + len(val)) / max(probe_n, 1)
             need = int(probe.nbytes * scale)
             value = (time.perf_counter() - started) * scale / max(need, 1)
             self._estimates[key] = (need, value)
@@ -182,7 +191,7 @@ class FeatureStore:
             probe = representation.apply(train[:probe_n])
         rest = representation.apply(train[probe_n:])
         train_x = np.concatenate([probe, rest]) if len(rest) else probe
-        val_x = representation.apply(self.shard.val_x)
+        val_x = representation.apply(val)
         seconds = time.perf_counter() - started
         if tier is Tier.DISK:
             train_x, val_x = self._write(key, train_x, val_x, seconds)

@@ -1,0 +1,178 @@
+"""Batches for one pass over a shard: gather, decode, transform, optionally prefetched.
+
+Batch ``k`` of a pass is a pure function of (shard, row order, k, seed): its rows
+are read (dense rows from a memory map, or encoded records decoded one by one),
+stacked, passed through the streamed representation if any, then through the
+MST's transform with torch's CPU generator seeded for that batch alone. So the
+batches are the same whether they are made here or in DataLoader worker
+processes (``num_workers``), in any number of them, on any worker, resumed or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from modelhopper.data._encoded import EncodedColumn
+from modelhopper.data._streaming import stack_examples
+from modelhopper.errors import DataError
+
+__all__ = ["Batch", "PerExample", "batches", "per_example"]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class PerExample:
+    """A batch transform that applies ``transform`` to each example on its own.
+
+    Most random augmentations (``torchvision.transforms.v2.RandomCrop``, flips) draw
+    one set of parameters per call: on a batch they would crop every image alike.
+    On encoded data (decoded images) it runs on each image before the batch is
+    stacked, so it may also resize images of different sizes to one.
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        if not callable(transform):
+            raise TypeError(f"per_example needs a callable transform, got {transform!r}")
+        self.transform = transform
+        self.__name__ = f"per_example({getattr(transform, '__name__', type(transform).__name__)})"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(x) for x in batch])
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+def per_example(transform: Transform) -> PerExample:
+    """Wrap a transform of one example so that it runs on each example of a batch."""
+    return PerExample(transform)
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    skipped: int = 0  # records left out because they could not be decoded
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (DataLoader calls this with pin_memory=True, for GPUs)."""
+        return Batch(self.x.pin_memory(), self.y.pin_memory(), self.skipped)
+
+
+class _PassBatches(torch.utils.data.Dataset):
+    """Batch ``k`` of a pass, made the same way in any process (DataLoader workers too)."""
+
+    def __init__(
+        self,
+        x: np.ndarray | EncodedColumn,
+        y: np.ndarray,
+        indices: Sequence[slice | np.ndarray],
+        stage: Transform | None,
+        transform: Transform | None,
+        seeds: Sequence[int],
+    ) -> None:
+        self.x, self.y, self.indices = x, y, indices
+        self.stage, self.transform, self.seeds = stage, transform, seeds
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Batch:
+        index = self.indices[k]
+        if isinstance(self.x, EncodedColumn):
+            return self._decoded(index, self.seeds[k])
+        xb = _tensor(self.x, index)
+        if self.stage is not None:
+            xb = self.stage(xb)
+        return Batch(_seeded(self.transform, xb, self.seeds[k]), _tensor(self.y, index))
+
+    def _decoded(self, index: slice | np.ndarray, seed: int) -> Batch:
+        assert isinstance(self.x, EncodedColumn)
+        rows = np.arange(len(self.x))[index] if isinstance(index, slice) else np.asarray(index)
+        examples, kept = self.x.decode(rows)
+        kept_rows = rows[kept]
+        skipped = len(rows) - len(kept_rows)
+        if not examples:
+            return Batch(torch.empty(0), torch.empty(0), skipped)
+        tensors = [torch.from_numpy(e) for e in examples]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            if isinstance(self.transform, PerExample) and self.stage is None:
+                # Per image, before stacking: it may bring images of several sizes to one.
+                tensors = [self.transform.transform(t) for t in tensors]
+                xb = self._stack(tensors, kept_rows)
+            else:
+                xb = self._stack(tensors, kept_rows)
+                if self.stage is not None:
+                    xb = self.stage(xb)
+                if self.transform is not None:
+                    xb = self.transform(xb)
+        return Batch(xb, torch.from_numpy(np.array(self.y[kept_rows])), skipped)
+
+    def _stack(self, tensors: list[torch.Tensor], rows: np.ndarray) -> torch.Tensor:
+        if all(t.shape == tensors[0].shape for t in tensors):
+            return torch.stack(tensors)
+        assert isinstance(self.x, EncodedColumn)
+        origins = [self.x.origin(int(r)) for r in rows]
+        stack_examples([t.numpy() for t in tensors], origins)  # raises, naming two files
+        raise AssertionError("unreachable: shapes differ")
+
+
+def _tensor(array: np.ndarray, index: slice | np.ndarray) -> torch.Tensor:
+    """A batch as a tensor; slices of a read-only memory map are copied (torch needs writable)."""
+    part = array[index]
+    if not part.flags.writeable:
+        part = np.array(part)
+    return torch.from_numpy(part)
+
+
+def _seeded(transform: Transform | None, xb: torch.Tensor, seed: int) -> torch.Tensor:
+    """Apply a batch transform with torch's CPU generator seeded for this batch alone.
+
+    The MST's own RNG stream (dropout) is set aside and restored, so a transform's
+    random draws depend only on (MST seed, epoch, shard, batch): the same on any
+    worker, after any hop, resumed or not.
+    """
+    if transform is None:
+        return xb
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(xb)
+
+
+def batches(
+    x: np.ndarray | EncodedColumn,
+    y: np.ndarray,
+    indices: Sequence[slice | np.ndarray],
+    *,
+    stage: Transform | None,
+    transform: Transform | None,
+    seeds: Sequence[int],
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """The pass's batches in order; with ``num_workers`` > 0, made ahead in DataLoader workers."""
+    made = _PassBatches(x, y, indices, stage, transform, seeds)
+    if num_workers == 0:
+        for k in range(len(made)):
+            yield made[k]
+        return
+    loader = torch.utils.data.DataLoader(
+        made,
+        batch_size=None,  # each item already is a batch
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2,
+        multiprocessing_context="fork",  # the worker's state (shard maps, transforms) as is
+    )
+    try:
+        yield from loader
+    except DataError:
+        raise
+    except RuntimeError as e:  # a DataLoader worker died (killed, out of memory)
+        raise RuntimeError(f"a data-loading process failed: {e}; try fewer num_workers") from e
