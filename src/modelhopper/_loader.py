@@ -168,6 +168,9 @@ def batches(
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=2,
+        # Its own generator: by default the loader draws its workers' base seed from the
+        # global one, which is the MST's (dropout) stream, and results would depend on it.
+        generator=torch.Generator().manual_seed(0),
         multiprocessing_context="fork",  # the worker's state (shard maps, transforms) as is
     )
     try:
