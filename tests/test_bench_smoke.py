@@ -86,3 +86,18 @@ def test_end_to_end_smoke(tmp_path):
         assert 0 < row["ratio"] and 0 <= row["startup_seconds"] < row["fit_seconds"]
         assert row["peak_tree_pss_gib"] > 0 and row["n_visits"] > 0
         assert row["mean_val_accuracy_plain"] > 0.2 and row["mean_val_accuracy_mop"] > 0.2
+
+
+def test_data_scale_smoke(tmp_path):
+    _run("data_scale.py", tmp_path)
+    data = json.loads((tmp_path / "data_scale_smoke.json").read_text())
+    sharding = data["sharding"]
+    assert sharding["folder_bytes"] >= 4 * 10**6 and sharding["shard_bytes"] >= 4 * 10**6
+    assert sharding["shard_over_copy"] > 0 and sharding["write_shards_over_copy"] > 0
+    assert abs(sum(sharding["n_train_per_shard"]) - 0.9 * sharding["n_images"]) <= 1
+    assert sharding["peak_rss_mb"] >= sharding["baseline_rss_mb"] > 0
+    assert [r["num_workers"] for r in data["pipeline"]] == [0, 2]
+    assert all(r["ratio"] > 0 for r in data["pipeline"])
+    mop = data["mop"]
+    assert mop["n_msts"] == 8 and mop["ratio"] > 0
+    assert mop["mean_val_accuracy_plain"] > 0.1 and mop["mean_val_accuracy_mop"] > 0.1
