@@ -38,7 +38,6 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 ON_BAD_RECORD = ("raise", "skip")
 _MODES = (None, "L", "RGB")
-_FLUSH_BYTES = 8 * 2**20  # a record batch per ~8 MiB: deterministic, from the content alone
 
 
 class BadRecordError(DataError):
@@ -176,13 +175,16 @@ class EncodedColumn:
 
 
 class EncodedWriter:
-    """Appends encoded records to an Arrow IPC file; a record batch per ~8 MiB of records.
+    """Appends encoded records to an Arrow IPC file; a record batch per ~1 MiB of records.
 
     Batches are cut by the content alone, so the same records in the same order
     give the same bytes however they were fed in (which keeps the shards'
-    fingerprint independent of chunk sizes). The file's SHA-256 is computed as it
-    is written.
+    fingerprint independent of chunk sizes). A writer holds at most about
+    ``flush_bytes`` of records (sharding counts them in its memory bound). The
+    file's SHA-256 is computed as it is written.
     """
+
+    flush_bytes = 2**20  # a constant: batch boundaries must not depend on memory_bytes
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         import pyarrow as pa
@@ -203,7 +205,7 @@ class EncodedWriter:
             self._records.append(record)
             self._origins.append(origin)
             self._buffered += len(record)
-            if self._buffered >= _FLUSH_BYTES:
+            if self._buffered >= self.flush_bytes:
                 self._flush()
 
     def _flush(self) -> None:

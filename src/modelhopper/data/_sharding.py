@@ -98,7 +98,8 @@ def write_shards(
 
     In-memory splits are gathered and written in chunks of ~64 MiB, so the driver
     never holds a copy of a shard; streamed splits flow from their source to the
-    shards in chunks of their ``memory_bytes`` (see ``_write_streamed``). Rows of a
+    shards in chunks of their ``memory_bytes`` (see ``_write_streamed``; encoded
+    records also wait in a ~1 MiB record batch per shard file being written). Rows of a
     streamed split keep their source order within a shard. ``digest`` (a
     ``hashlib`` object), if given, is updated as ``provenance.data_fingerprint``
     would be from the files, with hashes computed while the files are written.
@@ -213,7 +214,7 @@ def _write_streamed(
     """Stream a split's rows into its shards; a thread per shard where the source allows."""
     source = split.source
     if source.random_access:
-        n_threads = max(1, min(len(parts), os.cpu_count() or 1))
+        n_threads = _n_threads(split, len(parts))
         budget = split.memory_bytes // (2 * n_threads)
         with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
             futures = [
@@ -239,6 +240,15 @@ def _write_streamed(
         )
     return [_close(x_writer, y_writer, folder, prefix) for (x_writer, y_writer), folder in
             zip(writers, folders, strict=True)]  # fmt: skip
+
+
+def _n_threads(split: StreamedSplit, n_parts: int) -> int:
+    """Threads building shards at once: each holds a read chunk and, for encoded
+    records, a writer's batch (``EncodedWriter.flush_bytes``) within ``memory_bytes``."""
+    n_threads = min(n_parts, os.cpu_count() or 1)
+    if split.encoded:
+        n_threads = min(n_threads, split.memory_bytes // (2 * EncodedWriter.flush_bytes))
+    return max(1, n_threads)
 
 
 def _build_shard_part(

@@ -192,6 +192,9 @@ class ParquetSource(RecordSource):
         self.shape = tuple(shape) if shape is not None else None
         self._n = self.dataset.count_rows()
         self._sizes = [os.path.getsize(p) for p in self._paths]
+        if codec is not None and self._n:
+            first = self.head(1)  # a column of another format shows now, not on a worker
+            codec.decode(first.x[0], (first.origins or ["row 0"])[0])
 
     def __len__(self) -> int:
         return self._n

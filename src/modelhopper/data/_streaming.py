@@ -77,13 +77,30 @@ class RecordSource(ABC):
         return 0
 
     def head(self, k: int) -> RecordChunk:
-        """The first ``k`` rows (pre-flight checks read them)."""
+        """The first ``k`` rows, or all if fewer (pre-flight checks read them)."""
         if self.random_access:
             return self.take(np.arange(min(k, len(self))))
-        return next(iter(self.chunks(1)))
+        parts: list[RecordChunk] = []
+        for chunk in self.chunks(1):  # the smallest chunks: a row or a few each
+            parts.append(chunk)
+            if sum(len(part) for part in parts) >= k:
+                break
+        return _concatenated(parts)
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+def _concatenated(chunks: list[RecordChunk]) -> RecordChunk:
+    """Consecutive chunks of one source as one chunk."""
+    if len(chunks) == 1:
+        return chunks[0]
+    y = np.concatenate([chunk.y for chunk in chunks])
+    if isinstance(chunks[0].x, np.ndarray):
+        return RecordChunk(np.concatenate([chunk.x for chunk in chunks]), y)
+    records = [record for chunk in chunks for record in chunk.x]
+    origins = [origin for chunk in chunks for origin in chunk.origins or []]
+    return RecordChunk(records, y, origins)
 
 
 @dataclass(frozen=True, eq=False)
