@@ -19,8 +19,9 @@ from modelhopper import provenance
 from modelhopper.data import BadRecordError, Dataset, StreamedSplit
 from modelhopper.data._datasets import fashion_mnist_folder
 from modelhopper.data._encoded import Codec, EncodedColumn, EncodedWriter
+from modelhopper.data._image_folder import ImageFolderSource
+from modelhopper.data._parquet import ParquetSource
 from modelhopper.data._sharding import open_shard, shard_indices, write_shards
-from modelhopper.data._stream_sources import ImageFolderSource, ParquetSource
 from modelhopper.data._streaming import stack_examples
 from modelhopper.errors import DataError
 

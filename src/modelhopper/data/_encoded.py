@@ -14,10 +14,11 @@ images) and what to do with one that cannot be decoded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,9 @@ class Codec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def decode(self, data: bytes | memoryview, origin: str) -> np.ndarray:
-        """One record as a uint8 ``C x H x W`` array; BadRecordError names ``origin``."""
+    def decode(self, data: bytes | memoryview, origin: str | Callable[[], str]) -> np.ndarray:
+        """One record as a uint8 ``C x H x W`` array; BadRecordError names ``origin``
+        (a callable is asked only then: most records never need it)."""
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -83,8 +85,9 @@ class Codec:
                 image = _converted(image, self.mode)
                 array = np.array(image)  # a writable copy: torch shares its memory
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            where = origin() if callable(origin) else origin
             raise BadRecordError(
-                f"cannot decode {origin} as an image ({type(e).__name__}: {e}); replace or "
+                f"cannot decode {where} as an image ({type(e).__name__}: {e}); replace or "
                 "remove the file, or pass on_bad_record='skip' to leave such records out"
             ) from e
         return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
@@ -162,7 +165,9 @@ class EncodedColumn:
         examples, kept = [], []
         for position, row in enumerate(np.asarray(rows).tolist()):
             try:
-                examples.append(self.codec.decode(self.record(row), self.origin(row)))
+                examples.append(
+                    self.codec.decode(self.record(row), functools.partial(self.origin, row))
+                )
             except BadRecordError:
                 if self.codec.on_bad_record == "raise":
                     raise

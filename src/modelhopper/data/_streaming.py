@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelhopper.data._encoded import Codec
+from modelhopper.data._split import Split
 from modelhopper.errors import DataError
 
 __all__ = [
@@ -153,10 +154,8 @@ class StreamedSplit:
         examples = [codec.decode(r, o) for r, o in zip(chunk.x[:k], origins, strict=False)]
         return stack_examples(examples, origins), chunk.y[: len(examples)]
 
-    def to_split(self) -> Any:
+    def to_split(self) -> Split:
         """The whole split read into memory as a ``Split`` (decoded): for small data only."""
-        from modelhopper.data._dataset import Split
-
         xs, ys = [], []
         for chunk in self.source.chunks(self.memory_bytes):
             if isinstance(chunk.x, np.ndarray):
