@@ -24,7 +24,7 @@ __all__ = ["ImageFolderSource", "scan_image_folder", "subset"]
 
 def scan_image_folder(
     root: str | os.PathLike[str], name: str, classes: Sequence[str] | None = None
-) -> tuple[list[str], list[Path], np.ndarray, np.ndarray]:
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """``root/<class>/**/<image>``: class names, files, labels and file sizes, sorted.
 
     ``classes`` (those of the training root) fixes the label of each class name,
@@ -48,28 +48,29 @@ def scan_image_folder(
             f"{sorted(classes)}; every split needs the same class folders"
         )
     names = list(classes) if classes is not None else found
-    files: list[Path] = []
+    files: list[str] = []  # str, not Path: a tenth of the memory for a million files
     labels: list[int] = []
     for label, class_name in enumerate(names):
         images = _class_images(folder / class_name)
         files.extend(images)
         labels.extend([label] * len(images))
-    sizes = np.fromiter((f.stat().st_size for f in files), dtype=np.int64, count=len(files))
+    sizes = np.fromiter((os.stat(f).st_size for f in files), dtype=np.int64, count=len(files))
     return names, files, np.asarray(labels, dtype=np.int64), sizes
 
 
-def _class_images(folder: Path) -> list[Path]:
+def _class_images(folder: Path) -> list[str]:
     images = []
     for directory, subfolders, names in os.walk(folder):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for file_name in sorted(names):
             if file_name.startswith("."):
                 continue  # .DS_Store and other hidden files are not examples
-            path = Path(directory) / file_name
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            path = os.path.join(directory, file_name)
+            suffix = os.path.splitext(file_name)[1]
+            if suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DataError(
-                    f"{str(path)!r} in class folder {folder.name!r} is not an image (its "
-                    f"extension is {path.suffix or 'missing'}; images end in "
+                    f"{path!r} in class folder {folder.name!r} is not an image (its "
+                    f"extension is {suffix or 'missing'}; images end in "
                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}); move it out of the folder"
                 )
             images.append(path)
@@ -87,7 +88,7 @@ class ImageFolderSource(RecordSource):
     random_access = True
 
     def __init__(
-        self, files: Sequence[Path], labels: np.ndarray, sizes: np.ndarray, codec: Codec, root: Path
+        self, files: Sequence[str], labels: np.ndarray, sizes: np.ndarray, codec: Codec, root: Path
     ) -> None:
         self.files = list(files)
         self._labels = labels
@@ -112,14 +113,15 @@ class ImageFolderSource(RecordSource):
 
     def take(self, rows: np.ndarray) -> RecordChunk:
         records = [self._read(self.files[r]) for r in rows.tolist()]
-        return RecordChunk(records, self._labels[rows], [str(self.files[r]) for r in rows])
+        return RecordChunk(records, self._labels[rows], [self.files[r] for r in rows.tolist()])
 
-    def _read(self, path: Path) -> bytes:
+    def _read(self, path: str) -> bytes:
         try:
-            return path.read_bytes()
+            with open(path, "rb") as f:
+                return f.read()
         except OSError as e:
             raise DataError(
-                f"cannot read {str(path)!r}: {e}; check that the file exists and is readable"
+                f"cannot read {path!r}: {e}; check that the file exists and is readable"
             ) from e
 
     def describe(self) -> str:

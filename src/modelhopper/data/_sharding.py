@@ -215,7 +215,9 @@ def _write_streamed(
     source = split.source
     if source.random_access:
         n_threads = _n_threads(split, len(parts))
-        budget = split.memory_bytes // (2 * n_threads)
+        # A few MiB per read is as fast as more; the rest of the bound is headroom for
+        # what Python and Arrow keep of freed buffers.
+        budget = min(split.memory_bytes // (2 * n_threads), _TAKE_BYTES)
         with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
             futures = [
                 pool.submit(_build_shard_part, source, np.sort(rows), folder, prefix, budget)
@@ -240,6 +242,9 @@ def _write_streamed(
         )
     return [_close(x_writer, y_writer, folder, prefix) for (x_writer, y_writer), folder in
             zip(writers, folders, strict=True)]  # fmt: skip
+
+
+_TAKE_BYTES = 8 * 2**20
 
 
 def _n_threads(split: StreamedSplit, n_parts: int) -> int:
