@@ -172,3 +172,58 @@ def test_a_worker_dying_too_often_fails_the_run_and_keeps_the_record(tmp_path):
     store = SQLStore(url)
     assert store.get_experiment("fragile").status is mh.store.RunStatus.FAILED
     assert len(store.list_steps("fragile")) >= 6
+
+
+IMAGE_SPEC = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import modelhopper as mh
+
+    def flip(image):  # one uint8 (1, 28, 28) image, mirrored at random
+        return image.flip(-1) if torch.rand(()) < 0.5 else image
+
+    def make_estimator(p):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.1),
+                              nn.Linear(32, 10))
+        return mh.Estimator(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+                            loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=16,
+                            train_transform=mh.per_example(lambda x: flip(x).float() / 255),
+                            eval_transform=lambda x: x.float() / 255, num_workers=p["workers"])
+
+    space = {"lr": mh.grid([1e-3, 3e-3]), "workers": mh.grid([0, 1])}
+    data = mh.Dataset.from_image_folder(
+        mh.datasets.fashion_mnist_folder(FOLDER, limit=400), fractions=(0.75, 0.25, 0.0)
+    )
+    search = mh.GridSearch(make_estimator, space, epochs=4, metric="val_accuracy",
+                           direction="maximize", seed=5)
+    """
+)
+
+
+def test_resume_of_an_image_folder_run_with_augmentation_gives_the_same_results(tmp_path):
+    """Images decoded on the workers, augmented at random: a resumed run changes nothing."""
+    spec = tmp_path / "spec.py"
+    spec.write_text(IMAGE_SPEC.replace("FOLDER", repr(str(tmp_path / "images"))))
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    from modelhopper.cli import load_spec, spec_objects
+
+    search, data = spec_objects(load_spec(spec), spec)
+    reference = search.fit(data, n_workers=2, run_name="reference", store=url,
+                           run_dir=tmp_path / "reference")  # fmt: skip
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--run-name", "crashy",
+         "--store", url, "--run-dir", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_for_steps(url, "crashy", 12)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    store = SQLStore(url)
+    assert len(store.list_steps("crashy")) < 4 * 4 * 4  # it really was interrupted mid-run
+    store.close()
+    resumed = mh.resume("crashy", store=url)
+    assert resumed.status == "completed"
+    assert _final_metrics(resumed) == _final_metrics(reference)
