@@ -25,7 +25,15 @@ from modelhopper.data._encoded import Codec, EncodedColumn, EncodedWriter
 from modelhopper.data._streaming import RecordChunk, RecordSource, StreamedSplit
 from modelhopper.errors import ConfigError, DataError
 
-__all__ = ["ShardInfo", "ShardData", "shard_indices", "shard_splits", "write_shards", "open_shard"]
+__all__ = [
+    "ShardInfo",
+    "ShardData",
+    "shard_indices",
+    "shard_splits",
+    "write_shards",
+    "open_shard",
+    "read_shard_info",
+]
 
 _ARRAYS = ("train_x", "train_y", "val_x", "val_y")
 
@@ -291,6 +299,12 @@ def _append(x_writer: Any, y_writer: _DenseWriter, chunk: RecordChunk, rows: np.
 def _close(x_writer: Any, y_writer: _DenseWriter, folder: Path, prefix: str) -> dict[str, str]:
     x_name = f"{prefix}_x.arrow" if isinstance(x_writer, EncodedWriter) else f"{prefix}_x.npy"
     return {x_name: x_writer.close(), f"{prefix}_y.npy": y_writer.close()}
+
+
+def read_shard_info(path: str | os.PathLike) -> ShardInfo:
+    """A shard's ShardInfo from its ``shard.json`` (which also holds how ``x`` is encoded)."""
+    meta = json.loads(Path(path).read_text())
+    return ShardInfo(**{f.name: meta[f.name] for f in dataclasses.fields(ShardInfo)})
 
 
 def open_shard(path: str | os.PathLike) -> ShardData:
