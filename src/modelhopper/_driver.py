@@ -132,6 +132,9 @@ class Driver:
     ) -> None:
         self.name = name
         self.procedure = procedure
+        # A procedure that never stops an MST early (grid, random search) decides nothing
+        # from an epoch's metrics: its MSTs go on without waiting for the epoch's record.
+        self._decides = getattr(procedure, "decides_on_epochs", lambda: True)()
         self.executor = executor
         self.store = store
         self.checkpoints = checkpoints
@@ -327,7 +330,10 @@ class Driver:
             return False
         return (
             not self.in_flight
-            or any(f.epochs or not isinstance(f.state, bytes) for f in self.unrecorded)
+            or any(
+                (f.epochs and self._decides) or not isinstance(f.state, bytes)
+                for f in self.unrecorded
+            )
             or time.monotonic() - self.unrecorded[0].arrived >= RECORD_INTERVAL_SECONDS
         )
 
@@ -409,7 +415,7 @@ class Driver:
             if len(epoch.evaluation) == self.n_workers:
                 del self.epochs[visit.mst_id, outcome.step.epoch]
                 epochs.append(self._epoch_record(visit.mst_id, outcome.step.epoch, epoch))
-        if epochs:  # no further visit before the procedure has decided on this epoch
+        if epochs and self._decides:  # no further visit before the procedure has decided
             self.scheduler.hold(visit.mst_id)
         self.states[visit.mst_id] = result.state
         self.bar.update(len(visit.steps), self._remaining())
@@ -428,7 +434,7 @@ class Driver:
         for mst_id in dict.fromkeys(f.visit.mst_id for f in finished):
             self._prune(self.msts_by_id[mst_id])
         for f in finished:
-            if f.epochs:
+            if f.epochs and self._decides:
                 self.scheduler.unhold(f.visit.mst_id)
         self.record_seconds += time.perf_counter() - started
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from torch import nn
 from modelhopper._driver import Driver
 from modelhopper.data import Dataset
 from modelhopper.data._dataset import check_label_range
-from modelhopper.data._sharding import ShardInfo, write_shards
+from modelhopper.data._sharding import ShardInfo, read_shard_info, write_shards
 from modelhopper.data._streaming import StreamedSplit
 from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
 from modelhopper.estimator import build_estimator, metric_names
@@ -282,7 +281,7 @@ def _load_shards(directory: Path, n_workers: int) -> list[ShardInfo]:
     for index in range(n_workers):
         path = directory / "shards" / f"shard-{index}" / "shard.json"
         try:
-            infos.append(ShardInfo(**json.loads(path.read_text())))
+            infos.append(read_shard_info(path))
         except OSError as e:
             raise StoreError(
                 f"shard {index} of this run is missing ({path}); a run can be resumed only "

@@ -171,6 +171,11 @@ class BaseProcedure:
         """Called when an MST's epoch is evaluated; the default trains every epoch."""
         return Decision.CONTINUE
 
+    def decides_on_epochs(self) -> bool:
+        """Whether ``on_epoch_end`` may stop an MST (it is overridden): if not, an MST's
+        next epoch need not wait until the last one's metrics are recorded."""
+        return type(self).on_epoch_end is not BaseProcedure.on_epoch_end
+
     def on_idle(self, trainer: Trainer, n_idle: int) -> None:
         """``n_idle`` workers have nothing to run; add or promote MSTs to feed them."""
         return None
