@@ -153,7 +153,10 @@ def run_search(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
     digest = hashlib.sha256()  # the shards' fingerprint, computed while they are written
-    shards = write_shards(data, n_workers, directory / "shards", procedure.seed, digest=digest)
+    shards = write_shards(
+        data, n_workers, directory / "shards", procedure.seed, digest=digest,
+        builder=executor.build_shards,
+    )  # fmt: skip
     if num_classes is not None and data.streamed:
         _check_shard_labels(shards, num_classes)
     provenance = collect_provenance(

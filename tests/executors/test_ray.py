@@ -132,3 +132,30 @@ def test_representations_are_materialised_on_ray_workers_and_train_the_same(tmp_
     for shard in range(2):  # each Ray worker materialised its shard once for both MSTs
         features = tmp_path / "ray" / "shards" / f"shard-{shard}" / "features"
         assert len(list(features.glob("*.npy"))) == 2  # train and val
+
+
+def _image_estimator(p):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=p["lr"]),
+        loss=nn.CrossEntropyLoss(),
+        batch_size=32,
+        train_transform=mh.per_example(lambda x: x.flip(-1).float() / 255),
+        eval_transform=lambda x: x.float() / 255,
+    )
+
+
+def test_ray_builds_image_shards_as_tasks_and_trains_like_local(tmp_path):
+    """Shards of an image folder are built by Ray tasks, not the driver, and are the same."""
+    executor = mh.RayExecutor(threads_per_worker=1, data="path", start_timeout=START_TIMEOUT)
+    pids = executor.build_shards([os.getpid, os.getpid])
+    assert pids is not None and os.getpid() not in pids  # ran in Ray's worker processes
+    root = mh.datasets.fashion_mnist_folder(tmp_path / "images", limit=200)
+    data = mh.Dataset.from_image_folder(root, fractions=(0.75, 0.25, 0.0))
+    search = mh.GridSearch(_image_estimator, {"lr": mh.grid([0.05, 0.01])}, epochs=1, seed=3)
+    local = search.fit(data, n_workers=2, run_dir=tmp_path / "local",
+                       executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+    on_ray = search.fit(data, n_workers=2, run_dir=tmp_path / "ray", executor=executor)
+    assert on_ray.provenance["data_sha256"] == local.provenance["data_sha256"]
+    _assert_same_training(on_ray, local)

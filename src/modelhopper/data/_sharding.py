@@ -9,10 +9,12 @@ IPC file each (``_encoded``), decoded per batch on the worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +103,7 @@ def write_shards(
     seed: int,
     *,
     digest: Any = None,
+    builder: Callable[[Sequence[Callable[[], Any]]], list[Any] | None] | None = None,
 ) -> list[ShardInfo]:
     """Write one folder per shard under ``directory``; returns their ``ShardInfo``.
 
@@ -124,7 +127,7 @@ def write_shards(
         parts = shard_indices(len(split), n_shards, seed, salt=salt)
         counts[prefix] = [len(p) for p in parts]
         if isinstance(split, StreamedSplit):
-            written = _write_streamed(split, parts, folders, prefix)
+            written = _write_streamed(split, parts, folders, prefix, builder)
             codec = split.source.codec or codec
         else:
             written = [_write_dense_part(split, rows, folder, prefix) for rows, folder in
@@ -217,21 +220,30 @@ class _DenseWriter:
 
 
 def _write_streamed(
-    split: StreamedSplit, parts: list[np.ndarray], folders: list[Path], prefix: str
+    split: StreamedSplit,
+    parts: list[np.ndarray],
+    folders: list[Path],
+    prefix: str,
+    builder: Callable[[Sequence[Callable[[], Any]]], list[Any] | None] | None = None,
 ) -> list[dict[str, str]]:
-    """Stream a split's rows into its shards; a thread per shard where the source allows."""
+    """Stream a split's rows into its shards. A source that reads any row builds each
+    shard on its own: with ``builder`` (an executor's, e.g. Ray tasks) where it runs
+    them, else in a thread per shard here."""
     source = split.source
     if source.random_access:
         n_threads = _n_threads(split, len(parts))
         # A few MiB per read is as fast as more; the rest of the bound is headroom for
         # what Python and Arrow keep of freed buffers.
         budget = min(split.memory_bytes // (2 * n_threads), _TAKE_BYTES)
+        builds = [
+            functools.partial(_build_shard_part, source, np.sort(rows), folder, prefix, budget)
+            for rows, folder in zip(parts, folders, strict=True)
+        ]
+        built = builder(builds) if builder is not None else None
+        if built is not None:
+            return built
         with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
-            futures = [
-                pool.submit(_build_shard_part, source, np.sort(rows), folder, prefix, budget)
-                for rows, folder in zip(parts, folders, strict=True)
-            ]
-            return [f.result() for f in futures]
+            return list(pool.map(lambda build: build(), builds))
     writers = [_part_writers(source, folder, prefix, len(rows)) for rows, folder in
                zip(parts, folders, strict=True)]  # fmt: skip
     owner = np.empty(len(source), dtype=np.int32)  # 4 bytes per example: the only O(n) state

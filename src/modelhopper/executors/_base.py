@@ -94,6 +94,12 @@ class BaseExecutor(ABC):
     def prepare(self, n_workers: int) -> None:  # noqa: B027 - optional, most need nothing
         """Called before the data is sharded: begin slow start-up work (no shard exists yet)."""
 
+    def build_shards(self, builds: Sequence[Callable[[], Any]]) -> list[Any] | None:
+        """Run shard builds (one per shard, each writes its shard's files) in parallel
+        where the workers can read what they write; None leaves them to the driver,
+        which runs them in threads (a local executor shares the driver's disk)."""
+        return None
+
     @abstractmethod
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         """Start one worker per shard; each opens only its own shard."""

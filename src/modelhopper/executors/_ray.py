@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,11 @@ def _pickle_factory(factory: Callable[..., Any]) -> bytes:
         cloudpickle.unregister_pickle_by_value(module)
 
 
+def _run_build(blob: bytes) -> Any:
+    """A Ray task: one shard's build, shipped as a cloudpickled closure."""
+    return cloudpickle.loads(blob)()
+
+
 def _read_shard_files(path: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
 
@@ -274,6 +280,26 @@ class RayExecutor(BaseExecutor):
         return per_node
 
     # -- life cycle ----------------------------------------------------------------
+    def build_shards(self, builds: Sequence[Callable[[], Any]]) -> list[Any] | None:
+        """Build the shards as Ray tasks, in parallel across the cluster, when every node
+        reads the run directory (``data="path"``, or a one-node cluster with "auto")."""
+        if self.data == "ship":
+            return None
+        self._ray = ray = import_ray()
+        self._connect()
+        if self.data == "auto" and sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
+            return None  # nodes may not share the run directory: the driver writes it
+        task = ray.remote(num_cpus=1, max_retries=0)(_run_build)
+        try:
+            return ray.get([task.remote(cloudpickle.dumps(build)) for build in builds])
+        except Exception as e:  # e.g. a node cannot import the module of a torch Dataset
+            warnings.warn(
+                f"building the shards on the Ray cluster failed ({type(e).__name__}: {e}); "
+                "building them in this process instead",
+                stacklevel=2,
+            )
+            return None
+
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         if self._actors:
             raise ExecutorError("this RayExecutor is already started; use a new one per run")
