@@ -86,8 +86,13 @@ class Codec:
                 array = np.array(image)  # a writable copy: torch shares its memory
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             where = origin() if callable(origin) else origin
+            reason = (
+                "its bytes are no image format Pillow reads"
+                if isinstance(e, UnidentifiedImageError)
+                else f"{type(e).__name__}: {e}"
+            )
             raise BadRecordError(
-                f"cannot decode {where} as an image ({type(e).__name__}: {e}); replace or "
+                f"cannot decode {where} as an image ({reason}); replace or "
                 "remove the file, or pass on_bad_record='skip' to leave such records out"
             ) from e
         return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
