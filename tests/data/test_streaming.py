@@ -123,7 +123,7 @@ def test_image_folder_fractions_split_one_root(fashion, tmp_path) -> None:
     dataset = Dataset.from_image_folder(train, fractions=(0.6, 0.2, 0.2), seed=3)
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (180, 60, 60)
     parts = [dataset.train.source.files, dataset.validation.source.files, dataset.test.source.files]
-    assert sorted(f for part in parts for f in part) == _images(train)
+    assert sorted(Path(f) for part in parts for f in part) == _images(train)
     infos = write_shards(dataset, 2, tmp_path / "shards", seed=0)
     roots = {"train": list(parts[0]), "val": list(parts[1])}
     _check_image_shards(infos, roots, dataset.classes)
