@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from modelhopper.testing._executor import ExecutorConformance, make_test_estimator
 from modelhopper.testing._fake_trainer import EpochLog, FakeTrainer
+from modelhopper.testing._lcbench import LCBench
 from modelhopper.testing._store import StoreConformance
+from modelhopper.testing._surrogate import (
+    SimulatedVisit,
+    SurrogateExecutor,
+    surrogate_dataset,
+    surrogate_estimator,
+)
 
 __all__ = [
     "EpochLog",
     "ExecutorConformance",
     "FakeTrainer",
+    "LCBench",
+    "SimulatedVisit",
     "StoreConformance",
+    "SurrogateExecutor",
     "make_test_estimator",
+    "surrogate_dataset",
+    "surrogate_estimator",
 ]

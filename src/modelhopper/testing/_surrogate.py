@@ -1,0 +1,337 @@
+"""SurrogateExecutor: the real engine on a simulated clock, with LCBench's learning curves.
+
+The driver, scheduler, store and procedures run unchanged; only the executor is
+simulated. A visit's "training" asks the surrogate (``LCBench``) for the MST's
+metrics at that epoch, and costs simulated seconds: a TRAIN step of epoch e (on one
+of p shards) costs LCBench's predicted seconds of epoch e / p; an EVAL step costs
+``eval_fraction`` times that (default 0: LCBench's epoch time is counted whole on
+the train steps); a visit that is sent a state (a hop) costs ``hop_seconds`` more.
+``wait()`` is a discrete-event simulation: it returns the visits that finish
+earliest in simulated time, so 4 to 64 simulated workers run in seconds of real
+time. The real time the driver spends between ``wait()`` calls (procedures'
+decisions, scheduling, store writes, checkpoints) is kept off the simulated clock
+and reported as ``driver_seconds``.
+
+Mapping: an MST's params are LCBench's hyperparameters (build the space with
+``LCBench().space()``; a name left out takes its default, an unknown name fails the
+MST); the OpenML task is fixed per executor. The MST's epoch e (0-based, as the
+driver counts) is LCBench's epoch e + 1, so at most 52 epochs. Reported metrics
+(the driver prefixes ``val_``): ``val_accuracy`` = LCBench's val_accuracy / 100 (a
+fraction, as modelhopper's accuracy metric), ``val_loss`` = val_cross_entropy,
+``val_balanced_accuracy``. Each epoch's validation set is counted once, on shard 0
+(n=1; the other shards report n=0), so the driver's example-weighted mean is the
+surrogate's value exactly. LCBench predicts no training metrics: ``train_loss`` is
+NaN. A warm-started MST (PBT's clone) continues its own params' curve from the
+epoch its parent had reached, as surrogate benchmarks of PBT do.
+
+The state an MST carries is a small JSON blob (params, epoch offset, train steps
+done); every step checks it, so an engine that skipped, repeated or misplaced a
+sub-epoch fails that MST with the reason. Run it with::
+
+    bench = LCBench()
+    search = mh.ASHA(surrogate_estimator, bench.space(), max_epochs=52, n_msts=64,
+                     metric="val_accuracy", direction="maximize")
+    executor = SurrogateExecutor(task=3945, bench=bench)
+    search.fit(surrogate_dataset(32), n_workers=32, executor=executor)
+    executor.simulated_seconds, executor.finish_times, executor.driver_seconds
+
+The dataset is a placeholder (the driver shards it; its contents are ignored) and
+``surrogate_estimator`` a tiny real ``Estimator`` for the driver's pre-flight check.
+``driver_seconds`` counts everything the driver does between ``wait()`` calls
+(procedure hooks, scheduling, store transactions, checkpoint files). A resumed run
+(``mh.resume(name, executor=SurrogateExecutor(...))``) restores states from the
+checkpoints as usual, but its simulated clock starts again at 0.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelhopper.data import Dataset
+from modelhopper.data._sharding import ShardInfo
+from modelhopper.errors import ConfigError, ExecutorError
+from modelhopper.estimator import Estimator, PassResult
+from modelhopper.executors._base import (
+    BaseExecutor,
+    StepOutcome,
+    VisitResult,
+    VisitTask,
+    state_bytes,
+)
+from modelhopper.scheduling import Step, StepKind
+from modelhopper.testing._lcbench import LCBENCH_HYPERPARAMETERS, MAX_EPOCH, LCBench
+
+__all__ = ["SimulatedVisit", "SurrogateExecutor", "surrogate_dataset", "surrogate_estimator"]
+
+
+def surrogate_estimator(params: dict[str, Any]) -> Estimator:
+    """A tiny real Estimator (1 feature, 2 classes) for the driver's pre-flight check;
+    the surrogate does the "training". It reports ``accuracy``, so a procedure may use
+    metric ``val_accuracy`` or ``val_loss``."""
+    model = nn.Linear(1, 2)
+    return Estimator(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        loss=nn.CrossEntropyLoss(),
+        metrics=["accuracy"],
+        batch_size=1,
+    )
+
+
+def surrogate_dataset(n_workers: int) -> Dataset:
+    """A placeholder Dataset the driver can shard over ``n_workers`` (contents ignored)."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    x = np.zeros((n_workers, 1), dtype=np.float32)
+    y = np.zeros(n_workers, dtype=np.int64)
+    return Dataset.from_numpy(x, y, x.copy(), y.copy())
+
+
+@dataclass(frozen=True)
+class SimulatedVisit:
+    """One visit on the simulated clock (for utilisation plots and checks)."""
+
+    worker: int
+    mst_id: int
+    start: float
+    end: float
+    steps: tuple[Step, ...]
+    hop: bool
+
+
+class _VisitFailed(Exception):
+    """The MST cannot go on (a reason for VisitResult.error)."""
+
+
+@dataclass
+class _Queued:
+    worker: int
+    task: VisitTask
+    start: float
+
+
+class SurrogateExecutor(BaseExecutor):
+    """Simulated workers whose sub-epochs are LCBench surrogate predictions (see the module).
+
+    After a run: ``simulated_seconds`` (the makespan on the simulated clock),
+    ``finish_times`` (MST -> simulated time its last visit ended), ``epoch_times``
+    ((MST, epoch) -> simulated time the epoch's evaluation ended), ``busy_seconds``
+    (per worker), ``trace`` (every visit), ``driver_seconds`` (real seconds the driver
+    spent between ``wait()`` calls) and ``surrogate_seconds`` (real seconds spent here).
+    """
+
+    def __init__(
+        self,
+        *,
+        task: int | str,
+        bench: LCBench | None = None,
+        eval_fraction: float = 0.0,
+        hop_seconds: float = 0.0,
+    ) -> None:
+        self.bench = LCBench() if bench is None else bench
+        if str(task) not in {str(t) for t in self.bench.tasks}:
+            raise ConfigError(
+                f"task {task!r} is not an LCBench task; pick one of {list(self.bench.tasks)}"
+            )
+        for name, value in (("eval_fraction", eval_fraction), ("hop_seconds", hop_seconds)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        self.task = int(task)
+        self.eval_fraction = float(eval_fraction)
+        self.hop_seconds = float(hop_seconds)
+        self._started = False
+        self._curves: dict[tuple[float, ...], dict[str, np.ndarray]] = {}
+        self._reset(0, [])
+
+    def _reset(self, n_workers: int, resident: list[int]) -> None:
+        self._n = n_workers
+        self._resident = resident
+        self._now = 0.0
+        self._queued: dict[int, _Queued] = {}  # worker -> visit submitted, not yet simulated
+        self._events: list[tuple[float, int, VisitResult]] = []  # (end, worker, result)
+        self._busy: dict[int, int] = {}  # worker -> mst_id
+        self._held: dict[int, tuple[int, bytes]] = {}  # worker -> (mst_id, state) it holds
+        self._returned_at: float | None = None
+        self.busy_seconds = [0.0] * n_workers
+        self.finish_times: dict[int, float] = {}
+        self.epoch_times: dict[tuple[int, int], float] = {}
+        self.trace: list[SimulatedVisit] = []
+        self.driver_seconds = 0.0
+        self.surrogate_seconds = 0.0
+
+    # -- BaseExecutor --------------------------------------------------------------
+    @property
+    def n_workers(self) -> int:
+        return self._n
+
+    @property
+    def resident_shard_bytes(self) -> list[int]:
+        return list(self._resident)
+
+    @property
+    def simulated_seconds(self) -> float:
+        """The simulated clock: when the latest visit returned by ``wait()`` ended."""
+        return self._now
+
+    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+        if self._started:
+            raise ExecutorError("this SurrogateExecutor is already started; use a new one per run")
+        self._started = True
+        self._reset(len(shards), [s.nbytes for s in shards])
+        self._returned_at = time.perf_counter()
+
+    def submit(self, worker: int, task: VisitTask) -> None:
+        if not self._started:
+            raise ExecutorError("submit() before start(); start the executor first")
+        if not 0 <= worker < self._n:
+            raise ExecutorError(f"worker {worker} does not exist; workers are 0..{self._n - 1}")
+        if worker in self._busy:
+            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker]}")
+        self._busy[worker] = task.mst_id
+        self._queued[worker] = _Queued(worker, task, self._now)
+
+    def wait(self) -> list[VisitResult]:
+        if not self._busy:
+            raise ExecutorError("wait() with no visit in flight; submit one first")
+        entered = time.perf_counter()
+        if self._returned_at is not None:
+            self.driver_seconds += entered - self._returned_at
+        self._simulate_queued()
+        end = self._events[0][0]
+        results = []
+        while self._events and self._events[0][0] == end:
+            _, worker, result = heapq.heappop(self._events)
+            del self._busy[worker]
+            results.append(result)
+        self._now = end
+        self._returned_at = time.perf_counter()
+        self.surrogate_seconds += self._returned_at - entered
+        return results
+
+    def shutdown(self) -> None:
+        self._queued.clear()
+        self._events.clear()
+        self._busy.clear()
+        self._held.clear()
+
+    # -- the simulation --------------------------------------------------------------
+    def _simulate_queued(self) -> None:
+        """Run every submitted visit (one ONNX call for the new MSTs' curves)."""
+        queued = [self._queued.pop(w) for w in sorted(self._queued)]
+        new: dict[tuple[float, ...], dict[str, float]] = {}
+        for q in queued:
+            try:
+                config = self.bench.config(q.task.params)
+            except ConfigError:
+                continue  # the visit fails below, saying why
+            key = tuple(config[name] for name in LCBENCH_HYPERPARAMETERS)
+            if key not in self._curves:
+                new[key] = config
+        if new:
+            curves = self.bench.curves(self.task, list(new.values()))
+            for i, key in enumerate(new):
+                self._curves[key] = {name: values[i] for name, values in curves.items()}
+        for q in queued:
+            result, seconds, hop = self._visit(q.worker, q.task)
+            end = q.start + seconds
+            self.busy_seconds[q.worker] += seconds
+            self.trace.append(
+                SimulatedVisit(q.worker, q.task.mst_id, q.start, end, q.task.steps, hop)
+            )
+            self.finish_times[q.task.mst_id] = end
+            for outcome in result.outcomes:
+                step = outcome.step
+                if step.kind is StepKind.EVAL and step.position == self._n - 1:
+                    self.epoch_times[q.task.mst_id, step.epoch] = end
+            heapq.heappush(self._events, (end, q.worker, result))
+
+    def _visit(self, worker: int, task: VisitTask) -> tuple[VisitResult, float, bool]:
+        """The visit's result, its simulated seconds and whether it got a state (a hop)."""
+        try:
+            state = self._state(worker, task)
+            config = self.bench.config(task.params)
+        except (_VisitFailed, ConfigError) as e:
+            self._held.pop(worker, None)
+            return VisitResult(worker, task.mst_id, error=str(e), traceback=str(e)), 0.0, False
+        curve = self._curves[tuple(config[name] for name in LCBENCH_HYPERPARAMETERS)]
+        hop = task.state is not None
+        seconds = self.hop_seconds if hop else 0.0
+        outcomes = []
+        try:
+            for step in task.steps:
+                passed = self._step(worker, task.mst_id, step, state, curve)
+                seconds += passed.seconds
+                outcomes.append(StepOutcome(step, passed))
+        except _VisitFailed as e:
+            self._held.pop(worker, None)
+            return VisitResult(worker, task.mst_id, error=str(e), traceback=str(e)), 0.0, hop
+        blob = json.dumps(state, sort_keys=True).encode()
+        self._held[worker] = (task.mst_id, blob)
+        result = VisitResult(
+            worker, task.mst_id, tuple(outcomes), blob, busy_seconds=seconds,
+            extra={"simulated": True},
+        )  # fmt: skip
+        return result, seconds, hop
+
+    def _state(self, worker: int, task: VisitTask) -> dict[str, Any]:
+        if task.state is not None:
+            return dict(json.loads(state_bytes(task.state)))
+        if task.fresh:
+            offset = 0
+            if task.init_state is not None:  # a warm start goes on from the parent's epoch
+                parent = json.loads(state_bytes(task.init_state))
+                offset = parent["offset"] + parent["trained"] // self._n
+            return {"mst": task.mst_id, "offset": offset, "trained": 0}
+        held = self._held.get(worker)
+        if held is None or held[0] != task.mst_id:
+            raise _VisitFailed(
+                f"worker {worker} holds no state of MST {task.mst_id} and none was sent"
+            )
+        return dict(json.loads(held[1]))
+
+    def _step(
+        self, worker: int, mst_id: int, step: Step, state: dict[str, Any], curve: Mapping[str, Any]
+    ) -> PassResult:
+        p = self._n
+        if step.shard != worker:
+            raise _VisitFailed(
+                f"step {step} of MST {mst_id} is for shard {step.shard}, ran on {worker}"
+            )
+        epoch = state["offset"] + step.epoch + 1  # LCBench's epochs are 1-based
+        if epoch > MAX_EPOCH:
+            raise _VisitFailed(
+                f"MST {mst_id} asks for LCBench epoch {epoch}; the surrogate knows epochs 1-"
+                f"{MAX_EPOCH}: use max_epochs <= {MAX_EPOCH - state['offset']}"
+            )
+        epoch_seconds = float(curve["epoch_seconds"][epoch - 1])
+        first = step.shard == 0  # the shard that counts the epoch's examples once
+        if step.kind is StepKind.TRAIN:
+            expected = step.epoch * p + step.position
+            if state["trained"] != expected:
+                raise _VisitFailed(
+                    f"MST {mst_id} trained {state['trained']} sub-epochs, but step {step} "
+                    f"expects {expected}: the engine skipped or repeated a sub-epoch"
+                )
+            state["trained"] += 1
+            return PassResult(int(first), math.nan if first else 0.0, {}, epoch_seconds / p)
+        if state["trained"] != (step.epoch + 1) * p:
+            raise _VisitFailed(
+                f"MST {mst_id} evaluates epoch {step.epoch} after {state['trained']} sub-epochs "
+                f"of training, not {(step.epoch + 1) * p}"
+            )
+        sums = {
+            "accuracy": float(curve["val_accuracy"][epoch - 1]) / 100.0 if first else 0.0,
+            "balanced_accuracy": float(curve["val_balanced_accuracy"][epoch - 1]) if first else 0.0,
+        }
+        loss = float(curve["val_cross_entropy"][epoch - 1]) if first else 0.0
+        return PassResult(int(first), loss, sums, self.eval_fraction * epoch_seconds / p)

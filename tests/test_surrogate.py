@@ -1,0 +1,345 @@
+"""The LCBench surrogate loader and the SurrogateExecutor running the real engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelhopper as mh
+from modelhopper.data._sharding import ShardInfo
+from modelhopper.errors import ConfigError, DataError, ExecutorError
+from modelhopper.executors import VisitResult, VisitTask
+from modelhopper.scheduling import Step, StepKind
+
+pytest.importorskip("onnxruntime")
+
+from modelhopper.testing import (  # noqa: E402 - after the skip
+    LCBench,
+    SurrogateExecutor,
+    surrogate_dataset,
+    surrogate_estimator,
+)
+from modelhopper.testing._lcbench import (  # noqa: E402
+    LCBENCH_HYPERPARAMETERS,
+    LCBENCH_TARGETS,
+    default_path,
+)
+
+try:
+    default_path()
+except DataError as e:
+    pytest.skip(str(e), allow_module_level=True)
+
+TASK = 3945
+SENSIBLE = {
+    "batch_size": 64,
+    "learning_rate": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "num_layers": 3,
+    "max_units": 256,
+    "max_dropout": 0.1,
+}
+# (task, config, epoch) -> (time, val_accuracy, val_cross_entropy, val_balanced_accuracy,
+# test_cross_entropy, test_balanced_accuracy), computed with yahpo_gym 1.0.2's own
+# BenchmarkSet("lcbench", instance=task).objective_function (its feeding code; ConfigSpace
+# stubbed only for ordering) on the same model.onnx.
+YAHPO_REFERENCE = [
+    (
+        3945,
+        {"batch_size": 91, "learning_rate": 0.0031622777, "momentum": 0.545,
+         "weight_decay": 0.050005, "num_layers": 3, "max_units": 256, "max_dropout": 0.5},
+        26,
+        (102.431, 92.3536, 0.4047, 0.6708, 0.5513, 0.6557),
+    ),
+    (
+        7593,
+        {"batch_size": 32, "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 0.001,
+         "num_layers": 2, "max_units": 512, "max_dropout": 0.1},
+        52,
+        (770.5818, 73.5565, 0.5517, 0.7616, 1.5028, 0.773),
+    ),
+    (
+        126025,
+        {"batch_size": 256, "learning_rate": 0.001, "momentum": 0.5, "weight_decay": 0.01,
+         "num_layers": 4, "max_units": 128, "max_dropout": 0.3},
+        1,
+        (9.0335, 44.3755, 0.6154, 0.4909, 0.6781, 0.4936),
+    ),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench() -> LCBench:
+    return LCBench()
+
+
+# -- the loader ----------------------------------------------------------------------
+def test_tasks_and_space_come_from_config_space(bench: LCBench) -> None:
+    assert len(bench.tasks) == 34 and {3945, 7593, 126025, 189908} <= set(bench.tasks)
+    space = mh.Space(bench.space())
+    assert space.names == LCBENCH_HYPERPARAMETERS
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        config = bench.config(space.sample(rng))
+        assert 16 <= config["batch_size"] <= 512 and config["batch_size"] == round(
+            config["batch_size"]
+        )
+        assert config["num_layers"] in {1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize(("task", "config", "epoch", "expected"), YAHPO_REFERENCE)
+def test_predictions_match_yahpo_gym(
+    bench: LCBench, task: int, config: dict[str, float], epoch: int, expected: tuple[float, ...]
+) -> None:
+    got = bench.predict(task, [config], epoch)
+    assert [round(float(got[name][0]), 4) for name in LCBENCH_TARGETS] == pytest.approx(
+        expected, abs=2e-4
+    )
+
+
+@pytest.mark.parametrize("task", [7593, 167104, 189905, 189906, 189908])
+def test_val_accuracy_rises_with_epoch_for_a_sensible_config(bench: LCBench, task: int) -> None:
+    curve = bench.curves(task, [SENSIBLE])
+    accuracy, loss = curve["val_accuracy"][0], curve["val_cross_entropy"][0]
+    early = [accuracy[e - 1] for e in (1, 5, 10, 26)]
+    assert early == sorted(early) and early[-1] > early[0] + 20
+    assert accuracy[51] >= accuracy[25] - 1.0
+    assert loss[51] < loss[0]
+
+
+def test_values_lie_in_lcbench_ranges(bench: LCBench) -> None:
+    space = mh.Space(bench.space())
+    rng = np.random.default_rng(1)
+    configs = [space.sample(rng) for _ in range(100)]
+    seconds = {}
+    for task in (7593, 126025, 189905, 189906, 189908):
+        curve = bench.curves(task, configs)
+        assert np.all((curve["val_accuracy"] >= 0) & (curve["val_accuracy"] <= 100))  # percent
+        for name in ("val_balanced_accuracy", "test_balanced_accuracy"):  # fractions
+            assert np.all((curve[name] >= 0) & (curve[name] <= 1))
+        assert np.all(curve["val_cross_entropy"] > 0) and np.all(curve["test_cross_entropy"] > 0)
+        # time is cumulative: positive, and far larger after 52 epochs than after 1
+        assert np.all(curve["time"] > 0)
+        ratio = curve["time"][:, 51] / curve["time"][:, 0]
+        assert np.all(ratio > 3) and np.median(ratio) > 10
+        assert np.all(curve["epoch_seconds"] >= 0)
+        np.testing.assert_allclose(
+            curve["epoch_seconds"].sum(axis=1), curve["time"].max(axis=1), rtol=1e-9
+        )
+        seconds[task] = float(np.median(curve["epoch_seconds"]))
+    # The task codes reach the right tasks: covertype (581k rows) and Fashion-MNIST (70k
+    # images) take far longer per epoch than car (1.7k rows) and segment (2.3k rows).
+    assert min(seconds[7593], seconds[189908]) > 5 * max(seconds[189905], seconds[189906])
+    # Ten classes: Fashion-MNIST starts near chance, and good configs pass 85%.
+    fashion = bench.curves(189908, configs)["val_accuracy"]
+    assert np.median(fashion[:, 0]) < 30 and fashion[:, 51].max() > 85
+
+
+def test_predictions_are_deterministic_and_vectorised(bench: LCBench) -> None:
+    configs = [SENSIBLE, bench.defaults()]
+    first = bench.predict(TASK, configs, [3, 40])
+    again = LCBench(bench.path).predict(TASK, configs, [3, 40])
+    one_by_one = [bench.predict(TASK, [c], e) for c, e in zip(configs, (3, 40), strict=True)]
+    for name in LCBENCH_TARGETS:
+        assert first[name].shape == (2,)
+        np.testing.assert_array_equal(first[name], again[name])
+        np.testing.assert_allclose(first[name], [r[name][0] for r in one_by_one], rtol=1e-6)
+    grid = bench.predict(TASK, configs, np.arange(1, 53)[None, :])
+    assert grid["val_accuracy"].shape == (2, 52)
+    np.testing.assert_allclose(grid["val_accuracy"][:, [2, 39]].diagonal(), first["val_accuracy"])
+
+
+def test_loader_errors_name_the_problem(bench: LCBench, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="task 42 is not an LCBench task; pick one of"):
+        bench.predict(42, [SENSIBLE], 1)
+    with pytest.raises(ConfigError, match=r"params \['lr'\] are not LCBench hyperparameters"):
+        bench.config({"lr": 0.1})
+    with pytest.raises(ConfigError, match=r"params\['momentum'\]=2.0 is outside LCBench's range"):
+        bench.config({"momentum": 2.0})
+    with pytest.raises(ConfigError, match=r"epochs must be ints in \[1, 52\]"):
+        bench.predict(TASK, [SENSIBLE], 53)
+    with pytest.raises(DataError, match=f"{tmp_path} lacks model.onnx.*MODELHOPPER_LCBENCH"):
+        LCBench(tmp_path)
+
+
+def test_the_default_path_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MODELHOPPER_LCBENCH", str(tmp_path))
+    assert default_path() != tmp_path  # no files there: the next candidate
+    monkeypatch.setenv("MODELHOPPER_LCBENCH", str(LCBench().path))
+    assert default_path() == LCBench().path
+
+
+# -- the executor on its own ---------------------------------------------------------
+def _started(bench: LCBench, n_workers: int, **kwargs: Any) -> SurrogateExecutor:
+    executor = SurrogateExecutor(task=TASK, bench=bench, **kwargs)
+    executor.start([ShardInfo(w, "", 1, 1, 10) for w in range(n_workers)], surrogate_estimator)
+    return executor
+
+
+def _train(epoch: int, shard: int, position: int) -> Step:
+    return Step(StepKind.TRAIN, epoch, shard, position)
+
+
+def _eval(epoch: int, shard: int, position: int) -> Step:
+    return Step(StepKind.EVAL, epoch, shard, position)
+
+
+def _task(mst: int, steps: tuple[Step, ...], state: Any = None, **params: Any) -> VisitTask:
+    return VisitTask(mst, {**SENSIBLE, **params}, 0, steps, state, state is None)
+
+
+def _one(executor: SurrogateExecutor, worker: int, task: VisitTask) -> VisitResult:
+    executor.submit(worker, task)
+    (result,) = executor.wait()
+    return result
+
+
+def test_wait_returns_the_visit_that_ends_first_in_simulated_time(bench: LCBench) -> None:
+    executor = _started(bench, 2)
+    seconds = bench.curves(TASK, [SENSIBLE, {**SENSIBLE, "batch_size": 16}])["epoch_seconds"]
+    short, long = sorted([(seconds[0, 0] / 2, 0), (seconds[1, 0] / 2, 1)])  # half an epoch each
+    executor.submit(0, _task(0, (_train(0, 0, 0),)))
+    executor.submit(1, _task(1, (_train(0, 1, 0),), batch_size=16))
+    first = executor.wait()
+    assert [r.mst_id for r in first] == [short[1]]
+    assert executor.simulated_seconds == pytest.approx(short[0])
+    second = executor.wait()
+    assert [r.mst_id for r in second] == [long[1]]
+    assert executor.simulated_seconds == pytest.approx(long[0])
+    assert all(r.error is None for r in first + second)
+
+
+def test_an_epoch_reports_the_surrogate_values_once(bench: LCBench) -> None:
+    executor = _started(bench, 2, eval_fraction=0.5, hop_seconds=1.0)
+    a = _one(executor, 0, _task(0, (_train(0, 0, 0),)))
+    b = _one(executor, 1, _task(0, (_train(0, 1, 1), _eval(0, 1, 0)), state=a.state))
+    c = _one(executor, 0, _task(0, (_eval(0, 0, 1),), state=b.state))
+    curve = bench.curves(TASK, [SENSIBLE])
+    evals = [o.result for r in (b, c) for o in r.outcomes if o.step.kind is StepKind.EVAL]
+    assert sum(p.n for p in evals) == 1
+    assert sum(p.metric_sums["accuracy"] for p in evals) == curve["val_accuracy"][0, 0] / 100
+    assert sum(p.loss_sum for p in evals) == curve["val_cross_entropy"][0, 0]
+    assert json.loads(c.state) == {"mst": 0, "offset": 0, "trained": 2}  # type: ignore[arg-type]
+    assert executor.epoch_times == {(0, 0): executor.simulated_seconds}
+    # two half-epochs of training, two evaluations of 0.5 x half an epoch, two hops
+    assert executor.simulated_seconds == pytest.approx(1.5 * curve["epoch_seconds"][0, 0] + 2)
+    assert [v.hop for v in executor.trace] == [False, True, True]
+
+
+def test_a_misplaced_or_impossible_step_fails_the_mst_saying_why(bench: LCBench) -> None:
+    executor = _started(bench, 2)
+    skipped = _one(executor, 0, _task(0, (_train(1, 0, 0),)))
+    assert skipped.state is None and "skipped or repeated a sub-epoch" in str(skipped.error)
+    early = _one(executor, 0, _task(1, (_eval(0, 0, 0),)))
+    assert "evaluates epoch 0 after 0 sub-epochs" in str(early.error)
+    late = _one(executor, 0, _task(2, (_train(52, 0, 0),)))
+    assert "use max_epochs <= 52" in str(late.error)
+    unknown = _one(executor, 0, _task(3, (_train(0, 0, 0),), lr=0.1))
+    assert "are not LCBench hyperparameters" in str(unknown.error)
+    nothing = _one(executor, 1, VisitTask(4, SENSIBLE, 0, (_train(0, 1, 0),), None, False))
+    assert "holds no state of MST 4" in str(nothing.error)
+
+
+def test_a_warm_started_clone_continues_from_its_parents_epoch(bench: LCBench) -> None:
+    executor = _started(bench, 1)
+    parent = _one(executor, 0, _task(0, (_train(0, 0, 0), _eval(0, 0, 0))))
+    parent = _one(executor, 0, _task(0, (_train(1, 0, 0), _eval(1, 0, 0)), state=parent.state))
+    clone = VisitTask(1, SENSIBLE, 0, (_train(0, 0, 0), _eval(0, 0, 0)), None, True, parent.state)
+    result = _one(executor, 0, clone)
+    curve = bench.curves(TASK, [SENSIBLE])
+    assert result.outcomes[1].result.metric_sums["accuracy"] == curve["val_accuracy"][0, 2] / 100
+
+
+def test_misuse_is_refused_clearly(bench: LCBench) -> None:
+    with pytest.raises(ConfigError, match="task 1 is not an LCBench task"):
+        SurrogateExecutor(task=1, bench=bench)
+    with pytest.raises(ConfigError, match="eval_fraction must be a number >= 0, got -1"):
+        SurrogateExecutor(task=TASK, bench=bench, eval_fraction=-1)
+    executor = _started(bench, 1)
+    with pytest.raises(ExecutorError, match="no visit in flight"):
+        executor.wait()
+    executor.submit(0, _task(0, (_train(0, 0, 0),)))
+    with pytest.raises(ExecutorError, match="worker 0 is busy with MST 0"):
+        executor.submit(0, _task(1, (_train(0, 0, 0),)))
+    with pytest.raises(ExecutorError, match="already started"):
+        executor.start([], surrogate_estimator)
+    executor.shutdown()
+    executor.shutdown()
+
+
+# -- the real engine on the simulated clock --------------------------------------------
+def _procedure(kind: str, bench: LCBench, seed: int = 0) -> mh.BaseProcedure:
+    common: dict[str, Any] = {"metric": "val_accuracy", "direction": "maximize", "seed": seed}
+    if kind == "random":
+        return mh.RandomSearch(surrogate_estimator, bench.space(), n_msts=8, epochs=8, **common)
+    return mh.ASHA(
+        surrogate_estimator, bench.space(), max_epochs=27, n_msts=30, reduction_factor=3,
+        **common,
+    )  # fmt: skip
+
+
+def _fit(kind: str, n_workers: int, bench: LCBench, tmp_path: Path, seed: int = 0) -> Any:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    executor = SurrogateExecutor(task=TASK, bench=bench)
+    started = time.perf_counter()
+    result = _procedure(kind, bench, seed).fit(
+        surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / f"run-{kind}-{seed}",
+    )  # fmt: skip
+    return result, executor, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("kind", ["random", "asha"])
+@pytest.mark.parametrize("n_workers", [4, 32])
+def test_the_real_engine_runs_on_the_simulated_clock(
+    bench: LCBench, tmp_path: Path, kind: str, n_workers: int
+) -> None:
+    result, executor, seconds = _fit(kind, n_workers, bench, tmp_path)
+    assert seconds < 30  # real time; the simulated run takes many minutes
+    curves = bench.curves(TASK, [m.params for m in result.msts])
+    work, chains = 0.0, []
+    for i, mst in enumerate(result.msts):
+        assert mst.history, f"MST {mst.id} trained no epoch"
+        epochs = [row["epoch"] for row in mst.history]
+        assert epochs == list(range(len(epochs)))
+        for row in mst.history:  # exactly the surrogate's values, through driver and store
+            assert row["val_accuracy"] == curves["val_accuracy"][i, row["epoch"]] / 100
+            assert row["val_loss"] == curves["val_cross_entropy"][i, row["epoch"]]
+            assert row["train_seconds"] == pytest.approx(curves["epoch_seconds"][i, row["epoch"]])
+        chain = float(curves["epoch_seconds"][i, : len(epochs)].sum())
+        # an MST's epochs run one after another: its last cannot end before its chain
+        assert executor.epoch_times[mst.id, len(epochs) - 1] >= chain * (1 - 1e-9)
+        assert executor.finish_times[mst.id] == executor.epoch_times[mst.id, len(epochs) - 1]
+        chains.append(chain)
+        work += chain
+    # The simulated clock is the surrogate's epoch times spread over the workers.
+    assert sum(executor.busy_seconds) == pytest.approx(work, rel=1e-9)
+    makespan = executor.simulated_seconds
+    assert makespan == max(executor.finish_times.values())
+    assert makespan >= max(work / n_workers, max(chains)) * (1 - 1e-9)
+    # Greedy MOP keeps workers busy: within one longest chain of the ideal. ASHA's MSTs
+    # also wait for promotions (a rung must fill first), hence its looser factor.
+    assert makespan <= (work / n_workers + max(chains)) * (1.0 if kind == "random" else 1.5)
+    assert result.stats.wall_seconds < makespan / 10
+    assert executor.driver_seconds > 0
+    if kind == "asha":  # early stopping: most MSTs stop at a low rung, the best go to 27
+        lengths = sorted(len(m.history) for m in result.msts)
+        assert lengths[0] == 1 and lengths[-1] == 27
+        assert sum(n < 27 for n in lengths) > len(lengths) / 2
+
+
+def test_simulated_runs_are_deterministic(bench: LCBench, tmp_path: Path) -> None:
+    _, first, _ = _fit("asha", 8, bench, tmp_path, seed=3)
+    _, again, _ = _fit("asha", 8, bench, tmp_path / "again", seed=3)
+    _, other, _ = _fit("asha", 8, bench, tmp_path / "other", seed=4)
+    assert first.finish_times == again.finish_times and first.epoch_times == again.epoch_times
+    assert first.simulated_seconds == again.simulated_seconds
+    assert other.finish_times != first.finish_times
