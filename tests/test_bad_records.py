@@ -1,4 +1,4 @@
-"""An image that cannot be decoded, met on a worker while training: named, or skipped and counted."""
+"""An image that cannot be decoded, met on a worker while training: named, or skipped."""
 
 from __future__ import annotations
 

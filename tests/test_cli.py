@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
+import pytest
 from typer.testing import CliRunner
 
 from modelhopper.cli import app
@@ -48,6 +50,49 @@ def test_run_spec_missing_file(tmp_path):
     out = runner.invoke(app, ["run", str(tmp_path / "nope.py")])
     assert out.exit_code == 2
     assert "does not exist" in out.output
+
+
+def _one_line(output: str) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"spec.py": "x = 1\ndef f(:\n    pass\n"}, "{spec}:2: SyntaxError: invalid syntax"),
+        (
+            {"spec.py": "import os\nimport no_such_module_here\n"},
+            "{spec}:2: ModuleNotFoundError: No module named 'no_such_module_here'",
+        ),
+        (
+            {"spec.py": "import helper_for_spec\n", "helper_for_spec.py": "x = 1\ny = 1 / 0\n"},
+            "{helper}:2: ZeroDivisionError: division by zero (imported from {spec}:1)",
+        ),
+    ],
+    ids=["syntax", "import", "in-a-module-it-imports"],
+)
+def test_run_spec_that_cannot_load_is_one_line(tmp_path, monkeypatch, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))  # so the spec finds its helper module
+    monkeypatch.delitem(sys.modules, "helper_for_spec", raising=False)
+    spec, helper = tmp_path / "spec.py", tmp_path / "helper_for_spec.py"
+    out = runner.invoke(app, ["run", str(spec)])
+    assert out.exit_code == 2, out.output
+    expected = f"error: cannot load spec {spec}: " + message.format(spec=spec, helper=helper)
+    assert _one_line(out.output) == expected
+    assert "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "../up", "x" * 101, "two words"])
+def test_run_spec_with_a_bad_run_name(tmp_path, name):
+    spec = tmp_path / "spec.py"
+    spec.write_text(textwrap.dedent(SPEC))
+    out = runner.invoke(app, ["run", str(spec), "--run-name", name, "--run-dir", str(tmp_path)])
+    assert out.exit_code == 2, out.output
+    assert "run_name must be 1 to 100 letters, digits, '.', '_' or '-'" in _one_line(out.output)
+    assert not (tmp_path / "shards").exists()  # refused before anything was written
 
 
 def test_demo_small(tmp_path):

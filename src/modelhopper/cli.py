@@ -7,6 +7,7 @@ import importlib.util
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -388,10 +389,37 @@ def load_spec(path: Path) -> ModuleType:
         raise ConfigError(f"cannot import {str(path)!r}; is it a Python file?")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # one line naming file:line, not a traceback through importlib
+        del sys.modules[name]
+        raise ConfigError(f"cannot load spec {path}: {_where(e, path)}") from None
     # Workers cannot import this file by name, so its functions are pickled by value.
     cloudpickle.register_pickle_by_value(module)
     return module
+
+
+def _where(error: Exception, spec: Path) -> str:
+    """``file:line: Error: message`` of an exception raised while importing a spec.
+
+    For a syntax error, the line it is on; else the innermost line of the user's code
+    (the spec or a module it imports), with the spec's line that led there.
+    """
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
+    ]
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    if not frames:
+        return text
+    inner, resolved = frames[-1], str(spec.resolve())
+    where = f"{inner.filename}:{inner.lineno}: {text}"
+    outer = [f for f in frames if str(Path(f.filename).resolve()) == resolved]
+    if outer and outer[-1] is not inner:
+        where += f" (imported from {outer[-1].filename}:{outer[-1].lineno})"
+    return where
 
 
 def spec_objects(module: ModuleType, path: Path) -> tuple[Any, Any]:

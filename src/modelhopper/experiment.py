@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -19,16 +20,16 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
-import torch
 from torch import nn
 
 from modelhopper._driver import Driver
+from modelhopper._preflight import first_msts, preflight
+from modelhopper._procedure_file import dump_procedure, load_procedure, write_procedure
 from modelhopper.data import Dataset
 from modelhopper.data._dataset import check_label_range
 from modelhopper.data._sharding import ShardInfo, read_shard_info, write_shards
 from modelhopper.data._streaming import StreamedSplit
 from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
-from modelhopper.estimator import build_estimator, metric_names
 from modelhopper.executors import BaseExecutor, resolve_executor
 from modelhopper.procedures._base import MST, BaseProcedure
 from modelhopper.provenance import collect_provenance
@@ -42,10 +43,17 @@ from modelhopper.store import (
 )
 from modelhopper.store._checkpoints import CheckpointManager, Retention
 
-__all__ = ["run_search", "resume", "load_result", "load_model", "DEFAULT_ROOT"]
+__all__ = [
+    "run_search",
+    "resume",
+    "load_result",
+    "load_model",
+    "check_run_name",
+    "DEFAULT_ROOT",
+    "RUN_NAME_MAX",
+]
 
 DEFAULT_ROOT = Path("modelhopper-runs")
-_PROCEDURE_FILE = "procedure.pkl"
 
 
 # -- checks before any worker starts -------------------------------------------
@@ -69,39 +77,15 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
         )
 
 
-def _probe(procedure: BaseProcedure, first: MST, data: Dataset) -> int | None:
-    """Build the first MST's estimator to check the metric name and the label range.
+def _probe(procedure: BaseProcedure, first: list[MST], data: Dataset) -> int | None:
+    """The first MSTs train one batch of two training examples before any worker starts.
 
-    Returns the model's number of classes when it could tell (for the labels of
-    streamed splits, which are checked once sharding has read them).
+    Raises if the metric is unknown, a label is outside the model's classes, or every
+    MST of ``first`` fails (see ``_preflight``). Returns the model's number of classes
+    when it could tell (for the labels of streamed splits, checked once sharding has
+    read them).
     """
-    try:
-        estimator = build_estimator(procedure.make_estimator, first.params, first.seed)
-    except Exception:  # a factory that fails fails its MSTs alone, on the workers
-        return None
-    names = metric_names(estimator.metrics)
-    if procedure.metric not in names:
-        raise ConfigError(
-            f"unknown metric {procedure.metric!r}; this run reports {names} "
-            "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
-        )
-    head_x, head_y = _head(data.train)
-    if not (np.issubdtype(head_y.dtype, np.integer) and head_y.ndim == 1):
-        return None
-    try:
-        with torch.no_grad():
-            x = torch.from_numpy(np.array(head_x))
-            if estimator.representation is not None:  # the model reads its features
-                x = estimator.representation(x)
-            if estimator.eval_transform is not None:
-                x = estimator.eval_transform(x)
-            output = estimator.model.eval()(x)
-    except Exception:  # a model that cannot run fails on the workers, with its traceback
-        return None
-    if output.ndim == 2 and output.shape[1] > 1:
-        data.check_labels(int(output.shape[1]))
-        return int(output.shape[1])
-    return None
+    return preflight(procedure, first, _head(data.train), data.check_labels)
 
 
 def _head(split: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +109,26 @@ def new_run_name(procedure: BaseProcedure) -> str:
     return f"{type(procedure).__name__.lower()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+RUN_NAME_MAX = 100
+
+
+def check_run_name(name: Any) -> str:
+    """A run's name names its folder and its URLs: plain characters only."""
+    if (
+        not isinstance(name, str)
+        or not _RUN_NAME.fullmatch(name)
+        or ".." in name
+        or len(name) > RUN_NAME_MAX
+    ):
+        raise ConfigError(
+            f"run_name must be 1 to {RUN_NAME_MAX} letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit (no '/', spaces or '..'), got {name!r}; "
+            "e.g. run_name='digits-grid', or leave it out for a generated name"
+        )
+    return name
+
+
 # -- starting, continuing and finishing runs ------------------------------------
 def run_search(
     procedure: BaseProcedure,
@@ -139,19 +143,20 @@ def run_search(
     keep_shards: bool = False,
     checkpoints: Retention | str = Retention.LATEST_AND_BEST,
 ) -> Result:
-    """Record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
+    """Check the inputs and train one batch through the first MSTs (``_preflight``), then
+    record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
     _check_arguments(data, n_workers, executor)
+    name = new_run_name(procedure) if run_name is None else check_run_name(run_name)
     executor = resolve_executor(executor)
     executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
-    probe = procedure.space.sample(np.random.default_rng(procedure.seed))
-    num_classes = _probe(procedure, procedure.make_mst(0, probe), data)
+    saved, modules = dump_procedure(procedure)  # what resume needs, from any folder
+    num_classes = _probe(procedure, first_msts(procedure, _copy(saved), n_workers), data)
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
-    name = run_name or new_run_name(procedure)
     _checknew_run_name(db, name)
     directory = Path(run_dir if run_dir is not None else DEFAULT_ROOT / name).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / _PROCEDURE_FILE).write_bytes(cloudpickle.dumps(procedure))
+    write_procedure(directory, saved, modules)
     digest = hashlib.sha256()  # the shards' fingerprint, computed while they are written
     shards = write_shards(
         data, n_workers, directory / "shards", procedure.seed, digest=digest,
@@ -179,6 +184,15 @@ def run_search(
     detail = {"n_msts": len(driver.msts_by_id), "shard_bytes": [s.nbytes for s in shards]}
     db.add_event(name, EventKind.STARTED, detail=detail)  # shard bytes: for the dashboard
     return _execute(driver, shards, directory, keep_shards)
+
+
+def _copy(saved: bytes) -> BaseProcedure | None:
+    """A fresh copy of the saved procedure (the pre-flight check starts it), if it loads."""
+    try:
+        copied = cloudpickle.loads(saved)
+    except Exception:
+        return None
+    return copied if isinstance(copied, BaseProcedure) else None
 
 
 def _checknew_run_name(store: BaseStore, name: str) -> None:
@@ -267,16 +281,8 @@ def resume(
 
 
 def _load_procedure(directory: Path) -> BaseProcedure:
-    path = directory / _PROCEDURE_FILE
-    try:
-        return cloudpickle.loads(path.read_bytes())
-    except OSError as e:
-        raise StoreError(f"cannot read {path}: {e}; was the run directory moved?") from e
-    except Exception as e:  # unpickling needs the user's modules importable
-        raise StoreError(
-            f"cannot load the run's procedure from {path} ({type(e).__name__}: {e}); "
-            "make the module that defines make_estimator importable (PYTHONPATH) and retry"
-        ) from e
+    procedure: BaseProcedure = load_procedure(directory)
+    return procedure
 
 
 def _load_shards(directory: Path, n_workers: int) -> list[ShardInfo]:

@@ -84,8 +84,18 @@ def test_curves_top_msts_chosen_ids_and_downsampling(client, store, make_run):
     assert "comma-separated" in _error(
         client.get("/api/runs/fake/curves", params={"mst_ids": "1,x"}), 422
     )
-    unknown_metric = client.get("/api/runs/fake/curves", params={"metric": "nope"}).json()
-    assert all(v is None for s in unknown_metric["series"] for v in s["values"])
+
+
+def test_curves_of_an_unknown_metric_are_a_404_naming_the_known_ones(client, store, make_run):
+    message = _error(client.get("/api/runs/fake/curves", params={"metric": "bogus"}), 404)
+    assert message == (
+        "run 'fake' has no metric 'bogus'; its metrics are "
+        "['train_accuracy', 'train_loss', 'val_accuracy', 'val_loss']"
+    )
+    make_run(store, "new", n_msts=1, n_epochs=0)  # no epoch yet: the run's metric only
+    assert client.get("/api/runs/new/curves", params={"metric": "val_accuracy"}).status_code == 200
+    message = _error(client.get("/api/runs/new/curves", params={"metric": "val_loss"}), 404)
+    assert "its metrics are ['val_accuracy']" in message
 
 
 def test_epoch_history_is_paginated(client):
@@ -210,6 +220,28 @@ def test_malformed_json_body_is_a_422(client, auth):
         headers={**auth, "Content-Type": "application/json"},
     )
     assert "JSON" in _error(response, 422)
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(client, store, auth):
+    from modelhopper.server._app import MAX_BODY_BYTES
+
+    assert MAX_BODY_BYTES == 2**20
+    path = "/api/runs/fake/msts/1/clone"
+    as_json = {**auth, "Content-Type": "application/json"}
+    big = b'{"changes": {}, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    message = _error(client.post(path, content=big, headers=as_json), 413)
+    assert message.startswith("the request body is larger than 1,048,576 bytes")
+
+    def chunks():  # no Content-Length: the limit holds as the body streams in
+        for _ in range(3):
+            yield b"x" * (MAX_BODY_BYTES // 2)
+
+    streamed = client.post(path, content=chunks(), headers=auth)
+    assert "larger than 1,048,576 bytes" in _error(streamed, 413)
+    assert store.list_commands("fake") == []
+    at_limit = b'{"changes": {"lr": 0.001}}'.ljust(MAX_BODY_BYTES)  # JSON allows the spaces
+    response = client.post(path, content=at_limit, headers=as_json)
+    assert response.status_code == 202, response.text
 
 
 def test_commands_reach_only_a_running_run(client, store, auth, make_run):

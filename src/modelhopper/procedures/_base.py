@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelhopper.errors import ConfigError
+from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.scheduling import SchedulingPolicy, _parse_policy
 from modelhopper.space import Space
@@ -124,6 +124,12 @@ class BaseProcedure:
             )
         self.make_estimator = make_estimator
         self.space = space if isinstance(space, Space) else Space(space)
+        if not len(self.space):
+            raise SpaceError(
+                "the space is empty: it names no parameter, so there is no MST to train; "
+                "give at least one, e.g. {'lr': mh.loguniform(1e-4, 1e-1)}, or a constant "
+                "such as {'hidden': 64} for a single MST"
+            )
         self.epochs = _check_positive_int("epochs", epochs, "epochs=5")
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be a metric name such as 'val_loss', got {metric!r}")
@@ -201,12 +207,12 @@ class BaseProcedure:
         **kwargs: Any,
     ) -> RunHandle:
         """Start the run in the background and return a handle to watch and steer it."""
-        from modelhopper.experiment import DEFAULT_ROOT, new_run_name, run_search
+        from modelhopper.experiment import DEFAULT_ROOT, check_run_name, new_run_name, run_search
         from modelhopper.handle import RunHandle
         from modelhopper.store import BaseStore, open_store
 
+        name = new_run_name(self) if run_name is None else check_run_name(run_name)
         db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
-        name = run_name or new_run_name(self)
         return RunHandle(name, db, lambda: run_search(
             self, data, n_workers=n_workers, executor=executor, run_name=name, store=db,
             **kwargs,
@@ -228,7 +234,8 @@ class BaseProcedure:
         """Train the proposed MSTs on ``n_workers`` workers with MOP and return the result.
 
         The run is recorded in ``store`` (a SQLAlchemy URL; default a SQLite file
-        under ./modelhopper-runs/) under ``run_name``; its shards and checkpoints go
+        under ./modelhopper-runs/) under ``run_name`` (1 to 100 letters, digits, '.', '_'
+        or '-'; default: generated); its shards and checkpoints go
         to ``run_dir`` (default ./modelhopper-runs/<run_name>). ``checkpoints`` is
         'latest+best', 'latest' or 'all'. ``executor`` is 'local' (default: worker
         processes on this machine), 'ray' (a Ray instance, or the cluster this

@@ -4,6 +4,7 @@ Reads go straight to the store (``RunReader``); changes are human-in-the-loop
 commands written through ``modelhopper.commands.submit``, the same path as the
 CLI's ``modelhopper stop/clone/...``, and applied by the run's driver.
 Every error is a JSON body ``{"error": ..., "detail": ...}``, never a traceback.
+A request body larger than ``MAX_BODY_BYTES`` is refused with 413 before it is parsed.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ from modelhopper.server._queries import NotFoundError, RunReader
 from modelhopper.server._render import STATIC
 from modelhopper.store import SQLStore
 
-__all__ = ["create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
 
 log = logging.getLogger("modelhopper.server")
 MAX_ID = 2**53  # ids beyond this are no one's; bounding them keeps the database driver happy
+MAX_BODY_BYTES = 2**20  # 1 MiB: a command's JSON body takes a few hundred bytes
 
 RunName = Annotated[str, PathParam(min_length=1, max_length=255, description="the run's name")]
 MSTId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="the MST's id")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
 }
 
 
@@ -72,6 +74,7 @@ def create_app(store: SQLStore, *, token: str) -> FastAPI:
         version="1",
         responses=_ERRORS,
     )
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     reader = RunReader(store)
     app.state.reader, app.state.store, app.state.token = reader, store, token
     _add_error_handlers(app)
@@ -86,6 +89,49 @@ def create_app(store: SQLStore, *, token: str) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+# -- request bodies ------------------------------------------------------------------
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by its Content-Length or as
+    it streams in (chunked), before the app reads any of it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:  # the whole body (at most limit bytes), then the app reads it from here
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body: list[dict[str, Any]] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Any:
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        message = (
+            f"the request body is larger than {self.limit:,} bytes, this server's limit "
+            "(MAX_BODY_BYTES); a command's JSON body takes a few hundred bytes"
+        )
+        await _error(413, message)(scope, receive, send)
 
 
 # -- errors ------------------------------------------------------------------------

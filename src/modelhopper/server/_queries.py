@@ -133,12 +133,18 @@ class RunReader:
 
         Without ``mst_ids`` the ``top`` MSTs by best value of the run's metric are shown
         (then those without an epoch). At most ``max_points`` epochs are kept, evenly
-        spread, always with the first and the last.
+        spread, always with the first and the last. A metric the run does not report
+        raises ``NotFoundError``, naming those it does.
         """
         cache = self._refresh(name)
         maximize = cache.maximize
         run, n_msts, chosen = self.msts(name, lambda every: choose(every, mst_ids, top, maximize))
         metric = metric or run["metric"]
+        known = cache.metric_names()
+        if metric != run["metric"] and metric not in known:
+            raise NotFoundError(
+                f"run {name!r} has no metric {metric!r}; its metrics are {known or [run['metric']]}"
+            )
         ids = [s.mst_id for s in chosen]
         epochs = spread(cache.n_epochs(ids), max_points)
         series = []

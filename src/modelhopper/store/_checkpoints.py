@@ -8,6 +8,7 @@ never a record that points at the wrong state.
 
 from __future__ import annotations
 
+import errno
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -38,16 +39,21 @@ class CheckpointManager:
         return self.root / f"mst-{mst_id:05d}" / f"step-{n_steps:06d}.pt"
 
     def write(self, mst_id: int, n_steps: int, state: bytes) -> Path:
-        """Write atomically: readers see the whole file or none (temp file + rename)."""
+        """Write atomically and durably: readers see the whole file or none (temp file,
+        fsync, rename), and the rename itself survives a power loss (fsync of the folder)."""
         path = self.path(mst_id, n_steps)
         try:
+            new_folder = not path.parent.is_dir()
             path.parent.mkdir(parents=True, exist_ok=True)
+            if new_folder:
+                _fsync_dir(path.parent.parent)  # the MST's folder's entry
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 f.write(state)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(path)
+            _fsync_dir(path.parent)  # the rename: the newest checkpoint's entry
         except OSError as e:
             raise StoreError(f"cannot write checkpoint {path}: {e}; check free disk space") from e
         return path
@@ -70,3 +76,17 @@ class CheckpointManager:
 
     def keeps_best(self) -> bool:
         return self.retention is not Retention.LATEST
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries to disk (where the platform can: not on Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a filesystem that cannot: skip
+            raise
+    finally:
+        os.close(fd)

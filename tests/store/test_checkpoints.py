@@ -1,0 +1,61 @@
+"""Checkpoint files: atomic and durable writes, retention, clear errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from modelhopper.errors import ConfigError, StoreError
+from modelhopper.store._checkpoints import CheckpointManager
+
+
+class _FsyncSpy:
+    """Records each fsync: (path of the descriptor, is it a folder, does ``target`` exist)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, bool, bool]] = []
+        self.target = ""
+        self._real = os.fsync
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        self.calls.append((path, is_dir, os.path.exists(self.target)))
+        self._real(fd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name descriptors")
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    spy = _FsyncSpy(monkeypatch)
+    spy.target = str(manager.path(3, 7))
+    path = manager.write(3, 7, b"state")
+    assert path.read_bytes() == b"state" and not list(path.parent.glob("*.tmp"))
+    folder = str(path.parent.resolve())
+    # the new MST folder's entry, the data, then the folder after the rename
+    assert spy.calls == [
+        (str((tmp_path / "checkpoints").resolve()), True, False),
+        (str(path.with_suffix(".tmp").resolve()), False, False),
+        (folder, True, True),
+    ]
+    spy.calls.clear()
+    manager.write(3, 9, b"later")  # the MST's folder exists: only the data and the rename
+    assert [(p, is_dir) for p, is_dir, _ in spy.calls] == [
+        (str(manager.path(3, 9).with_suffix(".tmp").resolve()), False),
+        (folder, True),
+    ]
+
+
+def test_a_write_that_fails_names_the_file(tmp_path):
+    blocker = tmp_path / "checkpoints"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(StoreError, match=r"cannot write checkpoint .*step-000001.pt: .*disk"):
+        CheckpointManager(blocker).write(0, 1, b"state")
+
+
+def test_unknown_retention_is_refused():
+    with pytest.raises(ConfigError, match=r"checkpoints must be one of 'latest\+best', .* got 'x'"):
+        CheckpointManager(".", "x")
