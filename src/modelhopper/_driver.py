@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelhopper._progress import ProgressBar
+from modelhopper._ranking import better
 from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.estimator import SKIPPED, PassResult
 from modelhopper.executors import (
@@ -498,14 +499,10 @@ class Driver:
 
     def _track_best(self, progress: _MSTProgress, metrics: Mapping[str, float]) -> bool:
         value = metrics.get(self.procedure.metric)
-        if value is None or not np.isfinite(value):
+        if not better(value, progress.best_value, self.procedure.direction):
             return False
-        better = progress.best_value is None or (
-            value > progress.best_value if self.procedure.maximize else value < progress.best_value
-        )
-        if better:
-            progress.best_value = value
-        return better
+        progress.best_value = value
+        return True
 
     def _prune(self, progress: _MSTProgress) -> None:
         """Delete checkpoints no one needs: keep latest, best, and pending epoch candidates."""

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelhopper._ranking import ranked
 from modelhopper.errors import ConfigError, ModelHopperError
 
 if TYPE_CHECKING:
@@ -60,22 +61,16 @@ def plot_result(
     return figure
 
 
-def _best(mst: Any, metric: str, maximize: bool) -> float | None:
-    values = [row[metric] for row in mst.history if _finite(row.get(metric))]
-    if not values:
-        return None
-    return max(values) if maximize else min(values)
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _draw_curves(ax: Any, result: Result, metric: str, top: int) -> None:
-    sign = -1.0 if result.maximize else 1.0
-    scored = [(b, m) for m in result.msts if (b := _best(m, metric, result.maximize)) is not None]
-    scored.sort(key=lambda pair: (sign * pair[0], pair[1].id))
-    for _, mst in scored[:top]:
+    # Ranked as Result.best ranks (the metric at the last epoch), so the top curves are
+    # the MSTs the result and the dashboard call best.
+    drawn = [m for m in result.msts if any(_finite(r.get(metric)) for r in m.history)]
+    best_first = ranked(drawn, lambda m: m.metrics.get(metric), lambda m: m.id, result.direction)
+    for mst in best_first[:top]:
         rows = [r for r in mst.history if _finite(r.get(metric))]
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in mst.params.items())  # fmt: skip
@@ -84,7 +79,7 @@ def _draw_curves(ax: Any, result: Result, metric: str, top: int) -> None:
                 label=f"MST {mst.id}: {params}")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    shown = min(top, len(scored))
+    shown = min(top, len(drawn))
     ax.set_title(f"{metric}: the best {shown} of {len(result.msts)} MSTs")
     ax.grid(alpha=0.3)
     if 0 < shown <= 12:

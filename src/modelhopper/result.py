@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from torch import nn
 
+from modelhopper._ranking import best_epoch, ranked
 from modelhopper.errors import ModelHopperError
 from modelhopper.estimator import build_estimator, state_from_bytes
 
@@ -52,11 +53,10 @@ class MSTResult:
         return _metrics_of(self.history[-1]) if self.history else {}
 
     def best_metrics(self, metric: str, maximize: bool) -> dict[str, float]:
-        """Metrics of the epoch where ``metric`` was best."""
-        if not self.history:
-            return {}
-        pick = max if maximize else min
-        return _metrics_of(pick(self.history, key=lambda row: row[metric]))
+        """Metrics of the epoch where ``metric`` was best (earliest of equals; a missing or
+        NaN value is never best)."""
+        position = best_epoch(self.history, metric, maximize)
+        return {} if position is None else _metrics_of(self.history[position])
 
     def load_model(self, *, best: bool = False) -> nn.Module:
         """The MST's trained model: its latest state, or (``best=True``) its best epoch's."""
@@ -143,17 +143,25 @@ class Result:
 
     @property
     def best(self) -> MSTResult:
-        """The MST with the best final value of the metric among those that did not fail."""
-        scored = [m for m in self.msts if m.history and self.metric in m.metrics]
+        """The MST with the best value of the metric at its last epoch (ties: lower id).
+
+        The one ranking rule of ``modelhopper._ranking``: the dashboard, ``plot`` and
+        ``to_dataframe`` order MSTs the same way. ``best.load_model()`` is the state it
+        was ranked by; ``load_model(best=True)``, its best epoch's.
+        """
+        scored = [m for m in self.msts if m.history]
         if not scored:
             raise ModelHopperError("no MST finished an epoch, so there is no best MST")
-        sign = 1 if self.maximize else -1
-        return max(scored, key=lambda m: (sign * m.metrics[self.metric], -m.id))
+        return ranked(scored, lambda m: m.metrics.get(self.metric), lambda m: m.id,
+                      self.direction)[0]  # fmt: skip
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per MST: params, status, epochs, final metrics and best metrics."""
+        """One row per MST, best first (as ``best``): params, status, epochs, final metrics
+        and the metrics of its best epoch (``best_*``)."""
         rows = []
-        for mst in self.msts:
+        order = ranked(self.msts, lambda m: m.metrics.get(self.metric), lambda m: m.id,
+                       self.direction)  # fmt: skip
+        for mst in order:
             row: dict[str, Any] = {"mst_id": mst.id, "status": mst.status.value}
             row.update({f"param_{k}": v for k, v in mst.params.items()})
             row["epochs"] = mst.epochs_done
@@ -162,10 +170,7 @@ class Result:
             row.update({f"best_{k}": v for k, v in best.items()})
             row["error"] = mst.error
             rows.append(row)
-        frame = pd.DataFrame(rows)
-        if self.metric in frame:
-            frame = frame.sort_values(self.metric, ascending=not self.maximize, kind="stable")
-        return frame.reset_index(drop=True)
+        return pd.DataFrame(rows)
 
     def history(self) -> pd.DataFrame:
         """One row per (MST, epoch): metrics, shard orders and seconds."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from modelhopper._ranking import Direction, score
 from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.scheduling import SchedulingPolicy, _parse_policy
@@ -37,11 +38,6 @@ class Decision(StrEnum):
 
     CONTINUE = "continue"  # keep to its epoch budget
     STOP = "stop"  # no more epochs for it
-
-
-class Direction(StrEnum):
-    MAXIMIZE = "maximize"
-    MINIMIZE = "minimize"
 
 
 @dataclass(frozen=True)
@@ -188,10 +184,7 @@ class BaseProcedure:
 
     def objective(self, metrics: Mapping[str, float]) -> float:
         """The metric as a value to maximise (NaN-safe: a missing or NaN value is -inf)."""
-        value = metrics.get(self.metric, float("nan"))
-        if value != value:  # NaN
-            return float("-inf")
-        return value if self.maximize else -value
+        return score(metrics.get(self.metric), self.direction)
 
     def make_mst(self, mst_id: int, params: Mapping[str, Any], parent: int | None = None) -> MST:
         return MST(mst_id, dict(params), derive_seed(self.seed, mst_id), parent)

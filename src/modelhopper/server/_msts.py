@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelhopper._ranking import best_epoch, ranked
+
 __all__ = ["MST_SORT_KEYS", "MSTSummary", "choose", "finite", "page_msts", "spread", "summarise"]
 
 MST_SORT_KEYS = ("mst_id", "status", "epochs", "last", "best", "priority", "parent")
@@ -46,10 +48,11 @@ def summarise(
     last = max(epochs)
     summary.metrics = {k: v for k, v in epochs[last].items() if finite(v) is not None}
     summary.last = finite(epochs[last].get(metric))
-    scored = [(v, e) for e, m in epochs.items() if (v := finite(m.get(metric))) is not None]
-    if scored:
-        pick = max if maximize else min
-        summary.best, summary.best_epoch = pick(scored, key=lambda p: (p[0], -p[1]))
+    order = sorted(epochs)
+    position = best_epoch([epochs[e] for e in order], metric, maximize)
+    if position is not None:
+        summary.best_epoch = order[position]
+        summary.best = finite(epochs[summary.best_epoch].get(metric))
 
 
 def choose(
@@ -58,12 +61,9 @@ def choose(
     if mst_ids is not None:
         wanted = set(mst_ids)
         return [s for s in summaries if s.mst_id in wanted][:top]
-    sign = -1.0 if maximize else 1.0
-    ranked = sorted(
-        summaries,
-        key=lambda s: (s.best is None, sign * s.best if s.best is not None else 0.0, s.mst_id),
-    )
-    return sorted(ranked[:top], key=lambda s: s.mst_id)
+    # By the value at the last epoch, as Result.best ranks: the same MSTs come first.
+    best_first = ranked(summaries, lambda s: s.last, lambda s: s.mst_id, maximize)
+    return sorted(best_first[:top], key=lambda s: s.mst_id)
 
 
 def spread(n: int, max_points: int) -> list[int]:

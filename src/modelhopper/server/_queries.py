@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from modelhopper._ranking import Direction, direction_of
 from modelhopper.errors import ConfigError
 from modelhopper.server._cache import Pick, RunCache
 from modelhopper.server._msts import (
@@ -323,7 +324,7 @@ class RunReader:
                     spec = experiment.spec
                     cache = self._caches[name] = RunCache(
                         experiment.id, spec.get("metric", ""),
-                        spec.get("direction", "maximize") == "maximize",
+                        direction_of(spec.get("direction")) is Direction.MAXIMIZE,
                     )  # fmt: skip
             cache.refresh(session)
         return cache
@@ -361,7 +362,7 @@ def _run_dict(row: ExperimentRow, n_msts: int) -> dict[str, Any]:
         "status": RunStatus(row.status).value,
         "procedure": row.procedure,
         "metric": row.spec.get("metric", ""),
-        "direction": row.spec.get("direction", "maximize"),
+        "direction": direction_of(row.spec.get("direction")).value,
         "n_msts": n_msts,
         "n_workers": row.n_workers,
         "created_at": row.created_at,
