@@ -17,10 +17,12 @@ import time
 import pytest
 
 import modelhopper as mh
-from modelhopper.errors import ConfigError
-from modelhopper.executors import _local
+from modelhopper.data._sharding import write_shards
+from modelhopper.errors import ConfigError, ExecutorError
+from modelhopper.executors import _local, _restarts
 from modelhopper.executors._zygote import shared_zygote
-from modelhopper.testing import ExecutorConformance
+from modelhopper.testing import ExecutorConformance, make_test_estimator
+from modelhopper.testing._executor import _dataset, _task, _train
 
 
 class TestLocalExecutor(ExecutorConformance):
@@ -174,3 +176,113 @@ def test_python_c_and_the_interactive_interpreter_need_no_main_guard(tmp_path, h
     )
     assert done.returncode == 0, done.stderr
     assert "ok 2 True" in done.stdout, (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("window", [0, -1.0, float("nan"), "600", True])
+def test_a_bad_restart_window_is_refused(window):
+    with pytest.raises(ConfigError, match=r"restart_window must be a number of seconds > 0, got"):
+        mh.LocalExecutor(restart_window=window)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(_dataset(), 2, tmp_path_factory.mktemp("shards"), seed=3)
+
+
+def _kill_at_birth(monkeypatch, n: int) -> list[int]:
+    """Kill the next n worker processes the moment they exist, before they get their shard."""
+    killed: list[int] = []
+
+    def killing(make):
+        def make_and_kill(*args):
+            process = make(*args)
+            if len(killed) < n:
+                os.kill(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
+            return process
+
+        return make_and_kill
+
+    monkeypatch.setattr(_local, "_ForkedWorker", killing(_local._ForkedWorker))
+    monkeypatch.setattr(_local, "_fork_from_zygote", killing(_local._fork_from_zygote))
+    return killed
+
+
+def _kill_idle(executor: mh.LocalExecutor, worker: int) -> None:
+    """Kill an idle worker and wait until it is dead (its next visit finds it so)."""
+    process = executor._processes[worker]
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout=30)
+    assert not process.is_alive()
+
+
+@pytest.mark.parametrize("method", ["auto", "zygote"])
+def test_workers_killed_while_starting_are_started_again(shards, monkeypatch, method):
+    executor = mh.LocalExecutor(threads_per_worker=1, start_method=method, max_restarts=2)
+    killed = _kill_at_birth(monkeypatch, 3)  # both first processes, then worker 0's replacement
+    with executor:
+        executor.start(shards, make_test_estimator)
+        assert len(killed) == 3 and not set(killed) & set(executor.pids)
+        assert executor.restarts == [2, 1]
+        for worker in (0, 1):
+            executor.submit(worker, _task(40 + worker, (_train(0, worker, 0),)))
+        results = executor.wait()
+        if len(results) == 1:
+            results += executor.wait()
+        assert [r.error for r in results] == [None, None] and not any(r.crashed for r in results)
+
+
+def test_a_replacement_killed_while_starting_is_started_again(shards, monkeypatch):
+    with mh.LocalExecutor(threads_per_worker=1, max_restarts=2) as executor:
+        executor.start(shards, make_test_estimator)
+        _kill_idle(executor, 1)
+        killed = _kill_at_birth(monkeypatch, 1)
+        task = _task(50, (_train(0, 1, 0),))
+        executor.submit(1, task)
+        (result,) = executor.wait()
+        assert result.crashed and result.mst_id == 50 and len(killed) == 1
+        assert executor.restarts == [0, 2]
+        executor.submit(1, task)
+        (result,) = executor.wait()
+        assert result.error is None and not result.crashed
+
+
+def test_the_restart_budget_is_a_rate_and_a_crash_loop_fails_clearly(shards, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(_restarts, "_clock", lambda: now[0])
+    with mh.LocalExecutor(threads_per_worker=1, max_restarts=1, restart_window=10) as executor:
+        executor.start(shards, make_test_estimator)
+        for step in range(3):  # one death each 11 s: never two within the window
+            _kill_idle(executor, 0)
+            executor.submit(0, _task(60 + step, (_train(0, 0, 0),)))
+            assert executor.wait()[0].crashed
+            now[0] += 11
+        assert executor.restarts == [3, 0]
+        _kill_idle(executor, 0)
+        executor.submit(0, _task(63, (_train(0, 0, 0),)))
+        assert executor.wait()[0].crashed
+        now[0] += 9  # the second death within 10 s
+        _kill_idle(executor, 0)
+        with pytest.raises(
+            ExecutorError,
+            match=r"worker 0 \(pid \d+\) died with exit code -9 while running MST 64; it died 2 "
+            r"times \(max_restarts=1\) within 10 s \(restart_window\), so it is crash-looping; "
+            r"if it was killed for memory, .*LocalExecutor\(max_restarts=\.\.\., "
+            r"restart_window=\.\.\.\)",
+        ):
+            executor.submit(0, _task(64, (_train(0, 0, 0),)))
+
+
+def test_a_killed_zygote_is_started_again_and_so_are_its_workers(shards):
+    with mh.LocalExecutor(threads_per_worker=1, start_method="zygote") as executor:
+        executor.start(shards, make_test_estimator)
+        zygote = shared_zygote()
+        os.kill(zygote.pid, signal.SIGKILL)  # its workers die with it
+        task = _task(80, (_train(0, 0, 0),))
+        executor.submit(0, task)
+        (result,) = executor.wait()
+        assert result.crashed and shared_zygote() is not zygote
+        executor.submit(0, task)
+        (result,) = executor.wait()
+        assert result.error is None and not result.crashed
+        assert executor.restarts[0] == 1

@@ -26,6 +26,7 @@ from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
 from modelhopper.executors._host import WorkerSpec, detach_from_parent, serve
+from modelhopper.executors._restarts import RestartBudget, check_restart_window
 from modelhopper.executors._worker import warm_up_torch
 from modelhopper.executors._zygote import shared_zygote
 from modelhopper.representations._store import MaterialiseBudget
@@ -33,6 +34,7 @@ from modelhopper.representations._store import MaterialiseBudget
 __all__ = ["LocalExecutor"]
 
 _START_METHODS = ("auto", "fork", "zygote")
+_LIVENESS_CHECK = 1.0  # seconds between checks that the busy workers still live (see wait)
 
 
 def _default_threads(n_workers: int) -> int:
@@ -107,10 +109,14 @@ def _forked_main(conn: Connection, drivers_ends: list[Connection]) -> None:
 class LocalExecutor(BaseExecutor):
     """The embedded default: ``n_workers`` processes, each holding one shard.
 
-    A worker that dies is replaced by a new process that re-opens the same
-    shard; its visit comes back as ``crashed`` so the driver re-runs it from
-    the MST's last state. More than ``max_restarts`` deaths of one worker
-    raise ``ExecutorError``. ``materialise`` bounds each worker's materialised
+    A worker that dies at any moment (while starting, idle, mid-visit, while
+    state moves) is replaced by a new process that re-opens the same shard; a
+    visit it held comes back as ``crashed`` so the driver re-runs it from the
+    MST's last state. The restart budget is a rate: more than ``max_restarts``
+    deaths of one worker within ``restart_window`` seconds (a crash loop)
+    raise ``ExecutorError``; deaths further apart (transient faults in a long
+    run) never add up. ``restart_window=float("inf")`` counts every death of
+    the run. ``materialise`` bounds each worker's materialised
     representations (default ``MaterialiseBudget()``: 512 MiB memory, 4 GiB disk).
     ``start_method``: ``"auto"`` forks the driver where that is safe and uses
     the zygote elsewhere; ``"fork"`` or ``"zygote"`` force one (see the module).
@@ -123,6 +129,7 @@ class LocalExecutor(BaseExecutor):
         *,
         threads_per_worker: int | None = None,
         max_restarts: int = 3,
+        restart_window: float = 600.0,
         start_method: str = "auto",
         materialise: MaterialiseBudget | None = None,
         start_timeout: float = 300.0,
@@ -135,6 +142,7 @@ class LocalExecutor(BaseExecutor):
             raise ConfigError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise ConfigError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        check_restart_window(restart_window)
         if start_method not in _START_METHODS:
             raise ConfigError(
                 f"start_method must be one of {', '.join(map(repr, _START_METHODS))}, "
@@ -153,6 +161,7 @@ class LocalExecutor(BaseExecutor):
             )
         self.threads_per_worker = threads_per_worker
         self.max_restarts = max_restarts
+        self.restart_window = float(restart_window)
         self.start_method = start_method
         self.start_timeout = float(start_timeout)
         self.materialise = materialise
@@ -161,7 +170,8 @@ class LocalExecutor(BaseExecutor):
         self._busy: dict[int, int] = {}  # worker -> mst_id
         self._lost: list[VisitResult] = []  # visits sent to a worker found dead, not yet reported
         self._resident: list[int] = []
-        self.restarts: list[int] = []
+        self.restarts: list[int] = []  # deaths of each worker over the run (each one replaced)
+        self._budget = RestartBudget(0, max_restarts, restart_window)
         self.start_methods: list[str] = []  # how each worker process was started, for tests
 
     @property
@@ -170,7 +180,8 @@ class LocalExecutor(BaseExecutor):
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._processes]
+        """The worker processes' pids, by worker (while starting: those launched so far)."""
+        return [p.pid for p in self._processes if p is not None]
 
     @property
     def resident_shard_bytes(self) -> list[int]:
@@ -192,6 +203,7 @@ class LocalExecutor(BaseExecutor):
         ]
         self._processes = [None] * len(shards)  # type: ignore[list-item]
         self.restarts = [0] * len(shards)
+        self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
         self.start_methods = [""] * len(shards)
         for worker in range(len(shards)):
             self._launch(worker)
@@ -221,44 +233,53 @@ class LocalExecutor(BaseExecutor):
             others = [p.conn for p in self._processes if p is not None]
             process: _Process = _ForkedWorker(others)
         else:
-            process = shared_zygote().fork(self.start_timeout)
+            process = _fork_from_zygote(self.start_timeout)
         self._processes[worker] = process
         self.start_methods[worker] = method
         with contextlib.suppress(BrokenPipeError, OSError):  # a dead child shows in _ready
             process.conn.send(spec)
 
     def _ready(self, worker: int) -> int:
-        conn = self._processes[worker].conn
-        try:
-            if not conn.poll(self.start_timeout):
-                self._processes[worker].kill()
+        """Wait until the worker has opened its shard; return the shard's size in bytes.
+
+        A worker that dies while starting is started again, within its restart budget.
+        """
+        while True:
+            process = self._processes[worker]
+            try:
+                if not process.conn.poll(self.start_timeout):
+                    process.kill()
+                    raise ExecutorError(
+                        f"worker {worker} did not start within {self.start_timeout:.0f} s; the "
+                        "machine may be overloaded: raise LocalExecutor(start_timeout=...)"
+                    )
+                kind, payload = process.conn.recv()
+            except (EOFError, OSError):  # it died while starting
+                self._relaunch(worker)
+                continue
+            if kind == "error":
                 raise ExecutorError(
-                    f"worker {worker} did not start within {self.start_timeout:.0f} s; the "
-                    "machine may be overloaded: raise LocalExecutor(start_timeout=...)"
+                    f"worker {worker} could not start: {payload}\nIf make_estimator lives in a "
+                    "module, the worker processes must be able to import it (PYTHONPATH)"
                 )
-            kind, payload = conn.recv()
-        except (EOFError, OSError) as e:
-            raise self._died(worker) from e
-        if kind == "error":
-            raise ExecutorError(
-                f"worker {worker} could not start: {payload}\nIf make_estimator lives in a "
-                "module, the worker processes must be able to import it (PYTHONPATH)"
-            )
-        return payload
+            return payload
 
     def _replace(self, worker: int) -> None:
-        """Start a new process for a dead worker, on the same shard."""
+        """Start a new process for a dead worker, on the same shard, and wait until it is ready."""
+        self._relaunch(worker)
+        self._ready(worker)
+
+    def _relaunch(self, worker: int) -> None:
+        """Count a death of the worker against its restart budget; start a new process for it."""
         self.restarts[worker] += 1
-        if self.restarts[worker] > self.max_restarts:
-            raise self._died(
-                worker,
-                f"; it died {self.restarts[worker]} times (max_restarts={self.max_restarts})",
-            )
+        if crash_loop := self._budget.died(worker):
+            raise self._died(worker, crash_loop, f"; {self._budget.fix('LocalExecutor')}")
         old = self._processes[worker]
         old.conn.close()
+        if old.is_alive():  # as good as dead (it timed out, or closed its end): make sure
+            old.kill()
         old.join(timeout=1)
         self._launch(worker)
-        self._ready(worker)
 
     def submit(self, worker: int, task: VisitTask) -> None:
         if worker in self._busy:
@@ -282,31 +303,39 @@ class LocalExecutor(BaseExecutor):
             for result in lost:
                 del self._busy[result.worker]
             return lost
-        # A worker that dies closes its end: its connection turns readable, then EOF.
+        # A worker that dies closes its end: its connection turns readable, then EOF. A
+        # process it started (a DataLoader worker) may hold the end open for a while, so
+        # the busy workers' lives are also checked every _LIVENESS_CHECK seconds.
         waitables: dict[Any, int] = {self._processes[w].conn: w for w in sorted(self._busy)}
-        ready = wait(list(waitables))
+        while not (ready := wait(list(waitables), timeout=_LIVENESS_CHECK)):
+            if dead := [w for w in sorted(self._busy) if not self._processes[w].is_alive()]:
+                return [self._crashed(w) for w in dead]
         results = []
         for worker in sorted(waitables[r] for r in ready):
             try:
                 _, result = self._processes[worker].conn.recv()
             except (EOFError, OSError):
                 result = self._crashed(worker)
-            del self._busy[worker]
+            else:
+                del self._busy[worker]
             results.append(result)
         return results
 
     def _crashed(self, worker: int) -> VisitResult:
+        """The busy worker died: replace it, and report its visit as crashed (no longer busy)."""
         mst_id = self._busy[worker]
         self._replace(worker)
+        del self._busy[worker]
         return VisitResult(worker, mst_id, crashed=True)
 
-    def _died(self, worker: int, why: str = "") -> ExecutorError:
+    def _died(self, worker: int, why: str = "", fix: str = "") -> ExecutorError:
         process = self._processes[worker]
         mst = self._busy.get(worker)
         doing = f" while running MST {mst}" if mst is not None else ""
         return ExecutorError(
             f"worker {worker} (pid {process.pid}) died with exit code {process.exitcode}"
             f"{doing}{why}; if it was killed for memory, use fewer workers or smaller batches"
+            f"{fix}"
         )
 
     def shutdown(self) -> None:
@@ -328,6 +357,17 @@ class LocalExecutor(BaseExecutor):
         self._processes = []
         self._busy.clear()
         self._lost.clear()
+
+
+def _fork_from_zygote(timeout: float) -> _Process:
+    """A worker forked by the shared zygote; a zygote found dead is started again, once."""
+    zygote = shared_zygote()
+    try:
+        return zygote.fork(timeout)
+    except ExecutorError:
+        if zygote.alive:
+            raise
+        return shared_zygote().fork(timeout)  # killed since its last fork: a fresh one
 
 
 def _pickle_factory(factory: Callable[..., Any]) -> bytes:

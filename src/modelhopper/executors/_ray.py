@@ -8,9 +8,10 @@ which pulls the bytes from the node that made them. The driver holds
 references and metadata; it copies a state to itself only to write the
 checkpoint.
 
-A dead actor is replaced on the same node when that node is alive (node
-affinity), else on another node, which re-materialises the shard from its
-source; the interrupted visit then re-runs from the MST's last state.
+A dead actor (killed at any moment, while starting too) is replaced on the
+same node when that node is alive (node affinity), else on another node,
+which re-materialises the shard from its source; the interrupted visit then
+re-runs from the MST's last state.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import cloudpickle
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
+from modelhopper.executors._restarts import RestartBudget, check_restart_window
 from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = ["RayExecutor"]
@@ -188,7 +190,10 @@ class RayExecutor(BaseExecutor):
             the actor's node (shared storage, or the same machine); ``"ship"``:
             the driver sends the shard files to the node once; ``"auto"``
             (default): the path when the node can read it, else ship.
-        max_restarts: deaths of one worker tolerated before the run fails.
+        max_restarts: deaths of one worker tolerated within ``restart_window``
+            seconds (a rate: deaths further apart never add up); one more fails
+            the run as a crash loop.
+        restart_window: seconds, default 600 (``float("inf")``: the whole run).
         start_timeout: seconds to wait for the workers to be placed and open
             their shards before giving up with the cluster's free resources.
         init_kwargs: extra keyword arguments for ``ray.init``.
@@ -206,6 +211,7 @@ class RayExecutor(BaseExecutor):
         threads_per_worker: int | None = None,
         data: str = "auto",
         max_restarts: int = 3,
+        restart_window: float = 600.0,
         start_timeout: float = 120.0,
         init_kwargs: Mapping[str, Any] | None = None,
         materialise: MaterialiseBudget | None = None,
@@ -224,6 +230,7 @@ class RayExecutor(BaseExecutor):
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
         if max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
+        check_restart_window(restart_window)
         if start_timeout <= 0:
             raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout}")
         self.address = address
@@ -231,6 +238,8 @@ class RayExecutor(BaseExecutor):
         self.threads_per_worker = threads_per_worker or max(1, int(resources.get("CPU", 1)))
         self.data = data
         self.max_restarts = max_restarts
+        self.restart_window = float(restart_window)
+        self._budget = RestartBudget(0, max_restarts, restart_window)
         self.start_timeout = start_timeout
         self.init_kwargs = dict(init_kwargs or {})
         self.materialise = materialise
@@ -309,8 +318,23 @@ class RayExecutor(BaseExecutor):
         self._shards = list(shards)
         self._factory_blob = _pickle_factory(factory)
         self.restarts = [0] * len(shards)
+        self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
         self._actors = [self._create(w, "SPREAD") for w in range(len(shards))]
-        self._infos = self._open(list(range(len(shards))))
+        self._infos = self._start_actors(list(range(len(shards))))
+
+    def _start_actors(self, workers: list[int], mst_id: int | None = None) -> list[dict[str, Any]]:
+        """Each new actor opens its shard; one that dies meanwhile is created again, within its
+        restart budget, on the node its predecessor was placed by."""
+        infos: dict[int, dict[str, Any]] = {}
+        pending = workers
+        while pending:
+            opened = self._open(pending)
+            infos.update((w, info) for w, info in zip(pending, opened, strict=True) if info)
+            pending = [w for w, info in zip(pending, opened, strict=True) if info is None]
+            for worker in pending:  # it died while starting
+                self._count_death(worker, mst_id)
+                self._actors[worker] = self._create(worker, self._placement(worker))
+        return [infos[w] for w in workers]
 
     def _connect(self) -> None:
         ray = self._ray
@@ -344,7 +368,7 @@ class RayExecutor(BaseExecutor):
             self.materialise,
         )  # fmt: skip
 
-    def _open(self, workers: list[int]) -> list[dict[str, Any]]:
+    def _open(self, workers: list[int]) -> list[dict[str, Any] | None]:
         """Each actor opens its shard on its node; shipped only where the path is unreadable."""
         ray = self._ray
         paths = [str(self._shards[w].path) for w in workers]
@@ -357,19 +381,25 @@ class RayExecutor(BaseExecutor):
                 self._actors[w].can_read.remote(p) for w, p in zip(workers, paths, strict=True)
             ]
             readable = self._get(checks, "check their shard paths")
-        refs = []
+        refs: list[Any] = []
         for w, path, ok in zip(workers, paths, readable, strict=True):
-            if ok:
+            if ok is None:  # the actor is dead
+                refs.append(None)
+            elif ok:
                 refs.append(self._actors[w].open.remote(path, None))
             else:
                 files = _read_shard_files(path)
                 self.shipped_bytes += sum(len(b) for b in files.values())
                 refs.append(self._actors[w].open.remote(None, ray.put(files)))
-        return self._get(refs, "open their shards")
+        opened = self._get([r for r in refs if r is not None], "open their shards")
+        return [None if r is None else opened.pop(0) for r in refs]
 
     def _get(self, refs: list[Any], doing: str) -> list[Any]:
+        """The values of refs made by new actors; None for an actor that died meanwhile."""
         ray = self._ray
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if not refs:
+            return []
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
         if pending:
             raise ExecutorError(
                 f"{len(pending)} of {len(refs)} Ray workers did not {doing} within "
@@ -377,13 +407,20 @@ class RayExecutor(BaseExecutor):
                 f"{ray.available_resources()} free; lower resources_per_worker, use fewer "
                 "workers, or add nodes"
             )
-        try:
-            return ray.get(refs)
-        except Exception as e:
-            raise ExecutorError(
-                f"a Ray worker could not start: {e}\nIf make_estimator lives in a module, every "
-                "node must be able to import it (install it there or use a runtime_env)"
-            ) from e
+        values = []
+        for ref in refs:
+            try:
+                values.append(ray.get(ref))
+            except Exception as e:
+                killed = isinstance(e, ray.exceptions.RayActorError) and not e.actor_init_failed
+                if not killed:  # it failed to start: starting it again would fail the same way
+                    raise ExecutorError(
+                        f"a Ray worker could not start: {e}\nIf make_estimator lives in a "
+                        "module, every node must be able to import it (install it there or use "
+                        "a runtime_env)"
+                    ) from e
+                values.append(None)  # died while starting: the caller starts it again
+        return values
 
     # -- visits --------------------------------------------------------------------
     def submit(self, worker: int, task: VisitTask) -> None:
@@ -420,25 +457,29 @@ class RayExecutor(BaseExecutor):
 
     def _replace(self, worker: int, mst_id: int | None = None) -> None:
         """A new actor for a dead one: on the same node if it is alive, else anywhere."""
-        ray = self._ray
+        self._count_death(worker, mst_id)
+        self._actors[worker] = self._create(worker, self._placement(worker))
+        self._infos[worker] = self._start_actors([worker], mst_id)[0]
+
+    def _count_death(self, worker: int, mst_id: int | None) -> None:
         self.restarts[worker] += 1
-        if self.restarts[worker] > self.max_restarts:
+        if crash_loop := self._budget.died(worker):
             doing = f" while running MST {mst_id}" if mst_id is not None else ""
             raise ExecutorError(
-                f"Ray worker {worker} died {self.restarts[worker]} times{doing} "
-                f"(max_restarts={self.max_restarts}); if it was killed for memory, use fewer "
-                "workers or smaller batches"
+                f"Ray worker {worker} died{doing}{crash_loop}; if it was killed for memory, use "
+                f"fewer workers or smaller batches; {self._budget.fix('RayExecutor')}"
             )
+
+    def _placement(self, worker: int) -> Any:
+        """The node of the worker's last actor while that node is alive, else any node."""
+        if worker >= len(self._infos):  # starting: never placed yet
+            return "SPREAD"
         node = self._infos[worker]["node"]
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        if node in alive:
+        if node in {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            strategy: Any = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-        else:
-            strategy = "SPREAD"  # its node is gone: re-materialise the shard elsewhere
-        self._actors[worker] = self._create(worker, strategy)
-        self._infos[worker] = self._open([worker])[0]
+            return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        return "SPREAD"  # its node is gone: re-materialise the shard elsewhere
 
     def shutdown(self) -> None:
         ray = self._ray

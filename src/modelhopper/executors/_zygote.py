@@ -102,13 +102,13 @@ class Zygote:
     def exitcode(self, pid: int, wait: float = 0.0) -> int | None:
         """A forked worker's exit code once it has exited, waiting up to ``wait`` seconds.
 
-        None if it is still running, or unknown."""
+        None if it is still running, or unknown (the zygote is gone: it reaped nothing more)."""
         with self._lock:
             try:
                 self._control.send(("exitcode", pid, wait))
-            except OSError:
+                return self._reply("exitcode")
+            except (OSError, ExecutorError):
                 return None
-            return self._reply("exitcode")
 
     def _reply(self, expected: str):
         try:

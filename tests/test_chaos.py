@@ -1,0 +1,279 @@
+"""Chaos: workers killed at seeded moments (start-up included) and the driver once; the
+resumed run ends with exactly the results of an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+import pytest
+
+import modelhopper as mh
+from modelhopper.executors._host import PROCESS_NAME
+from modelhopper.store import SQLStore
+
+T = TypeVar("T")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="finds workers by their Linux process name"),
+]
+
+SEED = 2026  # draws the kill schedule: which worker, after how many recorded steps
+N_MSTS, N_EPOCHS, N_WORKERS = 6, 6, 2
+N_STEPS = N_MSTS * N_EPOCHS * 2 * N_WORKERS  # a train and an eval step per shard per epoch
+TIMEOUT = 120.0  # seconds any one awaited condition may take before the test fails
+
+SPEC = textwrap.dedent(
+    f"""
+    import torch
+    from torch import nn
+    import modelhopper as mh
+
+    def make_estimator(p):
+        model = nn.Sequential(nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Dropout(0.1),
+                              nn.Linear(p["hidden"], 10))
+        return mh.Estimator(model=model, optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+                            loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=32)
+
+    space = {{"hidden": mh.choice([16, 32]), "lr": mh.loguniform(1e-3, 1e-2)}}
+    data = mh.datasets.digits
+    search = mh.RandomSearch(make_estimator, space, n_msts={N_MSTS}, epochs={N_EPOCHS},
+                             metric="val_accuracy", direction="maximize", seed=7)
+    """
+)
+
+
+def _final_metrics(result: mh.Result) -> dict[int, list[dict]]:
+    history = result.history().drop(columns=["train_seconds", "eval_seconds"])
+    return {mst: rows.to_dict("records") for mst, rows in history.groupby("mst_id")}
+
+
+def _until(condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.002)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def _n_steps(url: str, name: str) -> int:
+    store = SQLStore(url)
+    try:
+        return len(store.list_steps(name))
+    except mh.StoreError:
+        return 0  # the run is not in the store yet
+    finally:
+        store.close()
+
+
+def _wait_for_steps(url: str, name: str, n: int, alive: Callable[[], bool]) -> None:
+    def reached() -> bool:
+        assert alive(), "the run ended before the kill"
+        return _n_steps(url, name) >= n
+
+    deadline = time.monotonic() + TIMEOUT
+    while not reached():
+        assert time.monotonic() < deadline, f"run {name} did not reach {n} steps"
+        time.sleep(0.05)
+
+
+def _workers(driver: psutil.Process) -> list[int]:
+    """The driver's live worker processes (forked by it, or by its zygote), by pid."""
+    found = []
+    for child in driver.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.name() == PROCESS_NAME and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+    return sorted(found)
+
+
+class _Schedule:
+    """The seeded kill schedule's draws, and the record of the kills made."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.killed: list[tuple[str, int]] = []  # (moment, pid)
+
+    def kill(self, moment: str, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append((moment, pid))
+
+    def kill_newborn(self, pids: Callable[[], list[int]], seen: set[int]) -> int:
+        """Kill a worker process the moment one never seen before exists (it is starting)."""
+        new = _until(lambda: sorted(set(pids()) - seen), "no new worker process")
+        seen.update(new)
+        self.kill("start-up", new[0])
+        return new[0]
+
+
+def _run_and_kill_the_driver(spec, url: str, tmp_path, schedule: _Schedule) -> int:
+    """Run the spec with the CLI; kill 2 workers starting up, 1 running, then the driver."""
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--run-name", "chaos",
+             "--store", url, "--run-dir", str(tmp_path / "run")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        process = psutil.Process(driver.pid)
+        seen: set[int] = set()
+        for _ in range(2):  # a first worker, then its replacement (or the other first one)
+            schedule.kill_newborn(lambda: _workers(process), seen)
+        alive = lambda: driver.poll() is None  # noqa: E731
+        _wait_for_steps(url, "chaos", schedule.rng.randint(8, 30), alive)
+        schedule.kill("running", schedule.rng.choice(_workers(process)))
+        _wait_for_steps(url, "chaos", schedule.rng.randint(40, 60), alive)
+        error = None
+    except (AssertionError, OSError) as e:  # reported after the driver's own failure, if any
+        error = e
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=TIMEOUT)
+    assert driver.returncode == -signal.SIGKILL, f"the driver failed: {log.read_text()[-3000:]}"
+    if error is not None:
+        raise error
+    schedule.killed.append(("driver", driver.pid))
+    return _n_steps(url, "chaos")
+
+
+class _KillWorkers(threading.Thread):
+    """In the resumed run: kill a worker as it starts; later a running one and its replacement
+    as that starts; later the other worker (at most 3 deaths of one worker: max_restarts)."""
+
+    def __init__(self, executor: mh.LocalExecutor, url: str, schedule: _Schedule, after: int):
+        super().__init__(daemon=True)
+        self.executor, self.url, self.schedule = executor, url, schedule
+        self.at = sorted(schedule.rng.sample(range(after + 8, N_STEPS - 30), 2))
+        self.workers = schedule.rng.sample(range(N_WORKERS), 2)
+        self.error: BaseException | None = None
+        self.n_kills = 0
+        self.done = threading.Event()  # set when the run has ended
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+    def _run(self) -> None:
+        pids = lambda: self.executor.pids  # noqa: E731
+        self.schedule.kill_newborn(pids, set())
+        self.n_kills += 1
+        for i, (n, worker) in enumerate(zip(self.at, self.workers, strict=True)):
+            _wait_for_steps(self.url, "chaos", n, lambda: not self.done.is_set())
+            pid = pids()[worker]
+            self.schedule.kill("running", pid)
+            self.n_kills += 1
+            if i == 0:
+                self.schedule.kill_newborn(lambda: pids()[worker : worker + 1], {pid})  # noqa: B023
+                self.n_kills += 1
+            _until(lambda: pid not in pids(), "the killed worker was not replaced")  # noqa: B023
+
+
+def test_a_run_survives_workers_and_the_driver_killed_at_seeded_moments(tmp_path):
+    from modelhopper.cli import load_spec, spec_objects
+
+    spec = tmp_path / "spec.py"
+    spec.write_text(SPEC)
+    search, data = spec_objects(load_spec(spec), spec)
+    reference = search.fit(
+        data, n_workers=N_WORKERS, run_name="reference", store=f"sqlite:///{tmp_path}/ref.sqlite",
+        run_dir=tmp_path / "reference",
+    )  # fmt: skip
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    schedule = _Schedule(SEED)
+    done_before = _run_and_kill_the_driver(spec, url, tmp_path, schedule)
+    assert 0 < done_before < N_STEPS  # it really was interrupted mid-run
+
+    executor = mh.LocalExecutor()  # max_restarts=3 deaths per worker within 600 s
+    killer = _KillWorkers(executor, url, schedule, done_before)
+    killer.start()
+    try:
+        resumed = mh.resume("chaos", store=url, executor=executor)
+    finally:
+        killer.done.set()
+        killer.join(timeout=TIMEOUT)
+    assert killer.error is None, killer.error
+    assert sum(executor.restarts) == killer.n_kills == 4  # each kill noticed, each survived
+
+    moments = Counter(moment for moment, _ in schedule.killed)
+    assert moments == {"start-up": 4, "running": 3, "driver": 1}
+    assert resumed.status == "completed"
+    got, want = _final_metrics(resumed), _final_metrics(reference)
+    assert sorted(got) == sorted(want) and len(want) == N_MSTS  # no MST lost, none added
+    for mst in want:
+        assert got[mst] == want[mst], mst
+    store = SQLStore(url)
+    assert [m.mst_id for m in store.list_msts("chaos")] == sorted(want)
+    steps = Counter((s.mst_id, s.epoch, s.kind, s.shard) for s in store.list_steps("chaos"))
+    assert len(steps) == N_STEPS and set(steps.values()) == {1}  # none lost, none twice
+    kinds = [e.kind for e in store.list_events("chaos")]
+    assert mh.store.EventKind.RESUMED in kinds and kinds[-1] is mh.store.EventKind.COMPLETED
+    store.close()
+
+
+def test_the_chaos_benchmark_runs_in_its_smoke_size(tmp_path):
+    script = Path(__file__).parent.parent / "bench" / "chaos.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke-test", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "chaos_smoke.json").read_text())
+    assert report["worker_kills_survived"] == 6 and report["driver_kills_survived"] == 1
+    assert report["msts_lost"] == report["msts_added"] == report["steps_recorded_twice"] == 0
+    assert report["metric_differences"] == 0
+    assert "| 6 (" in (tmp_path / "chaos_smoke.md").read_text()
+
+
+def test_ray_actors_killed_while_starting_are_started_again(ray_lock, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'modelhopper[ray]'")
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.executors import _ray
+    from modelhopper.testing import make_test_estimator
+    from modelhopper.testing._executor import _dataset, _task, _train
+
+    create, killed = _ray.RayExecutor._create, []
+
+    def create_and_kill(self, worker, strategy):  # the first 3 actors die before they start
+        actor = create(self, worker, strategy)
+        if len(killed) < 3:
+            ray.kill(actor, no_restart=True)
+            killed.append(worker)
+        return actor
+
+    monkeypatch.setattr(_ray.RayExecutor, "_create", create_and_kill)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    shards = write_shards(_dataset(), 2, tmp_path, seed=3)
+    with ray_lock():
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=100 * 2**20)  # fmt: skip
+        try:
+            with mh.RayExecutor(max_restarts=2, start_timeout=600) as executor:
+                executor.start(shards, make_test_estimator)
+                assert killed == [0, 1, 0] and executor.restarts == [2, 1]
+                for worker in (0, 1):
+                    executor.submit(worker, _task(70 + worker, (_train(0, worker, 0),)))
+                results = executor.wait()
+                if len(results) == 1:
+                    results += executor.wait()
+                assert sorted(r.mst_id for r in results) == [70, 71]
+                assert not any(r.crashed or r.error for r in results)
+        finally:
+            ray.shutdown()
