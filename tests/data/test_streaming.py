@@ -357,6 +357,10 @@ def test_corrupt_first_image_is_reported_when_the_dataset_is_built(tmp_path) -> 
         r"on_bad_record='skip'",
     ):
         Dataset.from_image_folder(root, validation)
+    # Asked to skip bad records, the check reads past it as training will.
+    dataset = Dataset.from_image_folder(root, validation, on_bad_record="skip")
+    x, y = dataset.train.head(2)
+    assert x.shape == (2, 1, 8, 8) and list(y) == [0, 1]  # a/001.png and b/000.png
 
 
 def test_non_image_file_in_class_folder(tmp_path) -> None:

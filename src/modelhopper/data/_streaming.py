@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modelhopper.data._encoded import Codec
+from modelhopper.data._encoded import BadRecordError, Codec
 from modelhopper.data._split import Split
 from modelhopper.errors import DataError
 
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_MEMORY_BYTES = 256 * 2**20
+_SPARE_HEAD_ROWS = 8  # on_bad_record="skip": the pre-flight check reads past bad records
 
 
 @dataclass
@@ -146,13 +147,29 @@ class StreamedSplit:
 
     def head(self, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """The first ``k`` examples decoded and stacked, and their labels (a pre-flight check)."""
-        chunk = self.source.head(k)
+        codec = self.source.codec
+        skip = codec is not None and codec.on_bad_record == "skip"
+        chunk = self.source.head(k + _SPARE_HEAD_ROWS if skip else k)
         if isinstance(chunk.x, np.ndarray):
             return chunk.x[:k], chunk.y[:k]
-        codec, origins = self.source.codec, chunk.origins or []
         assert codec is not None  # encoded chunks come from sources with a codec
-        examples = [codec.decode(r, o) for r, o in zip(chunk.x[:k], origins, strict=False)]
-        return stack_examples(examples, origins), chunk.y[: len(examples)]
+        examples, kept, first_error = [], [], None
+        for row, (record, origin) in enumerate(zip(chunk.x, chunk.origins or [], strict=False)):
+            try:
+                examples.append(codec.decode(record, origin))
+            except BadRecordError as e:
+                if not skip:
+                    raise
+                first_error = first_error or e  # on_bad_record="skip": skipped, as in training
+                continue
+            kept.append(row)
+            if len(examples) == k:
+                break
+        if not examples:
+            assert first_error is not None
+            raise first_error
+        origins = [(chunk.origins or [])[row] for row in kept]
+        return stack_examples(examples, origins), chunk.y[kept]
 
     def to_split(self) -> Split:
         """The whole split read into memory as a ``Split`` (decoded): for small data only."""
