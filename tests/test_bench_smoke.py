@@ -101,3 +101,11 @@ def test_data_scale_smoke(tmp_path):
     mop = data["mop"]
     assert mop["n_msts"] == 8 and mop["ratio"] > 0
     assert mop["mean_val_accuracy_plain"] > 0.1 and mop["mean_val_accuracy_mop"] > 0.1
+
+
+def test_soak_smoke(tmp_path):
+    _run("soak.py", tmp_path)
+    data = json.loads((tmp_path / "soak_smoke.json").read_text())
+    assert data["meta"]["completed"] == data["meta"]["n_msts"] == 40
+    rows = data["processes"]
+    assert "driver" in rows and all(r["first_mib"] > 0 and r["ratio"] > 0 for r in rows.values())
