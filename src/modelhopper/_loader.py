@@ -18,7 +18,6 @@ import torch
 
 from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._streaming import stack_examples
-from modelhopper.errors import DataError
 
 __all__ = ["Batch", "PerExample", "batches", "per_example"]
 
@@ -175,7 +174,8 @@ def batches(
     )
     try:
         yield from loader
-    except DataError:
-        raise
-    except RuntimeError as e:  # a DataLoader worker died (killed, out of memory)
-        raise RuntimeError(f"a data-loading process failed: {e}; try fewer num_workers") from e
+    except RuntimeError as e:
+        if "exited unexpectedly" not in str(e):
+            raise  # the transform's own error, re-raised by the DataLoader as it was
+        # A DataLoader worker died (killed, out of memory): say what to change.
+        raise RuntimeError(f"a data-loading process died: {e}; try fewer num_workers") from e
