@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from modelhopper._process import die_with_parent
 from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._streaming import stack_examples
 
@@ -143,6 +144,11 @@ def _seeded(transform: Transform | None, xb: torch.Tensor, seed: int) -> torch.T
         return transform(xb)
 
 
+def _die_with_parent(worker_id: int) -> None:
+    # A loader process whose worker was killed would otherwise outlive it (orphaned).
+    die_with_parent()
+
+
 def batches(
     x: np.ndarray | EncodedColumn,
     y: np.ndarray,
@@ -170,6 +176,7 @@ def batches(
         # Its own generator: by default the loader draws its workers' base seed from the
         # global one, which is the MST's (dropout) stream, and results would depend on it.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_die_with_parent,
         multiprocessing_context="fork",  # the worker's state (shard maps, transforms) as is
     )
     try:

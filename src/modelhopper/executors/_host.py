@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import gc
 import multiprocessing
-import os
 import signal
 import sys
 import traceback
@@ -22,6 +21,7 @@ from multiprocessing.connection import Connection
 import cloudpickle
 import torch
 
+from modelhopper._process import die_with_parent
 from modelhopper.data._sharding import open_shard
 from modelhopper.estimator import flush_denormals
 from modelhopper.executors._worker import ShardWorker, warm_up_torch
@@ -36,7 +36,7 @@ __all__ = [
     "serve",
 ]
 
-_PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15  # prctl options, linux/prctl.h
+_PR_SET_NAME = 15  # prctl option, linux/prctl.h
 PROCESS_NAME = "mh-worker"  # what ps, top and psutil show for a worker process (on Linux)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt options, malloc.h
 
@@ -71,17 +71,6 @@ def detach_from_parent() -> None:
     # the executor's stop already ensure.
     multiprocessing.current_process()._config.pop("daemon", None)  # type: ignore[attr-defined]
     gc.freeze()
-
-
-def die_with_parent() -> None:
-    """On Linux, the kernel kills the worker if its parent dies (a backstop to EOF)."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the call
-            os._exit(1)
 
 
 def _set_name(name: str) -> None:
