@@ -197,9 +197,9 @@ def stack_examples(examples: list[np.ndarray], origins: list[str]) -> np.ndarray
         if example.shape != first:
             raise DataError(
                 f"examples of different shapes in one batch: {origins[0]} is {first} but "
-                f"{origin} is {example.shape}; resize them in the transform applied to each "
-                "example (e.g. train_transform=mh.per_example(Resize(...)), and the same in "
-                "eval_transform) or pass image_size= to the dataset"
+                f"{origin} is {example.shape}; resize them to one size in a transform applied "
+                "to each example, e.g. train_transform=mh.per_example(Resize(...)) and the "
+                "same in eval_transform"
             )
     return np.stack(examples)
 
