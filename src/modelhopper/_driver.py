@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,9 @@ class _Finished:
     epochs: list[EpochRecord]  # the epochs this visit completed
     moved: int  # state bytes the visit was sent (0: no hop)
     arrived: float  # time.monotonic() when its result was accounted for
+    # When its steps finished (their result arrived), recorded as such: the commit may
+    # come up to RECORD_INTERVAL_SECONDS later, and "finished" must not mean "committed".
+    finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -459,7 +463,10 @@ class Driver:
         if progress.latest is None or keep_all or (_trains(visit) and (last_training or candidate)):
             state = state_bytes(finished.state)
             progress.latest = str(self.checkpoints.write(visit.mst_id, progress.n_steps, state))
-        steps = [_to_record(visit.mst_id, visit.worker, o.step, o.result) for o in result.outcomes]
+        steps = [
+            _to_record(visit.mst_id, visit.worker, o.step, o.result, finished.finished_at)
+            for o in result.outcomes
+        ]
         events: list[tuple[EventKind, dict[str, Any]]] = [
             (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps),
                                 "hop": finished.moved > 0, "bytes": finished.moved})
@@ -596,7 +603,9 @@ def _trains(visit: Visit) -> bool:
     return any(s.kind is StepKind.TRAIN for s in visit.steps)
 
 
-def _to_record(mst_id: int, worker: int, step: Step, result: PassResult) -> StepRecord:
+def _to_record(
+    mst_id: int, worker: int, step: Step, result: PassResult, finished_at: datetime | None = None
+) -> StepRecord:
     return StepRecord(
         mst_id=mst_id,
         epoch=step.epoch,
@@ -608,6 +617,7 @@ def _to_record(mst_id: int, worker: int, step: Step, result: PassResult) -> Step
         loss_sum=result.loss_sum,
         metric_sums=dict(result.metric_sums),
         seconds=result.seconds,
+        finished_at=finished_at,
     )
 
 
