@@ -138,6 +138,7 @@ def test_a_run_handle_steers_a_run_from_python(tmp_path):
         run_dir=tmp_path / "run",
     )
     assert sorted(run.status()["mst_id"]) == [0, 1]  # start() returns with every first MST
+    keeper = run.add({"lr": 0.02}, epochs=10_000)  # holds the run open until stopped below
     short = run.add({"lr": 0.01}, epochs=1)
     run.stop(1)
     with pytest.raises(mh.ConfigError, match="MST 1 is already stopped; nothing to stop"):
@@ -149,8 +150,9 @@ def test_a_run_handle_steers_a_run_from_python(tmp_path):
         run.stop(short)
     with pytest.raises(mh.SpaceError, match="lr"):
         run.clone(0, {"lr": "fast"})
+    run.stop(keeper)
     result = run.wait(timeout=600)
     assert run.done
     statuses = {m.id: m.status for m in result.msts}
-    assert statuses == {0: "completed", 1: "completed", short: "completed"}
+    assert statuses == {0: "completed", 1: "completed", keeper: "stopped", short: "completed"}
     assert len(result.msts[1].history) == 8  # resumed after its stop, it finished its epochs
