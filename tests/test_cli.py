@@ -35,7 +35,7 @@ def test_run_spec_trains_the_search_it_defines(tmp_path):
     assert out.exit_code == 0, out.output
     assert "MSTs by val_accuracy (maximize)" in out.output
     assert "best MST" in out.output and "efficiency" in out.output
-    assert list((tmp_path / "r" / "checkpoints" / "mst-00000").glob("step-*.pt"))
+    assert list((tmp_path / "r" / "checkpoints" / "mst-00000").glob("step-*.state"))
 
 
 def test_run_spec_missing_names(tmp_path):

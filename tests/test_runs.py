@@ -55,7 +55,7 @@ def test_provenance_is_recorded(run):
 def test_checkpoints_keep_latest_and_best_only(run):
     result, _ = run
     for mst in result.msts:
-        files = sorted((result.run_dir / "checkpoints" / f"mst-{mst.id:05d}").glob("*.pt"))
+        files = sorted((result.run_dir / "checkpoints" / f"mst-{mst.id:05d}").glob("*.state"))
         assert mst.checkpoint in files and mst.best_checkpoint in files
         assert len(files) == len({mst.checkpoint, mst.best_checkpoint})
         assert not list(mst.checkpoint.parent.glob("*.tmp"))
@@ -94,7 +94,7 @@ def test_every_sub_epoch_and_event_is_recorded(run):
 def test_retention_all_keeps_every_visit(tmp_path):
     search = mh.GridSearch(make_estimator, {"lr": 0.05}, epochs=2)
     result = search.fit(mh.datasets.digits(), n_workers=2, checkpoints="all", run_dir=tmp_path)
-    files = list((tmp_path / "checkpoints" / "mst-00000").glob("*.pt"))
+    files = list((tmp_path / "checkpoints" / "mst-00000").glob("*.state"))
     assert len(files) == result.stats.n_visits
 
 

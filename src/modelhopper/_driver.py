@@ -321,7 +321,9 @@ class Driver:
             self._assign()  # the freed workers go on before anything is written
             self.dispatch_seconds += time.perf_counter() - arrived
             if self._record_due():
-                self._record()
+                self._record(serve=True)
+                if not self.in_flight:  # the last visits finished while it recorded
+                    self._record()  # decide on them before the loop sees no work
             self._dispatch()
 
     def _record_due(self) -> bool:
@@ -427,14 +429,25 @@ class Driver:
         moved = self.moved_bytes.pop(visit.worker, 0)  # the dashboard's timeline shows hops
         return _Finished(visit, result, result.state, epochs, moved, time.monotonic())
 
-    def _record(self) -> None:
-        """Checkpoints, decisions, then one store transaction for all unrecorded visits."""
+    def _record(self, *, serve: bool = False) -> None:
+        """Checkpoints, decisions, then one store transaction for all unrecorded visits.
+
+        With ``serve``, workers that finish meanwhile get their next visit between
+        checkpoint writes: a record takes milliseconds per visit, which a worker
+        would otherwise spend waiting (the new results go to the next record).
+        """
         finished, self.unrecorded = self.unrecorded, []
         if not finished:
             return
         started = time.perf_counter()
         last_training = {f.visit.mst_id: f for f in finished if _trains(f.visit)}
-        records = [self._visit_record(f, f is last_training.get(f.visit.mst_id)) for f in finished]
+        records = []
+        for f in finished:
+            if serve:
+                self._serve_finished()
+            records.append(self._visit_record(f, f is last_training.get(f.visit.mst_id)))
+        if serve:
+            self._serve_finished()
         self.store.record_visits(self.name, records)
         for mst_id in dict.fromkeys(f.visit.mst_id for f in finished):
             self._prune(self.msts_by_id[mst_id])
@@ -442,6 +455,15 @@ class Driver:
             if f.epochs and self._decides:
                 self.scheduler.unhold(f.visit.mst_id)
         self.record_seconds += time.perf_counter() - started
+
+    def _serve_finished(self) -> None:
+        """Accept the visits finished by now (no waiting) and give their workers more."""
+        results = self.executor.poll()
+        for result in results:
+            if (finished := self._accept(result)) is not None:
+                self.unrecorded.append(finished)
+        if results:
+            self._assign()
 
     def _visit_record(self, finished: _Finished, last_training: bool) -> VisitRecord:
         """Write the visit's checkpoint if needed, ask the procedure about its epochs, build

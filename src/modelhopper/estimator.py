@@ -8,7 +8,6 @@ parameters agree bit for bit, so anything that would make a hop visible
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelhopper import _state_format
 from modelhopper._loader import batches, per_example
 from modelhopper.data._encoded import EncodedColumn
 from modelhopper.errors import EstimatorError, MSTFailedError
@@ -330,11 +330,9 @@ def set_state(estimator: Estimator, state: Mapping[str, Any]) -> torch.Tensor:
 
 
 def state_to_bytes(state: Mapping[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(dict(state), buffer)
-    return buffer.getvalue()
+    return _state_format.encode(state)
 
 
 def state_from_bytes(data: bytes) -> dict[str, Any]:
     # On the CPU whatever device wrote it: loading copies it to the model's device.
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    return _state_format.decode(data)

@@ -6,6 +6,7 @@ way they must never re-run the user's script, which has no ``__main__`` guard.
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import os
 import signal
 import subprocess
@@ -132,7 +133,7 @@ def test_workers_never_outlive_a_killed_driver(tmp_path, method):
     driver = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 300
-        while not list(tmp_path.glob("modelhopper-runs/*/checkpoints/*/*.pt")):
+        while not list(tmp_path.glob("modelhopper-runs/*/checkpoints/*/*.state")):
             assert time.monotonic() < deadline and driver.poll() is None, "no visit finished"
             time.sleep(0.05)
         processes = psutil.Process(driver.pid).children(recursive=True)  # workers (+ zygote)
@@ -286,3 +287,17 @@ def test_a_killed_zygote_is_started_again_and_so_are_its_workers(shards):
         (result,) = executor.wait()
         assert result.error is None and not result.crashed
         assert executor.restarts[0] == 1
+
+
+def test_poll_hands_back_a_visit_as_soon_as_its_result_is_in_the_pipe(shards):
+    """The driver serves finished workers while it records: poll must see what wait would."""
+    with mh.LocalExecutor(threads_per_worker=1) as executor:
+        executor.start(shards, make_test_estimator)
+        executor.submit(1, _task(60, (_train(0, 1, 0),)))
+        conn = executor._processes[1].conn
+        assert multiprocessing.connection.wait([conn], timeout=120)  # the result has arrived
+        (result,) = executor.poll()
+        assert (result.worker, result.mst_id, result.error) == (1, 60, None)
+        assert executor.poll() == []
+        with pytest.raises(ExecutorError, match="no visit in flight"):
+            executor.wait()  # the polled visit is no longer in flight

@@ -52,10 +52,21 @@ def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
 def test_a_write_that_fails_names_the_file(tmp_path):
     blocker = tmp_path / "checkpoints"
     blocker.write_text("a file where the folder should be")
-    with pytest.raises(StoreError, match=r"cannot write checkpoint .*step-000001.pt: .*disk"):
+    with pytest.raises(StoreError, match=r"cannot write checkpoint .*step-000001.state: .*disk"):
         CheckpointManager(blocker).write(0, 1, b"state")
 
 
 def test_unknown_retention_is_refused():
     with pytest.raises(ConfigError, match=r"checkpoints must be one of 'latest\+best', .* got 'x'"):
         CheckpointManager(".", "x")
+
+
+def test_prune_keeps_the_live_files_and_removes_earlier_runs_pt_files(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    old = manager.path(0, 1).with_suffix(".pt")  # a checkpoint of an earlier version
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old")
+    stale, live = manager.write(0, 2, b"a"), manager.write(0, 3, b"b")
+    manager.prune(0, {str(live)})
+    assert [p.name for p in old.parent.iterdir()] == [live.name]
+    assert not stale.exists()

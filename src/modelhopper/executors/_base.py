@@ -112,6 +112,11 @@ class BaseExecutor(ABC):
     def wait(self) -> list[VisitResult]:
         """Block until at least one submitted visit finishes; return all that have."""
 
+    def poll(self) -> list[VisitResult]:
+        """The visits finished by now, without waiting (none if the executor cannot tell
+        cheaply): the driver hands those workers their next visit while it records."""
+        return []
+
     @abstractmethod
     def shutdown(self) -> None:
         """Stop the workers; idempotent."""

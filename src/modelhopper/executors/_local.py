@@ -299,19 +299,31 @@ class LocalExecutor(BaseExecutor):
         if not self._busy:
             raise ExecutorError("wait() with no visit in flight; submit one first")
         if self._lost:
-            lost, self._lost = self._lost, []
-            for result in lost:
-                del self._busy[result.worker]
-            return lost
+            return self._take_lost()
         # A worker that dies closes its end: its connection turns readable, then EOF. A
         # process it started (a DataLoader worker) may hold the end open for a while, so
         # the busy workers' lives are also checked every _LIVENESS_CHECK seconds.
-        waitables: dict[Any, int] = {self._processes[w].conn: w for w in sorted(self._busy)}
-        while not (ready := wait(list(waitables), timeout=_LIVENESS_CHECK)):
+        while not (results := self._finished(timeout=_LIVENESS_CHECK)):
             if dead := [w for w in sorted(self._busy) if not self._processes[w].is_alive()]:
                 return [self._crashed(w) for w in dead]
+        return results
+
+    def poll(self) -> list[VisitResult]:
+        if self._lost:
+            return self._take_lost()
+        return self._finished(timeout=0) if self._busy else []
+
+    def _take_lost(self) -> list[VisitResult]:
+        lost, self._lost = self._lost, []
+        for result in lost:
+            del self._busy[result.worker]
+        return lost
+
+    def _finished(self, timeout: float) -> list[VisitResult]:
+        """Results of the busy workers whose pipe turns readable within ``timeout``."""
+        waitables: dict[Any, int] = {self._processes[w].conn: w for w in sorted(self._busy)}
         results = []
-        for worker in sorted(waitables[r] for r in ready):
+        for worker in sorted(waitables[r] for r in wait(list(waitables), timeout=timeout)):
             try:
                 _, result = self._processes[worker].conn.recv()
             except (EOFError, OSError):

@@ -15,7 +15,13 @@ from pathlib import Path
 
 from modelhopper.errors import ConfigError, StoreError
 
-__all__ = ["Retention", "CheckpointManager"]
+__all__ = ["Retention", "CheckpointManager", "SUFFIX"]
+
+# What ``estimator.state_to_bytes`` writes (safetensors, or a torch.save zip for an
+# unusual state): read it with ``mh.load_model`` or ``state_from_bytes``. Earlier
+# runs' checkpoints (torch.save zips named ``.pt``) still load and are still pruned.
+SUFFIX = ".state"
+_SUFFIXES = (SUFFIX, ".pt")
 
 
 class Retention(StrEnum):
@@ -36,7 +42,7 @@ class CheckpointManager:
         self.root = Path(root)
 
     def path(self, mst_id: int, n_steps: int) -> Path:
-        return self.root / f"mst-{mst_id:05d}" / f"step-{n_steps:06d}.pt"
+        return self.root / f"mst-{mst_id:05d}" / f"step-{n_steps:06d}{SUFFIX}"
 
     def write(self, mst_id: int, n_steps: int, state: bytes) -> Path:
         """Write atomically and durably: readers see the whole file or none (temp file,
@@ -70,8 +76,8 @@ class CheckpointManager:
         """Delete an MST's checkpoints that are not in ``live`` (unless retention is 'all')."""
         if self.retention is Retention.ALL:
             return
-        for path in self.path(mst_id, 0).parent.glob("step-*.pt"):
-            if str(path) not in live:
+        for path in self.path(mst_id, 0).parent.glob("step-*"):
+            if path.suffix in _SUFFIXES and str(path) not in live:
                 path.unlink(missing_ok=True)
 
     def keeps_best(self) -> bool:

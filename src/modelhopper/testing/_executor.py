@@ -22,6 +22,7 @@ transport hosted it.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,6 +210,27 @@ class ExecutorConformance(abc.ABC):
             results.extend(started.wait())
         assert sorted((r.worker, r.mst_id) for r in results) == [(0, 10), (1, 11)]
         assert all(r.error is None and r.busy_seconds > 0 for r in results)
+
+    def test_poll_returns_each_finished_visit_once_without_waiting(
+        self, started: BaseExecutor, oracle: list[ShardWorker]
+    ) -> None:
+        """``poll`` may return nothing (an executor that cannot tell cheaply); whatever it
+        returns is a finished visit, and ``wait`` returns the rest: none twice, none lost."""
+        assert started.poll() == []  # nothing in flight
+        tasks = [_task(20 + w, (_train(0, w, 0),)) for w in range(N_SHARDS)]
+        for worker, task in enumerate(tasks):
+            started.submit(worker, task)
+        results: list[VisitResult] = []
+        for _ in range(50):  # a few polls while the visits run, then wait for the rest
+            results.extend(started.poll())
+            time.sleep(0.01)
+        while len(results) < N_SHARDS:
+            results.extend(started.wait())
+        assert sorted((r.worker, r.mst_id) for r in results) == [(0, 20), (1, 21)]
+        for result in results:
+            expected = oracle[result.worker].run(tasks[result.worker])
+            _assert_same_weights(result.state, expected.state)
+        assert started.poll() == []
 
     def test_a_failing_mst_fails_alone_and_the_worker_goes_on(self, started: BaseExecutor) -> None:
         failed = self.run_one(started, 0, _task(3, (_train(0, 0, 0),), fail=True))
