@@ -86,6 +86,9 @@ def test_end_to_end_smoke(tmp_path):
         assert 0 < row["ratio"] and 0 <= row["startup_seconds"] < row["fit_seconds"]
         assert row["peak_tree_pss_gib"] > 0 and row["n_visits"] > 0
         assert row["mean_val_accuracy_plain"] > 0.2 and row["mean_val_accuracy_mop"] > 0.2
+        # measured twice, the plain loop first the second time, on the same MSTs
+        assert [r["plain_first"] for r in row["repetitions"]] == [False, True]
+        assert row["ratio"] == min(row["ratios"]) and len(row["ratios"]) == 2
 
 
 def test_data_scale_smoke(tmp_path):

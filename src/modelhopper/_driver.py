@@ -330,15 +330,15 @@ class Driver:
         """Record now, or let a few more short visits share one transaction?
 
         Now when an epoch awaits its decision, when no visit is in flight, when a
-        state lives only in the executor (a Ray object could be lost with its node),
-        or when the oldest unrecorded result is RECORD_INTERVAL_SECONDS old.
+        state could be lost with a worker (a Ray object, with its node), or when the
+        oldest unrecorded result is RECORD_INTERVAL_SECONDS old.
         """
         if not self.unrecorded:
             return False
         return (
             not self.in_flight
             or any(
-                (f.epochs and self._decides) or not isinstance(f.state, bytes)
+                (f.epochs and self._decides) or getattr(f.state, "lost_with_worker", False)
                 for f in self.unrecorded
             )
             or time.monotonic() - self.unrecorded[0].arrived >= RECORD_INTERVAL_SECONDS

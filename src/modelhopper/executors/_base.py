@@ -27,12 +27,13 @@ class StateRef(ABC):
     """An MST's serialised state held by the executor, not by the driver.
 
     Executors whose workers pass state to each other directly (Ray's object
-    store) hand the driver this reference instead of the bytes: the next visit
-    gets the reference, and the bytes go worker to worker. The driver fetches
-    them only to write a checkpoint.
+    store, files in shared memory) hand the driver this reference instead of
+    the bytes: the next visit gets the reference, and the bytes go worker to
+    worker. The driver fetches them only to write a checkpoint.
     """
 
     nbytes: int
+    lost_with_worker: bool = True  # a Ray object dies with its node: record it at once
 
     @abstractmethod
     def fetch(self) -> bytes:

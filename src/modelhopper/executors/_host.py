@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import multiprocessing
 import signal
@@ -24,6 +25,7 @@ import torch
 from modelhopper._process import die_with_parent
 from modelhopper.data._sharding import open_shard
 from modelhopper.estimator import flush_denormals
+from modelhopper.executors._shm import ShmWriter
 from modelhopper.executors._worker import ShardWorker, warm_up_torch
 from modelhopper.representations._store import MaterialiseBudget
 
@@ -51,6 +53,8 @@ class WorkerSpec:
     factory_blob: bytes  # cloudpickle of make_estimator: by value, so the script is never re-run
     n_threads: int
     materialise: MaterialiseBudget | None = None
+    state_folder: str | None = None  # states hop as files here (_shm.py); None: over the pipe
+    driver_pid: int = 0  # owner of those files
 
 
 def detach_from_parent() -> None:
@@ -91,8 +95,13 @@ def serve(conn: Connection) -> None:
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             return
         conn.send(("ready", runner.shard.nbytes))
+        folder = spec.state_folder
+        writer = ShmWriter(folder, spec.driver_pid, spec.worker) if folder is not None else None
         while (task := conn.recv()) is not None:
-            conn.send(("result", runner.run(task)))
+            result = runner.run(task)
+            if writer is not None and isinstance(result.state, bytes):
+                result = dataclasses.replace(result, state=writer.write(result.state))
+            conn.send(("result", result))
 
 
 def keep_freed_memory() -> None:

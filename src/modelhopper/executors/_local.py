@@ -27,6 +27,7 @@ from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
 from modelhopper.executors._host import WorkerSpec, detach_from_parent, serve
 from modelhopper.executors._restarts import RestartBudget, check_restart_window
+from modelhopper.executors._shm import ShmFolder, shm_root
 from modelhopper.executors._worker import warm_up_torch
 from modelhopper.executors._zygote import shared_zygote
 from modelhopper.representations._store import MaterialiseBudget
@@ -122,6 +123,9 @@ class LocalExecutor(BaseExecutor):
     the zygote elsewhere; ``"fork"`` or ``"zygote"`` force one (see the module).
     ``start_timeout``: seconds a worker may take to start before it counts as
     dead (a loaded machine can take long to start Python and import torch).
+    ``shared_memory``: states hop as files in ``/dev/shm`` (``_shm.py``), so the
+    driver's pipes carry names, not megabytes; ``False``, or no ``/dev/shm``,
+    sends them over the pipes.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class LocalExecutor(BaseExecutor):
         start_method: str = "auto",
         materialise: MaterialiseBudget | None = None,
         start_timeout: float = 300.0,
+        shared_memory: bool = True,
     ):
         if threads_per_worker is not None and (
             isinstance(threads_per_worker, bool)
@@ -165,9 +170,12 @@ class LocalExecutor(BaseExecutor):
         self.start_method = start_method
         self.start_timeout = float(start_timeout)
         self.materialise = materialise
+        self.shared_memory = bool(shared_memory)
+        self._states: ShmFolder | None = None
         self._specs: list[WorkerSpec] = []
         self._processes: list[_Process] = []
-        self._busy: dict[int, int] = {}  # worker -> mst_id
+        # worker -> its visit in flight (which keeps the states it names alive: _shm.py)
+        self._busy: dict[int, VisitTask] = {}
         self._lost: list[VisitResult] = []  # visits sent to a worker found dead, not yet reported
         self._resident: list[int] = []
         self.restarts: list[int] = []  # deaths of each worker over the run (each one replaced)
@@ -197,8 +205,13 @@ class LocalExecutor(BaseExecutor):
             raise ExecutorError("this LocalExecutor is already started; use a new one per run")
         threads = self._threads(len(shards))
         blob = _pickle_factory(factory)
+        root = shm_root() if self.shared_memory else None
+        self._states = ShmFolder(root) if root is not None else None
+        folder = str(self._states.path) if self._states is not None else None
         self._specs = [
-            WorkerSpec(i.index, i.path, len(shards), blob, threads, self.materialise)
+            WorkerSpec(
+                i.index, i.path, len(shards), blob, threads, self.materialise, folder, os.getpid()
+            )
             for i in shards
         ]
         self._processes = [None] * len(shards)  # type: ignore[list-item]
@@ -283,8 +296,8 @@ class LocalExecutor(BaseExecutor):
 
     def submit(self, worker: int, task: VisitTask) -> None:
         if worker in self._busy:
-            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker]}")
-        self._busy[worker] = task.mst_id
+            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker].mst_id}")
+        self._busy[worker] = task
         if not self._processes[worker].is_alive():
             # It died while idle: its replacement holds no MST in memory, so the visit
             # comes back as crashed and the driver sends it again with the MST's state.
@@ -335,14 +348,15 @@ class LocalExecutor(BaseExecutor):
 
     def _crashed(self, worker: int) -> VisitResult:
         """The busy worker died: replace it, and report its visit as crashed (no longer busy)."""
-        mst_id = self._busy[worker]
+        mst_id = self._busy[worker].mst_id
         self._replace(worker)
         del self._busy[worker]
         return VisitResult(worker, mst_id, crashed=True)
 
     def _died(self, worker: int, why: str = "", fix: str = "") -> ExecutorError:
         process = self._processes[worker]
-        mst = self._busy.get(worker)
+        task = self._busy.get(worker)
+        mst = task.mst_id if task is not None else None
         doing = f" while running MST {mst}" if mst is not None else ""
         return ExecutorError(
             f"worker {worker} (pid {process.pid}) died with exit code {process.exitcode}"
@@ -369,6 +383,9 @@ class LocalExecutor(BaseExecutor):
         self._processes = []
         self._busy.clear()
         self._lost.clear()
+        if self._states is not None:
+            self._states.remove()
+            self._states = None
 
 
 def _fork_from_zygote(timeout: float) -> _Process:
