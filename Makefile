@@ -57,6 +57,7 @@ bench: venv data
 	$(PY) bench/transfer.py
 	$(PY) bench/data_scale.py
 	$(PY) bench/chaos.py
+	$(PY) bench/chaos.py --executor ray
 	$(PY) bench/soak.py
 
 bench-simulate: venv

@@ -1,6 +1,6 @@
 """Chaos: one run survives >= 20 worker kills and 2 driver kills with identical results.
 
-    python bench/chaos.py [--smoke-test] [--seed N] [--out DIR]
+    python bench/chaos.py [--smoke-test] [--seed N] [--out DIR] [--executor local|ray]
 
 Runs a random search on digits twice, each driver a separate process started
 the way a user would (``fit``, then ``resume`` after each driver kill), with
@@ -14,6 +14,13 @@ survived, the wall time lost against the undisturbed run, MSTs lost or
 duplicated (target 0) and per-epoch metric differences (target 0).
 Writes bench/results/chaos.json and .md (``--smoke-test``: chaos_smoke.*, a
 small run with 6 worker kills and 1 driver kill).
+
+``--executor ray`` does the same on a loopback Ray cluster (a head without
+CPUs and one 1-CPU node per worker, plus one spare per node removal; each node
+its own raylet and object store): the drivers join it with
+``RayExecutor(address=...)``, the kills hit the worker actors' processes, and
+a drawn moment also removes the node of a running actor (its shard moves to
+the spare node). Writes chaos_ray.* (chaos_ray_smoke.*).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class Config:
     running_kills: int  # workers killed mid-run, at drawn step counts
     replacement_kills: int  # of those, how many also have their replacement killed as it starts
     driver_kills: int  # each followed by a resume, which starts with one start-up kill
+    node_removals: int = 0  # Ray only: nodes of running actors removed at drawn step counts
 
     @property
     def n_steps(self) -> int:
@@ -65,6 +73,12 @@ FULL = Config(n_msts=12, epochs=8, n_workers=4, running_kills=12, replacement_ki
               driver_kills=2)  # fmt: skip
 SMOKE = Config(n_msts=4, epochs=4, n_workers=2, running_kills=3, replacement_kills=1,
                driver_kills=1)  # fmt: skip
+# On 2 cores a Ray actor takes seconds to start (a fresh process importing torch).
+RAY_FULL = Config(n_msts=8, epochs=6, n_workers=2, running_kills=12, replacement_kills=5,
+                  driver_kills=2, node_removals=1)  # fmt: skip
+RAY_SMOKE = Config(n_msts=4, epochs=4, n_workers=2, running_kills=2, replacement_kills=1,
+                   driver_kills=1, node_removals=1)  # fmt: skip
+RAY_ACTOR = "ray::_ShardActor"  # the title Ray gives a worker actor's process
 
 SPEC = """
 import torch
@@ -89,8 +103,12 @@ from pathlib import Path
 import modelhopper as mh
 from modelhopper.cli import load_spec, spec_objects
 
-mode, spec, name, url, run_dir, n_workers = sys.argv[1:]
-executor = mh.LocalExecutor(max_restarts=10, restart_window=600)
+mode, spec, name, url, run_dir, n_workers, address = sys.argv[1:]
+if address == "local":
+    executor = mh.LocalExecutor(max_restarts=10, restart_window=600)
+else:  # actors start slowly on 2 cores: a long start timeout
+    executor = mh.RayExecutor(address=address, max_restarts=10, restart_window=600,
+                              start_timeout=600)
 if mode == "run":
     search, data = spec_objects(load_spec(Path(spec)), Path(spec))
     search.fit(data, n_workers=int(n_workers), run_name=name, store=url, run_dir=run_dir,
@@ -119,7 +137,7 @@ def _n_steps(url: str, name: str) -> int:
         store.close()
 
 
-def _workers(driver: psutil.Process) -> list[int]:
+def _local_workers(driver: psutil.Process) -> list[int]:
     found = []
     for child in driver.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -128,11 +146,39 @@ def _workers(driver: psutil.Process) -> list[int]:
     return sorted(found)
 
 
+def _ray_workers(driver: psutil.Process) -> list[int]:
+    """Worker actors' processes: children of the nodes' raylets, not of the driver."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = process.info["cmdline"] or [""]
+        if command[0].startswith(RAY_ACTOR) and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return sorted(found)
+
+
+def _start_cluster(config: Config):
+    """A loopback Ray cluster: a head without CPUs, one 1-CPU node per worker and spares."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    health = {"health_check_period_ms": 200, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 80 * 2**20, "_system_config": health})  # fmt: skip
+    for _ in range(config.n_workers + config.node_removals):
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    return cluster
+
+
 class _Run:
     """One run, its driver started again (resume) after each driver kill, until it completes."""
 
-    def __init__(self, folder: Path, name: str, config: Config) -> None:
-        self.folder, self.name, self.config = folder, name, config
+    def __init__(self, folder: Path, name: str, config: Config, cluster=None) -> None:
+        self.folder, self.name, self.config, self.cluster = folder, name, config, cluster
+        self.address = cluster.address if cluster is not None else "local"
+        self.workers = _ray_workers if cluster is not None else _local_workers
         self.url = f"sqlite:///{folder}/{name}.sqlite"
         self.kills: list[dict] = []
         self.phase_seconds: list[float] = []
@@ -141,7 +187,8 @@ class _Run:
         log = (self.folder / f"{self.name}.log").open("ab")
         command = [sys.executable, str(self.folder / "driver.py"), mode,
                    str(self.folder / "spec.py"), self.name, self.url,
-                   str(self.folder / self.name), str(self.config.n_workers)]  # fmt: skip
+                   str(self.folder / self.name), str(self.config.n_workers),
+                   self.address]  # fmt: skip
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def _kill(self, moment: str, pid: int, t0: float) -> None:
@@ -151,8 +198,19 @@ class _Run:
             self.kills.append({"moment": moment, "pid": pid, "steps": steps,
                                "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
 
+    def _remove_node(self, pid: int, t0: float) -> None:
+        """Remove the Ray node whose raylet runs this worker actor."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            raylet = psutil.Process(pid).ppid()
+            node = next(n for n in self.cluster.worker_nodes
+                        if n.all_processes["raylet"][0].process.pid == raylet)  # fmt: skip
+            self.cluster.remove_node(node)
+            steps = _n_steps(self.url, self.name)
+            self.kills.append({"moment": "node", "pid": raylet, "steps": steps,
+                               "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+
     def _kill_newborn(self, process: psutil.Process, seen: set[int], alive, t0: float) -> None:
-        new = _until(lambda: sorted(set(_workers(process)) - seen), "no new worker", alive)
+        new = _until(lambda: sorted(set(self.workers(process)) - seen), "no new worker", alive)
         if new:
             seen.update(new)
             self._kill("start-up", new[0], t0)
@@ -162,8 +220,10 @@ class _Run:
         config, n = self.config, self.config.n_steps
         workers_at: list[tuple[int, bool]] = []
         drivers_at: list[int] = []
+        nodes_at: list[int] = []
         if rng is not None:
             steps = sorted(rng.sample(range(5, n - 15), config.running_kills))
+            nodes_at = sorted(rng.sample(range(n // 4, n // 2), config.node_removals))
             again = set(rng.sample(range(config.running_kills), config.replacement_kills))
             workers_at = [(s, i in again) for i, s in enumerate(steps)]
             gap = n // (config.driver_kills + 1)
@@ -180,12 +240,16 @@ class _Run:
                 self._kill_newborn(process, seen, alive, t0)
             while alive():
                 done = _n_steps(self.url, self.name)
-                if workers_at and done >= workers_at[0][0] and (pids := _workers(process)):
+                if workers_at and done >= workers_at[0][0] and (pids := self.workers(process)):
                     _, again = workers_at.pop(0)
                     seen.update(pids)
                     self._kill("running", rng.choice(pids), t0)  # type: ignore[union-attr]
                     if again:
                         self._kill_newborn(process, seen, alive, t0)
+                elif nodes_at and done >= nodes_at[0] and (pids := self.workers(process)):
+                    nodes_at.pop(0)
+                    seen.update(pids)
+                    self._remove_node(rng.choice(pids), t0)  # type: ignore[union-attr]
                 elif drivers_at and done >= drivers_at[0]:
                     drivers_at.pop(0)
                     self._kill("driver", driver.pid, t0)
@@ -228,22 +292,37 @@ def _differences(got: dict[int, list[dict]], want: dict[int, list[dict]]) -> int
     return differences
 
 
-def measure(config: Config, seed: int) -> dict:
+def measure(config: Config, seed: int, executor: str = "local") -> dict:
+    cluster = _start_cluster(config) if executor == "ray" else None
+    try:
+        return _measure(config, seed, executor, cluster)
+    finally:
+        if cluster is not None:
+            import ray
+
+            ray.shutdown()
+            cluster.shutdown()
+
+
+def _measure(config: Config, seed: int, executor: str, cluster) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "spec.py").write_text(SPEC.format(n_msts=config.n_msts, epochs=config.epochs))
         (folder / "driver.py").write_text(textwrap.dedent(DRIVER))
-        calm, chaos = _Run(folder, "calm", config), _Run(folder, "chaos", config)
+        calm = _Run(folder, "calm", config, cluster)
+        chaos = _Run(folder, "chaos", config, cluster)
         calm.go(None)
         chaos.go(random.Random(seed))
         want, got = calm.history(), chaos.history()
         moments = Counter(k["moment"] for k in chaos.kills)
         return {
+            "executor": executor,
             "config": asdict(config),
             "seed": seed,
             "worker_kills_survived": moments["start-up"] + moments["running"],
             "worker_kills_at_start_up": moments["start-up"],
             "driver_kills_survived": moments["driver"],
+            "node_removals_survived": moments["node"],
             "undisturbed_seconds": round(sum(calm.phase_seconds), 2),
             "disturbed_seconds": round(sum(chaos.phase_seconds), 2),
             "seconds_lost": round(sum(chaos.phase_seconds) - sum(calm.phase_seconds), 2),
@@ -257,21 +336,30 @@ def measure(config: Config, seed: int) -> dict:
 
 
 def _markdown(r: dict) -> str:
-    c = r["config"]
+    c, ray = r["config"], r["executor"] == "ray"
+    executor = (
+        "`RayExecutor(max_restarts=10, restart_window=600)` on a loopback Ray cluster "
+        f"({c['n_workers'] + c['node_removals']} 1-CPU nodes, worker actors' processes killed"
+        f", {c['node_removals']} node(s) of a running actor removed at drawn step counts)"
+        if ray
+        else "`LocalExecutor(max_restarts=10, restart_window=600)`"
+    )
     return "\n".join([
-        "# Chaos (digits, LocalExecutor, SIGKILL)",
+        f"# Chaos (digits, {'RayExecutor' if ray else 'LocalExecutor'}, SIGKILL)",
         "",
         f"Random search, {c['n_msts']} MSTs x {c['epochs']} epochs on {c['n_workers']} workers "
-        f"(seed {r['seed']}); `LocalExecutor(max_restarts=10, restart_window=600)`. Each "
+        f"(seed {r['seed']}); {executor}. Each "
         "driver start (run, then each resume) is followed by a kill of the first worker "
         "process the moment it exists; running workers are killed at drawn step counts, "
         "some again the moment their replacement exists; the driver at drawn step counts.",
         "",
-        "| worker kills survived (at start-up) | driver kills survived | undisturbed s "
-        "| disturbed s | s lost | MSTs lost | steps recorded twice | metric differences |",
-        "|---|---|---|---|---|---|---|---|",
+        "| worker kills survived (at start-up) | driver kills survived | nodes removed "
+        "| undisturbed s | disturbed s | s lost | MSTs lost | steps recorded twice "
+        "| metric differences |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {r['worker_kills_survived']} ({r['worker_kills_at_start_up']}) "
-        f"| {r['driver_kills_survived']} | {r['undisturbed_seconds']} "
+        f"| {r['driver_kills_survived']} | {r['node_removals_survived']} "
+        f"| {r['undisturbed_seconds']} "
         f"| {r['disturbed_seconds']} | {r['seconds_lost']} | {r['msts_lost']} "
         f"| {r['steps_recorded_twice']} | {r['metric_differences']} |",
         "",
@@ -283,12 +371,16 @@ def main() -> None:
     parser.add_argument("--smoke-test", action="store_true", help="6 worker kills, 1 driver kill")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill schedule")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
     args = parser.parse_args()
-    report = measure(SMOKE if args.smoke_test else FULL, args.seed)
+    configs = {"local": (FULL, SMOKE), "ray": (RAY_FULL, RAY_SMOKE)}[args.executor]
+    report = measure(configs[args.smoke_test], args.seed, args.executor)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_smoke" if args.smoke_test else ""
-    (args.out / f"chaos{suffix}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"chaos{suffix}.md").write_text(_markdown(report))
+    stem = (
+        "chaos" + ("_ray" if args.executor == "ray" else "") + ("_smoke" if args.smoke_test else "")
+    )
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.md").write_text(_markdown(report))
     print(_markdown(report))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import psutil
 import pytest
 import torch
 from torch import nn
@@ -159,3 +160,40 @@ def test_ray_builds_image_shards_as_tasks_and_trains_like_local(tmp_path):
     on_ray = search.fit(data, n_workers=2, run_dir=tmp_path / "ray", executor=executor)
     assert on_ray.provenance["data_sha256"] == local.provenance["data_sha256"]
     _assert_same_training(on_ray, local)
+
+
+def _kill_and_wait(pid: int) -> None:
+    """SIGKILL an idle actor's process and wait until it is gone (its next visit finds it so)."""
+    process = psutil.Process(pid)
+    os.kill(pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs([process], timeout=60)
+    assert not alive
+
+
+def test_the_restart_budget_is_a_rate_and_a_crash_loop_fails_clearly(tmp_path, monkeypatch):
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.errors import ExecutorError
+    from modelhopper.executors import _restarts
+    from modelhopper.testing import make_test_estimator
+    from modelhopper.testing._executor import _dataset, _task, _train
+
+    shards = write_shards(_dataset(), 2, tmp_path, seed=0)
+    now = [1000.0]
+    monkeypatch.setattr(_restarts, "_clock", lambda: now[0])
+    executor = mh.RayExecutor(max_restarts=1, restart_window=10, start_timeout=START_TIMEOUT)
+    with executor:
+        executor.start(shards, make_test_estimator)
+        for step in range(2):  # one death each 11 s: never two within the window
+            _kill_and_wait(executor.pids[0])
+            executor.submit(0, _task(70 + step, (_train(0, 0, 0),)))
+            assert executor.wait()[0].crashed
+            now[0] += 11
+        assert executor.restarts == [2, 0]
+        _kill_and_wait(executor.pids[0])
+        executor.submit(0, _task(72, (_train(0, 0, 0),)))
+        assert executor.wait()[0].crashed
+        now[0] += 9  # the second death within 10 s
+        _kill_and_wait(executor.pids[0])
+        with pytest.raises(ExecutorError, match=r"max_restarts=1\) within 10 s .* crash-looping"):
+            executor.submit(0, _task(73, (_train(0, 0, 0),)))
+            executor.wait()
