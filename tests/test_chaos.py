@@ -277,3 +277,58 @@ def test_ray_actors_killed_while_starting_are_started_again(ray_lock, tmp_path, 
                 assert not any(r.crashed or r.error for r in results)
         finally:
             ray.shutdown()
+
+
+def slow_squares(x, marker: str):
+    """A representation that notes which process builds each chunk, slowly enough to be hit."""
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(0.1)
+    return x * x
+
+
+def make_featured_estimator(p):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]),
+        loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=32,
+        representation=mh.Representation("squares", slow_squares, params={"marker": p["marker"]},
+                                         batch_size=64),
+    )  # fmt: skip
+
+
+def _featured_fit(tmp_path, name: str, executor: mh.LocalExecutor) -> mh.Result:
+    marker = str(tmp_path / f"{name}.marker")
+    space = {"lr": mh.grid([1e-3, 3e-3]), "marker": marker}
+    search = mh.GridSearch(make_featured_estimator, space, epochs=2, seed=2)
+    return search.fit(mh.datasets.digits(), n_workers=2, executor=executor, run_name=name,
+                      store=f"sqlite:///{tmp_path}/{name}.db", run_dir=tmp_path / name)  # fmt: skip
+
+
+def test_a_worker_killed_while_it_builds_a_representation_is_replaced(tmp_path):
+    calm = _featured_fit(tmp_path, "calm", mh.LocalExecutor())
+    executor, killed = mh.LocalExecutor(), []
+    marker = tmp_path / "hit.marker"
+
+    def kill_a_builder() -> None:  # the first worker seen building a chunk
+        def builder() -> int | None:
+            pids = set(executor.pids)
+            lines = marker.read_text().split() if marker.exists() else []
+            return next((int(p) for p in lines if int(p) in pids), None)
+
+        pid = _until(builder, "a worker building the representation")
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_a_builder, daemon=True)
+    killer.start()
+    hit = _featured_fit(tmp_path, "hit", executor)
+    killer.join(timeout=5)
+    assert len(killed) == 1 and sum(executor.restarts) == 1
+    lines = [int(p) for p in marker.read_text().split()]
+    assert killed[0] in lines and lines[-1] != killed[0]  # its replacement built it again
+    drop = ["train_seconds", "eval_seconds"]
+    assert hit.history().drop(columns=drop).equals(calm.history().drop(columns=drop))
