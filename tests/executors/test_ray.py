@@ -197,3 +197,28 @@ def test_the_restart_budget_is_a_rate_and_a_crash_loop_fails_clearly(tmp_path, m
         with pytest.raises(ExecutorError, match=r"max_restarts=1\) within 10 s .* crash-looping"):
             executor.submit(0, _task(73, (_train(0, 0, 0),)))
             executor.wait()
+
+
+def _dies_once(marker: str) -> int:
+    """A shard build whose first process is killed mid-way; the retry finishes."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+def test_a_shard_build_whose_process_dies_runs_again_on_the_cluster(tmp_path):
+    import functools
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
+    try:
+        executor = mh.RayExecutor(data="path", start_timeout=START_TIMEOUT)
+        marker = str(tmp_path / "died")
+        pids = executor.build_shards([functools.partial(_dies_once, marker), os.getpid])
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert pids is not None and os.path.exists(marker)  # built by Ray, after one death
+    assert os.getpid() not in pids

@@ -168,6 +168,9 @@ def _pickle_factory(factory: Callable[..., Any]) -> bytes:
         cloudpickle.unregister_pickle_by_value(module)
 
 
+_BUILD_RETRIES = 2
+
+
 def _run_build(blob: bytes) -> Any:
     """A Ray task: one shard's build, shipped as a cloudpickled closure."""
     return cloudpickle.loads(blob)()
@@ -298,7 +301,9 @@ class RayExecutor(BaseExecutor):
         self._connect()
         if self.data == "auto" and sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
             return None  # nodes may not share the run directory: the driver writes it
-        task = ray.remote(num_cpus=1, max_retries=0)(_run_build)
+        # A task whose process dies (killed, a lost node) runs again: a build rewrites
+        # its shard's files from scratch. An exception it raises is not retried.
+        task = ray.remote(num_cpus=1, max_retries=_BUILD_RETRIES)(_run_build)
         try:
             return ray.get([task.remote(cloudpickle.dumps(build)) for build in builds])
         except Exception as e:  # e.g. a node cannot import the module of a torch Dataset
