@@ -5,9 +5,14 @@ are the finished visits checkpointed and recorded in the store (steps,
 completed epochs, MST status, checkpoint reference), all those that finished
 together in one transaction, while the workers compute. An MST whose visit
 ended an epoch gets no further visit until the procedure has decided on that
-epoch. A crash of the driver loses at most the visits in flight and those whose
-results arrived but were not yet committed; ``resume`` rebuilds this loop's
-state from the store and the checkpoints alone.
+epoch. Under a procedure that decides on epochs (ASHA, PBT...), it is asked
+only once the visit is committed, and its decision, the decision's effects (MSTs
+added, budgets raised, statuses) and a marker per epoch commit together in a
+second transaction: a resumed run asks again exactly about the committed epochs
+without a marker, so it neither loses nor repeats a decision. A crash of the
+driver loses at most the visits in flight and those whose results arrived but
+were not yet committed; ``resume`` rebuilds this loop's state from the store and
+the checkpoints alone.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,11 +52,30 @@ from modelhopper.store import (
 )
 from modelhopper.store._checkpoints import CheckpointManager, Retention
 
-__all__ = ["Driver", "candidate_steps", "COMMAND_POLL_SECONDS", "RECORD_INTERVAL_SECONDS"]
+__all__ = [
+    "Driver",
+    "candidate_steps",
+    "COMMAND_POLL_SECONDS",
+    "DECISION_MARKERS",
+    "FAULTS",
+    "RECORD_INTERVAL_SECONDS",
+]
 
 COMMAND_POLL_SECONDS = 0.1  # how often the loop looks for human-in-the-loop commands
 # Results of short visits wait at most this long to share one store transaction.
 RECORD_INTERVAL_SECONDS = 0.1
+# The key a run's spec holds (True) when its decisions carry EPOCH_DECIDED markers
+# (see the module): runs recorded before have none, so resume asks them nothing again.
+DECISION_MARKERS = "decision_markers"
+# Fault injection, for tests only: a callback run at a named point of the loop
+# ("visits_committed": after a record's visits commit, before their decisions).
+FAULTS: dict[str, Callable[[], None]] = {}
+
+
+_STATUS_EVENT = {
+    MSTStatus.STOPPED: EventKind.MST_STOPPED,
+    MSTStatus.COMPLETED: EventKind.MST_COMPLETED,
+}
 
 
 def candidate_steps(epoch: int, n_shards: int) -> int:
@@ -449,6 +473,11 @@ class Driver:
         if serve:
             self._serve_finished()
         self.store.record_visits(self.name, records)
+        pending = [(f.visit.mst_id, f.epochs) for f in finished if f.epochs]
+        if self._decides and pending:
+            if fault := FAULTS.get("visits_committed"):
+                fault()
+            self._commit_decisions(pending)
         for mst_id in dict.fromkeys(f.visit.mst_id for f in finished):
             self._prune(self.msts_by_id[mst_id])
         for f in finished:
@@ -498,24 +527,67 @@ class Driver:
                 progress.best = str(self.checkpoints.path(visit.mst_id, self._cand(record)))
             events.append((EventKind.EPOCH_END, {"epoch": record.epoch}))
         progress.epochs_done += len(finished.epochs)
-        decision = self._decide(progress, finished.epochs) if finished.epochs else None
         fields: dict[str, Any] = {"checkpoint": progress.latest, "best_checkpoint": progress.best}
+        # A procedure that decides nothing from metrics (grid, random) only completes the
+        # MST at its last epoch: that status commits with the visit. Others decide after.
+        decision = None
+        if finished.epochs and not self._decides:
+            decision = self._decide(progress, finished.epochs)
         if decision is not None:
             progress.status = decision
             fields["status"] = decision.value
-            stopped = decision is MSTStatus.STOPPED
-            events.append((EventKind.MST_STOPPED if stopped else EventKind.MST_COMPLETED, {}))
+            events.append((_STATUS_EVENT[decision], {}))
         return VisitRecord(visit.mst_id, steps, finished.epochs, fields, events)
+
+    def _commit_decisions(
+        self, pending: list[tuple[int, list[EpochRecord]]], *, replay: bool = False
+    ) -> None:
+        """Ask the procedure about committed epochs, in order; commit the decisions, their
+        effects and one EPOCH_DECIDED marker per epoch in one transaction."""
+        if not pending:
+            return
+        with self.store.batch():
+            for mst_id, epochs in pending:
+                progress = self.msts_by_id[mst_id]
+                decision = self._decide(progress, epochs, replay=replay)
+                if decision is not None:
+                    progress.status = decision
+                    self.store.update_mst(self.name, mst_id, status=decision.value)
+                    self.store.add_event(self.name, _STATUS_EVENT[decision], mst_id=mst_id)
+                for record in epochs:
+                    self.store.add_event(
+                        self.name, EventKind.EPOCH_DECIDED, mst_id=mst_id,
+                        detail={"epoch": record.epoch},
+                    )  # fmt: skip
+
+    def decide_undecided(self) -> None:
+        """On resume: ask about the committed epochs whose decision was not committed (the
+        driver died between the two), in the order they finished."""
+        if not self._decides:
+            return
+        decided = {
+            (e.mst_id, e.detail.get("epoch"))
+            for e in self.store.list_events(self.name)
+            if e.kind == EventKind.EPOCH_DECIDED
+        }
+        stored = self.store.list_epochs(self.name)
+        epochs = [e for e in stored if (e.mst_id, e.epoch) not in decided]
+        epochs.sort(key=lambda e: (e.finished_at is None, e.finished_at, e.mst_id, e.epoch))
+        self._commit_decisions([(e.mst_id, [e]) for e in epochs], replay=True)
 
     def _cand(self, record: EpochRecord) -> int:
         return candidate_steps(record.epoch, self.n_workers)
 
-    def _decide(self, progress: _MSTProgress, epochs: list[EpochRecord]) -> MSTStatus | None:
-        """Ask the procedure after each completed epoch; return a new final status, if any."""
+    def _decide(
+        self, progress: _MSTProgress, epochs: list[EpochRecord], *, replay: bool = False
+    ) -> MSTStatus | None:
+        """Ask the procedure after each completed epoch; return a new final status, if any.
+        ``replay``: the epochs are already among ``results()`` (restored on resume)."""
         mst_id = progress.mst.id
         for record in epochs:
             result = EpochResult(mst_id, record.epoch, record.metrics)
-            self.evaluated.append(result)
+            if not replay:
+                self.evaluated.append(result)
             decision = self.procedure.on_epoch_end(self, result)
             if progress.status is MSTStatus.STOPPED:  # the procedure stopped it via stop()
                 return None

@@ -22,7 +22,7 @@ import cloudpickle
 import numpy as np
 from torch import nn
 
-from modelhopper._driver import Driver
+from modelhopper._driver import DECISION_MARKERS, Driver
 from modelhopper._preflight import first_msts, preflight
 from modelhopper._procedure_file import dump_procedure, load_procedure, write_procedure
 from modelhopper.data import Dataset
@@ -168,7 +168,10 @@ def run_search(
         seed=procedure.seed, n_workers=n_workers, shard_paths=[s.path for s in shards],
         executor=type(executor).__name__, data_sha256=digest.hexdigest(),
     )  # fmt: skip
-    settings = {**procedure.settings(), "keep_shards": keep_shards, "checkpoints": retention.value}
+    settings = {
+        **procedure.settings(), "keep_shards": keep_shards, "checkpoints": retention.value,
+        DECISION_MARKERS: True,
+    }  # fmt: skip
     db.create_experiment(
         ExperimentRecord(
             name=name, status=RunStatus.RUNNING, procedure=type(procedure).__name__,
@@ -277,6 +280,8 @@ def resume(
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))
     procedure.on_start(driver)  # procedures rebuild what they need from the trainer
+    if record.spec.get(DECISION_MARKERS):
+        driver.decide_undecided()  # epochs committed just before the driver died
     return _execute(driver, shards, directory, bool(record.spec.get("keep_shards")))
 
 

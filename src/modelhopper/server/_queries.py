@@ -39,7 +39,11 @@ from modelhopper.store._schema import (
 
 __all__ = ["NotFoundError", "RunReader"]
 
-_ROUTINE = (EventKind.HOPPED.value, EventKind.EPOCH_END.value)  # one per visit, per epoch
+_ROUTINE = (  # one per visit, per epoch
+    EventKind.HOPPED.value,
+    EventKind.EPOCH_END.value,
+    EventKind.EPOCH_DECIDED.value,
+)
 _NEWEST_SCAN = 20_000  # events searched for the newest non-routine ones
 
 

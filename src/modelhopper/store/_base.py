@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -45,6 +46,7 @@ class EventKind(StrEnum):
     MST_FAILED = "mst_failed"
     MST_STOPPED = "mst_stopped"
     WORKER_RESTARTED = "worker_restarted"
+    EPOCH_DECIDED = "epoch_decided"  # the procedure's decision on an epoch is committed
     COMMAND = "command"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -153,6 +155,13 @@ class CommandRecord:
 
 class BaseStore(ABC):
     """Metadata of runs. Implementations: ``SQLStore`` (SQLite file, PostgreSQL, ...)."""
+
+    @abstractmethod
+    def batch(self) -> AbstractContextManager[None]:
+        """``with store.batch():`` the writes inside commit together when it exits, or none
+        of them do (an error inside, a crash); a nested batch joins the outer one. The
+        driver commits a decision on an epoch and all its effects (MSTs added, budgets,
+        statuses) this way, so a resumed run neither loses nor repeats a decision."""
 
     # -- experiments ---------------------------------------------------------
     @abstractmethod

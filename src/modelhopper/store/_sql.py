@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import threading
 import time
 import warnings
 from collections import Counter
@@ -130,6 +131,7 @@ class SQLStore(BaseStore):
         self._warned_other_writer = False
         self._last_writer_check = -float("inf")
         self._closed = False
+        self._local = threading.local()  # .batch: this thread's open batch() session
         self._open()
 
     def __repr__(self) -> str:
@@ -203,10 +205,30 @@ class SQLStore(BaseStore):
 
     # -- transactions ---------------------------------------------------------
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        if getattr(self._local, "batch", None) is not None:  # nested: the outer one commits
+            yield
+            return
+        with self._transaction("a batch of writes", write=True, driver=True) as session:
+            self._local.batch = session  # per thread: a RunHandle's caller writes alongside
+            try:
+                yield
+            finally:
+                self._local.batch = None
+
+    @contextmanager
     def _transaction(
         self, what: str, *, write: bool = False, driver: bool = False, conflict: str = ""
     ) -> Iterator[Session]:
-        """One transaction; backend errors become StoreError. ``driver``: a driver's write."""
+        """One transaction; backend errors become StoreError. ``driver``: a driver's write.
+
+        Inside ``batch()`` a write joins the batch's transaction (flushed, so later
+        statements of the batch see it) and commits with it."""
+        batch: Session | None = getattr(self._local, "batch", None)
+        if write and batch is not None:
+            yield batch
+            batch.flush()
+            return
         other: WriterRow | None = None
         try:
             with (self._write if write else self._read).begin() as session:

@@ -198,6 +198,35 @@ class StoreConformance:
             store.set_experiment_status("run-a", "bogus")  # type: ignore[arg-type]
         assert store.get_experiment("run-a").status is RunStatus.RUNNING
 
+    # -- batches ------------------------------------------------------------------------
+    def test_a_batch_commits_its_writes_together(self, store: BaseStore) -> None:
+        store.create_experiment(_experiment())
+        with store.batch():
+            store.add_msts("run-a", [_mst(0)])
+            store.update_mst("run-a", 0, status="stopped", n_epochs=5)  # sees the add
+            with store.batch():  # nested: joins the outer one
+                store.add_event("run-a", EventKind.EPOCH_DECIDED, mst_id=0, detail={"epoch": 2})
+        (mst,) = store.list_msts("run-a")
+        assert (mst.status, mst.n_epochs) == ("stopped", 5)
+        (event,) = store.list_events("run-a")
+        assert (event.kind, event.mst_id) == (EventKind.EPOCH_DECIDED, 0)
+        assert event.detail == {"epoch": 2}
+
+    def test_a_batch_that_fails_writes_nothing(self, store: BaseStore) -> None:
+        store.create_experiment(_experiment())
+        store.add_msts("run-a", [_mst(0)])
+        with pytest.raises(RuntimeError, match="crash"), store.batch():
+            store.update_mst("run-a", 0, status="stopped")
+            store.add_msts("run-a", [_mst(1)])
+            raise RuntimeError("crash")
+        with pytest.raises(StoreError, match=r"already has MSTs with mst_id \[0\]"), store.batch():
+            store.add_msts("run-a", [_mst(2)])
+            store.add_msts("run-a", [_mst(0)])  # a taken id
+        assert [(m.mst_id, m.status) for m in store.list_msts("run-a")] == [(0, "pending")]
+        assert store.list_events("run-a") == []
+        store.add_msts("run-a", [_mst(1)])  # the store goes on after a failed batch
+        assert [m.mst_id for m in store.list_msts("run-a")] == [0, 1]
+
     # -- MSTs ---------------------------------------------------------------------------
     def test_msts_round_trip_ordered_by_id(self, store: BaseStore) -> None:
         store.create_experiment(_experiment())
