@@ -144,8 +144,10 @@ def test_a_run_handle_steers_a_run_from_python(tmp_path):
     with pytest.raises(mh.ConfigError, match="MST 1 is already stopped; nothing to stop"):
         run.stop(1)
     run.resume(1)
+    deadline = time.monotonic() + 300
     while run.status().set_index("mst_id").loc[short, "status"] != "completed":
-        time.sleep(0.05)  # the one-epoch MST finishes while the others go on
+        assert time.monotonic() < deadline, f"MST {short} did not complete"
+        time.sleep(0.05)  # the one-epoch MST finishes while the keeper goes on
     with pytest.raises(mh.ConfigError, match=f"MST {short} is already completed"):
         run.stop(short)
     with pytest.raises(mh.SpaceError, match="lr"):
