@@ -90,7 +90,7 @@ def test_bad_arguments_are_rejected_clearly():
         mh.RayExecutor(resources_per_worker={"CPU": -1})
     with pytest.raises(mh.ConfigError, match="data must be one of 'auto', 'path', 'ship'"):
         mh.RayExecutor(data="copy")
-    with pytest.raises(mh.ConfigError, match="max_restarts must be >= 0"):
+    with pytest.raises(mh.ConfigError, match="max_restarts must be an int >= 0"):
         mh.RayExecutor(max_restarts=-1)
 
 

@@ -26,7 +26,7 @@ from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
 from modelhopper.executors._host import WorkerSpec, detach_from_parent, serve
-from modelhopper.executors._restarts import RestartBudget, check_restart_window
+from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.executors._shm import ShmFolder, shm_root
 from modelhopper.executors._worker import warm_up_torch
 from modelhopper.executors._zygote import shared_zygote
@@ -139,15 +139,10 @@ class LocalExecutor(BaseExecutor):
         start_timeout: float = 300.0,
         shared_memory: bool = True,
     ):
-        if threads_per_worker is not None and (
-            isinstance(threads_per_worker, bool)
-            or not isinstance(threads_per_worker, int)
-            or threads_per_worker < 1
-        ):
-            raise ConfigError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ConfigError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
-        check_restart_window(restart_window)
+        check_worker_options(
+            threads_per_worker=threads_per_worker, max_restarts=max_restarts,
+            restart_window=restart_window, start_timeout=start_timeout,
+        )  # fmt: skip
         if start_method not in _START_METHODS:
             raise ConfigError(
                 f"start_method must be one of {', '.join(map(repr, _START_METHODS))}, "
@@ -157,8 +152,6 @@ class LocalExecutor(BaseExecutor):
             raise ConfigError(
                 f"start_method='fork' is for Linux; this is {sys.platform}: use 'auto' or 'zygote'"
             )
-        if not start_timeout > 0:
-            raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout!r}")
         if materialise is not None and not isinstance(materialise, MaterialiseBudget):
             raise ConfigError(
                 "materialise must be a modelhopper.MaterialiseBudget(memory_bytes=..., "

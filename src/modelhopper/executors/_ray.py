@@ -32,7 +32,7 @@ import cloudpickle
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
-from modelhopper.executors._restarts import RestartBudget, check_restart_window
+from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = ["RayExecutor"]
@@ -229,13 +229,10 @@ class RayExecutor(BaseExecutor):
             raise ConfigError(
                 f"data must be one of {', '.join(map(repr, _DATA_MODES))}, got {data!r}"
             )
-        if threads_per_worker is not None and threads_per_worker < 1:
-            raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
-        if max_restarts < 0:
-            raise ConfigError(f"max_restarts must be >= 0, got {max_restarts}")
-        check_restart_window(restart_window)
-        if start_timeout <= 0:
-            raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout}")
+        check_worker_options(
+            threads_per_worker=threads_per_worker, max_restarts=max_restarts,
+            restart_window=restart_window, start_timeout=start_timeout,
+        )  # fmt: skip
         self.address = address
         self.resources = resources
         self.threads_per_worker = threads_per_worker or max(1, int(resources.get("CPU", 1)))

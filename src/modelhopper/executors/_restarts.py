@@ -12,7 +12,7 @@ from collections import deque
 
 from modelhopper.errors import ConfigError
 
-__all__ = ["RestartBudget", "check_restart_window"]
+__all__ = ["RestartBudget", "check_restart_window", "check_worker_options"]
 
 _clock = time.monotonic  # when each death happened; tests move it
 
@@ -28,6 +28,31 @@ def check_restart_window(restart_window: object) -> None:
             "max_restarts deaths of one worker within it are tolerated "
             "(float('inf'): over the whole run)"
         )
+
+
+def check_worker_options(
+    *,
+    threads_per_worker: object,
+    max_restarts: object,
+    restart_window: object,
+    start_timeout: object,
+) -> None:
+    """The constructor arguments every executor shares, checked the same way."""
+    if threads_per_worker is not None and not _is_int_at_least(threads_per_worker, 1):
+        raise ConfigError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
+    if not _is_int_at_least(max_restarts, 0):
+        raise ConfigError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    check_restart_window(restart_window)
+    if (
+        isinstance(start_timeout, bool)
+        or not isinstance(start_timeout, int | float)
+        or not (start_timeout > 0)
+    ):
+        raise ConfigError(f"start_timeout must be > 0 seconds, got {start_timeout!r}")
+
+
+def _is_int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 class RestartBudget:
