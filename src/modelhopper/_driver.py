@@ -589,8 +589,8 @@ class Driver:
             if not replay:
                 self.evaluated.append(result)
             decision = self.procedure.on_epoch_end(self, result)
-            if progress.status is MSTStatus.STOPPED:  # the procedure stopped it via stop()
-                return None
+            if progress.status in (MSTStatus.STOPPED, MSTStatus.FAILED):
+                return None  # stopped by the procedure (stop()) or a command, or failed
             if decision is Decision.STOP and self.scheduler.remaining_steps(mst_id):
                 self.scheduler.stop(mst_id)
                 return MSTStatus.STOPPED
