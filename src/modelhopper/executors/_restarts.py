@@ -12,12 +12,12 @@ from collections import deque
 
 from modelhopper.errors import ConfigError
 
-__all__ = ["RestartBudget", "check_restart_window", "check_worker_options"]
+__all__ = ["RestartBudget", "check_worker_options"]
 
 _clock = time.monotonic  # when each death happened; tests move it
 
 
-def check_restart_window(restart_window: object) -> None:
+def _check_restart_window(restart_window: object) -> None:
     if (
         isinstance(restart_window, bool)
         or not isinstance(restart_window, int | float)
@@ -42,7 +42,7 @@ def check_worker_options(
         raise ConfigError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}")
     if not _is_int_at_least(max_restarts, 0):
         raise ConfigError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
-    check_restart_window(restart_window)
+    _check_restart_window(restart_window)
     if (
         isinstance(start_timeout, bool)
         or not isinstance(start_timeout, int | float)

@@ -61,7 +61,6 @@ class ShmFolder:
     def __init__(self, root: Path) -> None:
         _remove_orphans(root)
         self.path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
-        self.owner = os.getpid()
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
