@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelhopper._version import __version__
 from modelhopper.data import Dataset, Split, StreamedSplit, datasets
 from modelhopper.errors import (
     AllMSTsFailedError,
@@ -45,8 +46,6 @@ from modelhopper.space import (
     randint,
     uniform,
 )
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

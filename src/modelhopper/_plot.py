@@ -9,19 +9,39 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelhopper._ranking import ranked
 from modelhopper.errors import ConfigError, ModelHopperError
+from modelhopper.store import DEFAULT_ROOT, BaseStore, EventKind, open_store
+from modelhopper.store._timeline import derive_hops, visits_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from modelhopper.result import Result
-    from modelhopper.store import BaseStore
-
 __all__ = ["plot_result"]
+
+
+class _Run(Protocol):
+    """What is drawn of a ``Result`` (this module sits below ``result``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    @property
+    def msts(self) -> Sequence[Any]:
+        """MSTResults: id, params, history, metrics."""
 
 
 def _figure_class() -> Any:
@@ -36,7 +56,7 @@ def _figure_class() -> Any:
 
 
 def plot_result(
-    result: Result,
+    result: _Run,
     path: str | os.PathLike[str] | None = None,
     *,
     metric: str | None = None,
@@ -65,7 +85,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def _draw_curves(ax: Any, result: Result, metric: str, top: int) -> None:
+def _draw_curves(ax: Any, result: _Run, metric: str, top: int) -> None:
     # Ranked as Result.best ranks (the metric at the last epoch), so the top curves are
     # the MSTs the result and the dashboard call best.
     drawn = [m for m in result.msts if any(_finite(r.get(metric)) for r in m.history)]
@@ -86,9 +106,7 @@ def _draw_curves(ax: Any, result: Result, metric: str, top: int) -> None:
         ax.legend(fontsize=7, loc="best")
 
 
-def _draw_timeline(ax: Any, result: Result, store: str | BaseStore | None) -> None:
-    from modelhopper.server._timeline import derive_hops, visits_of
-
+def _draw_timeline(ax: Any, result: _Run, store: str | BaseStore | None) -> None:
     try:
         steps, hops = _load_steps(result.name, store)
     except ModelHopperError as e:
@@ -127,9 +145,6 @@ def _draw_timeline(ax: Any, result: Result, store: str | BaseStore | None) -> No
 
 def _load_steps(name: str, store: str | BaseStore | None) -> tuple[list[Any], dict[Any, bool]]:
     """The run's steps, and whether each visit hopped (its event has the visit's time)."""
-    from modelhopper.experiment import DEFAULT_ROOT
-    from modelhopper.store import BaseStore, EventKind, open_store
-
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
     try:
         hops = {

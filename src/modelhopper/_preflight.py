@@ -21,16 +21,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from modelhopper._vocabulary import MST, EpochResult, MSTStatus, Procedure
 from modelhopper.errors import ConfigError, EstimatorError
 from modelhopper.estimator import Estimator, metric_names
-
-if TYPE_CHECKING:
-    from modelhopper.procedures._base import MST, BaseProcedure, EpochResult
 
 __all__ = ["N_PROBED", "first_msts", "preflight"]
 
@@ -45,7 +43,7 @@ class _Enough(Exception):
 class _Proposals:
     """A Trainer that records the MSTs a procedure adds in ``on_start``, and trains none."""
 
-    def __init__(self, procedure: BaseProcedure, n_workers: int, limit: int) -> None:
+    def __init__(self, procedure: Procedure, n_workers: int, limit: int) -> None:
         self._procedure, self._n_workers, self._limit = procedure, n_workers, limit
         self.added: list[MST] = []
         self._epochs: dict[int, int] = {}
@@ -79,8 +77,8 @@ class _Proposals:
     def msts(self) -> list[MST]:
         return list(self.added)
 
-    def status(self, mst_id: int) -> str:
-        return "pending"
+    def status(self, mst_id: int) -> MSTStatus:
+        return MSTStatus.PENDING
 
     def budget(self, mst_id: int) -> int:
         return self._epochs[mst_id]
@@ -89,9 +87,7 @@ class _Proposals:
         return []
 
 
-def first_msts(
-    procedure: BaseProcedure, copy_of_it: BaseProcedure | None, n_workers: int
-) -> list[MST]:
+def first_msts(procedure: Procedure, copy_of_it: Procedure | None, n_workers: int) -> list[MST]:
     """The first MSTs the run will train (at most ``N_PROBED``).
 
     ``copy_of_it`` (a fresh copy of ``procedure``, e.g. unpickled) is started on a
@@ -115,7 +111,7 @@ class _CannotTrain(Exception):
 
 
 def preflight(
-    procedure: BaseProcedure,
+    procedure: Procedure,
     msts: list[MST],
     head: tuple[np.ndarray, np.ndarray],
     check_labels: Callable[[int], None],
@@ -154,7 +150,7 @@ def preflight(
     )
 
 
-def _build(procedure: BaseProcedure, mst: MST) -> Estimator:
+def _build(procedure: Procedure, mst: MST) -> Estimator:
     """The MST's estimator, built as the workers build it (under the MST's seed)."""
     torch.manual_seed(mst.seed)
     try:
@@ -172,7 +168,7 @@ def _build(procedure: BaseProcedure, mst: MST) -> Estimator:
     return estimator
 
 
-def _check_metric(procedure: BaseProcedure, estimator: Estimator) -> None:
+def _check_metric(procedure: Procedure, estimator: Estimator) -> None:
     names = metric_names(estimator.metrics)
     if procedure.metric not in names:
         raise ConfigError(

@@ -7,15 +7,16 @@ id. ``Result.best``, ``to_dataframe``, ``plot``, the dashboard and ``modelhopper
 show`` all rank this way. The value at an MST's best epoch (``best_metrics``,
 ``load_model(best=True)``) is reported beside it, never used to rank.
 
-Imports nothing from modelhopper: the ground floor.
+On the ground floor: it imports only the vocabulary.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from enum import StrEnum
 from typing import Any, TypeVar
+
+from modelhopper._vocabulary import Direction
 
 __all__ = [
     "DEFAULT_DIRECTION",
@@ -28,11 +29,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class Direction(StrEnum):
-    MAXIMIZE = "maximize"
-    MINIMIZE = "minimize"
 
 
 DEFAULT_DIRECTION = Direction.MINIMIZE  # procedures' default metric is val_loss

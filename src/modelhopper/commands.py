@@ -12,18 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from modelhopper._vocabulary import MST, MSTStatus
 from modelhopper.errors import ConfigError, ModelHopperError
 from modelhopper.space import Space
-from modelhopper.store import BaseStore, CommandRecord, CommandStatus, EventKind
+from modelhopper.store import BaseStore, CommandRecord, CommandStatus, EventKind, RunStatus
 
-if TYPE_CHECKING:
-    from modelhopper._driver import Driver
-
-__all__ = ["CommandKind", "submit", "wait_for", "apply_pending"]
-
-_FINISHED = ("completed", "failed", "stopped")
+__all__ = ["CommandKind", "Steerable", "submit", "wait_for", "apply_pending"]
 
 
 class CommandKind(StrEnum):
@@ -32,6 +28,32 @@ class CommandKind(StrEnum):
     CLONE = "clone"
     ADD = "add"
     PRIORITY = "priority"
+
+
+class Steerable(Protocol):
+    """What a command acts on: the running driver's small public interface."""
+
+    @property
+    def default_epochs(self) -> int:
+        """The epoch budget of an MST added or cloned without one."""
+
+    def msts(self) -> list[MST]: ...
+
+    def add(
+        self,
+        params: Mapping[str, Any],
+        *,
+        epochs: int,
+        parent: int | None = None,
+        warm_start: bool = False,
+        priority: int = 0,
+    ) -> MST: ...
+
+    def stop(self, mst_id: int) -> None: ...
+
+    def resume_mst(self, mst_id: int) -> None: ...
+
+    def set_priority(self, mst_id: int, priority: int) -> None: ...
 
 
 def _mst(store: BaseStore, name: str, mst_id: Any) -> Any:
@@ -44,16 +66,16 @@ def _mst(store: BaseStore, name: str, mst_id: Any) -> Any:
 def _check(store: BaseStore, name: str, kind: CommandKind, payload: Mapping[str, Any]) -> None:
     """What can be checked before the driver sees the command."""
     run = store.get_experiment(name)
-    if run.status.value != "running":
+    if run.status is not RunStatus.RUNNING:
         raise ConfigError(f"run {name!r} is {run.status.value}; commands reach only a running run")
     space = Space.from_dict(run.space)
     if kind is CommandKind.ADD:
         space.validate_point(payload["params"])
         return
     mst = _mst(store, name, payload["mst_id"])
-    if kind is CommandKind.STOP and mst.status in _FINISHED:
+    if kind is CommandKind.STOP and not mst.status.active:
         raise ConfigError(f"MST {mst.mst_id} is already {mst.status}; nothing to stop")
-    if kind is CommandKind.RESUME and mst.status != "stopped":
+    if kind is CommandKind.RESUME and mst.status is not MSTStatus.STOPPED:
         raise ConfigError(f"MST {mst.mst_id} is {mst.status}, not stopped; nothing to resume")
     if kind is CommandKind.CLONE:
         space.validate_point({**mst.params, **payload.get("changes", {})})
@@ -92,43 +114,47 @@ def wait_for(
     )
 
 
-def apply_pending(driver: Driver) -> None:
-    """Apply every pending command of the driver's run, in order; record the outcome of each."""
-    store, name = driver.store, driver.name
+def apply_pending(store: BaseStore, name: str, target: Steerable) -> None:
+    """Apply every pending command of run ``name`` to ``target``, in order; record the
+    outcome of each."""
     for command in store.pending_commands(name):
+        new_mst_id = None
         try:
-            message = _apply(driver, CommandKind(command.kind), command.payload)
+            message, new_mst_id = _apply(target, CommandKind(command.kind), command.payload)
             status = CommandStatus.APPLIED
         except (ModelHopperError, KeyError, TypeError, ValueError) as e:
             message, status = f"{type(e).__name__}: {e}", CommandStatus.REJECTED
-        store.set_command_status(command.id, status, message)
+        store.set_command_status(command.id, status, message, new_mst_id=new_mst_id)
         mst_id = command.payload.get("mst_id")
+        known = any(m.id == mst_id for m in target.msts())
         store.add_event(
-            name, EventKind.COMMAND,
-            mst_id=mst_id if mst_id in driver.msts_by_id else None,
+            name, EventKind.COMMAND, mst_id=mst_id if known else None,
             detail={"command": command.id, "kind": command.kind, "status": status.value,
                     "message": message},
         )  # fmt: skip
 
 
-def _apply(driver: Driver, kind: CommandKind, payload: Mapping[str, Any]) -> str:
+def _apply(
+    target: Steerable, kind: CommandKind, payload: Mapping[str, Any]
+) -> tuple[str, int | None]:
+    """Apply one command: its message, and the MST it created (add, clone) if any."""
     if kind is CommandKind.STOP:
-        driver.stop(payload["mst_id"])
-        return f"stopped MST {payload['mst_id']}"
+        target.stop(payload["mst_id"])
+        return f"stopped MST {payload['mst_id']}", None
     if kind is CommandKind.RESUME:
-        driver.resume_mst(payload["mst_id"])
-        return f"resumed MST {payload['mst_id']}"
+        target.resume_mst(payload["mst_id"])
+        return f"resumed MST {payload['mst_id']}", None
     if kind is CommandKind.PRIORITY:
-        driver.set_priority(payload["mst_id"], payload["priority"])
-        return f"MST {payload['mst_id']} has priority {payload['priority']}"
-    epochs = payload.get("epochs") or driver.procedure.epochs
+        target.set_priority(payload["mst_id"], payload["priority"])
+        return f"MST {payload['mst_id']} has priority {payload['priority']}", None
+    epochs = payload.get("epochs") or target.default_epochs
     if kind is CommandKind.ADD:
-        mst = driver.add(payload["params"], epochs=epochs, priority=payload.get("priority", 0))
-        return f"added MST {mst.id}"
-    parent = driver.msts_by_id.get(payload["mst_id"])
+        mst = target.add(payload["params"], epochs=epochs, priority=payload.get("priority", 0))
+        return f"added MST {mst.id}", mst.id
+    parent = next((m for m in target.msts() if m.id == payload["mst_id"]), None)
     if parent is None:
         raise ConfigError(f"unknown MST {payload['mst_id']!r}")
-    params = {**parent.mst.params, **payload.get("changes", {})}
+    params = {**parent.params, **payload.get("changes", {})}
     warm = bool(payload.get("warm_start", True))
-    mst = driver.add(params, epochs=epochs, parent=parent.mst.id, warm_start=warm)
-    return f"cloned MST {parent.mst.id} as MST {mst.id}"
+    mst = target.add(params, epochs=epochs, parent=parent.id, warm_start=warm)
+    return f"cloned MST {parent.id} as MST {mst.id}", mst.id

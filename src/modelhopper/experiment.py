@@ -25,16 +25,17 @@ from torch import nn
 from modelhopper._driver import DECISION_MARKERS, Driver
 from modelhopper._preflight import first_msts, preflight
 from modelhopper._procedure_file import dump_procedure, load_procedure, write_procedure
+from modelhopper._vocabulary import MST, MSTStatus, Procedure, RunStats
 from modelhopper.data import Dataset
 from modelhopper.data._dataset import check_label_range
 from modelhopper.data._sharding import ShardInfo, read_shard_info, write_shards
 from modelhopper.data._streaming import StreamedSplit
 from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, StoreError
 from modelhopper.executors import BaseExecutor, resolve_executor
-from modelhopper.procedures._base import MST, BaseProcedure
 from modelhopper.provenance import collect_provenance
-from modelhopper.result import MSTResult, MSTStatus, Result, RunStats
+from modelhopper.result import MSTResult, Result
 from modelhopper.store import (
+    DEFAULT_ROOT,
     BaseStore,
     EventKind,
     ExperimentRecord,
@@ -52,8 +53,6 @@ __all__ = [
     "DEFAULT_ROOT",
     "RUN_NAME_MAX",
 ]
-
-DEFAULT_ROOT = Path("modelhopper-runs")
 
 
 # -- checks before any worker starts -------------------------------------------
@@ -77,7 +76,7 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
         )
 
 
-def _probe(procedure: BaseProcedure, first: list[MST], data: Dataset) -> int | None:
+def _probe(procedure: Procedure, first: list[MST], data: Dataset) -> int | None:
     """The first MSTs train one batch of two training examples before any worker starts.
 
     Raises if the metric is unknown, a label is outside the model's classes, or every
@@ -104,7 +103,7 @@ def _check_shard_labels(shards: list[ShardInfo], num_classes: int) -> None:
                 check_label_range(np.asarray(labels), num_classes, f"{name} (shard {info.index})")
 
 
-def new_run_name(procedure: BaseProcedure) -> str:
+def new_run_name(procedure: Procedure) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{type(procedure).__name__.lower()}-{stamp}-{uuid.uuid4().hex[:6]}"
 
@@ -131,7 +130,7 @@ def check_run_name(name: Any) -> str:
 
 # -- starting, continuing and finishing runs ------------------------------------
 def run_search(
-    procedure: BaseProcedure,
+    procedure: Procedure,
     data: Dataset,
     *,
     n_workers: int = 2,
@@ -151,7 +150,7 @@ def run_search(
     executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     saved, modules = dump_procedure(procedure)  # what resume needs, from any folder
-    num_classes = _probe(procedure, first_msts(procedure, _copy(saved), n_workers), data)
+    num_classes = _probe(procedure, first_msts(procedure, _copy(saved, procedure), n_workers), data)
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
     _checknew_run_name(db, name)
     directory = Path(run_dir if run_dir is not None else DEFAULT_ROOT / name).resolve()
@@ -181,21 +180,21 @@ def run_search(
     )  # fmt: skip
     driver = _driver(name, procedure, executor, db, directory, n_workers, retention, progress)
     procedure.on_start(driver)
-    if not driver.msts_by_id:
+    if not driver.msts():
         db.set_experiment_status(name, RunStatus.FAILED)
         raise ConfigError("the procedure proposed no MSTs; check the space and n_msts")
-    detail = {"n_msts": len(driver.msts_by_id), "shard_bytes": [s.nbytes for s in shards]}
+    detail = {"n_msts": len(driver.msts()), "shard_bytes": [s.nbytes for s in shards]}
     db.add_event(name, EventKind.STARTED, detail=detail)  # shard bytes: for the dashboard
-    return _execute(driver, shards, directory, keep_shards)
+    return _execute(driver, procedure, executor, db, name, shards, directory, keep_shards)
 
 
-def _copy(saved: bytes) -> BaseProcedure | None:
+def _copy(saved: bytes, procedure: Procedure) -> Procedure | None:
     """A fresh copy of the saved procedure (the pre-flight check starts it), if it loads."""
     try:
         copied = cloudpickle.loads(saved)
     except Exception:
         return None
-    return copied if isinstance(copied, BaseProcedure) else None
+    return copied if isinstance(copied, type(procedure)) else None
 
 
 def _checknew_run_name(store: BaseStore, name: str) -> None:
@@ -211,7 +210,7 @@ def _checknew_run_name(store: BaseStore, name: str) -> None:
 
 def _driver(
     name: str,
-    procedure: BaseProcedure,
+    procedure: Procedure,
     executor: BaseExecutor,
     store: BaseStore,
     directory: Path,
@@ -226,13 +225,21 @@ def _driver(
     )  # fmt: skip
 
 
-def _execute(driver: Driver, shards: list[ShardInfo], directory: Path, keep_shards: bool) -> Result:
+def _execute(
+    driver: Driver,
+    procedure: Procedure,
+    executor: BaseExecutor,
+    store: BaseStore,
+    name: str,
+    shards: list[ShardInfo],
+    directory: Path,
+    keep_shards: bool,
+) -> Result:
     """Start the workers, run the loop, record how the run ended."""
     started = time.perf_counter()
-    store, name = driver.store, driver.name
     try:
-        with driver.executor:
-            driver.executor.start(shards, driver.procedure.make_estimator)
+        with executor:
+            executor.start(shards, procedure.make_estimator)
             startup = time.perf_counter() - started
             stats = driver.run()
     except (AllMSTsFailedError, ExecutorError) as e:
@@ -282,11 +289,12 @@ def resume(
     procedure.on_start(driver)  # procedures rebuild what they need from the trainer
     if record.spec.get(DECISION_MARKERS):
         driver.decide_undecided()  # epochs committed just before the driver died
-    return _execute(driver, shards, directory, bool(record.spec.get("keep_shards")))
+    keep_shards = bool(record.spec.get("keep_shards"))
+    return _execute(driver, procedure, executor, db, run_name, shards, directory, keep_shards)
 
 
-def _load_procedure(directory: Path) -> BaseProcedure:
-    procedure: BaseProcedure = load_procedure(directory)
+def _load_procedure(directory: Path) -> Procedure:
+    procedure: Procedure = load_procedure(directory)
     return procedure
 
 

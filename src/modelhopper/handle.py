@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,10 +82,9 @@ class RunHandle:
 
     def _new_mst(self, kind: CommandKind, payload: dict[str, Any]) -> int:
         done = self._command(kind, payload, wait=True)
-        found = re.search(r"MST (\d+)$", done.message or "")
-        if found is None:
-            raise ConfigError(f"cannot tell the new MST's id from {done.message!r}")
-        return int(found.group(1))
+        if done.new_mst_id is None:  # applied, so the driver named the MST it created
+            raise ConfigError(f"command {done.kind} was applied but names no new MST")
+        return int(done.new_mst_id)
 
     def _command(self, kind: CommandKind, payload: dict[str, Any], wait: bool) -> Any:
         command = submit(self.store, self.name, kind, payload)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelhopper._version import __version__
+
 __all__ = ["collect_provenance", "data_fingerprint"]
 
 
@@ -19,10 +21,8 @@ def _versions() -> dict[str, str]:
     import numpy
     import torch
 
-    import modelhopper
-
     return {
-        "modelhopper": modelhopper.__version__,
+        "modelhopper": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ import pandas as pd
 from torch import nn
 
 from modelhopper._ranking import best_epoch, ranked
+from modelhopper._vocabulary import MSTStatus, RunStats
 from modelhopper.errors import ModelHopperError
 from modelhopper.estimator import build_estimator, state_from_bytes
 
@@ -20,14 +20,6 @@ if TYPE_CHECKING:
     from modelhopper.store import BaseStore
 
 __all__ = ["MSTStatus", "MSTResult", "RunStats", "Result"]
-
-
-class MSTStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 @dataclass
@@ -82,48 +74,6 @@ _NOT_METRICS = {"mst_id", "epoch", "train_order", "eval_order", "train_seconds",
 
 def _metrics_of(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k not in _NOT_METRICS}
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """Resource figures of a run, measured, not estimated."""
-
-    n_workers: int
-    wall_seconds: float  # from the first visit dispatched to the last result
-    total_seconds: float  # including sharding and worker start-up
-    compute_seconds: float  # sum of train + eval step seconds measured on the workers
-    n_visits: int
-    n_hops: int  # visits that needed an MST's state moved to another worker
-    hop_bytes: int  # bytes of MST state delivered to workers by those hops
-    resident_shard_bytes: tuple[int, ...]  # shard bytes held by each worker
-    dataset_bytes: int  # training + validation bytes of the dataset
-    lower_bound_seconds: float  # makespan lower bound from the measured work
-    n_steps: int = 0  # train and eval steps run (sub-epochs and validation-shard passes)
-    record_seconds: float = 0.0  # driver time checkpointing and writing the store
-    # Driver time from results arriving to the freed workers' next visits being sent: the
-    # only driver work a worker waits for (records are written after that).
-    dispatch_seconds: float = 0.0
-    startup_seconds: float = 0.0  # starting the workers until each had opened its shard
-
-    @property
-    def dispatch_seconds_per_visit(self) -> float:
-        return self.dispatch_seconds / self.n_visits if self.n_visits else 0.0
-
-    @property
-    def record_seconds_per_step(self) -> float:
-        return self.record_seconds / self.n_steps if self.n_steps else 0.0
-
-    @property
-    def ideal_seconds(self) -> float:
-        return self.compute_seconds / self.n_workers
-
-    @property
-    def efficiency(self) -> float:
-        return self.ideal_seconds / self.wall_seconds if self.wall_seconds else 0.0
-
-    @property
-    def data_copies(self) -> float:
-        return sum(self.resident_shard_bytes) / self.dataset_bytes if self.dataset_bytes else 0.0
 
 
 @dataclass

@@ -30,6 +30,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from modelhopper._vocabulary import Step, StepKind
 from modelhopper.errors import ConfigError
 
 __all__ = [
@@ -43,21 +44,6 @@ __all__ = [
     "SimulationResult",
     "simulate",
 ]
-
-
-class StepKind(StrEnum):
-    TRAIN = "train"
-    EVAL = "eval"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One pass of one MST over one shard: train on it, or evaluate on its validation part."""
-
-    kind: StepKind
-    epoch: int
-    shard: int
-    position: int  # index of this shard in the epoch's train (or eval) order
 
 
 @dataclass(frozen=True)

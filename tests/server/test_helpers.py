@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelhopper.server._msts import spread
-from modelhopper.server._timeline import derive_hops
+from modelhopper.store._timeline import derive_hops
 
 
 @pytest.mark.parametrize(

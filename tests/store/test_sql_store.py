@@ -48,7 +48,7 @@ def _experiment(name: str = "run-a") -> ExperimentRecord:
 # -- migrations -------------------------------------------------------------------------
 def test_fresh_database_is_migrated_to_head_and_matches_the_orm(store_url: str) -> None:
     with SQLStore(store_url) as store:
-        assert store.schema_version() == migrations.head_revision() == "0002"
+        assert store.schema_version() == migrations.head_revision() == "0003"
     engine = create_engine(store_url)
     try:
         with engine.connect() as connection:
@@ -101,7 +101,7 @@ def test_a_0001_database_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
         )
     engine.dispose()
     with SQLStore(url) as store:
-        assert store.schema_version() == "0002"
+        assert store.schema_version() == "0003"
         (mst,) = store.list_msts("old")
     assert (mst.params, mst.warm_start, mst.priority) == ({"lr": 0.1}, False, 0)
 
@@ -112,7 +112,7 @@ def test_database_of_a_newer_modelhopper_is_refused(store_url: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"revision '9999'.*newest is '0002'.*upgrade modelhopper"):
+    with pytest.raises(StoreError, match=r"revision '9999'.*newest is '0003'.*upgrade modelhopper"):
         SQLStore(store_url)
 
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelhopper._vocabulary import Step
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.estimator import PassResult
-from modelhopper.scheduling import Step
 
 __all__ = [
     "BaseExecutor",

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from modelhopper._vocabulary import StepKind
 from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._sharding import ShardData
 from modelhopper.errors import MSTFailedError
@@ -36,7 +37,6 @@ from modelhopper.estimator import (
 )
 from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask, state_bytes
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
-from modelhopper.scheduling import StepKind
 
 __all__ = ["ShardWorker", "warm_up_torch"]
 

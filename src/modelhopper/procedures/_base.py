@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from modelhopper._ranking import Direction, score
+from modelhopper._ranking import score
+from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Trainer
 from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.scheduling import SchedulingPolicy, _parse_policy
@@ -31,67 +30,6 @@ if TYPE_CHECKING:
     from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
-
-
-class Decision(StrEnum):
-    """What ``on_epoch_end`` may return about the MST that reported."""
-
-    CONTINUE = "continue"  # keep to its epoch budget
-    STOP = "stop"  # no more epochs for it
-
-
-@dataclass(frozen=True)
-class MST:
-    """A model selection triple: one concrete point of the space, with its id and seed."""
-
-    id: int
-    params: dict[str, Any] = field(hash=False)
-    seed: int
-    parent: int | None = None
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    mst_id: int
-    epoch: int  # 0-based: the MST has now trained epoch + 1 epochs
-    metrics: Mapping[str, float]
-
-
-class Trainer(Protocol):
-    """What a procedure can see and do in a running experiment."""
-
-    @property
-    def n_workers(self) -> int: ...
-
-    def add(
-        self,
-        params: Mapping[str, Any],
-        *,
-        epochs: int,
-        parent: int | None = None,
-        warm_start: bool = False,
-    ) -> MST:
-        """Start a new MST with this epoch budget. ``warm_start`` initialises its model
-        weights from ``parent``'s latest state (its optimizer starts afresh)."""
-
-    def extend(self, mst_id: int, epochs: int) -> None:
-        """Raise an MST's epoch budget to ``epochs`` (a promotion); it continues at once."""
-
-    def stop(self, mst_id: int) -> None:
-        """Give the MST no more epochs."""
-
-    def msts(self) -> list[MST]:
-        """Every MST of the run, in id order."""
-
-    def status(self, mst_id: int) -> str:
-        """An MSTStatus value: pending, running, completed (its budget is done; ``extend``
-        revives it), stopped, failed."""
-
-    def budget(self, mst_id: int) -> int:
-        """The MST's current epoch budget."""
-
-    def results(self, mst_id: int | None = None) -> list[EpochResult]:
-        """Evaluated epochs, of one MST or all, in the order they were evaluated."""
 
 
 def _check_positive_int(name: str, value: object, example: str) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._vocabulary import MSTStatus
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import Estimator
 from modelhopper.procedures._base import (
@@ -32,13 +33,9 @@ from modelhopper.procedures._base import (
     Trainer,
     _check_positive_int,
 )
-from modelhopper.result import MSTStatus
 from modelhopper.space import Space
 
 __all__ = ["ASHA", "Hyperband", "SuccessiveHalving", "rungs"]
-
-_ENDED = (MSTStatus.STOPPED.value, MSTStatus.FAILED.value)
-_ACTIVE = (MSTStatus.PENDING.value, MSTStatus.RUNNING.value)
 
 
 def rungs(min_epochs: int, max_epochs: int, reduction_factor: int) -> tuple[int, ...]:
@@ -58,7 +55,7 @@ class _View:
     msts: list[MST]
     metrics: dict[int, dict[int, Mapping[str, float]]]
     budget: dict[int, int]
-    status: dict[int, str]
+    status: dict[int, MSTStatus]
 
     @classmethod
     def of(cls, trainer: Trainer) -> _View:
@@ -78,7 +75,7 @@ class _View:
     def n_active(self) -> int:
         """MSTs that still have epochs to train (they keep a worker busy or queued)."""
         return sum(
-            self.status[m.id] in _ACTIVE and self.done(m.id) < self.budget[m.id] for m in self.msts
+            self.status[m.id].active and self.done(m.id) < self.budget[m.id] for m in self.msts
         )
 
     def ranked(
@@ -95,7 +92,7 @@ class _View:
     def paused_at(self, mst_id: int, epochs: int) -> bool:
         """Trained exactly to a budget of ``epochs`` and neither stopped nor failed."""
         return (
-            self.status[mst_id] not in _ENDED
+            not self.status[mst_id].ended
             and self.budget[mst_id] == epochs
             and self.done(mst_id) >= epochs
         )
@@ -328,7 +325,7 @@ class SuccessiveHalving(_Halving):
             entered = [m.id for m in view.msts if view.budget[m.id] >= epochs]
             if any(view.budget[m] > epochs for m in entered):
                 continue  # rung k was decided already
-            if any(view.status[m] not in _ENDED and view.done(m) < epochs for m in entered):
+            if any(not view.status[m].ended and view.done(m) < epochs for m in entered):
                 return  # the barrier: some MST of the rung has not reported yet
             ranked = view.ranked(entered, epochs, self.objective)
             for m in ranked[: max(1, len(ranked) // self.reduction_factor)]:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from modelhopper._vocabulary import MSTStatus
 from modelhopper.errors import ConfigError, ModelHopperError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.procedures._base import (
@@ -36,7 +37,6 @@ from modelhopper.procedures._base import (
     Trainer,
     _check_positive_int,
 )
-from modelhopper.result import MSTStatus
 from modelhopper.space import (
     Choice,
     Grid,
@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = ["OptunaSearch", "TPESearch"]
 
-_FINISHED = (MSTStatus.COMPLETED.value, MSTStatus.STOPPED.value, MSTStatus.FAILED.value)
-_ACTIVE = (MSTStatus.PENDING.value, MSTStatus.RUNNING.value)
 _SCALAR = (type(None), bool, int, float, str)
 
 
@@ -231,7 +229,7 @@ class OptunaSearch(BaseProcedure):
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
         ended = result.mst_id if result.epoch + 1 >= trainer.budget(result.mst_id) else None
         msts = self._sync(trainer, ended=ended, last=result)
-        n_active = sum(trainer.status(m.id) in _ACTIVE for m in msts if m.id != ended)
+        n_active = sum(trainer.status(m.id).active for m in msts if m.id != ended)
         self._propose(trainer, trainer.n_workers - n_active, msts)
         return Decision.CONTINUE
 
@@ -267,7 +265,7 @@ class OptunaSearch(BaseProcedure):
         for mst in msts:
             if mst.id in self._told:
                 continue
-            if mst.id == ended or trainer.status(mst.id) in _FINISHED:
+            if mst.id == ended or not trainer.status(mst.id).active:
                 result = last if last is not None and last.mst_id == mst.id else None
                 self._tell(trainer, mst, result)
         return msts
@@ -276,7 +274,7 @@ class OptunaSearch(BaseProcedure):
         self, trainer: Trainer, mst_id: int, last: EpochResult | None
     ) -> tuple[Any, float | None]:
         state = _import_optuna().trial.TrialState
-        if trainer.status(mst_id) == MSTStatus.FAILED.value:
+        if trainer.status(mst_id) is MSTStatus.FAILED:
             return state.FAIL, None
         if last is None:
             results = trainer.results(mst_id)
@@ -302,7 +300,7 @@ class OptunaSearch(BaseProcedure):
     def _adopt(self, trainer: Trainer, mst: MST) -> None:
         """Add a trial for an MST the study did not propose (resume, or added by others)."""
         study = self._study_or_raise()
-        if trainer.status(mst.id) in _FINISHED:
+        if not trainer.status(mst.id).active:
             self._tell(trainer, mst, None)
         elif self._add_trial(mst, _import_optuna().trial.TrialState.RUNNING, None):
             self._trials[mst.id] = len(study.get_trials(deepcopy=False)) - 1

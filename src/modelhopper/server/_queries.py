@@ -26,7 +26,6 @@ from modelhopper.server._msts import (
     finite,
     spread,
 )
-from modelhopper.server._timeline import derive_hops, relative, seconds_between, visits_of
 from modelhopper.store import EventKind, RunStatus, SQLStore
 from modelhopper.store._schema import (
     CommandRow,
@@ -36,6 +35,7 @@ from modelhopper.store._schema import (
     MSTRow,
     StepRow,
 )
+from modelhopper.store._timeline import derive_hops, relative, seconds_between, visits_of
 
 __all__ = ["NotFoundError", "RunReader"]
 

@@ -15,9 +15,11 @@ from modelhopper.store._base import (
     StepRecord,
     VisitRecord,
 )
+from modelhopper.store._engine import DEFAULT_ROOT
 from modelhopper.store._sql import SQLStore, open_store
 
 __all__ = [
+    "DEFAULT_ROOT",
     "BaseStore",
     "CommandRecord",
     "CommandStatus",

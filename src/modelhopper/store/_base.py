@@ -16,6 +16,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from modelhopper._vocabulary import MSTStatus, StepKind
+
 __all__ = [
     "RunStatus",
     "EventKind",
@@ -78,7 +80,7 @@ class MSTRecord:
     mst_id: int  # unique within its experiment
     params: dict[str, Any]
     seed: int
-    status: str  # an MSTStatus value
+    status: MSTStatus  # a plain str is converted
     parent: int | None = None  # the MST this one was cloned from
     warm_start: bool = False  # starts from the parent's latest weights (fresh optimizer)
     priority: int = 0  # higher runs first when several MSTs could use a worker
@@ -97,7 +99,7 @@ class StepRecord:
 
     mst_id: int
     epoch: int
-    kind: str  # a StepKind value
+    kind: StepKind  # a plain str is converted
     shard: int
     position: int  # index in the epoch's train or eval order
     worker: int
@@ -151,6 +153,7 @@ class CommandRecord:
     created_at: datetime
     applied_at: datetime | None = None
     message: str | None = None
+    new_mst_id: int | None = None  # the MST an applied add or clone command created
 
 
 class BaseStore(ABC):
@@ -247,7 +250,12 @@ class BaseStore(ABC):
 
     @abstractmethod
     def set_command_status(
-        self, command_id: int, status: CommandStatus, message: str | None = None
+        self,
+        command_id: int,
+        status: CommandStatus,
+        message: str | None = None,
+        *,
+        new_mst_id: int | None = None,
     ) -> None: ...
 
     @abstractmethod

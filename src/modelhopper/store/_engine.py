@@ -21,7 +21,7 @@ from modelhopper.store._schema import (
 )
 
 DEFAULT_FILE = "modelhopper.db"
-_DEFAULT_ROOT = "modelhopper-runs"
+DEFAULT_ROOT = Path("modelhopper-runs")  # runs, their files and the default store
 _BUSY_TIMEOUT_MS = 30_000  # a reader or command writer holds the lock for milliseconds
 _CONNECT_TIMEOUT_S = 10
 _OTHER_HOST_STALE = timedelta(minutes=10)  # a writer on another host we cannot ask the OS about
@@ -36,7 +36,7 @@ def _resolve_url(url: str | None, path: str | os.PathLike[str] | None) -> URL:
             f"path={os.fspath(path)!r}: pass one"
         )
     if url is None:
-        file = Path(path if path is not None else Path(_DEFAULT_ROOT) / DEFAULT_FILE).resolve()
+        file = Path(path if path is not None else DEFAULT_ROOT / DEFAULT_FILE).resolve()
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from modelhopper._vocabulary import MSTStatus, StepKind
 from modelhopper.errors import StoreError
 from modelhopper.store._base import (
     CommandRecord,
@@ -81,6 +82,8 @@ def _check_mst_fields(fields: dict[str, Any], where: str) -> None:
         )
     if "seed" in fields:
         _int64("MST seed", fields["seed"])
+    if "status" in fields:
+        _enum(MSTStatus, fields["status"], "MST status")
 
 
 def _check_same_mst(mst_id: int, steps: list[StepRecord], epochs: list[EpochRecord]) -> None:
@@ -104,6 +107,14 @@ def _experiment_record(row: ExperimentRow) -> ExperimentRecord:
     return _to_record(ExperimentRecord, row, status=RunStatus(row.status))
 
 
+def _mst_record(row: MSTRow) -> MSTRecord:
+    return _to_record(MSTRecord, row, status=MSTStatus(row.status))
+
+
+def _step_record(row: Any) -> StepRecord:
+    return _to_record(StepRecord, row, kind=StepKind(row.kind))
+
+
 def _command_record(row: CommandRow) -> CommandRecord:
     return _to_record(CommandRecord, row, status=CommandStatus(row.status))
 
@@ -116,6 +127,7 @@ def _to_record(cls: type[R], row: Any, **converted: Any) -> R:
 
 def _mst_row(experiment_id: int, record: MSTRecord, now: datetime) -> MSTRow:
     created = record.created_at or now
+    _enum(MSTStatus, record.status, f"status of MST {record.mst_id}")
     seed = _int64(f"seed of MST {record.mst_id}", record.seed)
     return MSTRow(
         **_columns(

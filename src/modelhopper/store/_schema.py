@@ -274,6 +274,7 @@ class CommandRow(Base):
     created_at: Mapped[datetime]
     applied_at: Mapped[datetime | None]
     message: Mapped[str | None] = mapped_column(Text)
+    new_mst_id: Mapped[int | None]  # the MST an applied add or clone created
 
 
 class WriterRow(Base):

@@ -47,9 +47,9 @@ from modelhopper.store._base import (
     VisitRecord,
 )
 from modelhopper.store._engine import (
-    _DEFAULT_ROOT,
     _IMMEDIATE,
     DEFAULT_FILE,
+    DEFAULT_ROOT,
     _create_engine,
     _is_alive,
     _process_started,
@@ -66,9 +66,11 @@ from modelhopper.store._rows import (
     _experiment_record,
     _finished,
     _int64,
+    _mst_record,
     _mst_row,
     _newest_first,
     _reason,
+    _step_record,
     _text,
     _to_record,
 )
@@ -93,7 +95,7 @@ _WRITER_CHECK_SECONDS = 2.0
 _POSTGRES_EXAMPLE = 'store="postgresql://user@host/db"'
 
 
-def open_store(url: str | None = None, *, root: str | os.PathLike[str] = _DEFAULT_ROOT) -> SQLStore:
+def open_store(url: str | None = None, *, root: str | os.PathLike[str] = DEFAULT_ROOT) -> SQLStore:
     """The store at ``url``; with None, the SQLite file ``<root>/modelhopper.db``.
 
     The folder ``root`` is created if needed. ``url`` is any URL ``SQLStore`` takes.
@@ -413,7 +415,7 @@ class SQLStore(BaseStore):
             rows = session.scalars(
                 select(MSTRow).where(MSTRow.experiment_id == experiment.id).order_by(MSTRow.mst_id)
             ).all()
-            return [_to_record(MSTRecord, row) for row in rows]
+            return [_mst_record(row) for row in rows]
 
     # -- results ---------------------------------------------------------------------
     def record_visits(self, name: str, visits: Sequence[VisitRecord]) -> None:
@@ -478,7 +480,7 @@ class SQLStore(BaseStore):
             if mst_id is not None:
                 query = query.where(StepRow.mst_id == mst_id)
             rows = session.scalars(query.order_by(StepRow.mst_id, StepRow.id)).all()
-            return [_to_record(StepRecord, row) for row in rows]
+            return [_step_record(row) for row in rows]
 
     def list_epochs(self, name: str, mst_id: int | None = None) -> list[EpochRecord]:
         with self._transaction(f"listing the epochs of experiment {name!r}") as session:
@@ -559,7 +561,12 @@ class SQLStore(BaseStore):
             return [_command_record(row) for row in rows]
 
     def set_command_status(
-        self, command_id: int, status: CommandStatus, message: str | None = None
+        self,
+        command_id: int,
+        status: CommandStatus,
+        message: str | None = None,
+        *,
+        new_mst_id: int | None = None,
     ) -> None:
         status = _enum(CommandStatus, status, "status")
         if status is CommandStatus.PENDING:
@@ -581,6 +588,7 @@ class SQLStore(BaseStore):
                     f"{row.applied_at}; a command is applied or rejected once"
                 )
             row.status, row.applied_at, row.message = status.value, utcnow(), message
+            row.new_mst_id = new_mst_id
 
     def row_counts(self, name: str) -> dict[str, int]:
         tables: dict[str, type[MSTRow | StepRow | EpochRow | EventRow | CommandRow]] = {
@@ -600,7 +608,7 @@ class SQLStore(BaseStore):
 
 
 # The newest migration in store/migrations/versions (a test holds the two equal).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 _VERSION_TABLE = "alembic_version"
 
 

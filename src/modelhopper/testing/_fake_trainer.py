@@ -33,9 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelhopper._vocabulary import MST, Decision, EpochResult, MSTStatus
 from modelhopper.errors import ConfigError, ModelHopperError, MSTFailedError
-from modelhopper.procedures._base import MST, BaseProcedure, Decision, EpochResult
-from modelhopper.result import MSTStatus
+from modelhopper.procedures._base import BaseProcedure
 
 __all__ = ["EpochLog", "FakeTrainer"]
 
@@ -129,7 +129,7 @@ class FakeTrainer:
 
     def extend(self, mst_id: int, epochs: int) -> None:
         self._check_id(mst_id)
-        if self._status[mst_id] in (MSTStatus.STOPPED, MSTStatus.FAILED):
+        if self._status[mst_id].ended:
             raise ConfigError(
                 f"MST {mst_id} is {self._status[mst_id].value} and cannot be extended"
             )
@@ -147,7 +147,7 @@ class FakeTrainer:
 
     def stop(self, mst_id: int) -> None:
         self._check_id(mst_id)
-        if self._status[mst_id] not in (MSTStatus.PENDING, MSTStatus.RUNNING):
+        if not self._status[mst_id].active:
             raise ConfigError(
                 f"MST {mst_id} is already {self._status[mst_id].value}; only pending or running "
                 "MSTs can be stopped"
@@ -157,9 +157,9 @@ class FakeTrainer:
     def msts(self) -> list[MST]:
         return list(self._msts)
 
-    def status(self, mst_id: int) -> str:
+    def status(self, mst_id: int) -> MSTStatus:
         self._check_id(mst_id)
-        return self._status[mst_id].value
+        return self._status[mst_id]
 
     def budget(self, mst_id: int) -> int:
         self._check_id(mst_id)
@@ -208,7 +208,7 @@ class FakeTrainer:
         ``notify``) call ``on_epoch_end`` and apply its decision: for tests that script
         results rather than run them."""
         self._check_id(mst_id)
-        if self._status[mst_id] not in (MSTStatus.PENDING, MSTStatus.RUNNING):
+        if not self._status[mst_id].active:
             raise ConfigError(f"MST {mst_id} is {self._status[mst_id].value}: it has no epoch left")
         self._status[mst_id] = MSTStatus.RUNNING
         return self._record(mst_id, self._done[mst_id], value, notify=notify)
@@ -242,7 +242,7 @@ class FakeTrainer:
         return [
             m.id
             for m in self._msts
-            if self._status[m.id] in (MSTStatus.PENDING, MSTStatus.RUNNING)
+            if self._status[m.id].active
             and self._done[m.id] < self._budget[m.id]
             and m.id not in flying
         ]
@@ -275,7 +275,7 @@ class FakeTrainer:
         self._flights.remove(flight)
         self.time = flight.end
         mst_id = flight.mst_id
-        live = self._status[mst_id] not in (MSTStatus.STOPPED, MSTStatus.FAILED)
+        live = not self._status[mst_id].ended
         self.log.append(
             EpochLog(flight.start, flight.end, flight.worker, mst_id, flight.epoch, live)
         )
@@ -302,7 +302,7 @@ class FakeTrainer:
         decision = Decision.CONTINUE
         if notify:  # as the driver: the status still says running during the hook
             decision = Decision(self.procedure.on_epoch_end(self, result))
-        if self._status[mst_id] in (MSTStatus.STOPPED, MSTStatus.FAILED):
+        if self._status[mst_id].ended:
             return decision  # the procedure stopped it via stop()
         if decision is Decision.STOP and self._done[mst_id] < self._budget[mst_id]:
             self._stop(mst_id)

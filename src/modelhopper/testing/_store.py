@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from modelhopper._vocabulary import MSTStatus, StepKind
 from modelhopper.errors import StoreError
 from modelhopper.store import (
     BaseStore,
@@ -69,7 +70,7 @@ def _mst(mst_id: int, **changes: Any) -> MSTRecord:
         mst_id=mst_id,
         params={"lr": 0.01 * (mst_id + 1), "layers": 2, "act": "relu", "dropout": None},
         seed=1_000 + mst_id,
-        status="pending",
+        status=MSTStatus.PENDING,
         n_epochs=3,
     )
     return dataclasses.replace(record, **changes)
@@ -79,7 +80,7 @@ def _step(mst_id: int, epoch: int, shard: int, kind: str = "train", **changes: A
     record = StepRecord(
         mst_id=mst_id,
         epoch=epoch,
-        kind=kind,
+        kind=StepKind(kind),
         shard=shard,
         position=shard,
         worker=shard % 2,
@@ -232,8 +233,12 @@ class StoreConformance:
         store.create_experiment(_experiment())
         msts = [
             _mst(2, seed=2**63 - 1),
-            _mst(0, status="running", n_epochs=9, checkpoint="/c/0", best_checkpoint="/c/0b"),
-            _mst(1, parent=0, status="failed", error="NaN loss", traceback="Traceback ...\n"),
+            _mst(
+                0, status=MSTStatus.RUNNING, n_epochs=9, checkpoint="/c/0", best_checkpoint="/c/0b"
+            ),
+            _mst(
+                1, parent=0, status=MSTStatus.FAILED, error="NaN loss", traceback="Traceback ...\n"
+            ),
         ]
         before = _now()
         store.add_msts("run-a", msts)
@@ -241,6 +246,8 @@ class StoreConformance:
         got = store.list_msts("run-a")
         assert [m.mst_id for m in got] == [0, 1, 2]
         assert [_without_times(m) for m in got] == [msts[1], msts[2], msts[0]]
+        assert [m.status for m in got] == [MSTStatus.RUNNING, MSTStatus.FAILED, MSTStatus.PENDING]
+        assert all(type(m.status) is MSTStatus for m in got)  # the enum, not its string
         for m in got:
             _assert_utc_between(m.created_at, before, after)
             assert m.updated_at == m.created_at
@@ -305,7 +312,11 @@ class StoreConformance:
             store.update_mst("run-a", 0, colour="red")
         with pytest.raises(StoreError, match=r"'nope'"):
             store.update_mst("nope", 0, status="running")
-        assert _without_times(store.list_msts("run-a")[0]) == _mst(0)
+        with pytest.raises(StoreError, match=r"MST status must be a MSTStatus.*'paused'"):
+            store.update_mst("run-a", 0, status="paused")
+        with pytest.raises(StoreError, match=r"status of MST 1 .*'paused'"):
+            store.add_msts("run-a", [_mst(1, status="paused")])
+        assert [_without_times(m) for m in store.list_msts("run-a")] == [_mst(0)]
 
     # -- visits: steps, epochs, MST fields, events -----------------------------------
     def test_record_visit_round_trip(self, store: BaseStore) -> None:
@@ -332,6 +343,7 @@ class StoreConformance:
             _without_times(s) for s in [*first, *second, _step(1, 0, 0)]
         ]
         assert steps[1].finished_at == finished
+        assert all(type(s.kind) is StepKind for s in steps)  # the enum, not its string
         for s in (steps[0], *steps[2:]):
             _assert_utc_between(s.finished_at, before, after)
         assert [_without_times(s) for s in store.list_steps("run-a", 1)] == [_step(1, 0, 0)]
@@ -550,9 +562,9 @@ class StoreConformance:
         assert store.pending_commands("run-b") == [other]
         assert store.row_counts("run-a")["commands"] == 2  # applied commands are kept
         done = store.list_commands("run-a")
-        assert [(c.id, c.status, c.message) for c in done] == [
-            (stop.id, CommandStatus.APPLIED, None),
-            (clone.id, CommandStatus.REJECTED, "MST 0 has failed"),
+        assert [(c.id, c.status, c.message, c.new_mst_id) for c in done] == [
+            (stop.id, CommandStatus.APPLIED, None, None),
+            (clone.id, CommandStatus.REJECTED, "MST 0 has failed", None),
         ]
         assert all(c.applied_at is not None and c.applied_at >= c.created_at for c in done)
 
@@ -564,6 +576,11 @@ class StoreConformance:
         with pytest.raises(StoreError, match=rf"\b{missing}\b"):
             store.set_command_status(missing, CommandStatus.APPLIED)
         assert store.pending_commands("run-b") == [other]
+        added = store.add_command("run-b", "add", {"params": {"lr": 0.1}})
+        store.set_command_status(added.id, CommandStatus.APPLIED, "added MST 7", new_mst_id=7)
+        assert [(c.id, c.new_mst_id) for c in store.list_commands("run-b")] == [
+            (other.id, None), (added.id, 7),
+        ]  # fmt: skip
 
     def test_commands_of_unknown_experiment_raise(self, store: BaseStore) -> None:
         with pytest.raises(StoreError, match=r"'nope'"):

@@ -1,5 +1,6 @@
 """Visits from steps: the workers' timeline, shared by the dashboard and ``Result.plot``.
 
+
 A visit is one MST on one worker: its steps are recorded together, so they share
 their finish time. Plain functions over records, no store.
 """

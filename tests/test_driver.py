@@ -1,0 +1,265 @@
+"""The driver's loop in this process: real shard workers behind a fake executor.
+
+No worker processes start, so each test runs in well under a second: the
+executor runs each visit at once on an in-process ``ShardWorker`` and hands the
+results back in a seeded order (a few at a time, as real workers finish), and
+can make a visit "crash" as a killed worker would. The store is a real SQLite
+file and the checkpoints real files. The end-to-end tests through worker
+processes (test_experiment, test_recovery, test_equivalence...) stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper._driver import Driver
+from modelhopper.commands import CommandKind, submit
+from modelhopper.data._sharding import ShardInfo, open_shard, write_shards
+from modelhopper.errors import AllMSTsFailedError
+from modelhopper.executors import BaseExecutor, VisitResult, VisitTask
+from modelhopper.executors._worker import ShardWorker
+from modelhopper.store import EventKind, ExperimentRecord, RunStatus, SQLStore
+from modelhopper.store._checkpoints import CheckpointManager
+
+N_WORKERS = 2
+
+
+def estimator(params: dict[str, Any]) -> mh.Estimator:
+    if params.get("fail"):
+        raise RuntimeError("this MST is meant to fail")
+    model = nn.Sequential(nn.Linear(4, params.get("hidden", 8)), nn.ReLU(),
+                          nn.Linear(params.get("hidden", 8), 2))  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.get("lr", 0.1))
+    return mh.Estimator(model, optimizer, nn.CrossEntropyLoss(), metrics=["accuracy"],
+                        batch_size=16)  # fmt: skip
+
+
+class InProcessExecutor(BaseExecutor):
+    """Runs visits at once in this process; returns finished ones in a seeded order.
+
+    ``crash``: the numbers (1-based, in submission order) of the visits whose worker
+    "dies": the visit is lost, its worker replaced by a fresh one (an empty cache).
+    ``interrupt_after``: raise KeyboardInterrupt from ``wait`` once this many visits
+    were handed back (the driver stops as if killed; what it recorded stays).
+    """
+
+    def __init__(
+        self, *, seed: int = 0, crash: Sequence[int] = (), interrupt_after: int | None = None
+    ) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._crash = set(crash)
+        self._interrupt_after = interrupt_after
+        self._workers: list[ShardWorker] = []
+        self._done: list[VisitResult] = []
+        self._factory: Callable[..., Any] | None = None
+        self._shards: list[ShardInfo] = []
+        self.n_submitted = self.n_returned = 0
+
+    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+        self._shards, self._factory = list(shards), factory
+        self._workers = [self._worker(i) for i in range(len(shards))]
+
+    def _worker(self, index: int) -> ShardWorker:
+        info = self._shards[index]
+        assert self._factory is not None
+        return ShardWorker(index, open_shard(info.path), len(self._shards), self._factory)
+
+    def submit(self, worker: int, task: VisitTask) -> None:
+        assert all(r.worker != worker for r in self._done), "a busy worker got a visit"
+        self.n_submitted += 1
+        if self.n_submitted in self._crash:
+            self._workers[worker] = self._worker(worker)
+            self._done.append(VisitResult(worker, task.mst_id, crashed=True))
+        else:
+            self._done.append(self._workers[worker].run(task))
+
+    def wait(self) -> list[VisitResult]:
+        assert self._done, "the driver waits with no visit in flight"
+        if self._interrupt_after is not None and self.n_returned >= self._interrupt_after:
+            raise KeyboardInterrupt
+        n = int(self._rng.integers(1, len(self._done) + 1))
+        order = self._rng.permutation(len(self._done))
+        back = [self._done[i] for i in order[:n]]
+        self._done = [self._done[i] for i in order[n:]]
+        self.n_returned += len(back)
+        return back
+
+    def shutdown(self) -> None:
+        self._workers = []
+
+    @property
+    def resident_shard_bytes(self) -> list[int]:
+        return [info.nbytes for info in self._shards]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> list[ShardInfo]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    data = mh.Dataset.from_numpy(x[:160], y[:160], x[160:], y[160:])
+    return write_shards(data, N_WORKERS, tmp_path_factory.mktemp("shards"), seed=0)
+
+
+class Run:
+    """One run's driver, store and executor, set up as ``run_search`` sets them up."""
+
+    def __init__(
+        self, procedure: mh.BaseProcedure, directory: Path, executor: InProcessExecutor
+    ) -> None:
+        self.procedure, self.directory, self.executor = procedure, directory, executor
+        self.store = SQLStore(path=directory / "runs.db")
+        self.name = "run"
+        self.store.create_experiment(ExperimentRecord(
+            name=self.name, status=RunStatus.RUNNING, procedure=type(procedure).__name__,
+            spec=procedure.settings(), space=procedure.space.to_dict(), seed=procedure.seed,
+            n_workers=N_WORKERS, run_dir=str(directory),
+        ))  # fmt: skip
+
+    def driver(self, executor: InProcessExecutor | None = None) -> Driver:
+        return Driver(
+            name=self.name, procedure=self.procedure, executor=executor or self.executor,
+            store=self.store, checkpoints=CheckpointManager(self.directory / "checkpoints"),
+            n_workers=N_WORKERS,
+        )  # fmt: skip
+
+    def start(self, shards: list[ShardInfo]) -> mh.RunStats:
+        driver = self.driver()
+        self.procedure.on_start(driver)
+        self.executor.start(shards, self.procedure.make_estimator)
+        return driver.run()
+
+    def metrics(self) -> dict[tuple[int, int], dict[str, float]]:
+        return {(e.mst_id, e.epoch): dict(e.metrics) for e in self.store.list_epochs(self.name)}
+
+    def statuses(self) -> dict[int, str]:
+        return {m.mst_id: m.status.value for m in self.store.list_msts(self.name)}
+
+    def events(self, kind: EventKind) -> list[Any]:
+        return [e for e in self.store.list_events(self.name) if e.kind is kind]
+
+
+def grid(**kwargs: Any) -> mh.GridSearch:
+    space = {"hidden": mh.grid([4, 8]), "lr": mh.grid([0.05, 0.2])}
+    return mh.GridSearch(estimator, space, epochs=kwargs.pop("epochs", 2), **kwargs)
+
+
+def test_the_loop_trains_every_mst_to_its_budget_and_records_every_step(shards, tmp_path):
+    run = Run(grid(), tmp_path, InProcessExecutor())
+    stats = run.start(shards)
+
+    assert run.statuses() == dict.fromkeys(range(4), "completed")
+    steps = run.store.list_steps(run.name)
+    assert len(steps) == stats.n_steps == 4 * 2 * (N_WORKERS + N_WORKERS)  # MSTs x epochs x
+    for (mst_id, epoch), _ in run.metrics().items():  # every shard trained and evaluated once
+        mine = [s for s in steps if (s.mst_id, s.epoch) == (mst_id, epoch)]
+        assert sorted((s.kind.value, s.shard) for s in mine) == [
+            ("eval", 0), ("eval", 1), ("train", 0), ("train", 1),
+        ]  # fmt: skip
+    assert sorted(run.metrics()) == [(m, e) for m in range(4) for e in range(2)]
+    assert stats.n_visits == run.executor.n_submitted
+    assert stats.resident_shard_bytes == tuple(s.nbytes for s in shards)
+    for mst in run.store.list_msts(run.name):
+        assert mst.checkpoint and Path(mst.checkpoint).is_file()
+        assert mst.best_checkpoint and Path(mst.best_checkpoint).is_file()
+    assert len(run.events(EventKind.MST_COMPLETED)) == 4
+
+
+def test_results_do_not_depend_on_the_order_visits_finish(shards, tmp_path):
+    first = Run(grid(), tmp_path / "a", InProcessExecutor(seed=1))
+    second = Run(grid(), tmp_path / "b", InProcessExecutor(seed=2))
+    first.start(shards)
+    second.start(shards)
+    assert first.metrics() == second.metrics()
+    assert len(first.metrics()) == 8
+
+
+def test_a_crashed_visit_runs_again_and_changes_no_result(shards, tmp_path):
+    clean = Run(grid(), tmp_path / "clean", InProcessExecutor())
+    crashed = Run(grid(), tmp_path / "crashed", InProcessExecutor(crash=(2, 5, 11)))
+    clean.start(shards)
+    crashed.start(shards)
+    assert crashed.metrics() == clean.metrics()
+    assert len(crashed.events(EventKind.WORKER_RESTARTED)) == 3
+
+
+def test_a_failing_mst_fails_alone_and_all_failing_raises(shards, tmp_path):
+    space = {"hidden": 8, "fail": mh.grid([False, True])}
+    run = Run(mh.GridSearch(estimator, space, epochs=2), tmp_path / "one", InProcessExecutor())
+    with pytest.warns(UserWarning, match="MST 1 .* failed: .*meant to fail; the others go on"):
+        run.start(shards)
+    assert run.statuses() == {0: "completed", 1: "failed"}
+    (failed,) = [m for m in run.store.list_msts(run.name) if m.mst_id == 1]
+    assert "meant to fail" in (failed.error or "")
+
+    doomed = mh.GridSearch(estimator, {"fail": mh.grid([True])}, epochs=1)
+    run = Run(doomed, tmp_path / "all", InProcessExecutor())
+    with pytest.warns(UserWarning), pytest.raises(AllMSTsFailedError, match="all 1 MSTs failed"):
+        run.start(shards)
+
+
+def test_asha_stops_msts_and_marks_every_decided_epoch(shards, tmp_path):
+    space = {"hidden": mh.choice([4, 8, 16]), "lr": mh.loguniform(0.01, 0.5)}
+    asha = mh.ASHA(estimator, space, max_epochs=4, n_msts=6, reduction_factor=2, seed=3)
+    run = Run(asha, tmp_path, InProcessExecutor())
+    run.start(shards)
+
+    assert set(run.statuses().values()) == {"completed"}
+    epochs = [sum(m == mst for m, _ in run.metrics()) for mst in range(6)]
+    assert max(epochs) == 4 and min(epochs) == 1  # promoted to the top rung, or left at rung 0
+    decided = {(e.mst_id, e.detail["epoch"]) for e in run.events(EventKind.EPOCH_DECIDED)}
+    assert decided == set(run.metrics())  # every epoch decided once, after its commit
+    assert len(run.events(EventKind.EPOCH_DECIDED)) == len(decided)
+
+
+def test_commands_act_through_the_drivers_public_interface(shards, tmp_path):
+    run = Run(grid(epochs=1), tmp_path, InProcessExecutor())
+    driver = run.driver()
+    run.procedure.on_start(driver)
+    submit(run.store, run.name, CommandKind.STOP, {"mst_id": 3})
+    submit(run.store, run.name, CommandKind.CLONE,
+           {"mst_id": 0, "changes": {"lr": 0.2}, "warm_start": False})  # fmt: skip
+    submit(run.store, run.name, CommandKind.ADD, {"params": {"hidden": 8, "lr": 0.05}})
+    submit(run.store, run.name, CommandKind.STOP, {"mst_id": 3})  # rejected: already stopped
+    run.executor.start(shards, run.procedure.make_estimator)
+    driver.run()
+
+    commands = run.store.list_commands(run.name)
+    assert [(c.kind, c.status.value, c.new_mst_id) for c in commands] == [
+        ("stop", "applied", None), ("clone", "applied", 4), ("add", "applied", 5),
+        ("stop", "rejected", None),
+    ]  # fmt: skip
+    assert "MST 3 is already stopped" in (commands[-1].message or "")
+    assert run.statuses() == {0: "completed", 1: "completed", 2: "completed", 3: "stopped",
+                              4: "completed", 5: "completed"}  # fmt: skip
+    msts = {m.mst_id: m for m in run.store.list_msts(run.name)}
+    assert (msts[4].parent, msts[4].params) == (0, {"hidden": 4, "lr": 0.2})
+    assert [m.id for m in driver.msts()] == list(range(6))
+
+
+def test_a_restored_driver_finishes_as_an_uninterrupted_one(shards, tmp_path):
+    whole = Run(grid(epochs=3), tmp_path / "whole", InProcessExecutor())
+    whole.start(shards)
+
+    cut = Run(grid(epochs=3), tmp_path / "cut", InProcessExecutor(interrupt_after=9))
+    with pytest.raises(KeyboardInterrupt):
+        cut.start(shards)
+    done_before = len(cut.metrics())
+    assert 0 < done_before < len(whole.metrics())
+
+    again = InProcessExecutor(seed=5)
+    driver = cut.driver(again)
+    driver.restore(cut.store.list_msts(cut.name))
+    cut.procedure.on_start(driver)  # adds nothing: the MSTs are there
+    again.start(shards, cut.procedure.make_estimator)
+    driver.run()
+    assert cut.metrics() == whole.metrics()
+    assert len(cut.store.list_steps(cut.name)) == len(whole.store.list_steps(whole.name))
