@@ -12,7 +12,7 @@ import grimp
 import pytest
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ground", ("errors", "_vocabulary", "_ranking", "_progress", "_state_format",
+    ("ground", ("errors", "_checks", "_vocabulary", "_ranking", "_progress", "_state_format",
                 "_process", "_version", "provenance")),
     ("foundations", ("_domains", "space", "data", "store", "scheduling", "_loader",
                      "_procedure_file")),

@@ -70,7 +70,7 @@ def test_apply_in_chunks_equals_one_call():
         ({"name": ""}, "name must be a non-empty string"),
         ({"fn": 3}, "fn must be callable"),
         ({"params": {"w": object()}}, "params must hold plain values"),
-        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"digest": 5}, "digest must be a string or a function"),
     ],
 )

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper._progress import ProgressBar
 from modelhopper._recording import FinishedVisit, Recorder
 from modelhopper._vocabulary import (
@@ -140,8 +141,7 @@ class Driver:
     ) -> MST:
         """Start a new MST (recorded in the store before it can run)."""
         checked = self._procedure.space.validate_point(params)
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+        check_int("epochs", epochs)
         if parent is not None:
             self._tracked(parent)
         if warm_start and parent is None:

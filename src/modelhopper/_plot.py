@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from modelhopper._checks import check_int
 from modelhopper._ranking import ranked
 from modelhopper.errors import ConfigError, ModelHopperError
 from modelhopper.store import DEFAULT_ROOT, BaseStore, EventKind, open_store
@@ -64,8 +65,7 @@ def plot_result(
     store: str | BaseStore | None = None,
 ) -> Figure:
     """Curves of ``metric`` for the ``top`` best MSTs, above the workers' timeline."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConfigError(f"top must be an integer >= 1, got {top!r}; e.g. top=20")
+    check_int("top", top, example="top=20")
     metric = metric or result.metric
     known = {k for m in result.msts for row in m.history for k in row}
     if result.msts and any(m.history for m in result.msts) and metric not in known:

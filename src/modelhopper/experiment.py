@@ -22,6 +22,7 @@ import cloudpickle
 import numpy as np
 from torch import nn
 
+from modelhopper._checks import check_int
 from modelhopper._driver import DECISION_MARKERS, Driver
 from modelhopper._preflight import first_msts, preflight
 from modelhopper._procedure_file import dump_procedure, load_procedure, write_procedure
@@ -62,8 +63,7 @@ def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
             f"data must be a modelhopper.Dataset, got {type(data).__name__}; build one with "
             "Dataset.from_numpy / from_pandas / from_parquet / from_image_folder / from_torch"
         )
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}; e.g. n_workers=2")
+    check_int("n_workers", n_workers, example="n_workers=2")
     for split, name in ((data.train, "training"), (data.validation, "validation")):
         if len(split) < n_workers:
             raise ConfigError(

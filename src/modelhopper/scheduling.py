@@ -30,6 +30,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper._vocabulary import Step, StepKind
 from modelhopper.errors import ConfigError
 
@@ -126,11 +127,7 @@ class MOPScheduler:
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
         seed: int = 0,
     ) -> None:
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ConfigError(
-                f"n_workers must be an integer >= 1, got {n_workers!r}; "
-                "use one worker per shard you want (e.g. n_workers=2)"
-            )
+        check_int("n_workers", n_workers, example="n_workers=2 (one worker per shard)")
         self.n_workers = n_workers
         self.policy = _parse_policy(policy)
         self.seed = seed

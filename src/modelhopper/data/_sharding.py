@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper.data._dataset import Dataset, Split
 from modelhopper.data._encoded import Codec, EncodedColumn, EncodedWriter
 from modelhopper.data._streaming import RecordChunk, RecordSource, StreamedSplit
@@ -69,8 +70,7 @@ def shard_indices(n: int, n_shards: int, seed: int, *, salt: int = 0) -> list[np
 
 
 def _check_shardable(dataset: Dataset, n_shards: int) -> None:
-    if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
-        raise ConfigError(f"n_workers must be an integer >= 1, got {n_shards!r}")
+    check_int("n_workers", n_shards, example="n_workers=2")
     for name, split in (("training", dataset.train), ("validation", dataset.validation)):
         if len(split) < n_shards:
             raise ConfigError(

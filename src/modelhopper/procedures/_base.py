@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from modelhopper._checks import check_int
 from modelhopper._ranking import score
 from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Trainer
 from modelhopper.errors import ConfigError, SpaceError
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
     from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
-
-
-def _check_positive_int(name: str, value: object, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}; e.g. {example}")
-    return value
 
 
 class BaseProcedure:
@@ -64,7 +59,7 @@ class BaseProcedure:
                 "give at least one, e.g. {'lr': mh.loguniform(1e-4, 1e-1)}, or a constant "
                 "such as {'hidden': 64} for a single MST"
             )
-        self.epochs = _check_positive_int("epochs", epochs, "epochs=5")
+        self.epochs = check_int("epochs", epochs, example="epochs=5")
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be a metric name such as 'val_loss', got {metric!r}")
         self.metric = metric
@@ -74,9 +69,7 @@ class BaseProcedure:
             raise ConfigError(
                 f"direction must be 'maximize' or 'minimize', got {direction!r}"
             ) from None
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0)
         self.policy = _parse_policy(policy)
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper._vocabulary import MSTStatus
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import Estimator
@@ -31,7 +32,6 @@ from modelhopper.procedures._base import (
     Decision,
     EpochResult,
     Trainer,
-    _check_positive_int,
 )
 from modelhopper.space import Space
 
@@ -112,10 +112,10 @@ class _Halving(BaseProcedure):
         reduction_factor: int = 3,
         **kwargs: Any,
     ) -> None:
-        max_epochs = _check_positive_int("max_epochs", max_epochs, "max_epochs=27")
+        max_epochs = check_int("max_epochs", max_epochs, example="max_epochs=27")
         super().__init__(make_estimator, space, epochs=max_epochs, **kwargs)
         self.max_epochs = max_epochs
-        self.min_epochs = _check_positive_int("min_epochs", min_epochs, "min_epochs=1")
+        self.min_epochs = check_int("min_epochs", min_epochs, example="min_epochs=1")
         if min_epochs > max_epochs:
             raise ConfigError(
                 f"min_epochs <= max_epochs must hold, got min_epochs={min_epochs}, "
@@ -131,7 +131,7 @@ class _Halving(BaseProcedure):
                 f"1/reduction_factor), got {reduction_factor!r}; e.g. reduction_factor=3"
             )
         self.reduction_factor = reduction_factor
-        self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=27")
+        self.n_msts = check_int("n_msts", n_msts, example="n_msts=27")
         self.rungs = rungs(self.min_epochs, self.max_epochs, self.reduction_factor)
         self._points: list[dict[str, Any]] = []
         self._rng: np.random.Generator | None = None

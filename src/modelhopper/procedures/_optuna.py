@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from modelhopper._checks import check_int
 from modelhopper._vocabulary import MSTStatus
 from modelhopper.errors import ConfigError, ModelHopperError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
@@ -35,7 +36,6 @@ from modelhopper.procedures._base import (
     Decision,
     EpochResult,
     Trainer,
-    _check_positive_int,
 )
 from modelhopper.space import (
     Choice,
@@ -173,8 +173,8 @@ class OptunaSearch(BaseProcedure):
         **kwargs: Any,
     ) -> None:
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
-        self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=32")
-        self.n_initial = _check_positive_int("n_initial", n_initial, "n_initial=4")
+        self.n_msts = check_int("n_msts", n_msts, example="n_msts=32")
+        self.n_initial = check_int("n_initial", n_initial, example="n_initial=4")
         base = _import_optuna().samplers.BaseSampler
         if sampler is not None and not isinstance(sampler, base):
             probe = sampler(self._seed_for(-1)) if callable(sampler) else None

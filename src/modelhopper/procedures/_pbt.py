@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import Estimator
 from modelhopper.procedures._base import (
@@ -31,7 +32,6 @@ from modelhopper.procedures._base import (
     Decision,
     EpochResult,
     Trainer,
-    _check_positive_int,
 )
 from modelhopper.result import MSTStatus
 from modelhopper.space import (
@@ -94,10 +94,10 @@ class PBT(BaseProcedure):
                 f"{list(self.space.names)} (list the hyperparameters, e.g. mutable=['lr'])"
             )
         self.mutable = names
-        self.population_size = _check_positive_int(
-            "population_size", population_size, "population_size=8"
+        self.population_size = check_int(
+            "population_size", population_size, example="population_size=8"
         )
-        self.interval = _check_positive_int("interval", interval, "interval=2")
+        self.interval = check_int("interval", interval, example="interval=2")
         if self.interval >= self.epochs:
             raise ConfigError(
                 f"interval < epochs must hold so members meet at a boundary, got "

@@ -5,8 +5,9 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper.estimator import Estimator
-from modelhopper.procedures._base import BaseProcedure, _check_positive_int
+from modelhopper.procedures._base import BaseProcedure
 from modelhopper.space import Space
 
 __all__ = ["RandomSearch"]
@@ -25,7 +26,7 @@ class RandomSearch(BaseProcedure):
         **kwargs: Any,
     ) -> None:
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
-        self.n_msts = _check_positive_int("n_msts", n_msts, "n_msts=16")
+        self.n_msts = check_int("n_msts", n_msts, example="n_msts=16")
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "n_msts": self.n_msts}

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelhopper._checks import check_int
 from modelhopper.errors import ConfigError, MSTFailedError
 
 __all__ = ["Representation"]
@@ -72,10 +73,7 @@ class Representation:
             raise ConfigError(f"Representation {name!r}: fn must be callable, got {fn!r}")
         params = dict(params or {})
         _check_plain(params, f"Representation {name!r} params")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(
-                f"Representation {name!r}: batch_size must be an int >= 1, got {batch_size!r}"
-            )
+        check_int(f"Representation {name!r}: batch_size", batch_size)
         if digest is not None and not (isinstance(digest, str) or callable(digest)):
             raise ConfigError(
                 f"Representation {name!r}: digest must be a string or a function returning "

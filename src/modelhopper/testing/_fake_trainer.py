@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelhopper._checks import check_int
 from modelhopper._vocabulary import MST, Decision, EpochResult, MSTStatus
 from modelhopper.errors import ConfigError, ModelHopperError, MSTFailedError
 from modelhopper.procedures._base import BaseProcedure
@@ -75,8 +76,7 @@ class FakeTrainer:
         cost: Callable[[dict[str, Any]], float] | None = None,
         max_epochs: int = 100_000,
     ) -> None:
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}; e.g. 2")
+        check_int("n_workers", n_workers, example="n_workers=2")
         self.procedure = procedure
         self._n_workers = n_workers
         self.objective_fn = objective_fn
@@ -111,8 +111,7 @@ class FakeTrainer:
         parent: int | None = None,
         warm_start: bool = False,
     ) -> MST:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"epochs must be an integer >= 1 to add an MST, got {epochs!r}")
+        check_int("epochs", epochs)
         if parent is not None:
             self._check_id(parent)
         if warm_start and parent is None:

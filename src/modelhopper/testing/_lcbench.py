@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from modelhopper._checks import check_int
 from modelhopper.errors import ConfigError, DataError
 from modelhopper.space import loguniform, randint, uniform
 
@@ -96,8 +97,7 @@ class LCBench:
             raise ConfigError(
                 "the LCBench surrogate needs onnxruntime: pip install 'onnxruntime==1.32.0'"
             ) from e
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ConfigError(f"n_threads must be an int >= 1, got {n_threads!r}")
+        check_int("n_threads", n_threads)
         self.path = default_path() if path is None else Path(path)
         missing = [name for name in _FILES if not (self.path / name).is_file()]
         if missing:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelhopper._checks import check_int
 from modelhopper.data import Dataset
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
@@ -90,8 +91,7 @@ def surrogate_estimator(params: dict[str, Any]) -> Estimator:
 
 def surrogate_dataset(n_workers: int) -> Dataset:
     """A placeholder Dataset the driver can shard over ``n_workers`` (contents ignored)."""
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ConfigError(f"n_workers must be an integer >= 1, got {n_workers!r}")
+    check_int("n_workers", n_workers)
     x = np.zeros((n_workers, 1), dtype=np.float32)
     y = np.zeros(n_workers, dtype=np.int64)
     return Dataset.from_numpy(x, y, x.copy(), y.copy())
