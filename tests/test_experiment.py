@@ -219,11 +219,26 @@ def _fit(data, tmp_path, **kwargs):
         ),
         ({"search": {"direction": "up"}}, r"direction must be 'maximize' or 'minimize', got 'up'"),
         ({"search": {"epochs": 0}}, r"epochs must be an integer >= 1, got 0; e.g. epochs=5"),
+        (
+            {"n_worker": 2},
+            r"fit\(\) got unknown option\(s\) \['n_worker'\]; its options are \['checkpoints', "
+            r"'executor', 'keep_shards', 'n_workers', 'progress', 'run_dir', 'run_name', 'store'\]",
+        ),
+        ({"run_name": "a b"}, r"run_name"),
     ],
 )
 def test_bad_arguments_are_rejected_clearly(digits, tmp_path, kwargs, message):
     with pytest.raises(mh.ConfigError, match=message):
         _fit(digits, tmp_path, **kwargs)
+
+
+def test_start_checks_its_options_before_anything_runs(digits, tmp_path):
+    store = f"sqlite:///{tmp_path}/runs.db"
+    search = mh.GridSearch(make_estimator, {"hidden": 16, "lr": 0.1}, epochs=1)
+    with pytest.raises(mh.ConfigError, match=r"start\(\) got unknown option\(s\) \['workers'\]"):
+        search.start(digits, workers=2, store=store)  # type: ignore[call-arg]
+    with SQLStore(store) as db:
+        assert db.list_experiments() == []  # nothing recorded
 
 
 def test_more_workers_than_training_examples(tmp_path):

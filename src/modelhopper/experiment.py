@@ -16,7 +16,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import cloudpickle
 import numpy as np
@@ -53,7 +53,36 @@ __all__ = [
     "check_run_name",
     "DEFAULT_ROOT",
     "RUN_NAME_MAX",
+    "RunOptions",
+    "check_options",
 ]
+
+
+class RunOptions(TypedDict, total=False):
+    """The options of a run: keywords of ``fit``, ``start`` and ``run_search`` alike."""
+
+    n_workers: int
+    executor: BaseExecutor | str | None
+    run_name: str | None
+    store: str | BaseStore | None
+    run_dir: str | os.PathLike[str] | None
+    progress: bool
+    keep_shards: bool
+    checkpoints: Retention | str
+
+
+def check_options(options: RunOptions, caller: str) -> RunOptions:
+    """``options`` if every key is a run option (checked before anything starts), with a
+    valid ``run_name``; else a ConfigError naming the unknown key and the known ones."""
+    known = RunOptions.__annotations__
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{caller}() got unknown option(s) {unknown}; its options are {sorted(known)}"
+        )
+    if options.get("run_name") is not None:
+        check_run_name(options["run_name"])  # type: ignore[arg-type]
+    return options
 
 
 # -- checks before any worker starts -------------------------------------------

@@ -11,9 +11,8 @@ continues with the same decisions. Tests drive them with a fake trainer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from modelhopper._checks import check_int
 from modelhopper._ranking import score
@@ -25,10 +24,9 @@ from modelhopper.space import Space
 
 if TYPE_CHECKING:
     from modelhopper.data import Dataset
-    from modelhopper.executors import BaseExecutor
+    from modelhopper.experiment import RunOptions
     from modelhopper.handle import RunHandle
     from modelhopper.result import Result
-    from modelhopper.store import BaseStore
 
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
 
@@ -120,56 +118,35 @@ class BaseProcedure:
     def make_mst(self, mst_id: int, params: Mapping[str, Any], parent: int | None = None) -> MST:
         return MST(mst_id, dict(params), derive_seed(self.seed, mst_id), parent)
 
-    def start(
-        self,
-        data: Dataset,
-        *,
-        n_workers: int = 2,
-        executor: BaseExecutor | str | None = None,
-        run_name: str | None = None,
-        store: str | BaseStore | None = None,
-        **kwargs: Any,
-    ) -> RunHandle:
-        """Start the run in the background and return a handle to watch and steer it."""
-        from modelhopper.experiment import DEFAULT_ROOT, check_run_name, new_run_name, run_search
+    def fit(self, data: Dataset, **options: Unpack[RunOptions]) -> Result:
+        """Train the proposed MSTs on ``n_workers`` workers with MOP and return the result.
+
+        The options (keywords; ``modelhopper.experiment.RunOptions``): ``n_workers``
+        (default 2); ``executor``: 'local' (default: worker processes on this
+        machine), 'ray' (a Ray instance, or the cluster this process joined with
+        ``ray.init``), or an executor such as ``RayExecutor(address="auto")``;
+        ``run_name`` (1 to 100 letters, digits, '.', '_' or '-'; default: generated);
+        ``store`` (a SQLAlchemy URL or a store; default a SQLite file under
+        ./modelhopper-runs/); ``run_dir`` for shards and checkpoints (default
+        ./modelhopper-runs/<run_name>); ``progress`` (a progress bar); ``keep_shards``;
+        ``checkpoints``: 'latest+best' (default), 'latest' or 'all'.
+        """
+        from modelhopper.experiment import check_options, run_search
+
+        return run_search(self, data, **check_options(options, "fit"))
+
+    def start(self, data: Dataset, **options: Unpack[RunOptions]) -> RunHandle:
+        """Start the run in the background and return a handle to watch and steer it.
+
+        Takes the options of ``fit``; the run is in the store when this returns.
+        """
+        from modelhopper.experiment import DEFAULT_ROOT, check_options, new_run_name, run_search
         from modelhopper.handle import RunHandle
         from modelhopper.store import BaseStore, open_store
 
-        name = new_run_name(self) if run_name is None else check_run_name(run_name)
+        options = check_options(options, "start")
+        run_name, store = options.get("run_name"), options.get("store")
+        name = new_run_name(self) if run_name is None else run_name
         db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
-        return RunHandle(name, db, lambda: run_search(
-            self, data, n_workers=n_workers, executor=executor, run_name=name, store=db,
-            **kwargs,
-        ))  # fmt: skip
-
-    def fit(
-        self,
-        data: Dataset,
-        *,
-        n_workers: int = 2,
-        executor: BaseExecutor | str | None = None,
-        run_name: str | None = None,
-        store: str | BaseStore | None = None,
-        run_dir: str | os.PathLike | None = None,
-        progress: bool = False,
-        keep_shards: bool = False,
-        checkpoints: str = "latest+best",
-    ) -> Result:
-        """Train the proposed MSTs on ``n_workers`` workers with MOP and return the result.
-
-        The run is recorded in ``store`` (a SQLAlchemy URL; default a SQLite file
-        under ./modelhopper-runs/) under ``run_name`` (1 to 100 letters, digits, '.', '_'
-        or '-'; default: generated); its shards and checkpoints go
-        to ``run_dir`` (default ./modelhopper-runs/<run_name>). ``checkpoints`` is
-        'latest+best', 'latest' or 'all'. ``executor`` is 'local' (default: worker
-        processes on this machine), 'ray' (a Ray instance, or the cluster this
-        process joined with ``ray.init``), or an executor such as
-        ``RayExecutor(address="auto")``.
-        """
-        from modelhopper.experiment import run_search
-
-        return run_search(
-            self, data, n_workers=n_workers, executor=executor, run_name=run_name,
-            store=store, run_dir=run_dir, progress=progress, keep_shards=keep_shards,
-            checkpoints=checkpoints,
-        )  # fmt: skip
+        chosen: RunOptions = {**options, "run_name": name, "store": db}
+        return RunHandle(name, db, lambda: run_search(self, data, **chosen))
