@@ -24,7 +24,7 @@ from modelhopper._driver import Driver
 from modelhopper.commands import CommandKind, submit
 from modelhopper.data._sharding import ShardInfo, open_shard, write_shards
 from modelhopper.errors import AllMSTsFailedError
-from modelhopper.executors import BaseExecutor, VisitResult, VisitTask
+from modelhopper.executors import BaseExecutor, StateSource, VisitResult, VisitTask
 from modelhopper.executors._worker import ShardWorker
 from modelhopper.store import EventKind, ExperimentRecord, RunStatus, SQLStore
 from modelhopper.store._checkpoints import CheckpointManager
@@ -62,6 +62,7 @@ class InProcessExecutor(BaseExecutor):
         self._factory: Callable[..., Any] | None = None
         self._shards: list[ShardInfo] = []
         self.n_submitted = self.n_returned = 0
+        self.sources: list[StateSource] = []  # of every task, in submission order
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         self._shards, self._factory = list(shards), factory
@@ -75,6 +76,7 @@ class InProcessExecutor(BaseExecutor):
     def submit(self, worker: int, task: VisitTask) -> None:
         assert all(r.worker != worker for r in self._done), "a busy worker got a visit"
         self.n_submitted += 1
+        self.sources.append(task.source)
         if self.n_submitted in self._crash:
             self._workers[worker] = self._worker(worker)
             self._done.append(VisitResult(worker, task.mst_id, crashed=True))
@@ -166,6 +168,10 @@ def test_the_loop_trains_every_mst_to_its_budget_and_records_every_step(shards, 
         ]  # fmt: skip
     assert sorted(run.metrics()) == [(m, e) for m in range(4) for e in range(2)]
     assert stats.n_visits == run.executor.n_submitted
+    sources = run.executor.sources  # each MST built once; a state sent exactly on a hop
+    assert sources.count(StateSource.FRESH) == 4
+    assert sources.count(StateSource.SENT) == stats.n_hops > 0
+    assert StateSource.HELD in sources
     assert stats.resident_shard_bytes == tuple(s.nbytes for s in shards)
     for mst in run.store.list_msts(run.name):
         assert mst.checkpoint and Path(mst.checkpoint).is_file()

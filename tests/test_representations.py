@@ -10,7 +10,7 @@ from torch import nn
 import modelhopper as mh
 from modelhopper.data._sharding import ShardData, open_shard, write_shards
 from modelhopper.estimator import state_from_bytes
-from modelhopper.executors import VisitTask
+from modelhopper.executors import StateSource, VisitTask
 from modelhopper.executors._worker import ShardWorker
 from modelhopper.representations import FeatureStore, MaterialiseBudget, Tier
 from modelhopper.scheduling import Step, StepKind
@@ -177,7 +177,7 @@ def make_estimator(p):
 
 def _visit(mst_id: int, repr_name: str) -> VisitTask:
     steps = (Step(StepKind.TRAIN, 0, 0, 0), Step(StepKind.EVAL, 0, 0, 0))
-    return VisitTask(mst_id, {"repr": repr_name}, 5, steps, None, True)
+    return VisitTask(mst_id, {"repr": repr_name}, 5, steps, StateSource.FRESH)
 
 
 def test_worker_materialises_once_for_msts_sharing_a_representation(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import modelhopper as mh
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, DataError, ExecutorError
-from modelhopper.executors import VisitResult, VisitTask
+from modelhopper.executors import StateSource, VisitResult, VisitTask
 from modelhopper.scheduling import Step, StepKind
 
 pytest.importorskip("onnxruntime")
@@ -193,7 +193,8 @@ def _eval(epoch: int, shard: int, position: int) -> Step:
 
 
 def _task(mst: int, steps: tuple[Step, ...], state: Any = None, **params: Any) -> VisitTask:
-    return VisitTask(mst, {**SENSIBLE, **params}, 0, steps, state, state is None)
+    source = StateSource.FRESH if state is None else StateSource.SENT
+    return VisitTask(mst, {**SENSIBLE, **params}, 0, steps, source, state)
 
 
 def _one(executor: SurrogateExecutor, worker: int, task: VisitTask) -> VisitResult:
@@ -244,7 +245,7 @@ def test_a_misplaced_or_impossible_step_fails_the_mst_saying_why(bench: LCBench)
     assert "use max_epochs <= 52" in str(late.error)
     unknown = _one(executor, 0, _task(3, (_train(0, 0, 0),), lr=0.1))
     assert "are not LCBench hyperparameters" in str(unknown.error)
-    nothing = _one(executor, 1, VisitTask(4, SENSIBLE, 0, (_train(0, 1, 0),), None, False))
+    nothing = _one(executor, 1, VisitTask(4, SENSIBLE, 0, (_train(0, 1, 0),), StateSource.HELD))
     assert "holds no state of MST 4" in str(nothing.error)
 
 
@@ -252,7 +253,10 @@ def test_a_warm_started_clone_continues_from_its_parents_epoch(bench: LCBench) -
     executor = _started(bench, 1)
     parent = _one(executor, 0, _task(0, (_train(0, 0, 0), _eval(0, 0, 0))))
     parent = _one(executor, 0, _task(0, (_train(1, 0, 0), _eval(1, 0, 0)), state=parent.state))
-    clone = VisitTask(1, SENSIBLE, 0, (_train(0, 0, 0), _eval(0, 0, 0)), None, True, parent.state)
+    clone = VisitTask(
+        1, SENSIBLE, 0, (_train(0, 0, 0), _eval(0, 0, 0)), StateSource.FRESH,
+        init_state=parent.state,
+    )  # fmt: skip
     result = _one(executor, 0, clone)
     curve = bench.curves(TASK, [SENSIBLE])
     assert result.outcomes[1].result.metric_sums["accuracy"] == curve["val_accuracy"][0, 2] / 100

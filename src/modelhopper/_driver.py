@@ -44,7 +44,14 @@ from modelhopper._vocabulary import (
 )
 from modelhopper.commands import apply_pending
 from modelhopper.errors import AllMSTsFailedError, ConfigError
-from modelhopper.executors import BaseExecutor, State, VisitResult, VisitTask, state_nbytes
+from modelhopper.executors import (
+    BaseExecutor,
+    State,
+    StateSource,
+    VisitResult,
+    VisitTask,
+    state_nbytes,
+)
 from modelhopper.scheduling import MOPScheduler, Visit, makespan_lower_bound
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
 from modelhopper.store._checkpoints import CheckpointManager
@@ -339,16 +346,18 @@ class Driver:
         for visit in self._scheduler.assign(idle):
             tracked = self._msts[visit.mst_id]
             mst = tracked.mst
-            fresh = mst.id not in self._states
-            state = None
-            if not fresh and not self._holds_latest(visit.worker, mst.id):
-                state = self._states[mst.id]
+            source, state, init = StateSource.FRESH, None, None
+            if mst.id not in self._states:
+                parent = self._warm_from.get(mst.id)
+                init = self._states.get(parent) if parent is not None else None
+            elif self._holds_latest(visit.worker, mst.id):
+                source = StateSource.HELD
+            else:
+                source, state = StateSource.SENT, self._states[mst.id]
                 self._n_hops += 1
                 self._hop_bytes += state_nbytes(state)
             self._moved_bytes[visit.worker] = state_nbytes(state) if state is not None else 0
-            parent = self._warm_from.get(mst.id) if fresh else None
-            init = self._states.get(parent) if parent is not None else None
-            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, state, fresh, init)
+            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, source, state, init)
             self._executor.submit(visit.worker, task)
             self._in_flight[visit.worker] = visit
             self._n_visits += 1

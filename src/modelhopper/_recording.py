@@ -181,9 +181,7 @@ class Recorder:
         visit = finished.visit
         mst = self._msts[visit.mst_id]
         mst.n_steps += len(visit.steps)
-        candidate = any(
-            s.kind is StepKind.TRAIN and s.position == self._n_shards - 1 for s in visit.steps
-        )
+        candidate = any(s.is_last(StepKind.TRAIN, self._n_shards) for s in visit.steps)
         keep_all = self._files.retention is Retention.ALL
         if mst.latest is None or keep_all or (finished.trains and (last_training or candidate)):
             state = state_bytes(finished.state)

@@ -96,6 +96,12 @@ class Step:
     shard: int
     position: int  # index of this shard in the epoch's train (or eval) order
 
+    def is_last(self, kind: StepKind, n_shards: int) -> bool:
+        """Whether this is the epoch's last step of ``kind``: the last training step ends
+        the epoch's training (its state is what the epoch evaluates), the last
+        evaluation ends the epoch."""
+        return self.kind is kind and self.position == n_shards - 1
+
 
 @dataclass(frozen=True)
 class RunStats:

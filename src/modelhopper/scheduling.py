@@ -250,18 +250,11 @@ class MOPScheduler:
         """True when nothing runs and no runnable MST has steps left."""
         return not self._busy and not any(self._waiting)
 
-    @property
-    def busy_workers(self) -> dict[int, int]:
-        return dict(self._busy)
-
     def remaining_steps(self, mst_id: int) -> int:
         return len(self._state(mst_id).pending)
 
     def n_epochs(self, mst_id: int) -> int:
         return self._state(mst_id).n_epochs
-
-    def is_running(self, mst_id: int) -> bool:
-        return self._state(mst_id).running
 
     def is_stopped(self, mst_id: int) -> bool:
         return self._state(mst_id).stopped
@@ -316,7 +309,7 @@ class MOPScheduler:
                 break
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1
-            if step.kind is StepKind.EVAL and step.position == self.n_workers - 1:
+            if step.is_last(StepKind.EVAL, self.n_workers):
                 break  # the epoch is evaluated: the procedure decides before more training
         return Visit(state.mst_id, worker, tuple(steps))
 
@@ -397,7 +390,7 @@ def simulate(
         idle.add(worker)
         if on_epoch_end is not None:
             for step in visit.steps:
-                if step.kind is StepKind.EVAL and step.position == p - 1:
+                if step.is_last(StepKind.EVAL, p):
                     on_epoch_end(scheduler, visit.mst_id, step.epoch)
     rows = {mst: i for i, mst in enumerate(sorted({mst for mst, _ in work}))}
     matrix = np.zeros((len(rows), p))

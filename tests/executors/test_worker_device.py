@@ -6,7 +6,7 @@ import torch
 
 from modelhopper.data._sharding import open_shard, write_shards
 from modelhopper.estimator import state_from_bytes
-from modelhopper.executors import VisitTask
+from modelhopper.executors import StateSource, VisitTask
 from modelhopper.executors._worker import ShardWorker
 from modelhopper.scheduling import Step, StepKind
 from modelhopper.testing import make_test_estimator
@@ -20,7 +20,7 @@ def test_a_worker_on_an_explicit_device_trains_the_same_and_hops_cpu_state(tmp_p
     device = "cuda" if torch.cuda.is_available() else "cpu"
     default = ShardWorker(0, open_shard(info.path), 1, make_test_estimator)
     placed = ShardWorker(0, open_shard(info.path), 1, make_test_estimator, device=device)
-    task = VisitTask(1, {"hidden": 8}, 5, STEPS, None, True)
+    task = VisitTask(1, {"hidden": 8}, 5, STEPS, StateSource.FRESH)
     got, want = placed.run(task), default.run(task)
     assert got.error is None, got.error
     estimator, _ = placed._cache[1]
@@ -31,5 +31,5 @@ def test_a_worker_on_an_explicit_device_trains_the_same_and_hops_cpu_state(tmp_p
         for name, tensor in state_from_bytes(want.state)["model"].items():
             assert torch.equal(state["model"][name], tensor), name
     # The state continues on a worker without the device (a hop to a CPU worker).
-    resumed = default.run(VisitTask(1, {"hidden": 8}, 5, STEPS, got.state, False))
+    resumed = default.run(VisitTask(1, {"hidden": 8}, 5, STEPS, StateSource.SENT, got.state))
     assert resumed.error is None, resumed.error

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from modelhopper._vocabulary import Step
@@ -14,6 +15,7 @@ from modelhopper.estimator import PassResult
 __all__ = [
     "BaseExecutor",
     "State",
+    "StateSource",
     "StateRef",
     "StepOutcome",
     "VisitResult",
@@ -51,21 +53,32 @@ def state_bytes(state: State) -> bytes:
     return state.fetch() if isinstance(state, StateRef) else state
 
 
+class StateSource(StrEnum):
+    """Where a visit's worker gets the MST's state from."""
+
+    FRESH = "fresh"  # none yet: build the MST from its params and seed
+    HELD = "held"  # the worker ran the MST's last visit and still holds it: no hop
+    SENT = "sent"  # the task carries it (a hop)
+
+
 @dataclass(frozen=True)
 class VisitTask:
-    """One MST's visit to one worker.
-
-    ``state`` is the MST's serialised state, or None when the worker must build
-    the MST fresh (``fresh``) or already holds its latest state (no hop needed).
-    """
+    """One MST's visit to one worker; ``state`` is the MST's state when ``source`` is SENT
+    (a transport such as Ray's may carry it beside the task until the worker has it)."""
 
     mst_id: int
     params: dict[str, Any]
     seed: int
     steps: tuple[Step, ...]
-    state: State | None
-    fresh: bool
+    source: StateSource
+    state: State | None = None
     init_state: State | None = None  # a fresh MST's starting weights (a warm-started clone)
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.source is not StateSource.SENT:
+            raise ValueError(f"a {self.source.value!r} visit task carries no state")
+        if self.init_state is not None and self.source is not StateSource.FRESH:
+            raise ValueError("only a fresh MST starts from init_state")
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,10 @@ class VisitResult:
     crashed: bool = False  # the worker died mid-visit (it was replaced); re-run the visit
     state_lost: bool = False  # with crashed: the state this visit got is gone; reload it
     traceback: str | None = None
-    state_seconds: float = 0.0  # time spent (de)serialising state on the worker
     busy_seconds: float = 0.0  # the whole visit on the worker, state handling included
+    # Bytes of the state this visit produced, where the state travels apart from this
+    # result (Ray: a second object; the result is sent with ``state=None``).
+    state_nbytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -133,9 +133,7 @@ class _ShardActor:
         result = self.runner.run(dataclasses.replace(task, state=state, init_state=init_state))
         out = result.state
         assert out is None or isinstance(out, bytes)
-        meta = dataclasses.replace(
-            result, state=None, extra={**result.extra, "nbytes": len(out or b"")}
-        )
+        meta = dataclasses.replace(result, state=None, state_nbytes=len(out or b""))
         return meta, out
 
 
@@ -453,9 +451,9 @@ class RayExecutor(BaseExecutor):
         except ray.exceptions.RayActorError:
             self._replace(worker, mst_id)
             return VisitResult(worker, mst_id, crashed=True)
-        if meta.error is not None or not meta.extra.get("nbytes"):
+        if meta.error is not None or not meta.state_nbytes:
             return meta
-        return dataclasses.replace(meta, state=_RayState(state_ref, meta.extra["nbytes"]))
+        return dataclasses.replace(meta, state=_RayState(state_ref, meta.state_nbytes))
 
     def _replace(self, worker: int, mst_id: int | None = None) -> None:
         """A new actor for a dead one: on the same node if it is alive, else anywhere."""

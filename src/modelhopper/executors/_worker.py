@@ -35,7 +35,13 @@ from modelhopper.estimator import (
     state_to_bytes,
     train_pass,
 )
-from modelhopper.executors._base import StepOutcome, VisitResult, VisitTask, state_bytes
+from modelhopper.executors._base import (
+    StateSource,
+    StepOutcome,
+    VisitResult,
+    VisitTask,
+    state_bytes,
+)
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 
 __all__ = ["ShardWorker", "warm_up_torch"]
@@ -98,9 +104,7 @@ class ShardWorker:
         return VisitResult(self.worker, task.mst_id, error=reason, traceback=traceback.format_exc())
 
     def _run(self, task: VisitTask) -> VisitResult:
-        started = time.perf_counter()
         estimator, rng = self._estimator_for(task)
-        state_seconds = time.perf_counter() - started
         train_x, val_x, transform, extra = self._inputs(estimator)
         torch.set_rng_state(rng)
         outcomes = []
@@ -115,24 +119,15 @@ class ShardWorker:
                     shard=step.shard,
                     transform=transform,
                 )
-                if step.position == self.n_shards - 1:
+                if step.is_last(StepKind.TRAIN, self.n_shards):
                     end_epoch(estimator)
             else:
                 result = evaluate_pass(estimator, val_x, self.shard.val_y, transform=transform)
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
-        started = time.perf_counter()
         state = state_to_bytes(self._with_device_rng(get_state(estimator, rng)))
-        state_seconds += time.perf_counter() - started
         self._remember(task.mst_id, estimator, rng)
-        return VisitResult(
-            self.worker,
-            task.mst_id,
-            tuple(outcomes),
-            state,
-            state_seconds=state_seconds,
-            extra=extra,
-        )
+        return VisitResult(self.worker, task.mst_id, tuple(outcomes), state, extra=extra)
 
     def _inputs(self, estimator: Estimator):
         """The x the model trains on: raw, materialised features, or raw plus a transform."""
@@ -149,7 +144,7 @@ class ShardWorker:
 
     def _estimator_for(self, task: VisitTask) -> tuple[Estimator, torch.Tensor]:
         cached = self._cache.get(task.mst_id)
-        if task.fresh:
+        if task.source is StateSource.FRESH:
             # Initial weights come from the MST's seed alone, or from the parent it clones.
             estimator = self._build(task)
             rng = torch.get_rng_state()
@@ -157,7 +152,7 @@ class ShardWorker:
                 init = state_from_bytes(state_bytes(task.init_state))
                 estimator.model.load_state_dict(init["model"])
             return estimator, rng
-        if task.state is None:
+        if task.source is StateSource.HELD:
             # The driver sends no state only when this worker ran the MST's last visit.
             if cached is None:
                 raise RuntimeError(
@@ -165,6 +160,8 @@ class ShardWorker:
                     "from state it does not hold"
                 )
             return cached
+        if task.state is None:
+            raise RuntimeError(f"MST {task.mst_id}'s visit was sent without its state")
         estimator = cached[0] if cached else self._build(task)
         state = state_from_bytes(state_bytes(task.state))
         cuda = self._cuda_device()

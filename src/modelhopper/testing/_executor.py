@@ -37,6 +37,7 @@ from modelhopper.errors import ExecutorError
 from modelhopper.estimator import Estimator, PassResult, state_from_bytes
 from modelhopper.executors import (
     BaseExecutor,
+    StateSource,
     VisitResult,
     VisitTask,
     state_bytes,
@@ -86,8 +87,13 @@ def _evaluate(epoch: int, shard: int, position: int) -> Step:
 
 
 def _task(mst_id: int, steps: tuple[Step, ...], state: Any = None, **params: Any) -> VisitTask:
-    fresh = params.pop("fresh", True) and state is None
-    return VisitTask(mst_id, {"hidden": 16, **params}, 1000 + mst_id, steps, state, fresh)
+    """A fresh MST's visit, or one that is sent ``state``, or (``held=True``) one whose
+    worker holds the MST's state."""
+    if state is not None:
+        source = StateSource.SENT
+    else:
+        source = StateSource.HELD if params.pop("held", False) else StateSource.FRESH
+    return VisitTask(mst_id, {"hidden": 16, **params}, 1000 + mst_id, steps, source, state)
 
 
 def _sums(result: PassResult) -> tuple[int, float, dict[str, float]]:
@@ -195,7 +201,7 @@ class ExecutorConformance(abc.ABC):
     ) -> None:
         first = _task(2, (_train(0, 0, 0),))
         self.run_one(started, 0, first)
-        again = _task(2, (_evaluate(0, 0, 0),), fresh=False)
+        again = _task(2, (_evaluate(0, 0, 0),), held=True)
         got = self.run_one(started, 0, again)
         oracle[0].run(first)
         expected = oracle[0].run(again)

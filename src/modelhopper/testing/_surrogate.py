@@ -64,6 +64,7 @@ from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.estimator import Estimator, PassResult
 from modelhopper.executors._base import (
     BaseExecutor,
+    StateSource,
     StepOutcome,
     VisitResult,
     VisitTask,
@@ -251,7 +252,7 @@ class SurrogateExecutor(BaseExecutor):
             self.finish_times[q.task.mst_id] = end
             for outcome in result.outcomes:
                 step = outcome.step
-                if step.kind is StepKind.EVAL and step.position == self._n - 1:
+                if step.is_last(StepKind.EVAL, self._n):
                     self.epoch_times[q.task.mst_id, step.epoch] = end
             heapq.heappush(self._events, (end, q.worker, result))
 
@@ -286,7 +287,7 @@ class SurrogateExecutor(BaseExecutor):
     def _state(self, worker: int, task: VisitTask) -> dict[str, Any]:
         if task.state is not None:
             return dict(json.loads(state_bytes(task.state)))
-        if task.fresh:
+        if task.source is StateSource.FRESH:
             offset = 0
             if task.init_state is not None:  # a warm start goes on from the parent's epoch
                 parent = json.loads(state_bytes(task.init_state))
