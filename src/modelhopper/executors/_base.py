@@ -10,6 +10,7 @@ from typing import Any
 
 from modelhopper._vocabulary import Step
 from modelhopper.data._sharding import ShardInfo
+from modelhopper.errors import ExecutorError
 from modelhopper.estimator import PassResult
 
 __all__ = [
@@ -144,6 +145,23 @@ class BaseExecutor(ABC):
 
     def __enter__(self) -> BaseExecutor:
         return self
+
+    # -- the guards every executor applies, with the same messages -----------------------
+    def _refuse_second_start(self, started: bool) -> None:
+        if started:
+            name = type(self).__name__
+            raise ExecutorError(f"this {name} is already started; use a new one per run")
+
+    @staticmethod
+    def _refuse_busy(worker: int, busy_with: int | None) -> None:
+        """``busy_with``: the MST the worker is running, or None if it is idle."""
+        if busy_with is not None:
+            raise ExecutorError(f"worker {worker} is busy with MST {busy_with}")
+
+    @staticmethod
+    def _refuse_idle_wait(n_in_flight: int) -> None:
+        if not n_in_flight:
+            raise ExecutorError("wait() with no visit in flight; submit one first")
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()

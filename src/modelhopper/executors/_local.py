@@ -171,13 +171,17 @@ class LocalExecutor(BaseExecutor):
         self._busy: dict[int, VisitTask] = {}
         self._lost: list[VisitResult] = []  # visits sent to a worker found dead, not yet reported
         self._resident: list[int] = []
-        self.restarts: list[int] = []  # deaths of each worker over the run (each one replaced)
         self._budget = RestartBudget(0, max_restarts, restart_window)
         self.start_methods: list[str] = []  # how each worker process was started, for tests
 
     @property
     def n_workers(self) -> int:
         return len(self._processes)
+
+    @property
+    def restarts(self) -> list[int]:
+        """Deaths of each worker over the run (each one replaced)."""
+        return list(self._budget.counts)
 
     @property
     def pids(self) -> list[int]:
@@ -194,8 +198,7 @@ class LocalExecutor(BaseExecutor):
             shared_zygote()
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
-        if self._processes:
-            raise ExecutorError("this LocalExecutor is already started; use a new one per run")
+        self._refuse_second_start(bool(self._processes))
         threads = self._threads(len(shards))
         blob = _pickle_factory(factory)
         root = shm_root() if self.shared_memory else None
@@ -208,7 +211,6 @@ class LocalExecutor(BaseExecutor):
             for i in shards
         ]
         self._processes = [None] * len(shards)  # type: ignore[list-item]
-        self.restarts = [0] * len(shards)
         self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
         self.start_methods = [""] * len(shards)
         for worker in range(len(shards)):
@@ -277,7 +279,6 @@ class LocalExecutor(BaseExecutor):
 
     def _relaunch(self, worker: int) -> None:
         """Count a death of the worker against its restart budget; start a new process for it."""
-        self.restarts[worker] += 1
         if crash_loop := self._budget.died(worker):
             raise self._died(worker, crash_loop, f"; {self._budget.fix('LocalExecutor')}")
         old = self._processes[worker]
@@ -288,8 +289,7 @@ class LocalExecutor(BaseExecutor):
         self._launch(worker)
 
     def submit(self, worker: int, task: VisitTask) -> None:
-        if worker in self._busy:
-            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker].mst_id}")
+        self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
         self._busy[worker] = task
         if not self._processes[worker].is_alive():
             # It died while idle: its replacement holds no MST in memory, so the visit
@@ -302,8 +302,7 @@ class LocalExecutor(BaseExecutor):
             self._processes[worker].conn.send(task)
 
     def wait(self) -> list[VisitResult]:
-        if not self._busy:
-            raise ExecutorError("wait() with no visit in flight; submit one first")
+        self._refuse_idle_wait(len(self._busy))
         if self._lost:
             return self._take_lost()
         # A worker that dies closes its end: its connection turns readable, then EOF. A

@@ -249,7 +249,6 @@ class RayExecutor(BaseExecutor):
         self._actors: list[Any] = []
         self._infos: list[dict[str, Any]] = []
         self._busy: dict[int, tuple[int, Any, Any]] = {}  # worker -> (mst, meta ref, state ref)
-        self.restarts: list[int] = []
         self.shipped_bytes = 0  # shard bytes the driver sent to nodes (data="ship")
 
     # -- what the run reports ------------------------------------------------------
@@ -260,6 +259,11 @@ class RayExecutor(BaseExecutor):
     @property
     def resident_shard_bytes(self) -> list[int]:
         return [info["nbytes"] for info in self._infos]
+
+    @property
+    def restarts(self) -> list[int]:
+        """Deaths of each worker over the run (each one replaced)."""
+        return list(self._budget.counts)
 
     @property
     def worker_nodes(self) -> list[str]:
@@ -310,14 +314,12 @@ class RayExecutor(BaseExecutor):
             return None
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
-        if self._actors:
-            raise ExecutorError("this RayExecutor is already started; use a new one per run")
+        self._refuse_second_start(bool(self._actors))
         self._ray = ray = import_ray()
         self._connect()
         self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_ShardActor)
         self._shards = list(shards)
         self._factory_blob = _pickle_factory(factory)
-        self.restarts = [0] * len(shards)
         self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
         self._actors = [self._create(w, "SPREAD") for w in range(len(shards))]
         self._infos = self._start_actors(list(range(len(shards))))
@@ -424,16 +426,14 @@ class RayExecutor(BaseExecutor):
 
     # -- visits --------------------------------------------------------------------
     def submit(self, worker: int, task: VisitTask) -> None:
-        if worker in self._busy:
-            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker][0]}")
+        self._refuse_busy(worker, self._busy[worker][0] if worker in self._busy else None)
         state, init = (_as_arg(s) for s in (task.state, task.init_state))
         bare = dataclasses.replace(task, state=None, init_state=None)
         meta, out = self._actors[worker].run.options(num_returns=2).remote(bare, state, init)
         self._busy[worker] = (task.mst_id, meta, out)
 
     def wait(self) -> list[VisitResult]:
-        if not self._busy:
-            raise ExecutorError("wait() with no visit in flight; submit one first")
+        self._refuse_idle_wait(len(self._busy))
         ray = self._ray
         by_ref = {meta: worker for worker, (_, meta, _) in self._busy.items()}
         ray.wait(list(by_ref), num_returns=1)
@@ -462,7 +462,6 @@ class RayExecutor(BaseExecutor):
         self._infos[worker] = self._start_actors([worker], mst_id)[0]
 
     def _count_death(self, worker: int, mst_id: int | None) -> None:
-        self.restarts[worker] += 1
         if crash_loop := self._budget.died(worker):
             doing = f" while running MST {mst_id}" if mst_id is not None else ""
             raise ExecutorError(

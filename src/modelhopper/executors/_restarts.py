@@ -61,9 +61,11 @@ class RestartBudget:
     def __init__(self, n_workers: int, max_restarts: int, window: float) -> None:
         self.max_restarts, self.window = max_restarts, float(window)
         self._deaths: list[deque[float]] = [deque() for _ in range(n_workers)]
+        self.counts = [0] * n_workers  # deaths of each worker over the run (each replaced)
 
     def died(self, worker: int) -> str:
         """Count a death now; past the budget, why it is a crash loop (else "")."""
+        self.counts[worker] += 1
         now = _clock()
         deaths = self._deaths[worker]
         deaths.append(now)

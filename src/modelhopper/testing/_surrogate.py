@@ -185,8 +185,7 @@ class SurrogateExecutor(BaseExecutor):
         return self._now
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
-        if self._started:
-            raise ExecutorError("this SurrogateExecutor is already started; use a new one per run")
+        self._refuse_second_start(self._started)
         self._started = True
         self._reset(len(shards), [s.nbytes for s in shards])
         self._returned_at = time.perf_counter()
@@ -196,14 +195,12 @@ class SurrogateExecutor(BaseExecutor):
             raise ExecutorError("submit() before start(); start the executor first")
         if not 0 <= worker < self._n:
             raise ExecutorError(f"worker {worker} does not exist; workers are 0..{self._n - 1}")
-        if worker in self._busy:
-            raise ExecutorError(f"worker {worker} is busy with MST {self._busy[worker]}")
+        self._refuse_busy(worker, self._busy.get(worker))
         self._busy[worker] = task.mst_id
         self._queued[worker] = _Queued(worker, task, self._now)
 
     def wait(self) -> list[VisitResult]:
-        if not self._busy:
-            raise ExecutorError("wait() with no visit in flight; submit one first")
+        self._refuse_idle_wait(len(self._busy))
         entered = time.perf_counter()
         if self._returned_at is not None:
             self.driver_seconds += entered - self._returned_at
