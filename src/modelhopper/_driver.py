@@ -366,8 +366,11 @@ class Driver:
                 self._started.append(mst.id)  # written after the dispatch, off the critical path
 
     def _mark_started(self) -> None:
-        for mst_id in self._started:
-            self._store.update_mst(self._name, mst_id, status=MSTStatus.RUNNING)
+        if not self._started:
+            return
+        with self._store.batch():  # one transaction for all MSTs that started together
+            for mst_id in self._started:
+                self._store.update_mst(self._name, mst_id, status=MSTStatus.RUNNING)
         self._started.clear()
 
     def _holds_latest(self, worker: int, mst_id: int) -> bool:

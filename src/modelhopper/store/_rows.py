@@ -96,12 +96,6 @@ def _check_same_mst(mst_id: int, steps: list[StepRecord], epochs: list[EpochReco
         )
 
 
-def _apply_mst_fields(row: MSTRow, fields: dict[str, Any], now: datetime) -> None:
-    for key, value in fields.items():
-        setattr(row, key, _text(value))
-    row.updated_at = now
-
-
 # -- rows <-> records ----------------------------------------------------------------
 def _experiment_record(row: ExperimentRow) -> ExperimentRecord:
     return _to_record(ExperimentRecord, row, status=RunStatus(row.status))

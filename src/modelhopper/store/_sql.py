@@ -22,10 +22,11 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -57,7 +58,6 @@ from modelhopper.store._engine import (
     _sqlite_file,
 )
 from modelhopper.store._rows import (
-    _apply_mst_fields,
     _check_mst_fields,
     _check_same_mst,
     _columns,
@@ -323,6 +323,32 @@ class SQLStore(BaseStore):
             f"first: {shown}{more}; check the run name (and store=)"
         )
 
+    def _experiment_id(self, session: Session, name: str) -> int:
+        """The experiment's row id, without loading its row (the hot paths need only this)."""
+        found = session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
+        if found is None:
+            raise StoreError(self._unknown_experiment(session, name))
+        return int(found)
+
+    def _update_mst(
+        self,
+        session: Session,
+        name: str,
+        experiment_id: int,
+        mst_id: int,
+        fields: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Set an MST's fields (and ``updated_at``) with one UPDATE; the MST must exist."""
+        values = {key: _text(value) for key, value in fields.items()} | {"updated_at": now}
+        changed = session.connection().execute(  # Core: no ORM synchronisation to pay
+            update(MSTRow)
+            .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == mst_id)
+            .values(**values)
+        ).rowcount  # type: ignore[attr-defined]
+        if not changed:
+            self._mst(session, self._experiment(session, name), mst_id)  # raises, naming the ids
+
     def _mst(self, session: Session, experiment: ExperimentRow, mst_id: int) -> MSTRow:
         row = session.get(MSTRow, (experiment.id, mst_id))
         if row is None:
@@ -406,8 +432,8 @@ class SQLStore(BaseStore):
         _check_mst_fields(fields, "update_mst")
         what = f"updating MST {mst_id} of experiment {name!r}"
         with self._transaction(what, write=True, driver=True) as session:
-            row = self._mst(session, self._experiment(session, name), mst_id)
-            _apply_mst_fields(row, fields, utcnow())
+            experiment_id = self._experiment_id(session, name)
+            self._update_mst(session, name, experiment_id, mst_id, fields, utcnow())
 
     def list_msts(self, name: str) -> list[MSTRecord]:
         with self._transaction(f"listing the MSTs of experiment {name!r}") as session:
@@ -433,21 +459,21 @@ class SQLStore(BaseStore):
         )
         now = utcnow()
         with self._transaction(what, write=True, driver=True, conflict=conflict) as session:
-            experiment = self._experiment(session, name)
-            msts = {i: self._mst(session, experiment, i) for i in ids}  # each must exist
+            experiment_id = self._experiment_id(session, name)
             # Written in this order, so a failure at any point undoes the earlier parts too;
-            # bulk inserts (executemany), not the ORM's unit of work: this runs every visit.
-            steps = [_finished(s, experiment.id, now) for v in visits for s in v.steps]
+            # UPDATEs and bulk inserts (executemany), not the ORM's unit of work: this runs
+            # for every visit. The MSTs first: each must exist (else its steps would break
+            # a foreign key, reported as something else).
+            for visit in visits:
+                self._update_mst(session, name, experiment_id, visit.mst_id, visit.mst_fields, now)
+            steps = [_finished(s, experiment_id, now) for v in visits for s in v.steps]
             if steps:
                 session.execute(insert(StepRow), steps)
             self._upsert_epochs(
-                session, [_finished(e, experiment.id, now) for v in visits for e in v.epochs]
+                session, [_finished(e, experiment_id, now) for v in visits for e in v.epochs]
             )
-            for visit in visits:
-                _apply_mst_fields(msts[visit.mst_id], visit.mst_fields, now)
-            session.flush()
             events = [
-                {"experiment_id": experiment.id, "time": now, "kind": kind.value,
+                {"experiment_id": experiment_id, "time": now, "kind": kind.value,
                  "mst_id": visit.mst_id, "worker": None, "detail": detail}
                 for visit, visit_kinds in zip(visits, kinds, strict=True)
                 for kind, (_, detail) in zip(visit_kinds, visit.events, strict=True)
@@ -553,8 +579,8 @@ class SQLStore(BaseStore):
 
     def _commands(self, name: str, *, pending_only: bool) -> list[CommandRecord]:
         with self._transaction(f"listing the commands of experiment {name!r}") as session:
-            experiment = self._experiment(session, name)
-            query = select(CommandRow).where(CommandRow.experiment_id == experiment.id)
+            experiment_id = self._experiment_id(session, name)
+            query = select(CommandRow).where(CommandRow.experiment_id == experiment_id)
             if pending_only:
                 query = query.where(CommandRow.status == CommandStatus.PENDING.value)
             rows = session.scalars(query.order_by(CommandRow.id)).all()
