@@ -12,8 +12,8 @@ import grimp
 import pytest
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ground", ("errors", "_checks", "_vocabulary", "_ranking", "_progress", "_state_format",
-                "_process", "_version", "provenance")),
+    ("ground", ("errors", "_checks", "_vocabulary", "_ranking", "_pareto", "_progress",
+                "_state_format", "_process", "_version", "provenance")),
     ("foundations", ("_domains", "space", "data", "store", "scheduling", "_loader",
                      "_procedure_file")),
     ("models", ("estimator", "representations", "transfer")),

@@ -170,11 +170,12 @@ def _build(procedure: Procedure, mst: MST) -> Estimator:
 
 def _check_metric(procedure: Procedure, estimator: Estimator) -> None:
     names = metric_names(estimator.metrics)
-    if procedure.metric not in names:
-        raise ConfigError(
-            f"unknown metric {procedure.metric!r}; this run reports {names} "
-            "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
-        )
+    for metric in procedure.required_metrics():
+        if metric not in names:
+            raise ConfigError(
+                f"unknown metric {metric!r}; this run reports {names} "
+                "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
+            )
 
 
 def _one_batch(

@@ -219,6 +219,9 @@ class Procedure(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
+    def required_metrics(self) -> list[str]:
+        """Every metric the procedure ranks or constrains by (each run must report it)."""
+
     def on_start(self, trainer: Trainer) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision: ...

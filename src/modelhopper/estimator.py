@@ -28,6 +28,7 @@ from modelhopper.representations._representation import Representation
 __all__ = [
     "Estimator",
     "METRICS",
+    "MODEL_METRICS",
     "PassResult",
     "build_estimator",
     "derive_seed",
@@ -63,6 +64,15 @@ METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "mse": _squared_error,
     "mae": _absolute_error,
 }
+
+
+def _n_params(model: nn.Module) -> float:
+    return float(sum(p.numel() for p in model.parameters()))
+
+
+# Metrics of the model itself, not of a batch (an objective beside accuracy: model size).
+# A pass reports value * examples, so the shards' example-weighted mean is the value.
+MODEL_METRICS: dict[str, Callable[[nn.Module], float]] = {"n_params": _n_params}
 
 
 @dataclass
@@ -124,11 +134,11 @@ class Estimator:
             raise EstimatorError(f"batch_size must be >= 1, got {self.batch_size}")
         if isinstance(self.metrics, str):
             self.metrics = (self.metrics,)
-        unknown = [m for m in self.metrics if m not in METRICS]
+        unknown = [m for m in self.metrics if m not in METRICS and m not in MODEL_METRICS]
         if unknown:
             raise EstimatorError(
                 f"unknown metric {unknown[0]!r} in Estimator.metrics; "
-                f"known metrics: {sorted(METRICS)}"
+                f"known metrics: {sorted([*METRICS, *MODEL_METRICS])}"
             )
         self.metrics = tuple(self.metrics)
 
@@ -253,8 +263,16 @@ def train_pass(
         n += len(yb)
         with torch.no_grad():
             for name in estimator.metrics:
-                sums[name] += METRICS[name](output.detach(), yb)
+                if name in METRICS:
+                    sums[name] += METRICS[name](output.detach(), yb)
+    _add_model_metrics(estimator, sums, n)
     return _result(n, loss_sum, sums, skipped, started)
+
+
+def _add_model_metrics(estimator: Estimator, sums: dict[str, float], n: int) -> None:
+    for name in estimator.metrics:
+        if name in MODEL_METRICS:
+            sums[name] = MODEL_METRICS[name](estimator.model) * n
 
 
 def _result(n: int, loss_sum: float, sums: dict[str, float], skipped: int, started: float):
@@ -297,7 +315,9 @@ def evaluate_pass(
         loss_sum += float(estimator.loss(output, yb)) * len(yb)
         n += len(yb)
         for name in estimator.metrics:
-            sums[name] += METRICS[name](output, yb)
+            if name in METRICS:
+                sums[name] += METRICS[name](output, yb)
+    _add_model_metrics(estimator, sums, n)
     return _result(n, loss_sum, sums, skipped, started)
 
 

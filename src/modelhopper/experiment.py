@@ -376,6 +376,8 @@ def load_result(
         msts=msts, metric=record.spec["metric"], direction=record.spec["direction"],
         run_dir=Path(record.run_dir), stats=stats or _stored_stats(db, run_name),
         name=run_name, provenance=record.provenance, status=record.status.value,
+        objectives=dict(record.spec.get("objectives", {})),
+        constraints=list(record.spec.get("constraints", [])),
     )  # fmt: skip
 
 

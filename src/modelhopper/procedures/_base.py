@@ -11,11 +11,12 @@ continues with the same decisions. Tests drive them with a fake trainer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from modelhopper._checks import check_int
-from modelhopper._ranking import score
+from modelhopper._pareto import Constraint, Objectives, check_objectives, pareto_ranked
+from modelhopper._ranking import DEFAULT_DIRECTION, score
 from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Trainer
 from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
@@ -31,6 +32,43 @@ if TYPE_CHECKING:
 __all__ = ["MST", "Decision", "Direction", "EpochResult", "Trainer", "BaseProcedure"]
 
 
+def _objectives(
+    metric: str | None,
+    direction: Direction | str | None,
+    objectives: Mapping[str, Direction | str] | None,
+) -> Objectives:
+    """The objectives, from ``objectives`` or from ``metric`` and ``direction``."""
+    if objectives is not None:
+        if metric is not None or direction is not None:
+            raise ConfigError(
+                "give metric= and direction=, or objectives= (several metrics), not both; "
+                f"got metric={metric!r}, direction={direction!r}, objectives={objectives!r}"
+            )
+        try:
+            return check_objectives(objectives)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    metric = "val_loss" if metric is None else metric
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"metric must be a metric name such as 'val_loss', got {metric!r}")
+    try:
+        return {metric: Direction(DEFAULT_DIRECTION if direction is None else direction)}
+    except ValueError:
+        raise ConfigError(
+            f"direction must be 'maximize' or 'minimize', got {direction!r}"
+        ) from None
+
+
+def _sequence(constraints: object) -> Sequence[object]:
+    if isinstance(constraints, str):
+        return (constraints,)  # one constraint, not its characters
+    if not isinstance(constraints, Sequence):
+        raise ConfigError(
+            f"constraints must be a list of 'metric <= number' strings, got {constraints!r}"
+        )
+    return constraints
+
+
 class BaseProcedure:
     """Proposes MSTs and judges each epoch's result; the experiment runs them on MOP."""
 
@@ -40,11 +78,18 @@ class BaseProcedure:
         space: Space | Mapping[str, Any],
         *,
         epochs: int,
-        metric: str = "val_loss",
-        direction: Direction | str = Direction.MINIMIZE,
+        metric: str | None = None,
+        direction: Direction | str | None = None,
+        objectives: Mapping[str, Direction | str] | None = None,
+        constraints: Sequence[str] = (),
         seed: int = 0,
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
     ) -> None:
+        """``metric`` (default 'val_loss') and ``direction`` (default 'minimize') name what
+        to optimise; or ``objectives`` names several metrics with their directions (MSTs
+        are then ranked by Pareto front, ``modelhopper._pareto``; the first objective is
+        the run's ``metric``). ``constraints`` ('val_n_params <= 100000') make MSTs whose
+        metrics break them rank below every feasible MST."""
         if not callable(make_estimator):
             raise ConfigError(
                 f"make_estimator must be a function params -> Estimator, got {make_estimator!r}"
@@ -58,15 +103,12 @@ class BaseProcedure:
                 "such as {'hidden': 64} for a single MST"
             )
         self.epochs = check_int("epochs", epochs, example="epochs=5")
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"metric must be a metric name such as 'val_loss', got {metric!r}")
-        self.metric = metric
+        self.objectives = _objectives(metric, direction, objectives)
+        self.metric, self.direction = next(iter(self.objectives.items()))
         try:
-            self.direction = Direction(direction)
-        except ValueError:
-            raise ConfigError(
-                f"direction must be 'maximize' or 'minimize', got {direction!r}"
-            ) from None
+            self.constraints = tuple(Constraint.parse(c) for c in _sequence(constraints))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.seed = check_int("seed", seed, minimum=0)
         self.policy = _parse_policy(policy)
 
@@ -80,6 +122,8 @@ class BaseProcedure:
             "epochs": self.epochs,
             "metric": self.metric,
             "direction": self.direction.value,
+            "objectives": {name: d.value for name, d in self.objectives.items()},
+            "constraints": [str(c) for c in self.constraints],
             "seed": self.seed,
             "policy": self.policy.value,
         }
@@ -114,6 +158,23 @@ class BaseProcedure:
     def objective(self, metrics: Mapping[str, float]) -> float:
         """The metric as a value to maximise (NaN-safe: a missing or NaN value is -inf)."""
         return score(metrics.get(self.metric), self.direction)
+
+    def required_metrics(self) -> list[str]:
+        """Every metric it ranks or constrains by: the run must report each."""
+        return list(dict.fromkeys([*self.objectives, *(c.metric for c in self.constraints)]))
+
+    def rank(self, reports: Sequence[tuple[int, Mapping[str, float]]]) -> list[int]:
+        """MST ids of ``reports`` ((id, metrics) pairs), best first: by the one objective,
+        or by Pareto front and crowding (several objectives); infeasible ones last."""
+        order = pareto_ranked(
+            reports, lambda r: r[1], lambda r: r[0], self.objectives, self.constraints
+        )
+        return [mst_id for mst_id, _ in order]
+
+    def feasible(self, metrics: Mapping[str, float]) -> bool:
+        """Whether these metrics meet every constraint (an infeasible MST is never
+        promoted)."""
+        return all(c.violation(metrics) == 0 for c in self.constraints)
 
     def make_mst(self, mst_id: int, params: Mapping[str, Any], parent: int | None = None) -> MST:
         return MST(mst_id, dict(params), derive_seed(self.seed, mst_id), parent)

@@ -79,15 +79,15 @@ class _View:
         )
 
     def ranked(
-        self, members: list[int], epochs: int, objective: Callable[[Mapping[str, float]], float]
+        self,
+        members: list[int],
+        epochs: int,
+        rank: Callable[[list[tuple[int, Mapping[str, float]]]], list[int]],
     ) -> list[int]:
-        """Members that reported after ``epochs`` epochs, best first (ties: lower id first)."""
-        scored = [
-            (objective(self.metrics[m][epochs - 1]), m)
-            for m in members
-            if epochs - 1 in self.metrics[m]
-        ]
-        return [m for _, m in sorted(scored, key=lambda t: (-t[0], t[1]))]
+        """Members that reported after ``epochs`` epochs, best first by ``rank`` (the
+        procedure's: one objective, or Pareto fronts; infeasible ones last)."""
+        return rank([(m, self.metrics[m][epochs - 1]) for m in members
+                     if epochs - 1 in self.metrics[m]])  # fmt: skip
 
     def paused_at(self, mst_id: int, epochs: int) -> bool:
         """Trained exactly to a budget of ``epochs`` and neither stopped nor failed."""
@@ -202,9 +202,14 @@ class _AsyncHalving(_Halving):
         for b, bracket in enumerate(self.brackets):
             members = [m.id for i, m in enumerate(view.msts) if self._bracket_of(i) == b]
             for k in reversed(range(len(bracket) - 1)):
-                ranked = view.ranked(members, bracket[k], self.objective)
+                ranked = view.ranked(members, bracket[k], self.rank)
                 top = ranked[: len(ranked) // self.reduction_factor]
-                out += [(m, bracket[k + 1]) for m in top if view.paused_at(m, bracket[k])]
+                out += [
+                    (m, bracket[k + 1])
+                    for m in top
+                    if view.paused_at(m, bracket[k])
+                    and self.feasible(view.metrics[m][bracket[k] - 1])
+                ]
         return out
 
 
@@ -327,8 +332,8 @@ class SuccessiveHalving(_Halving):
                 continue  # rung k was decided already
             if any(not view.status[m].ended and view.done(m) < epochs for m in entered):
                 return  # the barrier: some MST of the rung has not reported yet
-            ranked = view.ranked(entered, epochs, self.objective)
+            ranked = view.ranked(entered, epochs, self.rank)
             for m in ranked[: max(1, len(ranked) // self.reduction_factor)]:
-                if view.paused_at(m, epochs):
+                if view.paused_at(m, epochs) and self.feasible(view.metrics[m][epochs - 1]):
                     trainer.extend(m, self.rungs[k + 1])
             return

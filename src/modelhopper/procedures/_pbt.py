@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from modelhopper._checks import check_int
+from modelhopper._vocabulary import MSTStatus
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import Estimator
 from modelhopper.procedures._base import (
@@ -33,7 +34,6 @@ from modelhopper.procedures._base import (
     EpochResult,
     Trainer,
 )
-from modelhopper.result import MSTStatus
 from modelhopper.space import (
     BaseDomain,
     Choice,
@@ -149,7 +149,7 @@ class PBT(BaseProcedure):
         n_cut = math.floor(len(ranked) * self.quantile)
         if n_cut == 0 or result.mst_id not in ranked[len(ranked) - n_cut :]:
             return Decision.CONTINUE
-        parents = [m for m in ranked[:n_cut] if trainer.status(m) != MSTStatus.FAILED.value]
+        parents = [m for m in ranked[:n_cut] if trainer.status(m) is not MSTStatus.FAILED]
         if not parents:
             return Decision.CONTINUE
         rng = np.random.default_rng([self.seed, 2, result.mst_id])

@@ -341,11 +341,15 @@ class SQLStore(BaseStore):
     ) -> None:
         """Set an MST's fields (and ``updated_at``) with one UPDATE; the MST must exist."""
         values = {key: _text(value) for key, value in fields.items()} | {"updated_at": now}
-        changed = session.connection().execute(  # Core: no ORM synchronisation to pay
-            update(MSTRow)
-            .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == mst_id)
-            .values(**values)
-        ).rowcount  # type: ignore[attr-defined]
+        changed = (
+            session.connection()
+            .execute(  # Core: no ORM synchronisation to pay
+                update(MSTRow)
+                .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == mst_id)
+                .values(**values)
+            )
+            .rowcount
+        )  # type: ignore[attr-defined]
         if not changed:
             self._mst(session, self._experiment(session, name), mst_id)  # raises, naming the ids
 
