@@ -211,3 +211,52 @@ def test_a_run_on_two_objectives_under_a_constraint(tmp_path):
     promoted = [m for m in result.msts if m.epochs_done > 1]
     assert all(m.params["hidden"] != 64 for m in promoted)  # infeasible: never promoted
     assert result.objectives == {"val_accuracy": "maximize", "val_n_params": "minimize"}
+
+
+def test_tpe_search_asks_and_tells_every_objective():
+    pytest.importorskip("optuna")
+    tpe = mh.TPESearch(lambda p: None, {"x": uniform(0, 1)}, n_msts=12, epochs=1, seed=0,
+                       n_startup_trials=4, objectives=TWO)  # fmt: skip
+    trainer = FakeTrainer(
+        tpe, n_workers=2, objective_fn=lambda p, e: {"acc": p["x"], "size": (p["x"] - 0.2) ** 2}
+    )
+    trainer.run()  # fmt: skip
+    assert tpe.study is not None and len(tpe.study.directions) == 2
+    trials = tpe.study.get_trials(deepcopy=False)
+    assert len(trials) == 12 and all(len(t.values) == 2 for t in trials)
+    for trial, mst in zip(trials, trainer.msts(), strict=True):  # told the raw metrics
+        assert trial.values == [mst.params["x"], (mst.params["x"] - 0.2) ** 2]
+    front = {t.number for t in tpe.study.best_trials}  # Optuna's front is ours
+    ours = pareto_ranked(trainer.msts(), lambda m: trainer.results(m.id)[-1].metrics,
+                         lambda m: m.id, TWO)  # fmt: skip
+    points = [tuple(score for score in (m.params["x"], -((m.params["x"] - 0.2) ** 2)))
+              for m in trainer.msts()]  # fmt: skip
+    assert front == set(non_dominated_fronts(points)[0])
+    assert {m.id for m in ours[: len(front)]} == front
+
+
+def test_optuna_procedures_refuse_constraints():
+    pytest.importorskip("optuna")
+    with pytest.raises(mh.ConfigError, match="TPESearch does not take constraints"):
+        mh.TPESearch(lambda p: None, {"x": uniform(0, 1)}, n_msts=4, epochs=1,
+                     objectives=TWO, constraints=["size <= 1"])  # fmt: skip
+
+
+def test_pbt_clones_only_feasible_members():
+    pbt = mh.PBT(lambda p: None, {"x": uniform(0, 1)}, population_size=8, epochs=6,
+                 interval=2, quantile=0.5, seed=0, objectives=TWO,
+                 constraints=["size <= 0.03"])  # fmt: skip
+    # accuracy grows with x, but only x <= 0.03 meets the size constraint: one member,
+    # fewer than the top half, so ranking alone would pick infeasible parents. Larger
+    # MSTs are slower: they report after the small ones and land in the bottom half.
+    trainer = FakeTrainer(
+        pbt,
+        n_workers=8,
+        cost=lambda p: 1 + p["x"],
+        objective_fn=lambda p, e: {"acc": p["x"], "size": p["x"]},
+    )
+    trainer.run()  # fmt: skip
+    clones = [m for m in trainer.msts() if m.parent is not None]
+    assert clones  # PBT exploited
+    params = {m.id: m.params for m in trainer.msts()}
+    assert all(params[m.parent]["x"] <= 0.03 for m in clones)  # parents are feasible

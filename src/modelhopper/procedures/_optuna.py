@@ -57,6 +57,10 @@ __all__ = ["OptunaSearch", "TPESearch"]
 _SCALAR = (type(None), bool, int, float, str)
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _import_optuna() -> Any:
     try:
         import optuna
@@ -173,6 +177,11 @@ class OptunaSearch(BaseProcedure):
         **kwargs: Any,
     ) -> None:
         super().__init__(make_estimator, space, epochs=epochs, **kwargs)
+        if self.constraints:
+            raise ConfigError(
+                f"{type(self).__name__} does not take constraints; ASHA, Hyperband, "
+                "SuccessiveHalving and PBT do (several objectives work here too)"
+            )
         self.n_msts = check_int("n_msts", n_msts, example="n_msts=32")
         self.n_initial = check_int("n_initial", n_initial, example="n_initial=4")
         base = _import_optuna().samplers.BaseSampler
@@ -215,8 +224,9 @@ class OptunaSearch(BaseProcedure):
 
     def on_start(self, trainer: Trainer) -> None:
         with _quiet(_import_optuna()):
-            self.study = _import_optuna().create_study(
-                direction=self.direction.value, sampler=self._sampler_for(self._seed_for(-1))
+            self.study = _import_optuna().create_study(  # one direction per objective
+                directions=[d.value for d in self.objectives.values()],
+                sampler=self._sampler_for(self._seed_for(-1)),
             )
         self._trials, self._told = {}, set()
         msts = trainer.msts()
@@ -272,7 +282,9 @@ class OptunaSearch(BaseProcedure):
 
     def _outcome(
         self, trainer: Trainer, mst_id: int, last: EpochResult | None
-    ) -> tuple[Any, float | None]:
+    ) -> tuple[Any, list[float] | None]:
+        """The trial's state and its values: each objective's metric at the MST's last
+        epoch (the study knows each one's direction); a missing or non-finite one fails it."""
         state = _import_optuna().trial.TrialState
         if trainer.status(mst_id) is MSTStatus.FAILED:
             return state.FAIL, None
@@ -281,20 +293,20 @@ class OptunaSearch(BaseProcedure):
             if not results:
                 return state.FAIL, None
             last = results[-1]
-        value = self.objective(last.metrics)
-        if not math.isfinite(value):
+        values = [last.metrics.get(name) for name in self.objectives]
+        if not all(_finite(v) for v in values):
             return state.FAIL, None
-        return state.COMPLETE, value if self.maximize else -value
+        return state.COMPLETE, [float(v) for v in values]  # type: ignore[arg-type]
 
     def _tell(self, trainer: Trainer, mst: MST, last: EpochResult | None) -> None:
         study = self._study_or_raise()
-        state, value = self._outcome(trainer, mst.id, last)
+        state, values = self._outcome(trainer, mst.id, last)
         number = self._trials.pop(mst.id, None)
         with _quiet(_import_optuna()):
             if number is not None:
-                study.tell(number, value, state=state)
+                study.tell(number, values, state=state)
             else:
-                self._add_trial(mst, state, value)
+                self._add_trial(mst, state, values)
         self._told.add(mst.id)
 
     def _adopt(self, trainer: Trainer, mst: MST) -> None:
@@ -305,14 +317,17 @@ class OptunaSearch(BaseProcedure):
         elif self._add_trial(mst, _import_optuna().trial.TrialState.RUNNING, None):
             self._trials[mst.id] = len(study.get_trials(deepcopy=False)) - 1
 
-    def _add_trial(self, mst: MST, state: Any, value: float | None) -> bool:
+    def _add_trial(self, mst: MST, state: Any, values: list[float] | None) -> bool:
         study = self._study_or_raise()
         params = self._codec.encode(mst.params)
         if params is None:  # not a point of the space (e.g. a user's clone-with-changes)
             return False
         try:
             trial = _import_optuna().trial.create_trial(
-                params=params, distributions=self._codec.distributions, value=value, state=state
+                params=params,
+                distributions=self._codec.distributions,
+                values=values,
+                state=state,
             )
         except ValueError:  # a value outside its distribution
             return False

@@ -145,11 +145,15 @@ class PBT(BaseProcedure):
         position = self._offset(trainer, result.mst_id) + result.epoch + 1
         if position % self.interval or position >= self.epochs:
             return Decision.CONTINUE
-        ranked = self._ranked_at(trainer, position)
+        reports = self._reports_at(trainer, position)
+        ranked = self.rank(list(reports.items()))
         n_cut = math.floor(len(ranked) * self.quantile)
         if n_cut == 0 or result.mst_id not in ranked[len(ranked) - n_cut :]:
             return Decision.CONTINUE
-        parents = [m for m in ranked[:n_cut] if trainer.status(m) is not MSTStatus.FAILED]
+        parents = [
+            m for m in ranked[:n_cut]
+            if trainer.status(m) is not MSTStatus.FAILED and self.feasible(reports[m])
+        ]  # fmt: skip
         if not parents:
             return Decision.CONTINUE
         rng = np.random.default_rng([self.seed, 2, result.mst_id])
@@ -199,14 +203,14 @@ class PBT(BaseProcedure):
         """Epochs the MST inherited: its budget is what its lineage had left."""
         return max(0, self.epochs - trainer.budget(mst_id))
 
-    def _ranked_at(self, trainer: Trainer, position: int) -> list[int]:
-        """MSTs that reported at ``position`` epochs, best first (ties: lower id first)."""
+    def _reports_at(self, trainer: Trainer, position: int) -> dict[int, Mapping[str, float]]:
+        """The metrics of the MSTs that reported at ``position`` epochs, by MST id."""
         offsets = {m.id: self._offset(trainer, m.id) for m in trainer.msts()}
-        scores: dict[int, float] = {}
+        reports: dict[int, Mapping[str, float]] = {}
         for r in trainer.results():
             if offsets[r.mst_id] + r.epoch + 1 == position:
-                scores[r.mst_id] = self.objective(r.metrics)
-        return sorted(scores, key=lambda m: (-scores[m], m))
+                reports[r.mst_id] = r.metrics
+        return reports
 
     def _params(self, trainer: Trainer, mst_id: int) -> dict[str, Any]:
         return dict(next(m.params for m in trainer.msts() if m.id == mst_id))
