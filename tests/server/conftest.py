@@ -73,6 +73,30 @@ def make_run(
                 store.record_visit(name, mst, steps, epochs, {}, [(EventKind.HOPPED, hop)])
 
 
+def make_two_objective_run(store: SQLStore, name: str = "mo") -> None:
+    """A run on two objectives under a constraint: MST 1 is infeasible, 2 is beaten by 3,
+    so its Pareto front is MSTs 0 and 3."""
+    objectives = {"val_accuracy": "maximize", "val_size": "minimize"}
+    store.create_experiment(ExperimentRecord(
+        name=name, status=RunStatus.RUNNING, procedure="ASHA",
+        spec={"metric": "val_accuracy", "direction": "maximize", "objectives": objectives,
+              "constraints": ["val_size <= 350"]},
+        space={}, seed=0, n_workers=1, run_dir=f"/tmp/{name}",
+    ))  # fmt: skip
+    rows = [(0.6, 50), (0.9, 400), (0.7, 300), (0.8, 100)]
+    store.add_msts(name, [MSTRecord(mst_id=i, params={"i": i}, seed=i, status="running",
+                                    n_epochs=1) for i in range(len(rows))])  # fmt: skip
+    for i, (accuracy, size) in enumerate(rows):
+        epoch = EpochRecord(i, 0, {"val_accuracy": accuracy, "val_size": size}, [0], [0], 0, 0)
+        step = StepRecord(i, 0, "eval", 0, 0, 0, 10, 5.0, {}, 0.01)
+        store.record_visit(name, i, [step], [epoch], {}, [(EventKind.EPOCH_END, {"epoch": 0})])
+
+
+@pytest.fixture(name="make_two_objective_run")
+def _make_two_objective_run_fixture():
+    return make_two_objective_run
+
+
 @pytest.fixture(name="make_run")
 def _make_run_fixture():
     return make_run

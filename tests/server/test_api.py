@@ -31,6 +31,17 @@ def test_runs_list_and_run_detail(client, store, make_run):
     assert client.get("/api/runs/fake/provenance").json() == {"seed": 0, "host": "test"}
 
 
+def test_msts_of_a_run_with_several_objectives_mark_its_pareto_front(
+    client, store, make_two_objective_run
+):
+    make_two_objective_run(store)
+    items = client.get("/api/runs/mo/msts").json()["items"]
+    # 1 is infeasible (size > 350), 2 is beaten by 3: the front is 0 and 3
+    assert {m["mst_id"]: m["pareto"] for m in items} == {0: True, 1: False, 2: False, 3: True}
+    assert client.get("/api/runs/mo/msts/3").json()["pareto"] is True
+    assert client.get("/api/runs/fake/msts/0").json()["pareto"] is False  # one objective
+
+
 def test_unknown_run_is_a_404_naming_it(client):
     for path in ("", "/msts", "/curves", "/epochs", "/events", "/timeline", "/resources"):
         assert "no run named 'nope'" in _error(client.get(f"/api/runs/nope{path}"), 404)

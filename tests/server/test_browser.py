@@ -202,7 +202,7 @@ def _exists(store: SQLStore) -> bool:
     return any(r.name == "e2e" for r in store.list_experiments())
 
 
-def test_report_renders_offline(store, tmp_path):
+def test_report_renders_offline(store, tmp_path, make_two_objective_run):
     """The static report draws its curves and timeline with no server and no network."""
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -225,5 +225,13 @@ def test_report_renders_offline(store, tmp_path):
         page.click("th[data-sort='mst_id']")  # sorting works on the embedded data too
         page.click("th[data-sort='mst_id']")  # again: descending
         page.wait_for_function("document.querySelector('#mst-body tr').dataset.mst === '5'")
+        make_two_objective_run(store)  # a run on two objectives marks its Pareto front
+        page.goto(write_report(store, "mo", tmp_path / "mo.html").as_uri())
+        page.wait_for_selector("body[data-loaded='1']", timeout=30_000)
+        marked = page.locator("#mst-body td[data-pareto='1']").all_text_contents()
+        assert sorted(marked) == ["0 \u25c6", "3 \u25c6"]
+        assert "on the Pareto front of val_accuracy (max), val_size (min)" in (
+            page.locator("#table-note").text_content() or ""
+        )
         browser.close()
-    assert errors == [] and requests == [path.as_uri()]
+    assert errors == [] and requests == [path.as_uri(), (tmp_path / "mo.html").as_uri()]

@@ -25,3 +25,22 @@ def test_derive_hops_follows_the_driver_rule():
     visits[-1]["hop"] = False  # recorded by the driver: kept
     derive_hops(visits)
     assert [v["hop"] for v in visits] == [False, False, False, True, True, False, False]
+
+
+def test_mark_pareto_front_flags_the_feasible_non_dominated_msts():
+    from modelhopper.server._msts import MSTSummary, mark_pareto_front
+
+    rows = {0: (0.6, 50), 1: (0.9, 400), 2: (0.7, 300), 3: (0.8, 100), 4: None}
+    summaries = []
+    for mst_id, row in rows.items():
+        summary = MSTSummary(mst_id, {}, "running", None, False, 0, 3)
+        if row is not None:
+            summary.epochs_done, summary.metrics = 1, {"acc": row[0], "size": row[1]}
+        summaries.append(summary)
+    two = {"acc": "maximize", "size": "minimize"}
+    mark_pareto_front(summaries, two, [])
+    assert [s.mst_id for s in summaries if s.pareto] == [0, 1, 3]  # 2 is beaten by 3
+    mark_pareto_front(summaries, two, ["size <= 200"])
+    assert [s.mst_id for s in summaries if s.pareto] == [0, 3]
+    mark_pareto_front(summaries, {"acc": "maximize"}, [])
+    assert not any(s.pareto for s in summaries)  # one objective: no front is shown

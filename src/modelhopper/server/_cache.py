@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Text, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from modelhopper.server._msts import MSTSummary, summarise
+from modelhopper.server._msts import MSTSummary, mark_pareto_front, summarise
 from modelhopper.store import EventKind
 from modelhopper.store._schema import (
     _NON_FINITE,
@@ -48,6 +48,8 @@ class RunCache:
     experiment_id: int
     metric: str
     maximize: bool
+    objectives: dict[str, str] = field(default_factory=dict)  # several: MSTs get .pareto
+    constraints: list[str] = field(default_factory=list)
     epochs: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
     epochs_seen: datetime | None = None
     msts: dict[int, MSTSummary] = field(default_factory=dict)
@@ -82,6 +84,8 @@ class RunCache:
                 if mst_id in self.msts:
                     summarise(self.msts[mst_id], self.epochs.get(mst_id, {}), self.metric,
                               self.maximize)  # fmt: skip
+            if changed:  # a new epoch can move the front anywhere
+                mark_pareto_front(list(self.msts.values()), self.objectives, self.constraints)
             self._refresh_steps(session)
             self._refresh_events(session)
 

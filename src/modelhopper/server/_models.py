@@ -99,6 +99,11 @@ class MSTOut(BaseModel):
     best_epoch: int | None
     metrics: dict[str, float] = Field(description="every metric at the last epoch")
     error: str | None
+    pareto: bool = Field(
+        default=False,
+        description="on the run's Pareto front (a run with several objectives): feasible, "
+        "and no other MST is better on every objective at its last epoch",
+    )
 
 
 class MSTPage(BaseModel):

@@ -9,9 +9,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelhopper._ranking import best_epoch, ranked
+from modelhopper._pareto import Constraint, non_dominated_fronts
+from modelhopper._ranking import best_epoch, direction_of, ranked, score
 
-__all__ = ["MST_SORT_KEYS", "MSTSummary", "choose", "finite", "page_msts", "spread", "summarise"]
+__all__ = [
+    "MST_SORT_KEYS",
+    "MSTSummary",
+    "choose",
+    "finite",
+    "mark_pareto_front",
+    "page_msts",
+    "spread",
+    "summarise",
+]
 
 MST_SORT_KEYS = ("mst_id", "status", "epochs", "last", "best", "priority", "parent")
 
@@ -31,6 +41,7 @@ class MSTSummary:
     best_epoch: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # every metric, last epoch
     error: str | None = None
+    pareto: bool = False  # on the run's Pareto front (runs with several objectives)
 
 
 def finite(value: Any) -> float | None:
@@ -53,6 +64,30 @@ def summarise(
     if position is not None:
         summary.best_epoch = order[position]
         summary.best = finite(epochs[summary.best_epoch].get(metric))
+
+
+def mark_pareto_front(
+    summaries: list[MSTSummary], objectives: dict[str, str], constraints: list[str]
+) -> None:
+    """Flag the MSTs of the run's Pareto front, as ``Result.pareto_front`` finds it: the
+    feasible MSTs with an epoch that no other beats on every objective (last epoch)."""
+    bounds = [Constraint.parse(c) for c in constraints]
+    for summary in summaries:
+        summary.pareto = False
+    if len(objectives) < 2:
+        return
+    feasible = [
+        s for s in summaries
+        if s.epochs_done and all(c.violation(s.metrics) == 0 for c in bounds)
+    ]  # fmt: skip
+    points = [
+        tuple(score(s.metrics.get(name), direction_of(d)) for name, d in objectives.items())
+        for s in feasible
+    ]
+    fronts = non_dominated_fronts(points)
+    for i in fronts[0] if fronts else []:
+        if any(v > float("-inf") for v in points[i]):
+            feasible[i].pareto = True
 
 
 def choose(

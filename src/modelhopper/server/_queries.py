@@ -329,6 +329,8 @@ class RunReader:
                     cache = self._caches[name] = RunCache(
                         experiment.id, spec.get("metric", ""),
                         direction_of(spec.get("direction")) is Direction.MAXIMIZE,
+                        objectives=dict(spec.get("objectives") or {}),
+                        constraints=list(spec.get("constraints") or []),
                     )  # fmt: skip
             cache.refresh(session)
         return cache

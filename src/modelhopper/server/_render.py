@@ -34,6 +34,7 @@ def run_context(reader: RunReader, run: str, *, live: bool) -> dict[str, Any]:
         "run": {
             "name": info["name"], "status": info["status"], "metric": info["metric"],
             "direction": info["direction"], "space": info["space"],
+            "objectives": info["spec"].get("objectives") or {},
         },
     }  # fmt: skip
     metrics = reader.metric_names(run) or [info["metric"]]

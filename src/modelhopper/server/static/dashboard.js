@@ -383,9 +383,16 @@
     this.total = p.total;
     document.getElementById("page").textContent = p.total ?
       (p.offset + 1) + "–" + (p.offset + p.items.length) + " of " + p.total : "no MSTs match";
-    document.getElementById("table-note").textContent = p.n_msts + " MSTs in the run";
+    var objectives = this.page.run.objectives || {};
+    var names = Object.keys(objectives);
+    document.getElementById("table-note").textContent = p.n_msts + " MSTs in the run" +
+      (names.length > 1 ? "; \u25c6 on the Pareto front of " + names.map(function (k) {
+        return k + " (" + (objectives[k] === "maximize" ? "max" : "min") + ")";
+      }).join(", ") : "");
     body.replaceChildren.apply(body, p.items.map(function (m) {
-      var cells = [el("td", { class: "num", text: String(m.mst_id) }),
+      var id = el("td", { class: "num", text: String(m.mst_id) + (m.pareto ? " \u25c6" : "") });
+      if (m.pareto) { id.title = "on the Pareto front"; id.setAttribute("data-pareto", "1"); }
+      var cells = [id,
                    el("td", {}, [el("span", { class: "status " + m.status, text: m.status })])];
       self.params.forEach(function (k) { cells.push(el("td", { class: "num", text: fmt(m.params[k]) })); });
       cells.push(el("td", { class: "num", text: m.epochs_done + " / " + m.n_epochs }));
