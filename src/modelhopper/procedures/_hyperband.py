@@ -33,6 +33,8 @@ from modelhopper.procedures._base import (
     EpochResult,
     Trainer,
 )
+from modelhopper.procedures._bohb import SAMPLERS, tpe_point
+from modelhopper.procedures._optuna import _import_optuna
 from modelhopper.space import Space
 
 __all__ = ["ASHA", "Hyperband", "SuccessiveHalving", "rungs"]
@@ -89,6 +91,11 @@ class _View:
         return rank([(m, self.metrics[m][epochs - 1]) for m in members
                      if epochs - 1 in self.metrics[m]])  # fmt: skip
 
+    def reports(self) -> list[tuple[dict[str, Any], dict[int, Mapping[str, float]]]]:
+        """(params, metrics by epochs trained) of every MST, by id."""
+        return [(m.params, {e + 1: v for e, v in self.metrics[m.id].items()})
+                for m in self.msts]  # fmt: skip
+
     def paused_at(self, mst_id: int, epochs: int) -> bool:
         """Trained exactly to a budget of ``epochs`` and neither stopped nor failed."""
         return (
@@ -110,9 +117,18 @@ class _Halving(BaseProcedure):
         n_msts: int,
         min_epochs: int = 1,
         reduction_factor: int = 3,
+        sampler: str = "random",
         **kwargs: Any,
     ) -> None:
         max_epochs = check_int("max_epochs", max_epochs, example="max_epochs=27")
+        if sampler not in SAMPLERS:
+            raise ConfigError(
+                f"sampler must be 'random' (random points) or 'tpe' (BOHB-style: Optuna's "
+                f"TPE on the highest rung with enough reports), got {sampler!r}"
+            )
+        if sampler == "tpe":
+            _import_optuna()  # a missing extra is named now, not at the first proposal
+        self.sampler = sampler
         super().__init__(make_estimator, space, epochs=max_epochs, **kwargs)
         self.max_epochs = max_epochs
         self.min_epochs = check_int("min_epochs", min_epochs, example="min_epochs=1")
@@ -143,7 +159,20 @@ class _Halving(BaseProcedure):
             "max_epochs": self.max_epochs,
             "reduction_factor": self.reduction_factor,
             "n_msts": self.n_msts,
+            "sampler": self.sampler,
         }
+
+    def _propose(self, index: int, view: _View) -> dict[str, Any]:
+        """The run's MST number ``index``: the random point, or (``sampler="tpe"``) TPE's
+        proposal from the reports so far (``_bohb``)."""
+        if self.sampler == "tpe":
+            proposed = tpe_point(
+                space=self.space, objectives=self.objectives, seed=self.seed, index=index,
+                rungs=self.rungs, reports=view.reports(),
+            )  # fmt: skip
+            if proposed is not None:
+                return proposed
+        return self._point(index)
 
     def _point(self, index: int) -> dict[str, Any]:
         """RandomSearch's point number ``index`` for this space and seed (memoised draws)."""
@@ -190,7 +219,7 @@ class _AsyncHalving(_Halving):
                 trainer.extend(mst_id, epochs)
             elif n_added < self.n_msts:
                 first_rung = self.brackets[self._bracket_of(n_added)][0]
-                trainer.add(self._point(n_added), epochs=first_rung)
+                trainer.add(self._propose(n_added, view), epochs=first_rung)
                 n_added += 1
             else:
                 return
@@ -310,6 +339,14 @@ class SuccessiveHalving(_Halving):
     n_k that reported go on to rung k + 1. Workers idle at each barrier; ASHA is the
     asynchronous alternative this is compared against.
     """
+
+    def __init__(self, *args: Any, sampler: str = "random", **kwargs: Any) -> None:
+        if sampler != "random":
+            raise ConfigError(
+                "SuccessiveHalving proposes all its MSTs before any result, so it samples "
+                f"at random; got sampler={sampler!r}; use ASHA or Hyperband for 'tpe'"
+            )
+        super().__init__(*args, **kwargs)
 
     def on_start(self, trainer: Trainer) -> None:
         if not trainer.msts():
