@@ -250,7 +250,10 @@ class ASHA(_AsyncHalving):
     floor(n_k / reduction_factor) of the n_k MSTs that reported at rung k and is not yet
     promoted (rungs scanned top down, best first, ties to the lower id; stopped and
     failed MSTs are never promoted); otherwise it adds a new random MST with the lowest
-    rung's budget, until ``n_msts`` MSTs were added.
+    rung's budget, until ``n_msts`` MSTs were added. Best first is the procedure's
+    ``rank``: one objective, or Pareto front and crowding with ``objectives``; an MST
+    that breaks a constraint is never promoted. ``sampler="tpe"`` proposes new MSTs
+    BOHB-style (``_bohb``) instead of at random.
     """
 
     def __init__(
@@ -293,7 +296,8 @@ class Hyperband(_AsyncHalving):
     + 1) * reduction_factor**(s_max - b)), so every bracket spends about the same
     epochs; the proportions are interleaved deterministically (``bracket_cycle``; the
     run's j-th MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a
-    promotion from the first bracket that has one, else a new MST.
+    promotion from the first bracket that has one, else a new MST. Ranking, constraints
+    and ``sampler`` are ASHA's.
     """
 
     def __init__(
