@@ -37,6 +37,7 @@ __all__ = [
     "crowding_distances",
     "dominates",
     "non_dominated_fronts",
+    "pareto_front",
     "pareto_ranked",
 ]
 
@@ -180,3 +181,25 @@ def pareto_ranked(
         crowding = crowding_distances(points, members)
         order += sorted(members, key=lambda i: (-crowding[i], i))
     return [pool[i] for i in order + infeasible]
+
+
+def pareto_front(
+    items: Iterable[T],
+    metrics: Callable[[T], Mapping[str, Any]],
+    ident: Callable[[T], Any],
+    objectives: Mapping[str, Direction | str | bool | None],
+    constraints: Sequence[Constraint] = (),
+) -> list[T]:
+    """The feasible items no other feasible item dominates, in ``pareto_ranked``'s order;
+    an item with no finite objective value (no epoch yet) is never on it."""
+    feasible = [item for item in items if all(c.violation(metrics(item)) == 0 for c in constraints)]
+    points = [
+        tuple(score(metrics(item).get(name), direction_of(d)) for name, d in objectives.items())
+        for item in feasible
+    ]
+    fronts = non_dominated_fronts(points)
+    front = [
+        feasible[i] for i in (fronts[0] if fronts else [])
+        if any(v > -math.inf for v in points[i])
+    ]  # fmt: skip
+    return pareto_ranked(front, metrics, ident, objectives)

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from torch import nn
 
-from modelhopper._pareto import Constraint, non_dominated_fronts, pareto_ranked
-from modelhopper._ranking import best_epoch, ranked, score
+from modelhopper._pareto import Constraint, pareto_front
+from modelhopper._ranking import best_epoch, ranked
 from modelhopper._vocabulary import MSTStatus, RunStats
 from modelhopper.errors import ModelHopperError
 from modelhopper.estimator import build_estimator, state_from_bytes
@@ -101,18 +101,11 @@ class Result:
         epoch, as ``best`` ranks. In the order of ``modelhopper._pareto`` (spread-out
         trade-offs first, then lower id). With one objective: the best MST and its ties.
         """
-        objectives = self.objectives or {self.metric: self.direction}
-        constraints = [Constraint.parse(c) for c in self.constraints]
-        scored = [
-            m for m in self.msts
-            if m.history and all(c.violation(m.metrics) == 0 for c in constraints)
-        ]  # fmt: skip
-        points = [tuple(score(m.metrics.get(k), d) for k, d in objectives.items()) for m in scored]
-        fronts = non_dominated_fronts(points)
-        if not fronts or all(v == float("-inf") for i in fronts[0] for v in points[i]):
-            return []
-        front = [scored[i] for i in fronts[0]]
-        return pareto_ranked(front, lambda m: m.metrics, lambda m: m.id, objectives)
+        return pareto_front(
+            self.msts, lambda m: m.metrics, lambda m: m.id,
+            self.objectives or {self.metric: self.direction},
+            [Constraint.parse(c) for c in self.constraints],
+        )  # fmt: skip
 
     @property
     def best(self) -> MSTResult:

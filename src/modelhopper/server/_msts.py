@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelhopper._pareto import Constraint, non_dominated_fronts
-from modelhopper._ranking import best_epoch, direction_of, ranked, score
+from modelhopper._pareto import Constraint, pareto_front
+from modelhopper._ranking import best_epoch, ranked
 
 __all__ = [
     "MST_SORT_KEYS",
@@ -71,23 +71,14 @@ def mark_pareto_front(
 ) -> None:
     """Flag the MSTs of the run's Pareto front, as ``Result.pareto_front`` finds it: the
     feasible MSTs with an epoch that no other beats on every objective (last epoch)."""
-    bounds = [Constraint.parse(c) for c in constraints]
     for summary in summaries:
         summary.pareto = False
     if len(objectives) < 2:
         return
-    feasible = [
-        s for s in summaries
-        if s.epochs_done and all(c.violation(s.metrics) == 0 for c in bounds)
-    ]  # fmt: skip
-    points = [
-        tuple(score(s.metrics.get(name), direction_of(d)) for name, d in objectives.items())
-        for s in feasible
-    ]
-    fronts = non_dominated_fronts(points)
-    for i in fronts[0] if fronts else []:
-        if any(v > float("-inf") for v in points[i]):
-            feasible[i].pareto = True
+    bounds = [Constraint.parse(c) for c in constraints]
+    for summary in pareto_front(summaries, lambda s: s.metrics, lambda s: s.mst_id,
+                                objectives, bounds):  # fmt: skip
+        summary.pareto = True
 
 
 def choose(
