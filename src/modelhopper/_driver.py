@@ -241,6 +241,9 @@ class Driver:
         for step in self._store.list_steps(self._name):
             steps_by_mst.setdefault(step.mst_id, []).append(step)
         stored = self._store.list_epochs(self._name)
+        epochs_by_mst: dict[int, list[EpochRecord]] = {}
+        for e in stored:
+            epochs_by_mst.setdefault(e.mst_id, []).append(e)
         for e in sorted(stored, key=lambda e: (e.finished_at is None, e.finished_at)):
             self._evaluated.append(EpochResult(e.mst_id, e.epoch, e.metrics))
         for record in records:
@@ -249,7 +252,7 @@ class Driver:
             self._msts[mst.id] = _Tracked(mst, MSTStatus(record.status))
             self._recorder.restore(
                 mst.id, latest=record.checkpoint, best=record.best_checkpoint, steps=done,
-                epochs=[e for e in stored if e.mst_id == mst.id],
+                epochs=epochs_by_mst.get(mst.id, []),
             )  # fmt: skip
             self._scheduler.add_mst(mst.id, record.n_epochs, priority=record.priority)
             self._scheduler.mark_done(mst.id, len(done))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
-from modelhopper._vocabulary import MST, MSTStatus
+from modelhopper._vocabulary import MST, MSTStatus, Trainer
 from modelhopper.errors import ConfigError, ModelHopperError
 from modelhopper.space import Space
 from modelhopper.store import BaseStore, CommandRecord, CommandStatus, EventKind, RunStatus
@@ -30,16 +30,15 @@ class CommandKind(StrEnum):
     PRIORITY = "priority"
 
 
-class Steerable(Protocol):
-    """What a command acts on: the running driver's small public interface."""
+class Steerable(Trainer, Protocol):
+    """What a command acts on: the running driver's small public interface (a procedure's
+    ``Trainer``, with priorities, resuming and a default budget)."""
 
     @property
     def default_epochs(self) -> int:
         """The epoch budget of an MST added or cloned without one."""
 
-    def msts(self) -> list[MST]: ...
-
-    def add(
+    def add(  # Trainer.add, with the priority commands may set
         self,
         params: Mapping[str, Any],
         *,
@@ -48,8 +47,6 @@ class Steerable(Protocol):
         warm_start: bool = False,
         priority: int = 0,
     ) -> MST: ...
-
-    def stop(self, mst_id: int) -> None: ...
 
     def resume_mst(self, mst_id: int) -> None: ...
 
