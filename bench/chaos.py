@@ -4,12 +4,15 @@
 
 Runs a random search on digits twice, each driver a separate process started
 the way a user would (``fit``, then ``resume`` after each driver kill), with
-``LocalExecutor(max_restarts=10, restart_window=600)``: the default budget (3
-deaths per worker per 600 s) is meant for real faults, not for 20 kills in a
-minute. First undisturbed, then under a kill schedule drawn from the seed:
-SIGKILL a worker the moment one exists after each driver start, kill running
-workers at drawn step counts (some of them again the moment their replacement
-exists), and kill the driver at drawn step counts. Reports the kills
+``max_restarts=10, restart_window=600``: the default budget (3 deaths per
+worker per 600 s) is meant for real faults, not for 20 kills in a minute.
+First undisturbed, then under a kill schedule drawn from the seed: SIGKILL
+the first worker process the moment it exists after each driver start, kill
+workers while they run drawn visits (some of them again the moment their
+replacement exists), and kill the driver after a drawn visit. The local
+executor is ``modelhopper.testing.ChaosExecutor``: the moments count the
+run's own visits, so every planned kill is made however loaded the machine
+(a killer polling the store can fall behind a short run). Reports the kills
 survived, the wall time lost against the undisturbed run, MSTs lost or
 duplicated (target 0) and per-epoch metric differences (target 0).
 Writes bench/results/chaos.json and .md (``--smoke-test``: chaos_smoke.*, a
@@ -20,7 +23,8 @@ CPUs and one 1-CPU node per worker, plus one spare per node removal; each node
 its own raylet and object store): the drivers join it with
 ``RayExecutor(address=...)``, the kills hit the worker actors' processes, and
 a drawn moment also removes the node of a running actor (its shard moves to
-the spare node). Writes chaos_ray.* (chaos_ray_smoke.*).
+the spare node); there the killer is outside the run, polling the store for
+drawn step counts. Writes chaos_ray.* (chaos_ray_smoke.*).
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from pathlib import Path
 import psutil
 
 import modelhopper as mh
-from modelhopper.executors._host import PROCESS_NAME
-from modelhopper.store import SQLStore
+from modelhopper.store import EventKind, SQLStore
+from modelhopper.testing import KillPlan
 
 RESULTS = Path(__file__).parent / "results"
 TIMEOUT = 300.0  # seconds any awaited condition may take before the benchmark gives up
@@ -103,8 +107,13 @@ from pathlib import Path
 import modelhopper as mh
 from modelhopper.cli import load_spec, spec_objects
 
-mode, spec, name, url, run_dir, n_workers, address = sys.argv[1:]
-if address == "local":
+mode, spec, name, url, run_dir, n_workers, address, plan, log = sys.argv[1:]
+if address == "local" and plan != "none":
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    executor = ChaosExecutor(KillPlan.from_json(plan), log=log, max_restarts=10,
+                             restart_window=600)
+elif address == "local":
     executor = mh.LocalExecutor(max_restarts=10, restart_window=600)
 else:  # actors start slowly on 2 cores: a long start timeout
     executor = mh.RayExecutor(address=address, max_restarts=10, restart_window=600,
@@ -135,15 +144,6 @@ def _n_steps(url: str, name: str) -> int:
         return 0
     finally:
         store.close()
-
-
-def _local_workers(driver: psutil.Process) -> list[int]:
-    found = []
-    for child in driver.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if child.name() == PROCESS_NAME and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-    return sorted(found)
 
 
 def _ray_workers(driver: psutil.Process) -> list[int]:
@@ -178,18 +178,57 @@ class _Run:
     def __init__(self, folder: Path, name: str, config: Config, cluster=None) -> None:
         self.folder, self.name, self.config, self.cluster = folder, name, config, cluster
         self.address = cluster.address if cluster is not None else "local"
-        self.workers = _ray_workers if cluster is not None else _local_workers
         self.url = f"sqlite:///{folder}/{name}.sqlite"
         self.kills: list[dict] = []
         self.phase_seconds: list[float] = []
 
-    def _start(self, mode: str) -> subprocess.Popen:
+    def _start(self, mode: str, plan: KillPlan | None = None) -> subprocess.Popen:
         log = (self.folder / f"{self.name}.log").open("ab")
         command = [sys.executable, str(self.folder / "driver.py"), mode,
                    str(self.folder / "spec.py"), self.name, self.url,
                    str(self.folder / self.name), str(self.config.n_workers),
-                   self.address]  # fmt: skip
+                   self.address, plan.to_json() if plan is not None else "none",
+                   str(self.folder / f"{self.name}.kills")]  # fmt: skip
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def visits(self) -> int:
+        """Visits recorded so far (one HOPPED event each)."""
+        store = SQLStore(self.url)
+        try:
+            return sum(e.kind is EventKind.HOPPED for e in store.list_events(self.name))
+        except mh.StoreError:
+            return 0
+        finally:
+            store.close()
+
+    def go_planned(self, rng: random.Random, total_visits: int) -> None:
+        """Run to completion under kill plans drawn per driver start (LocalExecutor): the
+        running kills spread over the starts, each start but the last ending in a driver
+        kill, the last start's kills well before its end (so each is noticed)."""
+        config = self.config
+        starts = config.driver_kills + 1
+        running = [config.running_kills // starts + (i < config.running_kills % starts)
+                   for i in range(starts)]  # fmt: skip
+        again = [config.replacement_kills // starts + (i < config.replacement_kills % starts)
+                 for i in range(starts)]  # fmt: skip
+        for start in range(starts):
+            remaining = total_visits - self.visits()
+            last = start == starts - 1
+            # a driver killed about evenly through what is left; the last start's kills
+            # end a quarter before its end, so the workers get more visits after them
+            visits = remaining * 3 // 4 if last else remaining // (starts - start)
+            plan = KillPlan.draw(rng, visits=visits, running=running[start],
+                                 replacements=again[start], driver=not last)  # fmt: skip
+            t0 = time.monotonic()
+            driver = self._start("run" if start == 0 else "resume", plan)
+            driver.wait(timeout=TIMEOUT * 4)
+            self.phase_seconds.append(time.monotonic() - t0)
+            want = 0 if last else -signal.SIGKILL
+            if driver.returncode != want:
+                log = (self.folder / f"{self.name}.log").read_text()
+                sys.exit(f"chaos: the {self.name} run failed:\n{log[-3000:]}")
+        lines = (self.folder / f"{self.name}.kills").read_text().splitlines()
+        self.kills = [json.loads(line) for line in lines]
 
     def _kill(self, moment: str, pid: int, t0: float) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -210,13 +249,14 @@ class _Run:
                                "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
 
     def _kill_newborn(self, process: psutil.Process, seen: set[int], alive, t0: float) -> None:
-        new = _until(lambda: sorted(set(self.workers(process)) - seen), "no new worker", alive)
+        new = _until(lambda: sorted(set(_ray_workers(process)) - seen), "no new worker", alive)
         if new:
             seen.update(new)
             self._kill("start-up", new[0], t0)
 
     def go(self, rng: random.Random | None) -> None:
-        """Run to completion; with rng, under the kill schedule it draws."""
+        """Run to completion; with rng, under the kill schedule it draws (a Ray cluster:
+        the killer is this process, polling the store for the drawn step counts)."""
         config, n = self.config, self.config.n_steps
         workers_at: list[tuple[int, bool]] = []
         drivers_at: list[int] = []
@@ -240,13 +280,13 @@ class _Run:
                 self._kill_newborn(process, seen, alive, t0)
             while alive():
                 done = _n_steps(self.url, self.name)
-                if workers_at and done >= workers_at[0][0] and (pids := self.workers(process)):
+                if workers_at and done >= workers_at[0][0] and (pids := _ray_workers(process)):
                     _, again = workers_at.pop(0)
                     seen.update(pids)
                     self._kill("running", rng.choice(pids), t0)  # type: ignore[union-attr]
                     if again:
                         self._kill_newborn(process, seen, alive, t0)
-                elif nodes_at and done >= nodes_at[0] and (pids := self.workers(process)):
+                elif nodes_at and done >= nodes_at[0] and (pids := _ray_workers(process)):
                     nodes_at.pop(0)
                     seen.update(pids)
                     self._remove_node(rng.choice(pids), t0)  # type: ignore[union-attr]
@@ -312,7 +352,10 @@ def _measure(config: Config, seed: int, executor: str, cluster) -> dict:
         calm = _Run(folder, "calm", config, cluster)
         chaos = _Run(folder, "chaos", config, cluster)
         calm.go(None)
-        chaos.go(random.Random(seed))
+        if cluster is None:
+            chaos.go_planned(random.Random(seed), total_visits=calm.visits())
+        else:
+            chaos.go(random.Random(seed))
         want, got = calm.history(), chaos.history()
         moments = Counter(k["moment"] for k in chaos.kills)
         return {
@@ -342,7 +385,8 @@ def _markdown(r: dict) -> str:
         f"({c['n_workers'] + c['node_removals']} 1-CPU nodes, worker actors' processes killed"
         f", {c['node_removals']} node(s) of a running actor removed at drawn step counts)"
         if ray
-        else "`LocalExecutor(max_restarts=10, restart_window=600)`"
+        else "`modelhopper.testing.ChaosExecutor(plan, max_restarts=10, restart_window=600)` "
+        "(a LocalExecutor that SIGKILLs its workers and its driver at the planned visits)"
     )
     return "\n".join([
         f"# Chaos (digits, {'RayExecutor' if ray else 'LocalExecutor'}, SIGKILL)",
@@ -350,8 +394,10 @@ def _markdown(r: dict) -> str:
         f"Random search, {c['n_msts']} MSTs x {c['epochs']} epochs on {c['n_workers']} workers "
         f"(seed {r['seed']}); {executor}. Each "
         "driver start (run, then each resume) is followed by a kill of the first worker "
-        "process the moment it exists; running workers are killed at drawn step counts, "
-        "some again the moment their replacement exists; the driver at drawn step counts.",
+        "process the moment it exists; running workers are killed at drawn "
+        + ("step counts" if ray else "visits")
+        + ", some again the moment their replacement exists; the driver at drawn "
+        + ("step counts." if ray else "visits."),
         "",
         "| worker kills survived (at start-up) | driver kills survived | nodes removed "
         "| undisturbed s | disturbed s | s lost | MSTs lost | steps recorded twice "

@@ -49,14 +49,22 @@ class InProcessExecutor(BaseExecutor):
     "dies": the visit is lost, its worker replaced by a fresh one (an empty cache).
     ``interrupt_after``: raise KeyboardInterrupt from ``wait`` once this many visits
     were handed back (the driver stops as if killed; what it recorded stays).
+    ``polls``: ``poll`` hands back finished visits too (a seeded part of them), as
+    real workers finish while the driver records.
     """
 
     def __init__(
-        self, *, seed: int = 0, crash: Sequence[int] = (), interrupt_after: int | None = None
+        self,
+        *,
+        seed: int = 0,
+        crash: Sequence[int] = (),
+        interrupt_after: int | None = None,
+        polls: bool = False,
     ) -> None:
         self._rng = np.random.default_rng(seed)
         self._crash = set(crash)
         self._interrupt_after = interrupt_after
+        self._polls = polls
         self._workers: list[ShardWorker] = []
         self._done: list[VisitResult] = []
         self._factory: Callable[..., Any] | None = None
@@ -91,6 +99,14 @@ class InProcessExecutor(BaseExecutor):
         order = self._rng.permutation(len(self._done))
         back = [self._done[i] for i in order[:n]]
         self._done = [self._done[i] for i in order[n:]]
+        self.n_returned += len(back)
+        return back
+
+    def poll(self) -> list[VisitResult]:
+        if not self._polls or not self._done:
+            return []
+        n = int(self._rng.integers(0, len(self._done) + 1))
+        back, self._done = self._done[:n], self._done[n:]
         self.n_returned += len(back)
         return back
 
@@ -269,3 +285,30 @@ def test_a_restored_driver_finishes_as_an_uninterrupted_one(shards, tmp_path):
     driver.run()
     assert cut.metrics() == whole.metrics()
     assert len(cut.store.list_steps(cut.name)) == len(whole.store.list_steps(whole.name))
+
+
+@pytest.mark.parametrize("interrupt_after", [7, 10, 13, 16, 19, 22])
+def test_a_crash_noticed_while_recording_keeps_the_checkpoints_in_step(
+    shards, tmp_path, monkeypatch, interrupt_after
+):
+    """A crash that arrives while the driver records (its workers served meanwhile) is
+    handled after that record: visits that finished since are recorded after the ones
+    before them, so the store's latest checkpoint is always the state after the last
+    recorded step, and a run resumed from any moment ends as an uninterrupted one."""
+    monkeypatch.setattr("modelhopper._driver.RECORD_INTERVAL_SECONDS", 0.0)  # record each turn
+    whole = Run(grid(epochs=3), tmp_path / "whole", InProcessExecutor())
+    whole.start(shards)
+
+    crashing = InProcessExecutor(seed=3, crash=(4, 9, 14, 19), polls=True,
+                                 interrupt_after=interrupt_after)  # fmt: skip
+    cut = Run(grid(epochs=3), tmp_path / "cut", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        cut.start(shards)
+
+    again = InProcessExecutor(seed=5, polls=True)
+    driver = cut.driver(again)
+    driver.restore(cut.store.list_msts(cut.name))
+    cut.procedure.on_start(driver)
+    again.start(shards, cut.procedure.make_estimator)
+    driver.run()
+    assert cut.metrics() == whole.metrics()

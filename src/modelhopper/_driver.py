@@ -127,6 +127,8 @@ class Driver:
         self._moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
         self._started: list[int] = []  # MSTs whose first visit was sent, not yet marked running
         self._unrecorded: list[FinishedVisit] = []  # accounted for, not yet in the store
+        self._recording = False  # inside _record: crashes and failures wait for its end
+        self._held_back: list[tuple[Visit, VisitResult]] = []  # those, in arrival order
         self._commands_due = 0.0  # when to look for human-in-the-loop commands next
         self._work: dict[tuple[int, int], float] = {}  # (MST, worker) -> compute seconds
         self._compute_seconds = self._record_seconds = self._dispatch_seconds = 0.0
@@ -345,7 +347,8 @@ class Driver:
         self._mark_started()
 
     def _assign(self) -> None:
-        idle = [w for w in range(self._n_workers) if w not in self._in_flight]
+        held = {visit.worker for visit, _ in self._held_back}  # the scheduler's, until settled
+        idle = [w for w in range(self._n_workers) if w not in self._in_flight and w not in held]
         for visit in self._scheduler.assign(idle):
             tracked = self._msts[visit.mst_id]
             mst = tracked.mst
@@ -395,12 +398,15 @@ class Driver:
         """Account for a finished visit in memory (no I/O); None if it needs no record."""
         visit = self._in_flight.pop(result.worker)
         if result.crashed:
-            self._requeue_after_crash(visit, state_lost=result.state_lost)
-            return None
-        self._last_mst_on[result.worker] = result.mst_id
-        self._last_worker_of[result.mst_id] = result.worker
-        if result.error is not None or result.state is None:
-            self._fail(visit, result)
+            self._last_mst_on.pop(result.worker, None)  # the new process holds no state
+        else:
+            self._last_mst_on[result.worker] = result.mst_id
+            self._last_worker_of[result.mst_id] = result.worker
+        if result.crashed or result.error is not None or result.state is None:
+            if self._recording:  # a record in progress must end before another begins
+                self._held_back.append((visit, result))
+            else:
+                self._settle(visit, result)
             return None
         seconds = [o.result.seconds for o in result.outcomes]
         self._scheduler.complete(visit, seconds)
@@ -424,9 +430,22 @@ class Driver:
         checkpoint writes: a record takes milliseconds per visit, which a worker
         would otherwise spend waiting (the new results go to the next record).
         """
-        finished, self._unrecorded = self._unrecorded, []
-        if not finished:
+        if not self._unrecorded:
             return
+        self._recording = True
+        try:
+            self._record_unrecorded(serve)
+        finally:
+            self._recording = False
+        # Crashes and failures that arrived while serving: each records what finished
+        # before it first (a nested record would commit later visits of an MST before
+        # earlier ones, and leave its latest checkpoint behind its recorded steps).
+        held, self._held_back = self._held_back, []
+        for visit, result in held:
+            self._settle(visit, result)
+
+    def _record_unrecorded(self, serve: bool) -> None:
+        finished, self._unrecorded = self._unrecorded, []
         started = time.perf_counter()
         last_training = {f.visit.mst_id: f for f in finished if f.trains}
         records = []
@@ -513,6 +532,13 @@ class Driver:
             return MSTStatus.COMPLETED
         return None
 
+    def _settle(self, visit: Visit, result: VisitResult) -> None:
+        """A visit that left no state: its worker crashed, or its MST failed."""
+        if result.crashed:
+            self._requeue_after_crash(visit, state_lost=result.state_lost)
+        else:
+            self._fail(visit, result)
+
     def _requeue_after_crash(self, visit: Visit, *, state_lost: bool = False) -> None:
         """The worker died mid-visit and was replaced: run the visit again from the last state."""
         self._record()  # in order: what finished before the crash first
@@ -522,7 +548,6 @@ class Driver:
                 if (state := self._recorder.read_latest(mst_id)) is not None:
                     self._states[mst_id] = state
         self._scheduler.requeue(visit)
-        self._last_mst_on.pop(visit.worker, None)  # the new process holds no state
         self._store.add_event(
             self._name, EventKind.WORKER_RESTARTED, mst_id=visit.mst_id, worker=visit.worker,
             detail={"steps": len(visit.steps)},

@@ -5,6 +5,7 @@ Needs pytest (``pip install 'modelhopper[dev]'``).
 
 from __future__ import annotations
 
+from modelhopper.testing._chaos import ChaosExecutor, Kill, KillPlan
 from modelhopper.testing._executor import ExecutorConformance, make_test_estimator
 from modelhopper.testing._fake_trainer import EpochLog, FakeTrainer
 from modelhopper.testing._lcbench import LCBench
@@ -17,9 +18,12 @@ from modelhopper.testing._surrogate import (
 )
 
 __all__ = [
+    "ChaosExecutor",
     "EpochLog",
     "ExecutorConformance",
     "FakeTrainer",
+    "Kill",
+    "KillPlan",
     "LCBench",
     "SimulatedVisit",
     "StoreConformance",
