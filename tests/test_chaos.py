@@ -3,7 +3,6 @@ resumed run ends with exactly the results of an uninterrupted one."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -18,11 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
 import pytest
 
 import modelhopper as mh
-from modelhopper.executors._host import PROCESS_NAME
 from modelhopper.store import SQLStore
 from modelhopper.testing import ChaosExecutor, KillPlan
 
@@ -82,27 +79,6 @@ def _n_steps(url: str, name: str) -> int:
         store.close()
 
 
-def _wait_for_steps(url: str, name: str, n: int, alive: Callable[[], bool]) -> None:
-    def reached() -> bool:
-        assert alive(), "the run ended before the kill"
-        return _n_steps(url, name) >= n
-
-    deadline = time.monotonic() + TIMEOUT
-    while not reached():
-        assert time.monotonic() < deadline, f"run {name} did not reach {n} steps"
-        time.sleep(0.05)
-
-
-def _workers(driver: psutil.Process) -> list[int]:
-    """The driver's live worker processes (forked by it, or by its zygote), by pid."""
-    found = []
-    for child in driver.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if child.name() == PROCESS_NAME and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child.pid)
-    return sorted(found)
-
-
 class _Schedule:
     """The seeded kill schedule's draws, and the record of the kills made."""
 
@@ -110,45 +86,41 @@ class _Schedule:
         self.rng = random.Random(seed)
         self.killed: list[tuple[str, int]] = []  # (moment, pid)
 
-    def kill(self, moment: str, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        self.killed.append((moment, pid))
 
-    def kill_newborn(self, pids: Callable[[], list[int]], seen: set[int]) -> int:
-        """Kill a worker process the moment one never seen before exists (it is starting)."""
-        new = _until(lambda: sorted(set(pids()) - seen), "no new worker process")
-        seen.update(new)
-        self.kill("start-up", new[0])
-        return new[0]
+DRIVER = textwrap.dedent(
+    f"""
+    import sys
+    from pathlib import Path
+    from modelhopper.cli import load_spec, spec_objects
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    spec, url, run_dir, plan, log = sys.argv[1:]
+    search, data = spec_objects(load_spec(Path(spec)), Path(spec))
+    search.fit(data, n_workers={N_WORKERS}, run_name="chaos", store=url, run_dir=run_dir,
+               executor=ChaosExecutor(KillPlan.from_json(plan), log=log))
+    """
+)
 
 
 def _run_and_kill_the_driver(spec, url: str, tmp_path, schedule: _Schedule) -> int:
-    """Run the spec with the CLI; kill 2 workers starting up, 1 running, then the driver."""
-    log = tmp_path / "driver.log"
-    with log.open("wb") as out:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--run-name", "chaos",
-             "--store", url, "--run-dir", str(tmp_path / "run")],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        process = psutil.Process(driver.pid)
-        seen: set[int] = set()
-        for _ in range(2):  # a first worker, then its replacement (or the other first one)
-            schedule.kill_newborn(lambda: _workers(process), seen)
-        alive = lambda: driver.poll() is None  # noqa: E731
-        _wait_for_steps(url, "chaos", schedule.rng.randint(8, 30), alive)
-        schedule.kill("running", schedule.rng.choice(_workers(process)))
-        _wait_for_steps(url, "chaos", schedule.rng.randint(40, 60), alive)
-        error = None
-    except (AssertionError, OSError) as e:  # reported after the driver's own failure, if any
-        error = e
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(timeout=TIMEOUT)
-    assert driver.returncode == -signal.SIGKILL, f"the driver failed: {log.read_text()[-3000:]}"
-    if error is not None:
-        raise error
-    schedule.killed.append(("driver", driver.pid))
+    """Run the spec in a driver process of its own, as a script would. Its executor kills
+    both first worker processes as they start, a worker while it runs a drawn visit, then
+    the driver itself after a drawn visit (of ~108: 3 per MST epoch)."""
+    plan = KillPlan(
+        start_up=frozenset({1, 2}),
+        running={schedule.rng.randint(4, 15): False},
+        driver=schedule.rng.randint(25, 40),
+    )
+    kills = tmp_path / "kills.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(spec), url, str(tmp_path / "run"), plan.to_json(),
+         str(kills)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, f"the driver failed: {done.stderr[-3000:]}"
+    for line in kills.read_text().splitlines():
+        kill = json.loads(line)
+        schedule.killed.append((kill["moment"], kill["pid"]))
     return _n_steps(url, "chaos")
 
 

@@ -125,10 +125,9 @@ def _head(split: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_shard_labels(shards: list[ShardInfo], num_classes: int) -> None:
     """Labels of streamed splits, known once sharding has read them, against the model."""
-    for info in shards:
+    for info in shards:  # from the ranges sharding noted: the files may be on another node
         for prefix, name in (("train", "training"), ("val", "validation")):
-            labels = np.load(Path(info.path) / f"{prefix}_y.npy", mmap_mode="r")
-            if labels.dtype.kind in "iu":
+            if (labels := (info.labels or {}).get(prefix)) is not None:
                 check_label_range(np.asarray(labels), num_classes, f"{name} (shard {info.index})")
 
 
@@ -271,6 +270,8 @@ def _execute(
             executor.start(shards, procedure.make_estimator)
             startup = time.perf_counter() - started
             stats = driver.run()
+            if not keep_shards:
+                executor.release_shards()
     except (AllMSTsFailedError, ExecutorError) as e:
         store.set_experiment_status(name, RunStatus.FAILED)
         store.add_event(name, EventKind.FAILED, detail={"error": str(e)})

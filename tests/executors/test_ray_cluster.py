@@ -97,6 +97,55 @@ def test_shards_shipped_once_to_nodes_that_cannot_read_the_path(reference, tmp_p
     assert _metrics(result) == _metrics(reference)
 
 
+def _image_estimator(p):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    return mh.Estimator(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=p["lr"]),
+        loss=nn.CrossEntropyLoss(), batch_size=32, eval_transform=lambda x: x.float() / 255,
+        train_transform=mh.per_example(lambda x: x.flip(-1).float() / 255),
+    )  # fmt: skip
+
+
+def test_each_shard_is_built_on_its_workers_node_and_built_again_where_it_is_lost(
+    cluster, tmp_path
+):
+    """An image folder on several nodes: each shard is built by a Ray task on the node its
+    worker then runs on (nothing shipped, the driver writes no shard file); a replacement
+    that finds its node's shard gone builds it again there; results equal a local run."""
+    root = mh.datasets.fashion_mnist_folder(tmp_path / "images", limit=240)
+    data = mh.Dataset.from_image_folder(root, fractions=(0.75, 0.25, 0.0))
+    search = mh.GridSearch(_image_estimator, {"lr": mh.grid([0.05, 0.01])}, epochs=3, seed=3)
+    local = search.fit(data, n_workers=2, run_dir=tmp_path / "local", progress=False,
+                       executor=mh.LocalExecutor(threads_per_worker=1))  # fmt: skip
+
+    executor = mh.RayExecutor(max_restarts=2, start_timeout=START_TIMEOUT)
+    shard_0 = tmp_path / "run" / "shards" / "shard-0"
+
+    def lose_shard_0_and_kill_its_worker(ex):
+        # On one machine the nodes share a disk: deleting the folder is how worker 0's
+        # node "lacks" its shard (its open memory maps stay valid until it dies).
+        for file in shard_0.iterdir():
+            if file.is_file():
+                file.unlink()
+        os.kill(ex.pids[0], signal.SIGKILL)
+
+    killer = _Killer(executor, f"sqlite:///{tmp_path}/db.sqlite", 6,
+                     lose_shard_0_and_kill_its_worker)  # fmt: skip
+    killer.start()
+    on_ray = search.fit(data, n_workers=2, executor=executor, run_name="run", keep_shards=True,
+                        store=f"sqlite:///{tmp_path}/db.sqlite", run_dir=tmp_path / "run",
+                        progress=False)  # fmt: skip
+    killer.join(timeout=5)
+    assert killer.done.is_set() and executor.restarts == [1, 0]
+    head = cluster.head_node.node_id
+    assert executor.build_nodes == executor.worker_nodes and head not in executor.build_nodes
+    assert len(set(executor.worker_nodes)) == 2  # each shard on its own worker's node
+    assert executor.shipped_bytes == 0 and executor.rebuilt_shards == 1
+    assert (shard_0 / "train_x.arrow").is_file()  # built again, on worker 0's node
+    assert on_ray.provenance["data_sha256"] == local.provenance["data_sha256"]
+    assert _metrics(on_ray) == _metrics(local)
+
+
 class _Killer(threading.Thread):
     """Once the run has recorded ``after`` steps, kill worker 0's actor or its whole node."""
 

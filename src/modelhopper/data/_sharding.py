@@ -29,6 +29,7 @@ from modelhopper.data._streaming import RecordChunk, RecordSource, StreamedSplit
 from modelhopper.errors import ConfigError, DataError
 
 __all__ = [
+    "BuiltShard",
     "ShardInfo",
     "ShardData",
     "shard_indices",
@@ -48,6 +49,17 @@ class ShardInfo:
     n_train: int
     n_val: int
     nbytes: int
+    # [lowest, highest] integer label of each split ("train", "val"), so labels can be
+    # checked where the shard's files are not (a shard built on another node)
+    labels: dict[str, list[int]] | None = None
+
+
+@dataclass(frozen=True)
+class BuiltShard:
+    """What building one whole shard where it will be read gives back."""
+
+    info: ShardInfo
+    hashes: dict[str, str]  # file name -> SHA-256, for the data fingerprint
 
 
 @dataclass(frozen=True)
@@ -120,34 +132,129 @@ def write_shards(
     folders = [root / f"shard-{index}" for index in range(n_shards)]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
+    splits = (("train", dataset.train, 0), ("val", dataset.validation, 1))
+    parts = {prefix: shard_indices(len(split), n_shards, seed, salt=salt)
+             for prefix, split, salt in splits}  # fmt: skip
+    if all(isinstance(s, StreamedSplit) and s.source.random_access for _, s, _ in splits):
+        built = _build_whole_shards(dataset, parts, folders, builder)
+    else:
+        built = _write_by_split(dataset, parts, folders)
+    for shard in built:
+        if digest is not None:
+            for name in sorted(shard.hashes):  # the fingerprint's file order
+                digest.update(name.encode())
+                digest.update(bytes.fromhex(shard.hashes[name]))
+    return [shard.info for shard in built]
+
+
+def _codec(dataset: Dataset) -> Codec | None:
+    for split in (dataset.train, dataset.validation):
+        if isinstance(split, StreamedSplit) and split.source.codec is not None:
+            return split.source.codec
+    return None
+
+
+def _build_whole_shards(
+    dataset: Dataset,
+    parts: dict[str, list[np.ndarray]],
+    folders: list[Path],
+    builder: Callable[[Sequence[Callable[[], Any]]], list[Any] | None] | None,
+) -> list[BuiltShard]:
+    """Sources that read any row: each shard is built whole on its own (its files and
+    its ``shard.json``), by ``builder`` where it runs them (an executor's: Ray tasks,
+    perhaps on the node that will read the shard), else in a thread per shard here.
+    The driver keeps a copy of each ``shard.json`` (what a resume reads)."""
+    codec, n_shards = _codec(dataset), len(folders)
+    streamed = [(p, s) for p, s in (("train", dataset.train), ("val", dataset.validation))
+                if isinstance(s, StreamedSplit)]  # fmt: skip
+    n_threads = min(_n_threads(split, n_shards) for _, split in streamed)
+    # A few MiB per read is as fast as more; the rest of the bound is headroom for
+    # what Python and Arrow keep of freed buffers.
+    plans = [(prefix, split.source, min(split.memory_bytes // (2 * n_threads), _TAKE_BYTES))
+             for prefix, split in streamed]  # fmt: skip
+    builds = [
+        functools.partial(
+            _build_shard,
+            index,
+            folder,
+            codec,
+            [
+                (prefix, source, np.sort(parts[prefix][index]), budget)
+                for prefix, source, budget in plans
+            ],
+        )  # fmt: skip
+        for index, folder in enumerate(folders)
+    ]
+    built = builder(builds) if builder is not None else None
+    if built is None:
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
+            built = list(pool.map(lambda build: build(), builds))
+    for shard, folder in zip(built, folders, strict=True):
+        _write_meta(folder, shard.info, codec)
+    return built
+
+
+def _build_shard(
+    index: int,
+    folder: Path,
+    codec: Codec | None,
+    plans: list[tuple[str, RecordSource, np.ndarray, int]],
+) -> BuiltShard:
+    """One whole shard of random-access sources, where this runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    for prefix, source, rows, budget in plans:
+        hashes.update(_build_shard_part(source, rows, folder, prefix, budget))
+    counts = {prefix: len(rows) for prefix, _, rows, _ in plans}
+    return BuiltShard(_finish_shard(folder, index, counts["train"], counts["val"], codec), hashes)
+
+
+def _write_by_split(
+    dataset: Dataset, parts: dict[str, list[np.ndarray]], folders: list[Path]
+) -> list[BuiltShard]:
+    """In-memory splits, or sources read in order: the driver writes every shard here."""
     hashes: list[dict[str, str]] = [{} for _ in folders]
-    counts = {}
-    codec = None
-    for prefix, split, salt in (("train", dataset.train, 0), ("val", dataset.validation, 1)):
-        parts = shard_indices(len(split), n_shards, seed, salt=salt)
-        counts[prefix] = [len(p) for p in parts]
+    for prefix, split in (("train", dataset.train), ("val", dataset.validation)):
         if isinstance(split, StreamedSplit):
-            written = _write_streamed(split, parts, folders, prefix, builder)
-            codec = split.source.codec or codec
+            written = _write_streamed(split, parts[prefix], folders, prefix)
         else:
             written = [_write_dense_part(split, rows, folder, prefix) for rows, folder in
-                       zip(parts, folders, strict=True)]  # fmt: skip
+                       zip(parts[prefix], folders, strict=True)]  # fmt: skip
         for shard_hashes, files in zip(hashes, written, strict=True):
             shard_hashes.update(files)
-    infos = []
-    for index, folder in enumerate(folders):
-        info = ShardInfo(index, str(folder), counts["train"][index], counts["val"][index], 0)
-        meta = {**asdict(info), "codec": codec.to_dict() if codec is not None else None}
-        (folder / "shard.json").write_text(json.dumps(meta))
-        nbytes = open_shard(folder).nbytes  # data bytes (encoded records as stored)
-        info = dataclasses.replace(info, nbytes=nbytes)
-        (folder / "shard.json").write_text(json.dumps({**meta, "nbytes": nbytes}))
-        if digest is not None:
-            for name in sorted(hashes[index]):  # the fingerprint's file order
-                digest.update(name.encode())
-                digest.update(bytes.fromhex(hashes[index][name]))
-        infos.append(info)
-    return infos
+    codec = _codec(dataset)
+    return [
+        BuiltShard(
+            _finish_shard(
+                folder, index, len(parts["train"][index]), len(parts["val"][index]), codec
+            ),
+            hashes[index],
+        )  # fmt: skip
+        for index, folder in enumerate(folders)
+    ]
+
+
+def _finish_shard(
+    folder: Path, index: int, n_train: int, n_val: int, codec: Codec | None
+) -> ShardInfo:
+    """Write the shard's ``shard.json`` once its files are written; its ShardInfo."""
+    info = ShardInfo(index, str(folder), n_train, n_val, 0)
+    _write_meta(folder, info, codec)
+    shard = open_shard(folder)
+    labels = {}
+    for prefix, y in (("train", shard.train_y), ("val", shard.val_y)):
+        if y.dtype.kind in "iu" and len(y):
+            labels[prefix] = [int(y.min()), int(y.max())]
+    # data bytes (encoded records as stored)
+    info = dataclasses.replace(info, nbytes=shard.nbytes, labels=labels or None)
+    _write_meta(folder, info, codec)
+    return info
+
+
+def _write_meta(folder: Path, info: ShardInfo, codec: Codec | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {**asdict(info), "codec": codec.to_dict() if codec is not None else None}
+    (folder / "shard.json").write_text(json.dumps(meta))
 
 
 def _write_dense_part(split: Split, rows: np.ndarray, folder: Path, prefix: str) -> dict[str, str]:
@@ -220,28 +327,18 @@ class _DenseWriter:
 
 
 def _write_streamed(
-    split: StreamedSplit,
-    parts: list[np.ndarray],
-    folders: list[Path],
-    prefix: str,
-    builder: Callable[[Sequence[Callable[[], Any]]], list[Any] | None] | None = None,
+    split: StreamedSplit, parts: list[np.ndarray], folders: list[Path], prefix: str
 ) -> list[dict[str, str]]:
     """Stream a split's rows into its shards. A source that reads any row builds each
-    shard on its own: with ``builder`` (an executor's, e.g. Ray tasks) where it runs
-    them, else in a thread per shard here."""
+    shard's part on its own, in a thread per shard."""
     source = split.source
     if source.random_access:
         n_threads = _n_threads(split, len(parts))
-        # A few MiB per read is as fast as more; the rest of the bound is headroom for
-        # what Python and Arrow keep of freed buffers.
         budget = min(split.memory_bytes // (2 * n_threads), _TAKE_BYTES)
         builds = [
             functools.partial(_build_shard_part, source, np.sort(rows), folder, prefix, budget)
             for rows, folder in zip(parts, folders, strict=True)
         ]
-        built = builder(builds) if builder is not None else None
-        if built is not None:
-            return built
         with ThreadPoolExecutor(n_threads, thread_name_prefix="modelhopper-shard") as pool:
             return list(pool.map(lambda build: build(), builds))
     writers = [_part_writers(source, folder, prefix, len(rows)) for rows, folder in
@@ -316,7 +413,10 @@ def _close(x_writer: Any, y_writer: _DenseWriter, folder: Path, prefix: str) -> 
 def read_shard_info(path: str | os.PathLike) -> ShardInfo:
     """A shard's ShardInfo from its ``shard.json`` (which also holds how ``x`` is encoded)."""
     meta = json.loads(Path(path).read_text())
-    return ShardInfo(**{f.name: meta[f.name] for f in dataclasses.fields(ShardInfo)})
+    # fields added since (labels) are absent from older runs' shard.json: their defaults
+    return ShardInfo(
+        **{f.name: meta[f.name] for f in dataclasses.fields(ShardInfo) if f.name in meta}
+    )
 
 
 def open_shard(path: str | os.PathLike) -> ShardData:

@@ -112,10 +112,15 @@ class BaseExecutor(ABC):
         """Called before the data is sharded: begin slow start-up work (no shard exists yet)."""
 
     def build_shards(self, builds: Sequence[Callable[[], Any]]) -> list[Any] | None:
-        """Run shard builds (one per shard, each writes its shard's files) in parallel
-        where the workers can read what they write; None leaves them to the driver,
-        which runs them in threads (a local executor shares the driver's disk)."""
+        """Run shard builds (one per shard, each writes its whole shard and returns its
+        ``BuiltShard``) in parallel where the workers can read what they write; None
+        leaves them to the driver, which runs them in threads (a local executor shares
+        the driver's disk)."""
         return None
+
+    def release_shards(self) -> None:  # noqa: B027 - optional, most need nothing
+        """The run completed and its shards are not kept: delete copies of them the
+        executor made where the driver does not delete them (other nodes)."""
 
     @abstractmethod
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:

@@ -1,7 +1,10 @@
 """RayExecutor: MOP across machines, one Ray actor per worker, pinned to its node.
 
 Each actor owns one shard for the whole run and reads it on its own node,
-from a path that node can read or from files shipped to it once. Model state
+from a path that node can read, from files shipped to it once, or (several
+nodes, a source every node reads) from the shard a Ray task built on that
+node before the actor was placed there: then the shard never crosses the
+network and the run directory need not be shared. Model state
 hops actor to actor through Ray's object store: an actor returns its state as
 an object, and the driver hands that object's reference to the next actor,
 which pulls the bytes from the node that made them. The driver holds
@@ -10,8 +13,8 @@ checkpoint.
 
 A dead actor (killed at any moment, while starting too) is replaced on the
 same node when that node is alive (node affinity), else on another node,
-which re-materialises the shard from its source; the interrupted visit then
-re-runs from the MST's last state.
+which re-materialises the shard (shipped, or built again there from the
+source); the interrupted visit then re-runs from the MST's last state.
 """
 
 from __future__ import annotations
@@ -100,11 +103,21 @@ class _ShardActor:
         if self.shipped_to is not None:
             shutil.rmtree(self.shipped_to, ignore_errors=True)
 
+    def discard(self, path: str) -> None:
+        """The run is over and its shards are not kept: delete this node's shard."""
+        import shutil
+
+        self.runner = None
+        shutil.rmtree(path, ignore_errors=True)
+
     def can_read(self, path: str) -> bool:
         return (Path(path) / "shard.json").is_file()
 
-    def open(self, path: str | None, files: Mapping[str, bytes] | None) -> dict[str, Any]:
-        """Open the shard from ``path``, or write the shipped ``files`` to local disk first."""
+    def open(
+        self, path: str | None, files: Mapping[str, bytes] | None, build: bytes | None = None
+    ) -> dict[str, Any]:
+        """Open the shard from ``path``; write the shipped ``files`` to local disk first,
+        or run ``build`` (the shard's cloudpickled build) here if ``path`` is not readable."""
         import ray
 
         from modelhopper.data._sharding import open_shard
@@ -113,6 +126,9 @@ class _ShardActor:
         if files is not None:
             path = self.shipped_to = _materialise(files, self.worker)
         assert path is not None  # the executor sends one of the two
+        built = build is not None and not self.can_read(path)
+        if built:  # this node lost the shard built for it, or never had it
+            cloudpickle.loads(build)()
         shard = open_shard(path)
         self.runner = ShardWorker(
             self.worker, shard, self.n_shards, self.factory,
@@ -124,6 +140,7 @@ class _ShardActor:
             "nbytes": shard.nbytes,
             "path": path,
             "device": self.device or "cpu",
+            "built": built,
         }
 
     def run(
@@ -169,13 +186,22 @@ def _pickle_factory(factory: Callable[..., Any]) -> bytes:
 _BUILD_RETRIES = 2
 
 
-def _run_build(blob: bytes) -> Any:
-    """A Ray task: one shard's build, shipped as a cloudpickled closure."""
-    return cloudpickle.loads(blob)()
+def _run_build(blob: bytes) -> tuple[str, Any]:
+    """A Ray task: one shard's build, shipped as a cloudpickled closure; (node, result)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), cloudpickle.loads(blob)()
 
 
 def _read_shard_files(path: str) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
+    folder = Path(path)
+    if not (folder / "train_y.npy").is_file():  # the driver keeps only shard.json of those
+        raise ExecutorError(
+            f"shard {path} is neither on the node of its worker nor here to ship: it was "
+            "built on a node of the cluster (data='auto'). Resume on the same nodes, put the "
+            "run directory on storage every node reads, or start the run again"
+        )
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 class RayExecutor(BaseExecutor):
@@ -190,7 +216,13 @@ class RayExecutor(BaseExecutor):
         data: how actors get their shard. ``"path"``: read the shard folder on
             the actor's node (shared storage, or the same machine); ``"ship"``:
             the driver sends the shard files to the node once; ``"auto"``
-            (default): the path when the node can read it, else ship.
+            (default): the path when the node can read it, else ship. With
+            ``"auto"`` on several nodes, a source that reads any row (image
+            folder, Parquet, Hugging Face, torch Dataset) is sharded by Ray
+            tasks, each on the node its worker is then placed on: the source
+            must be readable from the nodes (shared or object storage, or a
+            copy on each), the run directory need not be; if a build fails
+            there, the driver builds the shards and ships them.
         max_restarts: deaths of one worker tolerated within ``restart_window``
             seconds (a rate: deaths further apart never add up); one more fails
             the run as a crash loop.
@@ -250,6 +282,10 @@ class RayExecutor(BaseExecutor):
         self._infos: list[dict[str, Any]] = []
         self._busy: dict[int, tuple[int, Any, Any]] = {}  # worker -> (mst, meta ref, state ref)
         self.shipped_bytes = 0  # shard bytes the driver sent to nodes (data="ship")
+        self._homes: dict[int, str] = {}  # worker -> node its shard was built on
+        self._builds: dict[int, bytes] = {}  # worker -> its shard's build, to build it again
+        self.build_nodes: list[str] = []  # where each shard build ran (node ids)
+        self.rebuilt_shards = 0  # shards built again on a node that lacked them
 
     # -- what the run reports ------------------------------------------------------
     @property
@@ -292,26 +328,61 @@ class RayExecutor(BaseExecutor):
 
     # -- life cycle ----------------------------------------------------------------
     def build_shards(self, builds: Sequence[Callable[[], Any]]) -> list[Any] | None:
-        """Build the shards as Ray tasks, in parallel across the cluster, when every node
-        reads the run directory (``data="path"``, or a one-node cluster with "auto")."""
+        """Build the shards as Ray tasks, in parallel across the cluster: anywhere when
+        every node reads the run directory (``data="path"``, a one-node cluster), else
+        (``"auto"``, several nodes) shard w on the node worker w will then be placed on."""
         if self.data == "ship":
             return None
         self._ray = ray = import_ray()
         self._connect()
-        if self.data == "auto" and sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
-            return None  # nodes may not share the run directory: the driver writes it
+        homes = self._choose_homes(len(builds)) if self.data == "auto" else {}
+        blobs = [cloudpickle.dumps(build) for build in builds]
         # A task whose process dies (killed, a lost node) runs again: a build rewrites
         # its shard's files from scratch. An exception it raises is not retried.
         task = ray.remote(num_cpus=1, max_retries=_BUILD_RETRIES)(_run_build)
+        refs = [
+            task.options(
+                scheduling_strategy=self._on(homes[w]) if w in homes else "DEFAULT"
+            ).remote(blob)
+            for w, blob in enumerate(blobs)
+        ]
         try:
-            return ray.get([task.remote(cloudpickle.dumps(build)) for build in builds])
-        except Exception as e:  # e.g. a node cannot import the module of a torch Dataset
+            done = ray.get(refs)
+        except Exception as e:  # e.g. a node cannot read the source, or import its module
             warnings.warn(
                 f"building the shards on the Ray cluster failed ({type(e).__name__}: {e}); "
-                "building them in this process instead",
+                "building them in this process instead"
+                + (" (to be shipped to the nodes)" if homes else ""),
                 stacklevel=2,
             )
             return None
+        self.build_nodes = [node for node, _ in done]
+        if homes:  # the workers go where their shards are, and can build them again
+            self._homes, self._builds = homes, dict(enumerate(blobs))
+        return [result for _, result in done]
+
+    def _choose_homes(self, n_shards: int) -> dict[int, str]:
+        """Nodes for the shards when the cluster has several that can host a worker
+        (round robin over them, in node-id order); none on a one-node cluster."""
+        need = {"CPU": self.resources.get("CPU", 1), "GPU": self.resources.get("GPU", 0)}
+        nodes = sorted(
+            n["NodeID"]
+            for n in self._ray.nodes()
+            if n.get("Alive") and all(n["Resources"].get(k, 0) >= v for k, v in need.items())
+        )
+        if len(nodes) < 2:
+            return {}
+        return {w: nodes[w % len(nodes)] for w in range(n_shards)}
+
+    def release_shards(self) -> None:
+        """Delete the shards built on the nodes (the driver deletes its own folder)."""
+        if not self._builds or self._ray is None:
+            return
+        ray = self._ray
+        paths = {w: str(self._shards[w].path) for w in self._builds if w < len(self._shards)}
+        done = [self._actors[w].discard.remote(p) for w, p in paths.items()]
+        with contextlib.suppress(Exception):  # a dead actor's node lost its copy already
+            ray.wait(done, num_returns=len(done), timeout=30)
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         self._refuse_second_start(bool(self._actors))
@@ -321,7 +392,8 @@ class RayExecutor(BaseExecutor):
         self._shards = list(shards)
         self._factory_blob = _pickle_factory(factory)
         self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
-        self._actors = [self._create(w, "SPREAD") for w in range(len(shards))]
+        self._infos = []
+        self._actors = [self._create(w, self._placement(w)) for w in range(len(shards))]
         self._infos = self._start_actors(list(range(len(shards))))
 
     def _start_actors(self, workers: list[int], mst_id: int | None = None) -> list[dict[str, Any]]:
@@ -389,11 +461,14 @@ class RayExecutor(BaseExecutor):
                 refs.append(None)
             elif ok:
                 refs.append(self._actors[w].open.remote(path, None))
+            elif w in self._builds:  # built for a node that is gone: build it there
+                refs.append(self._actors[w].open.remote(path, None, self._builds[w]))
             else:
                 files = _read_shard_files(path)
                 self.shipped_bytes += sum(len(b) for b in files.values())
                 refs.append(self._actors[w].open.remote(None, ray.put(files)))
         opened = self._get([r for r in refs if r is not None], "open their shards")
+        self.rebuilt_shards += sum(1 for info in opened if info and info.get("built"))
         return [None if r is None else opened.pop(0) for r in refs]
 
     def _get(self, refs: list[Any], doing: str) -> list[Any]:
@@ -470,15 +545,21 @@ class RayExecutor(BaseExecutor):
             )
 
     def _placement(self, worker: int) -> Any:
-        """The node of the worker's last actor while that node is alive, else any node."""
-        if worker >= len(self._infos):  # starting: never placed yet
-            return "SPREAD"
-        node = self._infos[worker]["node"]
-        if node in {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        """The node of the worker's last actor (before it has one: the node its shard was
+        built on, if any) while that node is alive, else any node."""
+        if worker < len(self._infos):
+            node: str | None = self._infos[worker]["node"]
+        else:  # starting: never placed yet
+            node = self._homes.get(worker)
+        if node is not None and node in {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}:
+            return self._on(node)
+        return "SPREAD"  # no home, or it is gone: re-materialise the shard elsewhere
 
-            return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-        return "SPREAD"  # its node is gone: re-materialise the shard elsewhere
+    @staticmethod
+    def _on(node: str) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
     def shutdown(self) -> None:
         ray = self._ray
