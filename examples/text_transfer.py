@@ -80,10 +80,8 @@ def space(smoke: bool) -> dict:
 
 def dataset(n_per_class: int, seed: int = 0) -> mh.Dataset:
     """Token ids of the glosses (tokenised once, on the driver) and their supersenses."""
-    glosses = mh.datasets.wordnet_noun_glosses(CLASSES, n_per_class=n_per_class, seed=seed)
-    tokenizer = transfer.load_tokenizer(transfer.minilm_path())
-    ids = transfer.tokenize(tokenizer, glosses.texts, max_length=MAX_TOKENS)
-    return mh.Dataset.from_arrays(ids, glosses.y, fractions=(0.8, 0.2, 0.0), seed=seed)
+    return transfer.gloss_dataset(CLASSES, n_per_class=n_per_class, max_tokens=MAX_TOKENS,
+                                  seed=seed)  # fmt: skip
 
 
 def run(*, smoke: bool, materialise: bool, epochs: int, n_per_class: int, **fit_args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,17 @@ def test_soak_smoke(tmp_path):
     assert data["meta"]["completed"] == data["meta"]["n_msts"] == 40
     rows = data["processes"]
     assert "driver" in rows and all(r["first_mib"] > 0 and r["ratio"] > 0 for r in rows.values())
+
+
+def test_adapters_smoke(tmp_path):
+    if not Path("/usr/share/wordnet/data.noun").is_file():
+        why = "WordNet: sudo apt-get install wordnet-base (make data installs it)"
+        if os.environ.get("MODELHOPPER_TEST_REQUIRE_DATA") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    pytest.importorskip("peft", reason="the transfer extra: pip install 'modelhopper[transfer]'")
+    _run("adapters.py", tmp_path)
+    data = json.loads((tmp_path / "adapters_smoke.json").read_text())
+    assert 0 < data["lora_bytes_per_hop"] < 0.02 * data["full_bytes_per_hop"]
+    assert 0 < data["shared_base_bytes"] < data["full_copies_bytes"]
+    assert data["fit_seconds"] > 0 and data["plain_seconds"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelhopper._keras import KerasEstimator
 from modelhopper._version import __version__
 from modelhopper.data import Dataset, Split, StreamedSplit, datasets
 from modelhopper.errors import (
@@ -73,6 +74,7 @@ __all__ = [
     "Decision",
     "Direction",
     "Estimator",
+    "KerasEstimator",
     "EstimatorError",
     "ExecutorError",
     "StoreError",

@@ -28,7 +28,7 @@ import torch
 
 from modelhopper._vocabulary import MST, EpochResult, MSTStatus, Procedure
 from modelhopper.errors import ConfigError, EstimatorError
-from modelhopper.estimator import Estimator, metric_names
+from modelhopper.estimator import Estimator, Trainable, metric_names
 
 __all__ = ["N_PROBED", "first_msts", "preflight"]
 
@@ -138,7 +138,10 @@ def preflight(
                 _check_metric(procedure, estimator)
                 checked_metric = True
             try:
-                return _one_batch(estimator, head, check_labels)
+                if isinstance(estimator, Estimator):
+                    return _one_batch(estimator, head, check_labels)
+                _evaluate_batch(estimator, head)
+                return None
             except _CannotTrain as e:
                 failures.append((mst, str(e)))
     first, reason = failures[0]
@@ -150,7 +153,7 @@ def preflight(
     )
 
 
-def _build(procedure: Procedure, mst: MST) -> Estimator:
+def _build(procedure: Procedure, mst: MST) -> Trainable:
     """The MST's estimator, built as the workers build it (under the MST's seed)."""
     torch.manual_seed(mst.seed)
     try:
@@ -159,7 +162,7 @@ def _build(procedure: Procedure, mst: MST) -> Estimator:
         raise _CannotTrain(f"the Estimator that make_estimator built is invalid: {e}") from e
     except Exception as e:
         raise _CannotTrain(f"make_estimator raised {_what(e)}; fix make_estimator") from e
-    if not isinstance(estimator, Estimator):
+    if not isinstance(estimator, Trainable):
         got = "None (does it end with `return`?)" if estimator is None else type(estimator).__name__
         raise _CannotTrain(
             f"make_estimator returned {got}, not a modelhopper.Estimator; return "
@@ -168,7 +171,7 @@ def _build(procedure: Procedure, mst: MST) -> Estimator:
     return estimator
 
 
-def _check_metric(procedure: Procedure, estimator: Estimator) -> None:
+def _check_metric(procedure: Procedure, estimator: Trainable) -> None:
     names = metric_names(estimator.metrics)
     for metric in procedure.required_metrics():
         if metric not in names:
@@ -176,6 +179,18 @@ def _check_metric(procedure: Procedure, estimator: Estimator) -> None:
                 f"unknown metric {metric!r}; this run reports {names} "
                 "(add the metric to Estimator.metrics, e.g. metrics=['accuracy'])"
             )
+
+
+def _evaluate_batch(estimator: Trainable, head: tuple[np.ndarray, np.ndarray]) -> None:
+    """An estimator of another kind (Keras): evaluate it on the batch (no state changes)."""
+    x, y = np.array(head[0]), np.array(head[1])
+    try:
+        estimator.evaluate_pass(x, y)
+    except Exception as e:
+        raise _CannotTrain(
+            f"the model cannot take a batch of x {x.shape} {x.dtype} with labels {y.shape} "
+            f"{y.dtype}: {_what(e)}; make its input match the examples and its loss the labels"
+        ) from e
 
 
 def _one_batch(
@@ -214,7 +229,10 @@ def _one_batch(
                 "with train_transform (e.g. images to float)"
             ) from e
         num_classes = _classes(output, y, check_labels)
-        loss = _loss(estimator, output, y)
+        if isinstance(estimator.loss, str):  # MODEL_LOSS: the model computes it
+            loss = _model_loss(model, x, y)
+        else:
+            loss = _loss(estimator, output, y)
         try:
             loss.backward()
         except Exception as e:
@@ -239,7 +257,22 @@ def _classes(output: Any, y: torch.Tensor, check_labels: Callable[[int], None]) 
     return None
 
 
+def _model_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    try:
+        loss = model(x, labels=y).loss
+    except Exception as e:
+        raise _CannotTrain(
+            f"loss='model': the model cannot compute its loss as model(x, labels=y).loss "
+            f"for labels {_shape(y)}: {_what(e)}; pass a loss function instead, or make "
+            "forward take labels= and return an object with .loss and .logits"
+        ) from e
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise _CannotTrain("loss='model': model(x, labels=y).loss must be one number")
+    return loss
+
+
 def _loss(estimator: Estimator, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    assert callable(estimator.loss)
     try:
         loss = estimator.loss(output, y)
     except Exception as e:

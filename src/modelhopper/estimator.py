@@ -9,11 +9,13 @@ parameters agree bit for bit, so anything that would make a hop visible
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from modelhopper.representations._representation import Representation
 
 __all__ = [
     "Estimator",
+    "Trainable",
     "METRICS",
     "MODEL_METRICS",
     "PassResult",
@@ -75,13 +78,22 @@ def _n_params(model: nn.Module) -> float:
 MODEL_METRICS: dict[str, Callable[[nn.Module], float]] = {"n_params": _n_params}
 
 
+Batchwise = Callable[[torch.Tensor], torch.Tensor] | None  # a transform of a batch, or none
+Labels = np.ndarray
+
+# Estimator(loss="model"): the model computes the task's loss itself: model(x, labels=y)
+# returns an object with .loss and .logits (as Hugging Face models do); model(x), the
+# logits (what the pre-flight check and metrics see).
+MODEL_LOSS = "model"
+
+
 @dataclass
 class Estimator:
     """What the user's factory returns for one MST (PyTorch)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str
     metrics: Sequence[str] = field(default_factory=lambda: ("accuracy",))
     batch_size: int = 32
     lr_scheduler: Any = None  # stepped once at the end of each epoch
@@ -110,8 +122,11 @@ class Estimator:
                 "Estimator.optimizer must be a torch.optim.Optimizer over the model's "
                 f"parameters, got {type(self.optimizer).__name__}"
             )
-        if not callable(self.loss):
-            raise EstimatorError(f"Estimator.loss must be callable, got {self.loss!r}")
+        if not callable(self.loss) and self.loss != MODEL_LOSS:
+            raise EstimatorError(
+                f"Estimator.loss must be callable, or {MODEL_LOSS!r} for a model that computes "
+                f"its own loss (model(x, labels=y).loss), got {self.loss!r}"
+            )
         for name in ("train_transform", "eval_transform"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -142,21 +157,115 @@ class Estimator:
             )
         self.metrics = tuple(self.metrics)
 
+    # -- the Trainable protocol: what a worker trains this MST through ---------------
+    def train_pass(
+        self,
+        x: Any,
+        y: np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        shard: int,
+        transform: Batchwise = None,
+    ) -> PassResult:
+        return train_pass(self, x, y, seed=seed, epoch=epoch, shard=shard, transform=transform)
+
+    def evaluate_pass(
+        self,
+        x: Any,
+        y: np.ndarray,
+        *,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> PassResult:
+        return evaluate_pass(self, x, y, transform=transform)
+
+    def end_epoch(self) -> None:
+        end_epoch(self)
+
+    def get_state(self, rng_state: torch.Tensor) -> dict[str, Any]:
+        return get_state(self, rng_state)
+
+    def set_state(self, state: Mapping[str, Any]) -> torch.Tensor:
+        return set_state(self, state)
+
+    def start_from(self, state: Mapping[str, Any]) -> None:
+        """A warm start: the weights of ``state`` (a parent's), not its optimizer."""
+        self.model.load_state_dict(state["model"])
+
+    def place(self, device: str | None) -> None:
+        """Train on ``device`` (e.g. "cuda"); in place, so the optimizer keeps its params."""
+        if device is not None:
+            self.model.to(device)
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """What a worker trains one MST through: ``Estimator`` (PyTorch) and
+    ``KerasEstimator`` implement it; ``modelhopper.testing.EstimatorConformance``
+    checks an implementation. A pass returns sums (``PassResult``), so shards
+    aggregate exactly; the state is a nest of tensors and plain values holding
+    everything that decides the MST's future, the worker's torch RNG included."""
+
+    model: Any
+    batch_size: int
+    metrics: Sequence[str]
+    representation: Representation | None
+
+    def train_pass(
+        self,
+        x: Any,
+        y: np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        shard: int,
+        transform: Batchwise = None,
+    ) -> PassResult: ...
+    def evaluate_pass(
+        self, x: Any, y: np.ndarray, *, transform: Batchwise = None
+    ) -> PassResult: ...
+    def end_epoch(self) -> None: ...
+    def get_state(self, rng_state: torch.Tensor) -> dict[str, Any]: ...
+    def set_state(self, state: Mapping[str, Any]) -> torch.Tensor: ...
+    def start_from(self, state: Mapping[str, Any]) -> None: ...
+    def place(self, device: str | None) -> None: ...
+
 
 def metric_names(metrics: Sequence[str]) -> list[str]:
     """Names a run reports for an estimator: loss and metrics, on train and validation."""
     return [f"{split}_{m}" for split in ("train", "val") for m in ("loss", *metrics)]
 
 
-def build_estimator(factory: Callable[[dict[str, Any]], Estimator], params: Mapping, seed: int):
+def build_estimator(
+    factory: Callable[[dict[str, Any]], Trainable], params: Mapping, seed: int
+) -> Trainable:
     """Call the factory under the MST's seed, so initial weights depend on it alone."""
-    torch.manual_seed(seed)
-    estimator = factory(dict(params))
-    if not isinstance(estimator, Estimator):
+    with _keras_seeded(seed):
+        torch.manual_seed(seed)
+        estimator = factory(dict(params))
+    if not isinstance(estimator, Trainable):
         raise EstimatorError(
-            f"make_estimator must return modelhopper.Estimator, got {type(estimator).__name__}"
+            "make_estimator must return modelhopper.Estimator (or KerasEstimator), got "
+            f"{type(estimator).__name__}"
         )
     return estimator
+
+
+@contextmanager
+def _keras_seeded(seed: int) -> Iterator[None]:
+    """Keras draws initial weights and dropout seeds from Python's and NumPy's global
+    random state: seed them by the MST's seed too, and put them back afterwards."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        yield
+        return
+    python, numpy = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def derive_seed(*parts: int) -> int:
@@ -249,8 +358,7 @@ def train_pass(
             continue
         xb, yb = batch.x.to(device), batch.y.to(device)
         optimizer.zero_grad(set_to_none=True)
-        output = model(xb)
-        loss = estimator.loss(output, yb)
+        output, loss = forward(estimator, xb, yb)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise MSTFailedError(
@@ -267,6 +375,15 @@ def train_pass(
                     sums[name] += METRICS[name](output.detach(), yb)
     _add_model_metrics(estimator, sums, n)
     return _result(n, loss_sum, sums, skipped, started)
+
+
+def forward(estimator: Estimator, x: torch.Tensor, y: torch.Tensor):
+    """The model's output on a batch and the loss against ``y``: (output, loss)."""
+    if isinstance(estimator.loss, str):  # MODEL_LOSS: the model's own
+        result = estimator.model(x, labels=y)
+        return result.logits, result.loss
+    output = estimator.model(x)
+    return output, estimator.loss(output, y)
 
 
 def _add_model_metrics(estimator: Estimator, sums: dict[str, float], n: int) -> None:
@@ -311,8 +428,8 @@ def evaluate_pass(
         if not len(batch.y):
             continue
         xb, yb = batch.x.to(device), batch.y.to(device)
-        output = estimator.model(xb)
-        loss_sum += float(estimator.loss(output, yb)) * len(yb)
+        output, loss = forward(estimator, xb, yb)
+        loss_sum += float(loss) * len(yb)
         n += len(yb)
         for name in estimator.metrics:
             if name in METRICS:

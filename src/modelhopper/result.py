@@ -64,10 +64,11 @@ class MSTResult:
         if self._factory is None:
             raise ModelHopperError(f"MST {self.id}: the estimator factory is not available")
         estimator = build_estimator(self._factory, self.params, self.seed)
-        state = state_from_bytes(path.read_bytes())
-        estimator.model.load_state_dict(state["model"])
-        estimator.model.eval()
-        return estimator.model
+        estimator.set_state(state_from_bytes(path.read_bytes()))
+        model = estimator.model
+        if hasattr(model, "eval"):
+            model.eval()
+        return model
 
 
 _NOT_METRICS = {"mst_id", "epoch", "train_order", "eval_order", "train_seconds", "eval_seconds"}

@@ -49,11 +49,15 @@ def _fork_is_safe(n_threads: int) -> bool:
 
     Other Python threads may hold locks the child would wait on forever (a
     notebook kernel has several); a parent's OpenMP pool hangs a child that
-    runs more than one thread; CUDA cannot be used after a fork.
+    runs more than one thread; CUDA cannot be used after a fork, nor JAX.
     """
     torch = sys.modules.get("torch")
     cuda = torch is not None and torch.cuda.is_initialized()
-    return sys.platform == "linux" and n_threads == 1 and threading.active_count() == 1 and not cuda
+    jax = "jax" in sys.modules  # multithreaded once imported (Keras's JAX backend)
+    return (
+        sys.platform == "linux" and n_threads == 1 and threading.active_count() == 1
+        and not cuda and not jax
+    )  # fmt: skip
 
 
 class _Process(Protocol):

@@ -25,15 +25,10 @@ from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._sharding import ShardData
 from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
-    Estimator,
+    Trainable,
     build_estimator,
-    end_epoch,
-    evaluate_pass,
-    get_state,
-    set_state,
     state_from_bytes,
     state_to_bytes,
-    train_pass,
 )
 from modelhopper.executors._base import (
     StateSource,
@@ -61,7 +56,7 @@ class ShardWorker:
         worker: int,
         shard: ShardData,
         n_shards: int,
-        factory: Callable[[dict[str, Any]], Estimator],
+        factory: Callable[[dict[str, Any]], Trainable],
         *,
         cache_size: int = 8,
         materialise: MaterialiseBudget | None = None,
@@ -79,7 +74,7 @@ class ShardWorker:
         self.factory = factory
         self.cache_size = cache_size
         # mst_id -> (estimator, RNG state after its last step here), least recent first
-        self._cache: OrderedDict[int, tuple[Estimator, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[Trainable, torch.Tensor]] = OrderedDict()
         if feature_dir is None and shard.path is not None:
             feature_dir = str(Path(shard.path) / "features")
         self.features = FeatureStore(shard, materialise, feature_dir)
@@ -110,8 +105,7 @@ class ShardWorker:
         outcomes = []
         for step in task.steps:
             if step.kind is StepKind.TRAIN:
-                result = train_pass(
-                    estimator,
+                result = estimator.train_pass(
                     train_x,
                     self.shard.train_y,
                     seed=task.seed,
@@ -120,16 +114,16 @@ class ShardWorker:
                     transform=transform,
                 )
                 if step.is_last(StepKind.TRAIN, self.n_shards):
-                    end_epoch(estimator)
+                    estimator.end_epoch()
             else:
-                result = evaluate_pass(estimator, val_x, self.shard.val_y, transform=transform)
+                result = estimator.evaluate_pass(val_x, self.shard.val_y, transform=transform)
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
-        state = state_to_bytes(self._with_device_rng(get_state(estimator, rng)))
+        state = state_to_bytes(self._with_device_rng(estimator.get_state(rng)))
         self._remember(task.mst_id, estimator, rng)
         return VisitResult(self.worker, task.mst_id, tuple(outcomes), state, extra=extra)
 
-    def _inputs(self, estimator: Estimator):
+    def _inputs(self, estimator: Trainable):
         """The x the model trains on: raw, materialised features, or raw plus a transform."""
         representation = estimator.representation
         if representation is None:
@@ -142,15 +136,14 @@ class ShardWorker:
             return self.shard.train_x, self.shard.val_x, representation, extra
         return lookup.features.train_x, lookup.features.val_x, None, extra
 
-    def _estimator_for(self, task: VisitTask) -> tuple[Estimator, torch.Tensor]:
+    def _estimator_for(self, task: VisitTask) -> tuple[Trainable, torch.Tensor]:
         cached = self._cache.get(task.mst_id)
         if task.source is StateSource.FRESH:
             # Initial weights come from the MST's seed alone, or from the parent it clones.
             estimator = self._build(task)
             rng = torch.get_rng_state()
             if task.init_state is not None:
-                init = state_from_bytes(state_bytes(task.init_state))
-                estimator.model.load_state_dict(init["model"])
+                estimator.start_from(state_from_bytes(state_bytes(task.init_state)))
             return estimator, rng
         if task.source is StateSource.HELD:
             # The driver sends no state only when this worker ran the MST's last visit.
@@ -167,13 +160,11 @@ class ShardWorker:
         cuda = self._cuda_device()
         if "cuda_rng" in state and cuda is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], cuda)
-        return estimator, set_state(estimator, state)
+        return estimator, estimator.set_state(state)
 
-    def _build(self, task: VisitTask) -> Estimator:
+    def _build(self, task: VisitTask) -> Trainable:
         estimator = build_estimator(self.factory, task.params, task.seed)
-        if self.device is not None:
-            # In place: the optimizer built by the factory keeps the same parameters.
-            estimator.model.to(self.device)
+        estimator.place(str(self.device) if self.device is not None else None)
         return estimator
 
     def _cuda_device(self) -> torch.device | None:
@@ -186,7 +177,7 @@ class ShardWorker:
             state["cuda_rng"] = torch.cuda.get_rng_state(cuda)
         return state
 
-    def _remember(self, mst_id: int, estimator: Estimator, rng: torch.Tensor) -> None:
+    def _remember(self, mst_id: int, estimator: Trainable, rng: torch.Tensor) -> None:
         self._cache[mst_id] = (estimator, rng)
         self._cache.move_to_end(mst_id)
         while len(self._cache) > self.cache_size:

@@ -6,6 +6,7 @@ Needs pytest (``pip install 'modelhopper[dev]'``).
 from __future__ import annotations
 
 from modelhopper.testing._chaos import ChaosExecutor, Kill, KillPlan
+from modelhopper.testing._estimator import EstimatorConformance
 from modelhopper.testing._executor import ExecutorConformance, make_test_estimator
 from modelhopper.testing._fake_trainer import EpochLog, FakeTrainer
 from modelhopper.testing._lcbench import LCBench
@@ -20,6 +21,7 @@ from modelhopper.testing._surrogate import (
 __all__ = [
     "ChaosExecutor",
     "EpochLog",
+    "EstimatorConformance",
     "ExecutorConformance",
     "FakeTrainer",
     "Kill",
