@@ -56,6 +56,7 @@ bench: venv data
 	$(PY) bench/ray_efficiency.py
 	$(PY) bench/transfer.py
 	$(PY) bench/adapters.py
+	$(PY) bench/keras_grid.py
 	$(PY) bench/data_scale.py
 	$(PY) bench/chaos.py
 	$(PY) bench/chaos.py --executor ray

@@ -178,3 +178,16 @@ class TestAdapterEstimator(EstimatorConformance):
 
     def dataset(self):
         return (*tokens(64, 3), *tokens(32, 4))
+
+
+def test_an_adapter_run_with_workers_killed_ends_as_an_undisturbed_one(run, data, tmp_path):
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    search = mh.GridSearch(make_estimator, SPACE, epochs=EPOCHS, metric="val_accuracy",
+                           direction="maximize", seed=SEED)  # fmt: skip
+    plan = KillPlan(start_up=frozenset({2}), running={2: True, 7: False})
+    executor = ChaosExecutor(plan, threads_per_worker=1, max_restarts=4)
+    killed = search.fit(data, n_workers=N_WORKERS, run_dir=tmp_path, executor=executor)
+    assert sum(executor.restarts) == len(executor.kills) == 4
+    drop = ["train_seconds", "eval_seconds"]
+    assert killed.history().drop(columns=drop).equals(run.history().drop(columns=drop))

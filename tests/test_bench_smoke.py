@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -127,3 +128,12 @@ def test_adapters_smoke(tmp_path):
     assert 0 < data["lora_bytes_per_hop"] < 0.02 * data["full_bytes_per_hop"]
     assert 0 < data["shared_base_bytes"] < data["full_copies_bytes"]
     assert data["fit_seconds"] > 0 and data["plain_seconds"] > 0
+
+
+def test_keras_grid_smoke(tmp_path):
+    if importlib.util.find_spec("keras") is None:  # not imported here: it picks a backend
+        pytest.skip("the keras extra: pip install 'modelhopper[keras]'")
+    _run("keras_grid.py", tmp_path)
+    data = json.loads((tmp_path / "keras_grid_smoke.json").read_text())
+    assert data["fit_seconds"] > 0 and data["plain_seconds"] > 0 and data["ratio"] > 0
+    assert data["mean_val_accuracy_mop"] > 0.5 and data["mean_val_accuracy_plain"] > 0.5

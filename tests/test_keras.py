@@ -171,3 +171,17 @@ def test_the_jax_backend_trains_under_mop_as_keras_in_one_process(tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "jax ok" in done.stdout
+
+
+def test_a_keras_run_with_workers_killed_ends_as_an_undisturbed_one(mop, digits, tmp_path):
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    space = {"hidden": mh.grid([16, 32]), "lr": mh.grid([1e-2, 3e-3])}
+    search = mh.GridSearch(make_estimator, space, epochs=EPOCHS, metric="val_accuracy",
+                           direction="maximize", seed=SEED)  # fmt: skip
+    plan = KillPlan(start_up=frozenset({1}), running={3: True, 9: False})
+    executor = ChaosExecutor(plan, threads_per_worker=1, max_restarts=4)
+    killed = search.fit(digits, n_workers=N_WORKERS, run_dir=tmp_path, executor=executor)
+    assert sum(executor.restarts) == len(executor.kills) == 4
+    drop = ["train_seconds", "eval_seconds"]
+    assert killed.history().drop(columns=drop).equals(mop.history().drop(columns=drop))

@@ -301,3 +301,20 @@ def test_poll_hands_back_a_visit_as_soon_as_its_result_is_in_the_pipe(shards):
         assert executor.poll() == []
         with pytest.raises(ExecutorError, match="no visit in flight"):
             executor.wait()  # the polled visit is no longer in flight
+
+
+def test_a_driver_where_jax_has_started_never_forks():
+    pytest.importorskip("jax", reason="the keras extra brings jax")
+    check = (
+        "import threading, jax, modelhopper as mh\n"
+        "from modelhopper.executors import _local\n"
+        "threading.active_count = lambda: 1\n"
+        "e = mh.LocalExecutor()\n"
+        "before = _local._jax_started(), e._method(1)\n"
+        "jax.numpy.ones(2).block_until_ready()  # its runtime and threads start now\n"
+        "print(before, (_local._jax_started(), e._method(1)))\n"
+    )  # in a process of its own: a started JAX runtime stays for the process's life
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(False, 'fork') (True, 'zygote')"

@@ -53,11 +53,22 @@ def _fork_is_safe(n_threads: int) -> bool:
     """
     torch = sys.modules.get("torch")
     cuda = torch is not None and torch.cuda.is_initialized()
-    jax = "jax" in sys.modules  # multithreaded once imported (Keras's JAX backend)
+    jax = _jax_started()
     return (
         sys.platform == "linux" and n_threads == 1 and threading.active_count() == 1
         and not cuda and not jax
     )  # fmt: skip
+
+
+def _jax_started() -> bool:
+    """Whether JAX has started its runtime here (native threads a fork would not copy).
+    Importing jax starts nothing (other libraries import it just to look); its first
+    computation does. A JAX without the attribute read here counts as started."""
+    if "jax" not in sys.modules:
+        return False
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    backends = getattr(bridge, "_backends", None)
+    return backends is None or bool(backends)
 
 
 class _Process(Protocol):
