@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke-test", action="store_true", help="tiny budget, for CI")
     args = parser.parse_args()
-    epochs = 3 if args.smoke_test else 10
+    epochs = 6 if args.smoke_test else 10  # enough work left for the commands below
     search = mh.RandomSearch(make_estimator, SPACE, n_msts=4, epochs=epochs,
                              metric="val_accuracy", direction="maximize", seed=0)  # fmt: skip
     run = search.start(mh.datasets.digits(), n_workers=2)

@@ -312,3 +312,40 @@ def test_a_crash_noticed_while_recording_keeps_the_checkpoints_in_step(
     again.start(shards, cut.procedure.make_estimator)
     driver.run()
     assert cut.metrics() == whole.metrics()
+
+
+class _AddsAtTheEnd(InProcessExecutor):
+    """Submits an ADD command the first time every visit has been handed back."""
+
+    def __init__(self, run_of: Callable[[], Run]) -> None:
+        super().__init__()
+        self.run_of, self.sent = run_of, False
+
+    def wait(self) -> list[VisitResult]:
+        back = super().wait()
+        if not self._done and not self.sent:
+            run = self.run_of()
+            submit(run.store, run.name, CommandKind.ADD, {"params": {"hidden": 8, "lr": 0.05}})
+            self.sent = True
+        return back
+
+
+def test_a_command_that_comes_as_the_work_runs_out_is_still_applied(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr("modelhopper._driver.COMMAND_POLL_SECONDS", 3600.0)  # one look a run
+    holder: list[Run] = []
+    run = Run(grid(epochs=1), tmp_path, _AddsAtTheEnd(lambda: holder[0]))
+    holder.append(run)
+    run.start(shards)
+    (command,) = run.store.list_commands(run.name)
+    assert (command.status.value, command.new_mst_id) == ("applied", 4)
+    assert run.statuses() == dict.fromkeys(range(5), "completed")  # the added one trained
+
+
+def test_waiting_for_a_command_of_a_run_that_ended_fails_at_once(tmp_path):
+    from modelhopper.commands import wait_for
+
+    run = Run(grid(), tmp_path, InProcessExecutor())
+    command = submit(run.store, run.name, CommandKind.ADD, {"params": {"hidden": 8, "lr": 0.05}})
+    run.store.set_experiment_status(run.name, RunStatus.COMPLETED)
+    with pytest.raises(mh.ConfigError, match="ended before command add was applied"):
+        wait_for(run.store, run.name, command, timeout=30)

@@ -299,7 +299,7 @@ class Driver:
 
     def _loop(self) -> None:
         self._dispatch()
-        while self._in_flight:
+        while self._in_flight or self._last_look_adds_work():
             results = self._executor.wait()
             arrived = time.perf_counter()
             self._accept_all(results)
@@ -310,6 +310,14 @@ class Driver:
                 if not self._in_flight:  # the last visits finished while it recorded
                     self._record()  # decide on them before the loop sees no work
             self._dispatch()
+
+    def _last_look_adds_work(self) -> bool:
+        """Out of work: apply the commands that arrived since the last look (an MST added
+        just now must not find the run over), and say whether they gave work."""
+        self._record()  # decisions first: they may end MSTs or add new ones
+        self._commands_due = 0.0
+        self._dispatch()
+        return bool(self._in_flight)
 
     def _record_due(self) -> bool:
         """Record now, or let a few more short visits share one transaction?

@@ -99,11 +99,17 @@ def wait_for(
     """Block until the driver applied or rejected the command; raise if it was rejected."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        ended = store.get_experiment(name).status is not RunStatus.RUNNING  # read first
         if all(c.id != command.id for c in store.pending_commands(name)):
             done = next(c for c in store.list_commands(name) if c.id == command.id)
             if done.status is CommandStatus.REJECTED:
                 raise ConfigError(f"command {done.kind} was rejected: {done.message}")
             return done
+        if ended:  # and the command still pending: no driver will apply it
+            raise ConfigError(
+                f"run {name} ended before command {command.kind} was applied (it had no "
+                "work left when the command came): send commands while a run has work"
+            )
         time.sleep(0.05)  # the driver applies commands between visits
     raise ConfigError(
         f"command {command.kind} is still pending after {timeout:.0f} s; is the run's driver "
