@@ -64,7 +64,7 @@ class MSTResult:
         if self._factory is None:
             raise ModelHopperError(f"MST {self.id}: the estimator factory is not available")
         estimator = build_estimator(self._factory, self.params, self.seed)
-        estimator.set_state(state_from_bytes(path.read_bytes()))
+        estimator.start_from(state_from_bytes(path.read_bytes()))  # weights, no optimizer
         model = estimator.model
         if hasattr(model, "eval"):
             model.eval()
