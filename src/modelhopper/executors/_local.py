@@ -251,16 +251,18 @@ class LocalExecutor(BaseExecutor):
     def _launch(self, worker: int) -> None:
         spec = self._specs[worker]
         method = self._method(spec.n_threads)
+        self._processes[worker] = self._spawn(worker, method)
+        self.start_methods[worker] = method
+        with contextlib.suppress(BrokenPipeError, OSError):  # a dead child shows in _ready
+            self._processes[worker].conn.send(spec)
+
+    def _spawn(self, worker: int, method: str) -> _Process:
+        """A new process for ``worker``, waiting for its spec (it has done nothing yet)."""
         if method == "fork":
             warm_up_torch()  # once here, rather than once in every child
             others = [p.conn for p in self._processes if p is not None]
-            process: _Process = _ForkedWorker(others)
-        else:
-            process = _fork_from_zygote(self.start_timeout)
-        self._processes[worker] = process
-        self.start_methods[worker] = method
-        with contextlib.suppress(BrokenPipeError, OSError):  # a dead child shows in _ready
-            process.conn.send(spec)
+            return _ForkedWorker(others)
+        return _fork_from_zygote(self.start_timeout)
 
     def _ready(self, worker: int) -> int:
         """Wait until the worker has opened its shard; return the shard's size in bytes.
@@ -312,7 +314,10 @@ class LocalExecutor(BaseExecutor):
             self._replace(worker)
             self._lost.append(VisitResult(worker, task.mst_id, crashed=True))
             return
-        # If it died just now, wait() sees the EOF and reports the crash.
+        self._hand(worker, task)
+
+    def _hand(self, worker: int, task: VisitTask) -> None:
+        """Send the visit to its live worker; if it died just now, wait() sees the EOF."""
         with contextlib.suppress(BrokenPipeError, OSError):
             self._processes[worker].conn.send(task)
 

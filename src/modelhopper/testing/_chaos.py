@@ -108,30 +108,42 @@ class ChaosExecutor(LocalExecutor):
         self._launches = self._visits = 0
         self._doomed: set[int] = set()  # workers whose next process dies as it starts
 
-    def _launch(self, worker: int) -> None:
-        super()._launch(worker)
+    # The kills land at seams of LocalExecutor where the victim cannot have moved on:
+    # a new process before it is sent its spec (so it never reports ready), a worker
+    # before it is sent its visit (so it never finishes it). A SIGKILL sent to a
+    # process is final when os.kill returns: it runs no more of its own code.
+
+    def _spawn(self, worker: int, method: str) -> Any:
+        process = super()._spawn(worker, method)
         self._launches += 1
         if self._launches in self.plan.start_up or worker in self._doomed:
             self._doomed.discard(worker)
-            self._kill("start-up", self._processes[worker].pid, worker)
+            self._kill("start-up", process.pid, worker)
+        return process
 
     def submit(self, worker: int, task: VisitTask) -> None:
-        super().submit(worker, task)
         self._visits += 1
+        super().submit(worker, task)
+        if self._visits == self.plan.driver:
+            self._kill("driver", os.getpid(), None)
+
+    def _hand(self, worker: int, task: VisitTask) -> None:
         again = self.plan.running.get(self._visits)
         if again is not None:
             self._kill("running", self._processes[worker].pid, worker)
             if again:
                 self._doomed.add(worker)
-        if self._visits == self.plan.driver:
-            self._kill("driver", os.getpid(), None)
+        super()._hand(worker, task)
 
     def _kill(self, moment: str, pid: int, worker: int | None) -> None:
         kill = Kill(moment, pid, worker, self._visits)
         self.kills.append(kill)
-        if self.log is not None:
+        if worker is not None:  # a worker dies first: the log's fsync can take a while
+            os.kill(pid, signal.SIGKILL)
+        if self.log is not None:  # the driver's kill is logged first: it ends this process
             with self.log.open("a") as f:
                 f.write(json.dumps(asdict(kill)) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        os.kill(pid, signal.SIGKILL)
+        if worker is None:
+            os.kill(pid, signal.SIGKILL)
