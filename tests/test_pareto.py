@@ -4,6 +4,7 @@ procedures, results and runs that use them."""
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,18 @@ def test_dominance_and_fronts():
     # (2, 1) is beaten by (3, 1) and (2, 2); (1, 1) by (2, 1) as well: a front below it
     assert non_dominated_fronts(points) == [[1, 2, 3, 6], [4], [0], [5]]
     assert non_dominated_fronts([]) == []
+
+
+def test_one_objective_fronts_are_its_values_in_order_as_the_general_sort_finds():
+    rng = random.Random(3)
+    for _ in range(200):
+        values = [
+            rng.choice([-math.inf, 0.0, 0.5, 1.0, rng.random()]) for _ in range(rng.randint(1, 30))
+        ]
+        fast = non_dominated_fronts([(v,) for v in values])
+        general = non_dominated_fronts([(v, 0.0) for v in values])  # one free coordinate
+        assert [sorted(f) for f in fast] == [sorted(f) for f in general]
+        assert all(values[f[0]] > values[g[0]] for f, g in zip(fast, fast[1:], strict=False))
 
 
 def test_crowding_prefers_the_extremes_and_the_spread_out():

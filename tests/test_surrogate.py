@@ -20,6 +20,7 @@ pytest.importorskip("onnxruntime")
 
 from modelhopper.testing import (  # noqa: E402 - after the skip
     LCBench,
+    SimulatedTimeUp,
     SurrogateExecutor,
     surrogate_dataset,
     surrogate_estimator,
@@ -356,6 +357,33 @@ def test_the_real_engine_runs_on_the_simulated_clock(
         lengths = sorted(len(m.history) for m in result.msts)
         assert lengths[0] == 1 and lengths[-1] == 27
         assert sum(n < 27 for n in lengths) > len(lengths) / 2
+
+
+def test_a_run_stops_where_its_simulated_time_is_up_keeping_what_finished(
+    bench: LCBench, tmp_path: Path
+) -> None:
+    _, whole, _ = _fit("asha", 4, bench, tmp_path / "whole")
+    stop_at = whole.simulated_seconds / 3
+    executor = SurrogateExecutor(task=TASK, bench=bench, stop_at=stop_at)
+    store = f"sqlite:///{tmp_path}/runs.db"
+    with pytest.raises(SimulatedTimeUp, match="reached its stop_at"):
+        _procedure("asha", bench, 0).fit(
+            surrogate_dataset(4), n_workers=4, executor=executor, store=store,
+            run_name="cut", run_dir=tmp_path / "cut",
+        )  # fmt: skip
+    # Up to stop_at the cut run is the whole run, epoch for epoch and value for value.
+    before = {k: t for k, t in whole.epoch_times.items() if t <= stop_at}
+    assert executor.epoch_times == before and 0 < len(before) < len(whole.epoch_times)
+    assert executor.epoch_accuracy == {k: whole.epoch_accuracy[k] for k in before}
+    assert executor.simulated_seconds == stop_at < whole.simulated_seconds
+    assert all(v.end <= stop_at for v in executor.trace)
+    recorded = mh.load_result("cut", store=store)
+    assert sum(len(m.history) for m in recorded.msts) == len(before)
+    for mst in recorded.msts:
+        for row in mst.history:
+            assert row["val_accuracy"] == executor.epoch_accuracy[mst.id, row["epoch"]]
+    with pytest.raises(ConfigError, match="stop_at must be"):
+        SurrogateExecutor(task=TASK, bench=bench, stop_at=0)
 
 
 def test_simulated_runs_are_deterministic(bench: LCBench, tmp_path: Path) -> None:

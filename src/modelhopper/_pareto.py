@@ -117,6 +117,8 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
     """Indices of ``points`` by Pareto front, best front first (Deb et al.'s fast sort)."""
+    if points and len(points[0]) == 1 and not any(math.isnan(p[0]) for p in points):
+        return _fronts_of_one_objective([p[0] for p in points])
     dominated_by: list[list[int]] = [[] for _ in points]  # i -> the points i dominates
     n_dominating = [0] * len(points)
     for i, a in enumerate(points):
@@ -138,6 +140,18 @@ def non_dominated_fronts(points: Sequence[Sequence[float]]) -> list[list[int]]:
                 if n_dominating[j] == 0:
                     following.append(j)
         current = sorted(following)
+    return fronts
+
+
+def _fronts_of_one_objective(values: Sequence[float]) -> list[list[int]]:
+    """With one objective a front is the points of one value: a sort, not n^2 comparisons
+    (ASHA ranks every rung on each idle worker; thousands of MSTs made that quadratic)."""
+    fronts: list[list[int]] = []
+    for i in sorted(range(len(values)), key=lambda i: (-values[i], i)):
+        if fronts and values[fronts[-1][0]] == values[i]:
+            fronts[-1].append(i)
+        else:
+            fronts.append([i])
     return fronts
 
 

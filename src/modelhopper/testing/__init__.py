@@ -12,6 +12,7 @@ from modelhopper.testing._fake_trainer import EpochLog, FakeTrainer
 from modelhopper.testing._lcbench import LCBench
 from modelhopper.testing._store import StoreConformance
 from modelhopper.testing._surrogate import (
+    SimulatedTimeUp,
     SimulatedVisit,
     SurrogateExecutor,
     surrogate_dataset,
@@ -27,6 +28,7 @@ __all__ = [
     "Kill",
     "KillPlan",
     "LCBench",
+    "SimulatedTimeUp",
     "SimulatedVisit",
     "StoreConformance",
     "SurrogateExecutor",

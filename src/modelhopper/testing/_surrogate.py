@@ -73,7 +73,13 @@ from modelhopper.executors._base import (
 from modelhopper.scheduling import Step, StepKind
 from modelhopper.testing._lcbench import LCBENCH_HYPERPARAMETERS, MAX_EPOCH, LCBench
 
-__all__ = ["SimulatedVisit", "SurrogateExecutor", "surrogate_dataset", "surrogate_estimator"]
+__all__ = [
+    "SimulatedTimeUp",
+    "SimulatedVisit",
+    "SurrogateExecutor",
+    "surrogate_dataset",
+    "surrogate_estimator",
+]
 
 
 def surrogate_estimator(params: dict[str, Any]) -> Estimator:
@@ -110,6 +116,11 @@ class SimulatedVisit:
     hop: bool
 
 
+class SimulatedTimeUp(Exception):  # noqa: N818  (a stop, not an error)
+    """The simulated clock passed the executor's ``stop_at``: the run stops there as if
+    interrupted (what finished before is recorded; ``mh.resume`` would go on)."""
+
+
 class _VisitFailed(Exception):
     """The MST cannot go on (a reason for VisitResult.error)."""
 
@@ -126,7 +137,8 @@ class SurrogateExecutor(BaseExecutor):
 
     After a run: ``simulated_seconds`` (the makespan on the simulated clock),
     ``finish_times`` (MST -> simulated time its last visit ended), ``epoch_times``
-    ((MST, epoch) -> simulated time the epoch's evaluation ended), ``busy_seconds``
+    ((MST, epoch) -> simulated time the epoch's evaluation ended), ``epoch_accuracy``
+    ((MST, epoch) -> its val_accuracy, a fraction), ``busy_seconds``
     (per worker), ``trace`` (every visit), ``driver_seconds`` (real seconds the driver
     spent between ``wait()`` calls) and ``surrogate_seconds`` (real seconds spent here).
     """
@@ -138,6 +150,7 @@ class SurrogateExecutor(BaseExecutor):
         bench: LCBench | None = None,
         eval_fraction: float = 0.0,
         hop_seconds: float = 0.0,
+        stop_at: float | None = None,
     ) -> None:
         self.bench = LCBench() if bench is None else bench
         if str(task) not in {str(t) for t in self.bench.tasks}:
@@ -147,6 +160,11 @@ class SurrogateExecutor(BaseExecutor):
         for name, value in (("eval_fraction", eval_fraction), ("hop_seconds", hop_seconds)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if stop_at is not None and (
+            isinstance(stop_at, bool) or not isinstance(stop_at, int | float) or not stop_at > 0
+        ):
+            raise ConfigError(f"stop_at must be simulated seconds > 0 or None, got {stop_at!r}")
+        self.stop_at = stop_at
         self.task = int(task)
         self.eval_fraction = float(eval_fraction)
         self.hop_seconds = float(hop_seconds)
@@ -166,6 +184,7 @@ class SurrogateExecutor(BaseExecutor):
         self.busy_seconds = [0.0] * n_workers
         self.finish_times: dict[int, float] = {}
         self.epoch_times: dict[tuple[int, int], float] = {}
+        self.epoch_accuracy: dict[tuple[int, int], float] = {}
         self.trace: list[SimulatedVisit] = []
         self.driver_seconds = 0.0
         self.surrogate_seconds = 0.0
@@ -206,6 +225,12 @@ class SurrogateExecutor(BaseExecutor):
             self.driver_seconds += entered - self._returned_at
         self._simulate_queued()
         end = self._events[0][0]
+        if self.stop_at is not None and end > self.stop_at:
+            self._forget_after(self.stop_at)
+            raise SimulatedTimeUp(
+                f"the simulated clock reached its stop_at ({self.stop_at:g} s); the next visit "
+                f"ends at {end:g} s"
+            )
         results = []
         while self._events and self._events[0][0] == end:
             _, worker, result = heapq.heappop(self._events)
@@ -221,6 +246,16 @@ class SurrogateExecutor(BaseExecutor):
         self._events.clear()
         self._busy.clear()
         self._held.clear()
+
+    def _forget_after(self, moment: float) -> None:
+        """Time is up at ``moment``: visits simulated ahead that end later never happened."""
+        self._now = moment
+        self.trace = [v for v in self.trace if v.end <= moment]
+        self.epoch_times = {k: t for k, t in self.epoch_times.items() if t <= moment}
+        self.epoch_accuracy = {k: self.epoch_accuracy[k] for k in self.epoch_times}
+        self.finish_times = {}
+        for visit in self.trace:
+            self.finish_times[visit.mst_id] = max(visit.end, self.finish_times.get(visit.mst_id, 0))
 
     # -- the simulation --------------------------------------------------------------
     def _simulate_queued(self) -> None:
@@ -327,8 +362,11 @@ class SurrogateExecutor(BaseExecutor):
                 f"MST {mst_id} evaluates epoch {step.epoch} after {state['trained']} sub-epochs "
                 f"of training, not {(step.epoch + 1) * p}"
             )
+        accuracy = float(curve["val_accuracy"][epoch - 1]) / 100.0
+        if first:
+            self.epoch_accuracy[mst_id, step.epoch] = accuracy
         sums = {
-            "accuracy": float(curve["val_accuracy"][epoch - 1]) / 100.0 if first else 0.0,
+            "accuracy": accuracy if first else 0.0,
             "balanced_accuracy": float(curve["val_balanced_accuracy"][epoch - 1]) if first else 0.0,
         }
         loss = float(curve["val_cross_entropy"][epoch - 1]) if first else 0.0
