@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: venv demo test test-fast bench bench-simulate bench-compare lint data postgres browser clean
+.PHONY: venv demo test test-fast bench bench-simulate bench-compare bench-anytime lint data postgres browser clean
 
 venv: $(STAMP)
 
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,postgres]'
+	$(PY) -m pip install --quiet --no-deps $(PEERS)
 	touch $(STAMP)
+
+# bench/anytime.py's peers, without their declared dependencies (pyproject's dev extra
+# lists what they use): DEHB 0.1.2 declares numpy<2 but runs on numpy 2 (the anytime
+# smoke test checks it), and Syne Tune pulls xgboost and a 470 MB NCCL build for
+# searchers the benchmark does not use.
+PEERS := syne-tune==0.16.0 dehb==0.1.2
 
 # Fashion-MNIST and WordNet come from the Debian packages dataset-fashion-mnist and
 # wordnet-base (tests, examples and benchmarks).
@@ -61,6 +68,11 @@ bench: venv data
 	$(PY) bench/chaos.py
 	$(PY) bench/chaos.py --executor ray
 	$(PY) bench/soak.py
+
+# modelhopper's procedures vs Optuna, Syne Tune and DEHB on the LCBench surrogate; the
+# full size takes days on 2 cores: ARGS="--seeds 5 --max-budget 10 --workers 4" is ~20 min.
+bench-anytime: venv
+	$(PY) bench/anytime.py $(ARGS)
 
 bench-simulate: venv
 	$(PY) bench/simulate.py

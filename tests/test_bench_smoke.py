@@ -137,3 +137,16 @@ def test_keras_grid_smoke(tmp_path):
     data = json.loads((tmp_path / "keras_grid_smoke.json").read_text())
     assert data["fit_seconds"] > 0 and data["plain_seconds"] > 0 and data["ratio"] > 0
     assert data["mean_val_accuracy_mop"] > 0.5 and data["mean_val_accuracy_plain"] > 0.5
+
+
+def test_anytime_smoke(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _run("anytime.py", tmp_path)
+    data = json.loads((tmp_path / "anytime_smoke.json").read_text())
+    rows = data["table"]["4"]
+    assert len(rows) == 17  # 11 modelhopper procedures and modes, 6 peer implementations
+    for method, row in rows.items():
+        assert 0 <= row["2"]["mean"] < 1, method  # every method heard some accuracy
+    engine = [r for r in data["runs"] if r["method"].startswith("mh ")]
+    assert all(r["visits"] > 0 and r["driver_seconds"] > 0 for r in engine)
+    assert (tmp_path / "anytime_smoke_4.png").stat().st_size > 0

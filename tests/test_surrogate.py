@@ -92,6 +92,14 @@ def test_tasks_and_space_come_from_config_space(bench: LCBench) -> None:
             config["batch_size"]
         )
         assert config["num_layers"] in {1, 2, 3, 4, 5}
+    hps = bench.hyperparameters()
+    assert list(hps) == list(LCBENCH_HYPERPARAMETERS)
+    assert hps["batch_size"] == {
+        "name": "batch_size", "type": "uniform_int", "log": True, "lower": 16, "upper": 512,
+        "default": 91,
+    }  # fmt: skip
+    hps["batch_size"]["lower"] = 0  # a copy: the bench's own is untouched
+    assert bench.hyperparameters()["batch_size"]["lower"] == 16
 
 
 @pytest.mark.parametrize(("task", "config", "epoch", "expected"), YAHPO_REFERENCE)

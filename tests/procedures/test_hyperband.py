@@ -325,3 +325,70 @@ def test_successive_halving_promotes_the_top_once_the_rung_is_complete(values, p
     assert [c for c in trainer.calls if c[0] == "extend"] == [("extend", m, 3) for m in promoted]
     sha.on_idle(trainer, 2)  # deciding again changes nothing
     assert len([c for c in trainer.calls if c[0] == "extend"]) == len(promoted)
+
+
+# ---------------------------------------------------------------- stopping mode
+
+
+def test_stopping_asha_sends_the_top_so_far_on_at_once_and_ends_the_rest():
+    asha = ASHA(_make, {"x": uniform(0, 1)}, max_epochs=9, n_msts=20, mode="stopping")
+    trainer = FakeTrainer(asha, n_workers=1, objective_fn=lambda p, e: 0.0)
+    for i in range(6):
+        trainer.add({"x": i / 100}, epochs=1)
+    calls = len(trainer.calls)
+    # Rung 1 (1 epoch), minimised: the top ceil(n / 3) of the n reports so far go on.
+    for mst, value in [(0, 5.0), (1, 6.0), (2, 4.0), (3, 4.5), (4, 9.0), (5, 1.0)]:
+        trainer.evaluate(mst, value)
+    went_on = [(m, e) for kind, m, e in trainer.calls[calls:] if kind == "extend"]
+    # 0: first (1 of 1); 1: 2nd of 2; 2: best of 3; 3: 2nd of 4 (ceil(4/3) = 2);
+    # 4: last of 5; 5: best of 6
+    assert went_on == [(0, 3), (2, 3), (3, 3), (5, 3)]
+    assert [trainer.budget(m) for m in range(6)] == [3, 1, 3, 3, 1, 3]
+    # Those that ended stay ended: an idle worker gets a new MST, never a late promotion
+    asha.on_idle(trainer, n_idle=1)
+    assert trainer.calls[-1] == ("add", 6, 1)
+
+
+def test_stopping_asha_ends_an_infeasible_mst_at_its_rung():
+    asha = ASHA(
+        _make, {"x": uniform(0, 1)}, max_epochs=3, n_msts=5, mode="stopping",
+        objectives={"acc": "maximize"}, constraints=["size <= 10"],
+    )  # fmt: skip
+    trainer = FakeTrainer(asha, n_workers=1, objective_fn=lambda p, e: 0.0)
+    trainer.add({"x": 0.0}, epochs=1)
+    trainer.evaluate(0, {"acc": 0.9, "size": 20.0})  # the first, and the best, but too big
+    assert trainer.budget(0) == 1
+
+
+@pytest.mark.parametrize("cls", [ASHA, Hyperband])
+def test_stopping_mode_is_deterministic_resumes_and_finds_the_best(cls):
+    def run(crash_at=None):
+        make = lambda: cls(_make, SPACE, max_epochs=9, n_msts=30, seed=2, mode="stopping")  # noqa: E731
+        trainer = FakeTrainer(make(), 3, _loss, cost=_cost)
+        if crash_at is not None:
+            trainer.run(n_epochs=crash_at)
+            trainer = trainer.resume(make())
+        return trainer.run()
+
+    a, b = run(), run(crash_at=23)
+    assert a.log == b.log and a.calls == b.calls
+    last_add = max(e.start for e in a.log if e.epoch == 0)
+    for worker in range(3):  # nobody waits on a rung while MSTs are left to add
+        spans = sorted((e.start, e.end) for e in a.log if e.worker == worker)
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert start == end or start > last_add
+    # an MST that goes on does so at once, on its worker: its epochs follow without a gap
+    for mst in a.msts():
+        spans = sorted((e.start, e.end) for e in a.log if e.mst_id == mst.id)
+        assert all(end == start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+    promotion = FakeTrainer(cls(_make, SPACE, max_epochs=9, n_msts=30, seed=2), 3, _loss,
+                            cost=_cost).run()  # fmt: skip
+    assert a.calls != promotion.calls
+    full = sum(1 for m in a.msts() if a.budget(m.id) == 9)
+    assert 0 < full < len(a.msts()) and a.best()[1] >= promotion.best()[1] - 0.5
+
+
+def test_mode_must_be_promotion_or_stopping():
+    with pytest.raises(ConfigError, match="mode must be 'promotion'"):
+        ASHA(_make, SPACE, max_epochs=9, n_msts=3, mode="stop")
+    assert ASHA(_make, SPACE, max_epochs=9, n_msts=3).settings()["mode"] == "promotion"

@@ -183,10 +183,32 @@ class _Halving(BaseProcedure):
         return copy.deepcopy(self._points[index])
 
 
+MODES = ("promotion", "stopping")
+
+
 class _AsyncHalving(_Halving):
-    """ASHA over one or more brackets: promote when possible, else add, never wait."""
+    """ASHA over one or more brackets: promote when possible, else add, never wait.
+
+    ``mode="stopping"``: an MST that reaches a rung goes straight on to the next one
+    if it ranks in the top ceil(n_k / reduction_factor) of the n_k MSTs that reported at
+    that rung so far (itself included: the first to arrive always goes on), and ends
+    there otherwise; nothing is promoted later (Ray Tune's and Syne Tune's ASHA).
+    """
 
     brackets: tuple[tuple[int, ...], ...]
+
+    def __init__(self, *args: Any, mode: str = "promotion", **kwargs: Any) -> None:
+        if mode not in MODES:
+            raise ConfigError(
+                f"mode must be 'promotion' (an MST pauses at each rung until it is among its "
+                f"top 1/reduction_factor) or 'stopping' (it goes on at once if it is among "
+                f"them so far, else ends), got {mode!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.mode = mode
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "mode": self.mode}
 
     def _bracket_of(self, index: int) -> int:
         """Bracket of the run's MST number ``index`` (its position in ``trainer.msts()``)."""
@@ -201,8 +223,28 @@ class _AsyncHalving(_Halving):
             return Decision.CONTINUE  # it keeps its worker; idle ones get on_idle
         # the reporting MST paused at a rung and frees its worker: give that worker a job
         view = _View.of(trainer)
+        if self.mode == "stopping" and self._goes_on(
+            trainer, view, result.mst_id, result.epoch + 1
+        ):
+            return Decision.CONTINUE  # it keeps its worker
         self._feed(trainer, trainer.n_workers - view.n_active(), view)
         return Decision.CONTINUE
+
+    def _goes_on(self, trainer: Trainer, view: _View, mst_id: int, epochs: int) -> bool:
+        """Stopping mode, at a rung: extend the MST to the next rung if it ranks in the
+        top ceil(n_k / reduction_factor) of the rung's reports so far (and is feasible)."""
+        index = next(i for i, m in enumerate(view.msts) if m.id == mst_id)
+        bracket = self.brackets[self._bracket_of(index)]
+        if epochs not in bracket[:-1] or view.status[mst_id].ended:
+            return False
+        members = [m.id for i, m in enumerate(view.msts)
+                   if self.brackets[self._bracket_of(i)] == bracket]  # fmt: skip
+        ranked = view.ranked(members, epochs, self.rank)
+        top = ranked[: -(-len(ranked) // self.reduction_factor)]
+        if mst_id not in top or not self.feasible(view.metrics[mst_id][epochs - 1]):
+            return False
+        trainer.extend(mst_id, bracket[bracket.index(epochs) + 1])
+        return True
 
     def on_idle(self, trainer: Trainer, n_idle: int) -> None:
         self._feed(trainer, n_idle, _View.of(trainer))
@@ -211,7 +253,7 @@ class _AsyncHalving(_Halving):
         """Li et al.'s get_job, ``n_jobs`` times: a promotion if any, else a new MST."""
         if n_jobs <= 0:
             return
-        promotions = self._promotions(view)
+        promotions = self._promotions(view) if self.mode == "promotion" else []
         n_added = len(view.msts)
         for _ in range(n_jobs):
             if promotions:
@@ -253,7 +295,10 @@ class ASHA(_AsyncHalving):
     rung's budget, until ``n_msts`` MSTs were added. Best first is the procedure's
     ``rank``: one objective, or Pareto front and crowding with ``objectives``; an MST
     that breaks a constraint is never promoted. ``sampler="tpe"`` proposes new MSTs
-    BOHB-style (``_bohb``) instead of at random.
+    BOHB-style (``_bohb``) instead of at random. ``mode="stopping"``: an MST never
+    pauses at a rung; it goes on at once if it ranks in the top
+    ceil(n_k / reduction_factor) of the rung's reports so far, else it ends there (Ray
+    Tune's and Syne Tune's ASHA; better early, see docs/procedures.md).
     """
 
     def __init__(
@@ -296,8 +341,8 @@ class Hyperband(_AsyncHalving):
     + 1) * reduction_factor**(s_max - b)), so every bracket spends about the same
     epochs; the proportions are interleaved deterministically (``bracket_cycle``; the
     run's j-th MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a
-    promotion from the first bracket that has one, else a new MST. Ranking, constraints
-    and ``sampler`` are ASHA's.
+    promotion from the first bracket that has one, else a new MST. Ranking, constraints,
+    ``sampler`` and ``mode`` are ASHA's.
     """
 
     def __init__(

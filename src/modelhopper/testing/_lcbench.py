@@ -137,6 +137,11 @@ class LCBench:
                 domains[name] = uniform(low, high)
         return domains
 
+    def hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """Each hyperparameter's definition in config_space.json (``type``, ``lower``,
+        ``upper``, ``log``, ``default``), to build the same space in another library."""
+        return {name: dict(self._hps[name]) for name in LCBENCH_HYPERPARAMETERS}
+
     def defaults(self) -> dict[str, float]:
         """The defaults of config_space.json: what ``config`` fills in for a missing name."""
         return {name: self._hps[name]["default"] for name in LCBENCH_HYPERPARAMETERS}

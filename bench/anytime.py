@@ -1,0 +1,391 @@
+"""Anytime performance on the LCBench surrogate: modelhopper's procedures on the real
+engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
+
+    python bench/anytime.py [--smoke-test] [--seeds N] [--max-budget B] [--workers 4 32]
+                            [--tasks T ...] [--jobs J]
+
+For each LCBench task, number of workers and seed, every method searches LCBench's
+7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
+``max-budget`` full-training equivalents (FTE) of compute: 1 FTE is the mean
+simulated time of training one random configuration for all 52 epochs on that
+task, so a budget of B FTE is B x FTE / workers of simulated wall time. The
+incumbent at time t is the best validation accuracy any evaluation the method
+heard by t; its normalised regret is (best - incumbent) / (best - worst), where
+best and worst are the highest and lowest accuracy of a fixed sample of random
+configurations (and of everything any method found). Reported at 10, 30, 100 and
+300 FTE (those up to max-budget): mean over tasks and seeds, with the standard
+error over seeds of the task-averaged regret.
+
+modelhopper's procedures run unchanged on the real driver, scheduler and store
+(``SurrogateExecutor(stop_at=...)`` ends a run when its simulated time is up);
+the peers run on ``bench/_anytime_peers.py``'s simulation of the same cost model.
+Writes bench/results/anytime.json, anytime.md and anytime_<workers>.png
+(anytime_smoke.* with --smoke-test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+# Eight LCBench (OpenML) tasks: the first eight of YAHPO Gym's list, small to large.
+TASKS = (3945, 7593, 34539, 126025, 126026, 126029, 146212, 167104)
+BUDGETS = (10, 30, 100, 300)
+MAX_EPOCHS = 52
+SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
+
+MH_METHODS = (
+    "mh RandomSearch",
+    "mh TPESearch",
+    "mh SuccessiveHalving",
+    "mh ASHA",
+    "mh ASHA (stopping)",
+    "mh ASHA (tpe)",
+    "mh ASHA (tpe, stopping)",
+    "mh Hyperband",
+    "mh Hyperband (stopping)",
+    "mh Hyperband (tpe, stopping)",
+    "mh PBT",
+)
+# Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
+# ASHA and BOHB and Optuna's pruners stop a trial at a rung (stopping mode); no peer
+# here has promotion-mode ASHA (Syne Tune 0.16 dropped it).
+SAME_ALGORITHM = {
+    "mh ASHA (stopping)": ("Syne Tune ASHA",),
+    "mh Hyperband (stopping)": ("Syne Tune Hyperband",),
+    "mh ASHA (tpe, stopping)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
+    "mh Hyperband (tpe, stopping)": ("Optuna TPE + Hyperband pruner",),
+}
+
+_bench: Any = None  # one surrogate per process
+
+
+def _lcbench() -> Any:
+    global _bench
+    if _bench is None:
+        from modelhopper.testing import LCBench
+
+        _bench = LCBench()
+    return _bench
+
+
+def task_scale(task: int) -> dict[str, float]:
+    """FTE seconds, best and worst accuracy of SAMPLE random configurations (seed 0)."""
+    import modelhopper as mh
+
+    bench = _lcbench()
+    space = mh.Space(bench.space())
+    rng = np.random.default_rng(0)
+    configs = [bench.config(space.sample(rng)) for _ in range(SAMPLE)]
+    curves = bench.curves(task, configs)
+    accuracy = curves["val_accuracy"] / 100.0
+    return {
+        "fte_seconds": float(curves["epoch_seconds"].sum(axis=1).mean()),
+        "best": float(accuracy.max()),
+        "worst": float(accuracy.min()),
+    }
+
+
+def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
+    """The procedure, sized to have work past the budget (the clock stops it)."""
+    import modelhopper as mh
+    from modelhopper.testing import surrogate_estimator
+
+    space = _lcbench().space()
+    common = {"metric": "val_accuracy", "direction": "maximize", "seed": seed}
+    # Never out of MSTs before the clock stops it (a procedure out of MSTs leaves
+    # workers idle): epoch times vary 10x between configurations, so twice what the
+    # budget pays for at the mean epoch time.
+    full = 2 * math.ceil(budget) + 2 * n_workers  # full trainings
+    halving = {"max_epochs": MAX_EPOCHS, "min_epochs": 1, "reduction_factor": 3}
+    many = 2 * math.ceil(budget * MAX_EPOCHS) + 4 * n_workers  # as if 1 epoch each
+    if method == "mh RandomSearch":
+        return mh.RandomSearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS, **common)
+    if method == "mh TPESearch":
+        return mh.TPESearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS, **common)
+    if method == "mh SuccessiveHalving":  # one bracket spending about the budget
+        n = max(n_workers, math.ceil(budget * MAX_EPOCHS / 5.2))
+        return mh.SuccessiveHalving(surrogate_estimator, space, n_msts=n, **halving, **common)
+    if method.startswith(("mh ASHA", "mh Hyperband")):
+        kind = mh.ASHA if method.startswith("mh ASHA") else mh.Hyperband
+        sampler = "tpe" if "tpe" in method else "random"
+        mode = "stopping" if "stopping" in method else "promotion"
+        return kind(
+            surrogate_estimator, space, n_msts=many, sampler=sampler, mode=mode,
+            **halving, **common,
+        )  # fmt: skip
+    if method == "mh PBT":
+        population = max(8, 2 * n_workers)
+        return mh.PBT(
+            surrogate_estimator, space, population_size=population, epochs=MAX_EPOCHS,
+            interval=4, **common,
+        )  # fmt: skip
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: float,
+                    budget: float) -> dict[str, Any]:  # fmt: skip
+    """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
+    from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
+
+    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at)
+    procedure = _procedure(method, seed, budget, n_workers)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="anytime-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            procedure.fit(
+                surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+                store=f"sqlite:///{tmp}/runs.db", run_dir=Path(tmp) / "run", progress=False,
+            )  # fmt: skip
+        except SimulatedTimeUp:
+            pass  # the budget is spent: what finished before stop_at is the run
+    heard = sorted(
+        (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
+    )
+    return {
+        "heard": heard,
+        "real_seconds": time.perf_counter() - started,
+        "driver_seconds": executor.driver_seconds,
+        "visits": len(executor.trace),
+    }
+
+
+def run_peer(method: str, task: int, seed: int, n_workers: int, stop_at: float) -> dict[str, Any]:
+    from _anytime_peers import PEERS, simulate
+
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = PEERS[method](_lcbench(), seed)
+        heard = simulate(peer, _lcbench(), task, n_workers, stop_at)
+    return {"heard": heard, "real_seconds": time.perf_counter() - started}
+
+
+def _one(job: tuple[str, int, int, int, float, float]) -> dict[str, Any]:
+    method, task, seed, n_workers, stop_at, budget = job
+    import logging
+
+    logging.disable(logging.WARNING)  # Syne Tune's and DEHB's notes on every trial
+    if method.startswith("mh "):
+        out = run_modelhopper(method, task, seed, n_workers, stop_at, budget)
+    else:
+        out = run_peer(method, task, seed, n_workers, stop_at)
+    return {"method": method, "task": task, "seed": seed, "workers": n_workers, **out}
+
+
+def incumbent_at(heard: list[tuple[float, float]], moment: float) -> float:
+    """The best accuracy heard by ``moment`` (-inf before the first)."""
+    best = -math.inf
+    for t, accuracy in heard:
+        if t > moment:
+            break
+        best = max(best, accuracy)
+    return best
+
+
+def regret(incumbent: float, best: float, worst: float) -> float:
+    return 1.0 if incumbent == -math.inf else (best - incumbent) / (best - worst)
+
+
+def summarise(
+    runs: list[dict[str, Any]],
+    scales: dict[int, dict[str, float]],
+    budgets: list[float],
+) -> dict[str, Any]:
+    """Mean regret and its standard error over seeds, per workers, method and budget."""
+    best = {t: max([s["best"]] + [a for r in runs if r["task"] == t for _, a in r["heard"]])
+            for t, s in scales.items()}  # fmt: skip
+    table: dict[str, Any] = {}
+    for n_workers in sorted({r["workers"] for r in runs}):
+        table[str(n_workers)] = {}
+        for method in dict.fromkeys(r["method"] for r in runs):
+            mine = [r for r in runs if r["workers"] == n_workers and r["method"] == method]
+            seeds = sorted({r["seed"] for r in mine})
+            row = {}
+            for budget in budgets:
+                per_seed = []
+                for seed in seeds:
+                    values = []
+                    for r in (r for r in mine if r["seed"] == seed):
+                        s = scales[r["task"]]
+                        moment = budget * s["fte_seconds"] / n_workers
+                        inc = incumbent_at(r["heard"], moment)
+                        values.append(regret(inc, best[r["task"]], s["worst"]))
+                    per_seed.append(statistics.fmean(values))
+                se = (
+                    statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+                    if len(per_seed) > 1
+                    else 0.0
+                )
+                row[f"{budget:g}"] = {"mean": statistics.fmean(per_seed), "se": se}
+            table[str(n_workers)][method] = row
+    return table
+
+
+def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
+    """modelhopper's procedure vs the best peer implementation of the same algorithm."""
+    lines = []
+    for n_workers, rows in table.items():
+        for ours, peers in SAME_ALGORITHM.items():
+            present = [p for p in peers if p in rows]
+            if ours not in rows or not present:
+                continue
+            for budget in budgets:
+                key = f"{budget:g}"
+                mine = rows[ours][key]
+                peer = min(present, key=lambda p: rows[p][key]["mean"])
+                theirs = rows[peer][key]
+                noise = 2 * math.hypot(mine["se"], theirs["se"])
+                gap = mine["mean"] - theirs["mean"]
+                verdict = "no worse" if gap <= noise else "WORSE"
+                lines.append(
+                    f"| {n_workers} | {ours} | {peer} | {key} | {mine['mean']:.4f} | "
+                    f"{theirs['mean']:.4f} | {gap:+.4f} | {noise:.4f} | {verdict} |"
+                )
+    return lines
+
+
+def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    table = payload["table"]
+    lines = [
+        "# Anytime performance on the LCBench surrogate",
+        "",
+        f"Command: `{payload['command']}`; {payload['date']}; tasks {payload['tasks']}; "
+        f"seeds {payload['seeds']}; real time {payload['real_seconds']:.0f} s.",
+        "",
+        "Normalised regret of validation accuracy (0 = the best any method or the random "
+        "sample found; 1 = the worst of the sample) at budgets in full-training "
+        "equivalents (FTE), mean over tasks and seeds, +- standard error over seeds.",
+        "",
+    ]
+    for n_workers, rows in table.items():
+        lines += [f"## {n_workers} workers", "",
+                  "| method | " + " | ".join(f"{b:g} FTE" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]  # fmt: skip
+        for method, row in rows.items():
+            cells = [f"{row[f'{b:g}']['mean']:.4f} +- {row[f'{b:g}']['se']:.4f}" for b in budgets]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## modelhopper vs the best peer implementation of the same algorithm",
+        "",
+        "No worse = our mean regret exceeds the peer's by at most twice the combined "
+        "standard error.",
+        "",
+        "| workers | ours | best peer | FTE | ours | peer | gap | 2 se | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *payload["verdicts"],
+        "",
+        "Real seconds per run (mean): "
+        + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
+        "",
+    ]
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    _plot(out, stem, payload)
+
+
+def _plot(out: Path, stem: str, payload: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for n_workers, rows in payload["curves"].items():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for method, curve in rows.items():
+            x = [p["budget"] for p in curve]
+            y = np.array([p["mean"] for p in curve])
+            se = np.array([p["se"] for p in curve])
+            style = "-" if method.startswith("mh ") else "--"
+            (line,) = ax.plot(x, y, style, label=method)
+            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("budget (full-training equivalents)")
+        ax.set_ylabel("normalised regret of val accuracy")
+        ax.set_title(f"LCBench surrogate, {n_workers} workers, {len(payload['tasks'])} tasks")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / f"{stem}_{n_workers}.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--max-budget", type=float, default=300)
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.seeds, args.max_budget, args.workers, args.tasks = 1, 2, [4], [TASKS[0]]
+    from _anytime_peers import PEERS
+
+    methods = args.methods or [*MH_METHODS, *PEERS]
+    budgets = [b for b in BUDGETS if b <= args.max_budget] or [args.max_budget]
+    started = time.perf_counter()
+    scales = {task: task_scale(task) for task in args.tasks}
+    jobs = [
+        (method, task, seed, n_workers, args.max_budget * scales[task]["fte_seconds"] / n_workers,
+         args.max_budget)
+        for n_workers in args.workers for task in args.tasks for seed in range(args.seeds)
+        for method in methods
+    ]  # fmt: skip
+    jobs.sort(key=lambda j: -j[3])  # the longest (most workers) first
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(_one, jobs))
+    else:
+        runs = [_one(job) for job in jobs]
+    grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 16).round(2).tolist()})
+    curves_table = summarise(runs, scales, grid)
+    table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}
+             for w, rows in curves_table.items()}  # fmt: skip
+    payload = {
+        "command": "python bench/anytime.py " + " ".join(argv or []),
+        "date": time.strftime("%Y-%m-%d"),
+        "tasks": args.tasks,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "max_budget": args.max_budget,
+        "scales": {str(t): s for t, s in scales.items()},
+        "table": table,
+        "curves": {
+            w: {m: [{"budget": b, **row[f"{b:g}"]} for b in grid] for m, row in rows.items()}
+            for w, rows in curves_table.items()
+        },  # fmt: skip
+        "verdicts": verdicts(table, budgets),
+        "real_seconds": time.perf_counter() - started,
+        "real_seconds_per_run": {
+            m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
+            for m in methods
+        },
+        "runs": [{k: v for k, v in r.items() if k != "heard"} for r in runs],
+    }
+    stem = "anytime_smoke" if args.smoke_test else "anytime"
+    write(args.out, stem, payload, budgets)
+    print((args.out / f"{stem}.md").read_text())
+    return payload
+
+
+if __name__ == "__main__":
+    main()

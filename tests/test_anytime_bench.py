@@ -1,0 +1,84 @@
+"""bench/anytime.py's pieces: the peers' simulated clock is modelhopper's, to the second."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+import modelhopper as mh
+
+pytest.importorskip("onnxruntime")
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+
+from _anytime_peers import Job, simulate  # noqa: E402
+from anytime import incumbent_at, regret  # noqa: E402
+
+from modelhopper.testing import (  # noqa: E402
+    LCBench,
+    SurrogateExecutor,
+    surrogate_dataset,
+    surrogate_estimator,
+)
+
+TASK = 3945
+CONFIG = {"batch_size": 64, "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 0.01,
+          "num_layers": 3, "max_units": 256, "max_dropout": 0.2}  # fmt: skip
+
+
+class _Fixed:
+    """One configuration, trained whole, again and again; it hears every epoch."""
+
+    def __init__(self, stop_after: int = 52) -> None:
+        self.stop_after = stop_after
+        self.asked = 0
+
+    def ask(self) -> Job:
+        self.asked += 1
+        return Job(dict(CONFIG), 52, report_each=True)
+
+    def report(self, job: Job, epoch: int, accuracy: float) -> bool:
+        return epoch < self.stop_after
+
+    def done(self, job: Job, accuracy: float) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def bench() -> LCBench:
+    return LCBench()
+
+
+def test_the_peers_clock_is_the_surrogate_executors(bench: LCBench, tmp_path: Path) -> None:
+    executor = SurrogateExecutor(task=TASK, bench=bench)
+    space = {name: mh.choice([value]) for name, value in CONFIG.items()}
+    mh.RandomSearch(surrogate_estimator, space, n_msts=1, epochs=52, seed=0).fit(
+        surrogate_dataset(1), n_workers=1, executor=executor,
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "run", progress=False,
+    )  # fmt: skip
+    engine = [(executor.epoch_times[0, e], executor.epoch_accuracy[0, e]) for e in range(52)]
+    heard = simulate(_Fixed(), bench, TASK, 1, stop_at=engine[-1][0])
+    assert [t for t, _ in heard] == pytest.approx([t for t, _ in engine], rel=1e-12)
+    assert [a for _, a in heard] == [a for _, a in engine]
+
+
+def test_a_stopped_job_frees_its_worker_and_time_stops_at_stop_at(bench: LCBench) -> None:
+    peer = _Fixed(stop_after=3)
+    curve = bench.curves(TASK, [bench.config(CONFIG)])
+    accuracy = [float(a) / 100 for a in curve["val_accuracy"][0, :3]]
+    seconds = [float(s) for s in curve["epoch_seconds"][0, :3]]
+    stop_at = 4.5 * sum(seconds)  # 4 whole jobs per worker, then part of a fifth
+    heard = simulate(peer, bench, TASK, 2, stop_at=stop_at)
+    # Each worker trains the 3-epoch job from epoch 1 again as soon as it stops.
+    expected = sorted(
+        (sum(seconds) * job + sum(seconds[: e + 1]), worker, job, e)
+        for worker in range(2) for job in range(5) for e in range(3)
+    )  # fmt: skip
+    expected = [(t, accuracy[e]) for t, _, _, e in expected if t <= stop_at]
+    assert heard == [(pytest.approx(t, rel=1e-12), a) for t, a in expected]
+    assert peer.asked == 2 * 5
+    assert incumbent_at(heard, 0.0) == -math.inf and regret(-math.inf, 1, 0) == 1.0
+    assert incumbent_at(heard, stop_at) == max(accuracy)
+    assert regret(max(accuracy), 1.0, 0.5) == pytest.approx((1 - max(accuracy)) / 0.5)
