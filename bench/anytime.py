@@ -30,6 +30,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", nargs="+", default=None, help="default: all")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="results go to anytime_<tag>.*")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.seeds, args.max_budget, args.workers, args.tasks = 1, 2, [4], [TASKS[0]]
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}
              for w, rows in curves_table.items()}  # fmt: skip
     payload = {
-        "command": "python bench/anytime.py " + " ".join(argv or []),
+        "command": " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d"),
         "tasks": args.tasks,
         "seeds": args.seeds,
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": [{k: v for k, v in r.items() if k != "heard"} for r in runs],
     }
     stem = "anytime_smoke" if args.smoke_test else "anytime"
+    stem += f"_{args.tag}" if args.tag else ""
     write(args.out, stem, payload, budgets)
     print((args.out / f"{stem}.md").read_text())
     return payload

@@ -159,18 +159,30 @@ JAX_SCRIPT = textwrap.dedent(
             np.testing.assert_allclose(tensor.numpy(), keras.ops.convert_to_numpy(variable),
                                        rtol=1e-5, atol=1e-6)
     print("jax ok", [round(r.metrics["val_accuracy"], 3) for r in result.msts])
+
+    # Workers killed as they start and while they train: the same run, to the bit.
+    from modelhopper.testing import ChaosExecutor, KillPlan
+    executor = ChaosExecutor(KillPlan(start_up=frozenset({1}), running={3: True, 6: False}),
+                             max_restarts=4)
+    killed = mh.GridSearch(make_estimator, {"lr": mh.grid([1e-2, 3e-3])}, epochs=2,
+                           seed=3).fit(digits, n_workers=2, run_dir=sys.argv[1] + "/killed",
+                                       executor=executor)
+    assert sum(executor.restarts) == len(executor.kills) == 4, executor.kills
+    drop = ["train_seconds", "eval_seconds"]
+    assert killed.history().drop(columns=drop).equals(result.history().drop(columns=drop))
+    print("jax kills ok")
     """
 )
 
 
 @pytest.mark.slow
-def test_the_jax_backend_trains_under_mop_as_keras_in_one_process(tmp_path):
+def test_the_jax_backend_trains_under_mop_as_keras_in_one_process_and_survives_kills(tmp_path):
     pytest.importorskip("jax", reason="the JAX backend: pip install 'modelhopper[keras]'")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "jax ok" in done.stdout
+    assert "jax ok" in done.stdout and "jax kills ok" in done.stdout
 
 
 def test_a_keras_run_with_workers_killed_ends_as_an_undisturbed_one(mop, digits, tmp_path):
