@@ -47,27 +47,29 @@ BUDGETS = (10, 30, 100, 300)
 MAX_EPOCHS = 52
 SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 
+# In brackets: sampler="tpe", mode="stopping", policy="oldest_first" (else the defaults:
+# random proposals, promotion mode, longest remaining work first).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
     "mh SuccessiveHalving",
     "mh ASHA",
-    "mh ASHA (stopping)",
-    "mh ASHA (tpe)",
-    "mh ASHA (tpe, stopping)",
+    "mh ASHA (oldest first)",
+    "mh ASHA (stopping, oldest first)",
+    "mh ASHA (tpe, stopping, oldest first)",
     "mh Hyperband",
-    "mh Hyperband (stopping)",
-    "mh Hyperband (tpe, stopping)",
+    "mh Hyperband (stopping, oldest first)",
+    "mh Hyperband (tpe, stopping, oldest first)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
 # ASHA and BOHB and Optuna's pruners stop a trial at a rung (stopping mode); no peer
 # here has promotion-mode ASHA (Syne Tune 0.16 dropped it).
 SAME_ALGORITHM = {
-    "mh ASHA (stopping)": ("Syne Tune ASHA",),
-    "mh Hyperband (stopping)": ("Syne Tune Hyperband",),
-    "mh ASHA (tpe, stopping)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
-    "mh Hyperband (tpe, stopping)": ("Optuna TPE + Hyperband pruner",),
+    "mh ASHA (stopping, oldest first)": ("Syne Tune ASHA",),
+    "mh Hyperband (stopping, oldest first)": ("Syne Tune Hyperband",),
+    "mh ASHA (tpe, stopping, oldest first)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
+    "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
 }
 
 _bench: Any = None  # one surrogate per process
@@ -105,7 +107,8 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
     from modelhopper.testing import surrogate_estimator
 
     space = _lcbench().space()
-    common = {"metric": "val_accuracy", "direction": "maximize", "seed": seed}
+    policy = "oldest_first" if "oldest first" in method else "longest_remaining"
+    common = {"metric": "val_accuracy", "direction": "maximize", "seed": seed, "policy": policy}
     # Never out of MSTs before the clock stops it (a procedure out of MSTs leaves
     # workers idle): epoch times vary 10x between configurations, so twice what the
     # budget pays for at the mean epoch time.

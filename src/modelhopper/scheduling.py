@@ -59,6 +59,10 @@ class Visit:
 class SchedulingPolicy(StrEnum):
     RANDOM = "random"  # uniformly among eligible MSTs, as in the original Cerebro
     LONGEST_REMAINING = "longest_remaining"  # most remaining (measured) work first
+    # The MST added first goes first: MSTs finish (and are decided on) early, one after
+    # another, as on task-parallel workers, while later ones fill the gaps. Better for
+    # anytime results (asynchronous procedures); LONGEST_REMAINING is for makespan.
+    OLDEST_FIRST = "oldest_first"
 
 
 def epoch_plan(
@@ -298,6 +302,8 @@ class MOPScheduler:
         eligible = [s for s in eligible if s.priority == top]
         if self.policy is SchedulingPolicy.RANDOM:
             return eligible[int(self._rng.integers(len(eligible)))]
+        if self.policy is SchedulingPolicy.OLDEST_FIRST:
+            return eligible[0]  # sorted by id: the first added
         # Longest remaining work first (LRW); ties go to the lower id.
         return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
