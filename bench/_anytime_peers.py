@@ -104,6 +104,7 @@ class OptunaPeer:
             "sha": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA),
         }
         self.study = optuna.create_study(
+            study_name=f"anytime-{seed}",  # HyperbandPruner hashes it into brackets
             direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=pruners[pruner],
