@@ -384,7 +384,10 @@ class Driver:
             return
         with self._store.batch():  # one transaction for all MSTs that started together
             for mst_id in self._started:
-                self._store.update_mst(self._name, mst_id, status=MSTStatus.RUNNING)
+                # One that started while a record served workers may have finished (and
+                # committed its final status) since: RUNNING would overwrite that.
+                if self._msts[mst_id].status is MSTStatus.RUNNING:
+                    self._store.update_mst(self._name, mst_id, status=MSTStatus.RUNNING)
         self._started.clear()
 
     def _holds_latest(self, worker: int, mst_id: int) -> bool:
@@ -453,6 +456,7 @@ class Driver:
             self._settle(visit, result)
 
     def _record_unrecorded(self, serve: bool) -> None:
+        self._mark_started()  # before any of their visits, in the store's order
         finished, self._unrecorded = self._unrecorded, []
         started = time.perf_counter()
         last_training = {f.visit.mst_id: f for f in finished if f.trains}

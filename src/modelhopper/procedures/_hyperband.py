@@ -35,6 +35,7 @@ from modelhopper.procedures._base import (
 )
 from modelhopper.procedures._bohb import SAMPLERS, tpe_point
 from modelhopper.procedures._optuna import _import_optuna
+from modelhopper.scheduling import SchedulingPolicy
 from modelhopper.space import Space
 
 __all__ = ["ASHA", "Hyperband", "SuccessiveHalving", "rungs"]
@@ -193,11 +194,16 @@ class _AsyncHalving(_Halving):
     if it ranks in the top ceil(n_k / reduction_factor) of the n_k MSTs that reported at
     that rung so far (itself included: the first to arrive always goes on), and ends
     there otherwise; nothing is promoted later (Ray Tune's and Syne Tune's ASHA).
+    The scheduling ``policy`` defaults to "oldest_first" here (see __init__).
     """
 
     brackets: tuple[tuple[int, ...], ...]
 
     def __init__(self, *args: Any, mode: str = "promotion", **kwargs: Any) -> None:
+        # Oldest first, unless asked otherwise: MSTs then finish and reach their rungs
+        # early, one after another; longest-remaining-work first kept dozens of MSTs in
+        # flight at once and decided late (bench/anytime.py: regret 0.070 -> 0.057).
+        kwargs.setdefault("policy", SchedulingPolicy.OLDEST_FIRST)
         if mode not in MODES:
             raise ConfigError(
                 f"mode must be 'promotion' (an MST pauses at each rung until it is among its "
