@@ -42,7 +42,9 @@ def test_json_has_every_scenario_and_policy(bench, smoke):
     rows = report["results"]
     names = {s.name for s in bench.scenarios(smoke=True)}
     assert {(r["scenario"], r["policy"]) for r in rows} == {
-        (name, policy) for name in names for policy in ("random", "longest_remaining")
+        (name, policy)
+        for name in names
+        for policy in ("random", "longest_remaining", "oldest_first")
     }
     assert {r["kind"] for r in rows} == {
         "balanced",
