@@ -304,7 +304,7 @@ class ASHA(_AsyncHalving):
     BOHB-style (``_bohb``) instead of at random. ``mode="stopping"``: an MST never
     pauses at a rung; it goes on at once if it ranks in the top
     ceil(n_k / reduction_factor) of the rung's reports so far, else it ends there (Ray
-    Tune's and Syne Tune's ASHA; better early, see docs/procedures.md).
+    Tune's and Syne Tune's ASHA; see docs/procedures.md).
     """
 
     def __init__(
