@@ -245,10 +245,65 @@ def test_mark_done_skips_the_steps_a_resumed_run_already_ran():
             done.append(visit)
     resumed = _scheduler(2, 2, 2, seed=4)
     for mst in (0, 1):
-        resumed.mark_done(mst, sum(len(v.steps) for v in done if v.mst_id == mst))
+        resumed.mark_done(mst, [s for v in done if v.mst_id == mst for s in v.steps])
         assert list(resumed._msts[mst].pending) == list(full._msts[mst].pending)
-    with pytest.raises(ConfigError, match="cannot mark 99 done"):
-        resumed.mark_done(0, 99)
+    already = done[0].steps[0]
+    with pytest.raises(ConfigError, match=f"the train step of epoch 0 on shard {already.shard} is"):
+        resumed.mark_done(done[0].mst_id, [already])
+    planned = resumed._msts[0].pending[0]
+    with pytest.raises(ConfigError, match="a step is named twice"):
+        resumed.mark_done(0, [planned, planned])
+
+
+def _train_one_epoch(scheduler: MOPScheduler, mst: int) -> Step:
+    """Run the MST's training steps of its next epoch alone; its first evaluation."""
+    while True:
+        (visit,) = scheduler.assign([scheduler._msts[mst].pending[0].shard])
+        scheduler.complete(visit)
+        if visit.steps[-1].kind is StepKind.EVAL:
+            return visit.steps[-1]
+
+
+def test_evaluations_between_the_first_and_last_go_to_whichever_worker_is_free():
+    scheduler = _scheduler(1, 5, 2, seed=3)
+    train, evaluation = epoch_plan(0, scheduler._msts[0].pending[0].shard, 5, 3)
+    first = _train_one_epoch(scheduler, 0)
+    assert (first.shard, first.position) == (train[-1], 0)  # with the last training step
+    middle, last = evaluation[1:-1], evaluation[-1]
+    assert scheduler.assign([last]) == []  # the planned last waits for the others
+    taken = []
+    for worker in reversed(middle):  # against the plan's order
+        (visit,) = scheduler.assign([worker])
+        assert visit.steps == (Step(StepKind.EVAL, 0, worker, evaluation.index(worker)),)
+        taken.append(worker)
+        scheduler.complete(visit)
+    (visit,) = scheduler.assign([last])
+    assert visit.steps == (Step(StepKind.EVAL, 0, last, 4),)  # the epoch ends there
+    scheduler.complete(visit)
+    (visit,) = scheduler.assign(range(5))  # the next epoch starts where the last eval ran
+    assert visit.worker == last and visit.steps[0] == Step(StepKind.TRAIN, 1, last, 0)
+
+
+def test_evaluations_run_out_of_plan_order_are_marked_done_on_resume():
+    scheduler = _scheduler(1, 4, 2, seed=1)
+    _train_one_epoch(scheduler, 0)
+    _, evaluation = epoch_plan(0, first_shard_of(scheduler), 4, 1)
+    (visit,) = scheduler.assign([evaluation[2]])  # the third planned, run second
+    scheduler.complete(visit)
+    ran = [s for s in _planned(_scheduler(1, 4, 2, seed=1)) if s not in scheduler._msts[0].pending]
+    resumed = _scheduler(1, 4, 2, seed=1)
+    resumed.mark_done(0, ran)
+    assert list(resumed._msts[0].pending) == list(scheduler._msts[0].pending)
+    (visit,) = resumed.assign([evaluation[1]])  # the one skipped over is still to run
+    assert visit.steps == (Step(StepKind.EVAL, 0, evaluation[1], 1),)
+
+
+def first_shard_of(scheduler: MOPScheduler) -> int:
+    return _planned(_scheduler(1, scheduler.n_workers, 1, seed=scheduler.seed))[0].shard
+
+
+def _planned(scheduler: MOPScheduler) -> list[Step]:
+    return list(scheduler._msts[0].pending)
 
 
 def test_an_mst_stopped_at_its_epoch_end_trains_no_further_step():

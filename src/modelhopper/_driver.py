@@ -33,7 +33,7 @@ import numpy as np
 
 from modelhopper._checks import check_int
 from modelhopper._progress import ProgressBar
-from modelhopper._recording import FinishedVisit, Recorder
+from modelhopper._recording import FinishedVisit, Recorder, step_of
 from modelhopper._vocabulary import (
     MST,
     Decision,
@@ -257,7 +257,7 @@ class Driver:
                 epochs=epochs_by_mst.get(mst.id, []),
             )  # fmt: skip
             self._scheduler.add_mst(mst.id, record.n_epochs, priority=record.priority)
-            self._scheduler.mark_done(mst.id, len(done))
+            self._scheduler.mark_done(mst.id, [step_of(record) for record in done])
             if record.warm_start and record.parent is not None:
                 self._warm_from[mst.id] = record.parent
             if self._msts[mst.id].status.ended:

@@ -61,7 +61,9 @@ class _Epoch:
     train: dict[int, PassResult] = field(default_factory=dict)
     evaluation: dict[int, PassResult] = field(default_factory=dict)
     train_order: dict[int, int] = field(default_factory=dict)  # position -> shard
-    eval_order: dict[int, int] = field(default_factory=dict)
+    # Shards in the order they were evaluated: only the first and last are planned
+    # (the scheduler's module says why), and evaluation changes no state.
+    eval_order: list[int] = field(default_factory=list)
 
     def add(self, step: Step, result: PassResult) -> None:
         if step.kind is StepKind.TRAIN:
@@ -69,7 +71,7 @@ class _Epoch:
             self.train_order[step.position] = step.shard
         else:
             self.evaluation[step.shard] = result
-            self.eval_order[step.position] = step.shard
+            self.eval_order.append(step.shard)
 
     def record(self, mst_id: int, number: int) -> EpochRecord:
         metrics = {**_aggregate("train", self.train), **_aggregate("val", self.evaluation)}
@@ -78,7 +80,7 @@ class _Epoch:
             epoch=number,
             metrics=metrics,
             train_order=[self.train_order[i] for i in sorted(self.train_order)],
-            eval_order=[self.eval_order[i] for i in sorted(self.eval_order)],
+            eval_order=list(self.eval_order),
             train_seconds=sum(p.seconds for p in self.train.values()),
             eval_seconds=sum(p.seconds for p in self.evaluation.values()),
         )
@@ -248,6 +250,11 @@ def _to_record(
     )
 
 
+def step_of(record: StepRecord) -> Step:
+    """The planned step a stored step record ran."""
+    return Step(StepKind(record.kind), record.epoch, record.shard, record.position)
+
+
 def _from_record(record: StepRecord) -> tuple[Step, PassResult]:
-    step = Step(StepKind(record.kind), record.epoch, record.shard, record.position)
-    return step, PassResult(record.n, record.loss_sum, dict(record.metric_sums), record.seconds)
+    result = PassResult(record.n, record.loss_sum, dict(record.metric_sums), record.seconds)
+    return step_of(record), result

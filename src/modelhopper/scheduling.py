@@ -15,6 +15,13 @@ an MST before it trains further). The eval order starts where training ended,
 and the next epoch starts where evaluation ended, so that first visit usually
 finds the state already on its worker.
 
+Evaluation changes no state, so the order of an epoch's evaluations cannot change
+a result: between its first and last evaluation (both fixed by the plan) an MST
+takes its other validation shards in whatever order workers come free. Waiting for
+the worker of one planned shard would delay every epoch's result by p - 2 waits,
+which is what an asynchronous procedure decides on (measured on the LCBench
+surrogate: bench/anytime.py). Training order stays fixed.
+
 The scheduler is pure logic over plain data: no processes, no clocks. It
 holds no epoch barrier; MSTs at different epochs run side by side.
 """
@@ -24,7 +31,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -111,6 +118,7 @@ class _MSTState:
     running: bool = False
     stopped: bool = False
     held: bool = False  # waiting for a decision on its last epoch
+    parked: tuple[int, ...] = ()  # the shards whose waiting sets hold it
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -169,16 +177,25 @@ class MOPScheduler:
         state.n_epochs = max(state.n_epochs, n_epochs)
         self._park(state)
 
-    def mark_done(self, mst_id: int, n_steps: int) -> None:
-        """Drop the first ``n_steps`` planned steps: they ran before (resuming a run)."""
+    def mark_done(self, mst_id: int, steps: Iterable[Step]) -> None:
+        """Drop planned steps that ran before (resuming a run); evaluations may have run
+        in any order, so the steps are named, not counted."""
         state = self._state(mst_id)
-        if n_steps > len(state.pending):
+        done = list(steps)
+        planned = set(state.pending)
+        unplanned = [s for s in done if s not in planned]
+        if unplanned or len(set(done)) != len(done):
             raise ConfigError(
-                f"MST {mst_id} has {len(state.pending)} planned steps, cannot mark {n_steps} done"
-            )
+                f"MST {mst_id} cannot mark {len(done)} steps done: "
+                + (f"the {unplanned[0].kind} step of epoch {unplanned[0].epoch} on shard "
+                   f"{unplanned[0].shard} is not among its planned steps" if unplanned
+                   else "a step is named twice")
+            )  # fmt: skip
         self._unpark(state)
-        for _ in range(n_steps):
-            state.n_pending[state.pending.popleft().kind] -= 1
+        gone = set(done)
+        state.pending = deque(s for s in state.pending if s not in gone)
+        for step in done:
+            state.n_pending[step.kind] -= 1
         self._park(state)
 
     def stop(self, mst_id: int) -> None:
@@ -279,11 +296,27 @@ class MOPScheduler:
 
     def _park(self, state: _MSTState) -> None:
         if not state.running and not state.stopped and not state.held and state.pending:
-            self._waiting[state.pending[0].shard].add(state.mst_id)
+            state.parked = self._next_shards(state)
+            for shard in state.parked:
+                self._waiting[shard].add(state.mst_id)
 
     def _unpark(self, state: _MSTState) -> None:
-        if state.pending:
-            self._waiting[state.pending[0].shard].discard(state.mst_id)
+        for shard in state.parked:
+            self._waiting[shard].discard(state.mst_id)
+        state.parked = ()
+
+    def _next_shards(self, state: _MSTState) -> tuple[int, ...]:
+        """Where the MST can go next: its next planned shard, or, between an epoch's
+        first and last evaluation, any shard it still has to evaluate on."""
+        free = tuple(step.shard for step in self._free_evaluations(state))
+        return free or (state.pending[0].shard,)
+
+    def _free_evaluations(self, state: _MSTState) -> Iterator[Step]:
+        """The leading evaluations that may run in any order (all but the epoch's last)."""
+        for step in state.pending:
+            if step.kind is not StepKind.EVAL or step.is_last(StepKind.EVAL, self.n_workers):
+                return
+            yield step
 
     def _release(self, visit: Visit) -> _MSTState:
         if self._busy.get(visit.worker) != visit.mst_id:
@@ -308,6 +341,11 @@ class MOPScheduler:
         return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
+        if state.pending[0].shard != worker:  # an evaluation taken out of plan order
+            step = next(s for s in self._free_evaluations(state) if s.shard == worker)
+            state.pending.remove(step)
+            state.n_pending[step.kind] -= 1
+            return Visit(state.mst_id, worker, (step,))
         steps: list[Step] = []
         while state.pending and state.pending[0].shard == worker:
             step = state.pending[0]

@@ -115,8 +115,10 @@ class ShardWorker:
                 )
                 if step.is_last(StepKind.TRAIN, self.n_shards):
                     estimator.end_epoch()
-            else:
+            else:  # evaluations may run in any order: they leave the RNG as they found it
+                rng_before = torch.get_rng_state()
                 result = estimator.evaluate_pass(val_x, self.shard.val_y, transform=transform)
+                torch.set_rng_state(rng_before)
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
         state = state_to_bytes(self._with_device_rng(estimator.get_state(rng)))
