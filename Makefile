@@ -71,8 +71,10 @@ bench: venv data
 
 # modelhopper's procedures vs Optuna, Syne Tune and DEHB on the LCBench surrogate; the
 # full size takes days on 2 cores: ARGS="--seeds 5 --max-budget 10 --workers 4" is ~20 min.
+# Then accuracy vs epoch seconds (hypervolume): MO_ARGS="--seeds 5 --max-budget 10".
 bench-anytime: venv
 	$(PY) bench/anytime.py $(ARGS)
+	$(PY) bench/anytime_mo.py $(MO_ARGS)
 
 bench-simulate: venv
 	$(PY) bench/simulate.py

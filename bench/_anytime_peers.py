@@ -54,10 +54,12 @@ class Peer(Protocol):
 
 
 def simulate(
-    peer: Peer, bench: LCBench, task: int, n_workers: int, stop_at: float
-) -> list[tuple[float, float]]:
-    """(simulated time, val_accuracy) of every accuracy the method heard, up to ``stop_at``."""
-    heard: list[tuple[float, float]] = []
+    peer: Peer, bench: LCBench, task: int, n_workers: int, stop_at: float,
+    with_seconds: bool = False,
+) -> list[tuple[float, ...]]:  # fmt: skip
+    """(simulated time, val_accuracy) of every accuracy the method heard, up to ``stop_at``;
+    ``with_seconds``: (simulated time, val_accuracy, the epoch's seconds)."""
+    heard: list[tuple[float, ...]] = []
     events: list[tuple[float, int, Job]] = []  # (end of the job's next epoch, worker, job)
 
     def begin(now: float, worker: int) -> None:
@@ -78,7 +80,8 @@ def simulate(
         last = job.trained == job.epochs
         go_on = not last
         if job.report_each or last:
-            heard.append((now, accuracy))
+            seconds = float(job.curve["epoch_seconds"][epoch])
+            heard.append((now, accuracy, seconds) if with_seconds else (now, accuracy))
         if job.report_each and not last:
             go_on = peer.report(job, epoch + 1, accuracy)
         if go_on:
@@ -88,6 +91,18 @@ def simulate(
             peer.done(job, accuracy)
             begin(now, worker)
     return heard
+
+
+def _suggest(trial: Any, hps: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """An Optuna trial's values for LCBench's hyperparameters."""
+    params: dict[str, float] = {}
+    for name, hp in hps.items():
+        if hp["type"] == "uniform_int":
+            low, high = int(hp["lower"]), int(hp["upper"])
+            params[name] = trial.suggest_int(name, low, high, log=hp["log"])
+        else:
+            params[name] = trial.suggest_float(name, hp["lower"], hp["upper"], log=hp["log"])
+    return params
 
 
 # -- Optuna: TPE with its Hyperband or successive-halving pruner -----------------------
@@ -113,15 +128,7 @@ class OptunaPeer:
 
     def ask(self) -> Job:
         trial = self.study.ask()
-        params = {}
-        for name, hp in self.hps.items():
-            if hp["type"] == "uniform_int":
-                params[name] = trial.suggest_int(
-                    name, int(hp["lower"]), int(hp["upper"]), log=hp["log"]
-                )
-            else:
-                params[name] = trial.suggest_float(name, hp["lower"], hp["upper"], log=hp["log"])
-        return Job(params, MAX_EPOCHS, report_each=True, handle=trial)
+        return Job(_suggest(trial, self.hps), MAX_EPOCHS, report_each=True, handle=trial)
 
     def report(self, job: Job, epoch: int, accuracy: float) -> bool:
         job.handle.report(accuracy, epoch)
@@ -139,16 +146,9 @@ class OptunaPeer:
 # -- Syne Tune: its stopping ASHA (1 bracket: ASHA; several: asynchronous Hyperband) and BOHB
 class SyneTunePeer:
     def __init__(self, bench: LCBench, seed: int, method: str) -> None:
-        from syne_tune.config_space import lograndint, loguniform, randint, uniform
         from syne_tune.optimizer.baselines import ASHA, BOHB
 
-        space: dict[str, Any] = {}
-        for name, hp in bench.hyperparameters().items():
-            low, high = hp["lower"], hp["upper"]
-            if hp["type"] == "uniform_int":
-                space[name] = (lograndint if hp["log"] else randint)(int(low), int(high))
-            else:
-                space[name] = (loguniform if hp["log"] else uniform)(low, high)
+        space = _syne_tune_space(bench)
         np.random.seed(seed)  # Syne Tune's ASHA draws brackets from NumPy's global RNG
         common = {
             "config_space": space, "metric": "accuracy", "time_attr": "epoch",
@@ -245,6 +245,95 @@ class DEHBPeer:
     def done(self, job: Job, accuracy: float) -> None:
         cost = float(np.sum(job.curve["epoch_seconds"][: job.trained]))
         self.dehb.tell(job.handle, {"fitness": -accuracy, "cost": cost})
+
+
+# -- several objectives: accuracy up, the epoch's training seconds down ------------------
+def _syne_tune_space(bench: LCBench) -> dict[str, Any]:
+    from syne_tune.config_space import lograndint, loguniform, randint, uniform
+
+    space: dict[str, Any] = {}
+    for name, hp in bench.hyperparameters().items():
+        low, high = hp["lower"], hp["upper"]
+        if hp["type"] == "uniform_int":
+            space[name] = (lograndint if hp["log"] else randint)(int(low), int(high))
+        else:
+            space[name] = (loguniform if hp["log"] else uniform)(low, high)
+    return space
+
+
+class SyneTuneMOPeer:
+    """Syne Tune's MOASHA (non-dominated sorting at each rung; stopping), one bracket or
+    Hyperband's four."""
+
+    def __init__(self, bench: LCBench, seed: int, brackets: int) -> None:
+        from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
+
+        np.random.seed(seed)  # MOASHA samples configs and brackets from NumPy's global RNG
+        self.scheduler = MOASHA(
+            _syne_tune_space(bench), metrics=["error", "epoch_seconds"], do_minimize=True,
+            time_attr="epoch", max_t=MAX_EPOCHS, grace_period=1, reduction_factor=ETA,
+            brackets=brackets, random_seed=seed,
+        )  # fmt: skip
+        self._next_id = 0
+
+    def ask(self) -> Job:
+        from syne_tune.backend.trial_status import Trial
+
+        suggestion = self.scheduler.suggest()
+        trial = Trial(self._next_id, suggestion.config, datetime.now())
+        self._next_id += 1
+        self.scheduler.on_trial_add(trial)
+        params = {name: float(value) for name, value in trial.config.items()}
+        return Job(params, MAX_EPOCHS, report_each=True, handle=trial)
+
+    def _result(self, job: Job, epoch: int, accuracy: float) -> dict[str, float]:
+        seconds = float(job.curve["epoch_seconds"][epoch - 1])
+        return {"error": 1.0 - accuracy, "epoch_seconds": seconds, "epoch": epoch}
+
+    def report(self, job: Job, epoch: int, accuracy: float) -> bool:
+        decision = self.scheduler.on_trial_result(job.handle, self._result(job, epoch, accuracy))
+        return decision == "CONTINUE"
+
+    def done(self, job: Job, accuracy: float) -> None:
+        if job.trained == job.epochs:
+            self.scheduler.on_trial_result(job.handle, self._result(job, job.trained, accuracy))
+
+
+class OptunaMOPeer:
+    """An Optuna multi-objective sampler (NSGA-II or TPE) through ask and tell: Optuna's
+    pruners take one objective, so each configuration trains fully, reporting each epoch."""
+
+    def __init__(self, bench: LCBench, seed: int, sampler: str) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        samplers = {
+            "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        }
+        self.study = optuna.create_study(
+            directions=["maximize", "minimize"], sampler=samplers[sampler]()
+        )
+        self.hps = bench.hyperparameters()
+
+    def ask(self) -> Job:
+        trial = self.study.ask()
+        return Job(_suggest(trial, self.hps), MAX_EPOCHS, report_each=True, handle=trial)
+
+    def report(self, job: Job, epoch: int, accuracy: float) -> bool:
+        return True
+
+    def done(self, job: Job, accuracy: float) -> None:
+        seconds = float(job.curve["epoch_seconds"][job.trained - 1])
+        self.study.tell(job.handle, [accuracy, seconds])
+
+
+MO_PEERS: dict[str, Callable[[LCBench, int], Peer]] = {
+    "Syne Tune MOASHA": lambda b, s: SyneTuneMOPeer(b, s, brackets=1),
+    "Syne Tune MO-Hyperband": lambda b, s: SyneTuneMOPeer(b, s, brackets=4),
+    "Optuna NSGA-II": lambda b, s: OptunaMOPeer(b, s, "nsga2"),
+    "Optuna MOTPE": lambda b, s: OptunaMOPeer(b, s, "tpe"),
+}
 
 
 PEERS: dict[str, Callable[[LCBench, int], Peer]] = {

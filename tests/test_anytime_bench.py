@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from _anytime_peers import Job, simulate  # noqa: E402
 from anytime import incumbent_at, regret  # noqa: E402
+from anytime_mo import hypervolume  # noqa: E402
 
 from modelhopper.testing import (  # noqa: E402
     LCBench,
@@ -82,3 +83,15 @@ def test_a_stopped_job_frees_its_worker_and_time_stops_at_stop_at(bench: LCBench
     assert incumbent_at(heard, 0.0) == -math.inf and regret(-math.inf, 1, 0) == 1.0
     assert incumbent_at(heard, stop_at) == max(accuracy)
     assert regret(max(accuracy), 1.0, 0.5) == pytest.approx((1 - max(accuracy)) / 0.5)
+
+
+def test_hypervolume_is_the_area_the_front_dominates_in_the_normalised_box():
+    box = {"worst": 0.5, "best": 0.9, "top": 0.9, "fastest": 1.0, "slowest": 11.0}
+    assert hypervolume([], box) == 0.0
+    assert hypervolume([(0.9, 1.0)], box) == pytest.approx(1.0)  # the ideal corner
+    # (accuracy 0.7, 6 s): 0.5 of the accuracy span, from 0.5 of the seconds span on
+    assert hypervolume([(0.7, 6.0)], box) == pytest.approx(0.5 * 0.5)
+    two = [(0.7, 6.0), (0.8, 8.0)]  # a staircase: 0.5 x (0.7 - 0.5) + 0.75 x (1 - 0.7)
+    assert hypervolume(two, box) == pytest.approx(0.5 * 0.2 + 0.75 * 0.3)
+    assert hypervolume([*two, (0.6, 9.0)], box) == hypervolume(two, box)  # dominated
+    assert hypervolume([(0.4, 2.0), (0.95, 12.0)], box) == 0.0  # outside the box

@@ -150,3 +150,15 @@ def test_anytime_smoke(tmp_path):
     engine = [r for r in data["runs"] if r["method"].startswith("mh ")]
     assert all(r["visits"] > 0 and r["driver_seconds"] > 0 for r in engine)
     assert (tmp_path / "anytime_smoke_4.png").stat().st_size > 0
+
+
+def test_anytime_multi_objective_smoke(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _run("anytime_mo.py", tmp_path)
+    data = json.loads((tmp_path / "anytime_mo_smoke.json").read_text())
+    rows = data["table"]
+    assert len(rows) == 8  # 4 modelhopper procedures and variants, 4 peer implementations
+    for method, row in rows.items():
+        assert 0 <= row["2"]["mean"] < 1, method  # every method's front covers some area
+    assert len(data["verdicts"]) == 2
+    assert (tmp_path / "anytime_mo_smoke.png").stat().st_size > 0

@@ -148,7 +148,12 @@ def test_datasets_from_other_formats_train_the_same(digits, tmp_path, constructo
     search = mh.GridSearch(make_estimator, {"hidden": 16, "lr": 0.1}, epochs=1)
     reference = search.fit(digits, n_workers=2, run_dir=tmp_path / "a")
     other = search.fit(data, n_workers=2, run_dir=tmp_path / "b")
-    assert other.msts[0].metrics == reference.msts[0].metrics
+    assert _untimed(other.msts[0].metrics) == _untimed(reference.msts[0].metrics)
+
+
+def _untimed(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics that do not depend on timing (train_seconds is measured)."""
+    return {k: v for k, v in metrics.items() if k != "train_seconds"}
 
 
 COMMON = """
@@ -191,7 +196,8 @@ def test_resume_works_from_any_folder_without_pythonpath(digits, tmp_path, monke
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "best MST 0" in resumed.stdout
     again = mh.load_result("anywhere", store=url)
-    assert again.status == "completed" and again.msts[0].metrics == done.msts[0].metrics
+    assert again.status == "completed"
+    assert again.msts[0].metrics == done.msts[0].metrics  # read back: the recorded values
 
 
 # -- errors before any worker starts ----------------------------------------

@@ -431,3 +431,49 @@ def test_workers_served_while_the_driver_records_change_no_result(
             ours, planned = mine["eval_order"], theirs["eval_order"]
             assert sorted(ours) == sorted(planned) == [0, 1, 2, 3]
             assert (ours[0], ours[-1]) == (planned[0], planned[-1])
+
+
+def test_asha_trades_accuracy_against_the_training_seconds_every_epoch_reports(
+    bench: LCBench, tmp_path: Path
+) -> None:
+    """``train_seconds`` is a metric of every run: here LCBench's epoch seconds, which a
+    multi-objective ASHA minimises beside maximising accuracy (Pareto-rank promotion)."""
+    objectives = {"val_accuracy": "maximize", "train_seconds": "minimize"}
+    search = mh.ASHA(
+        surrogate_estimator, bench.space(), max_epochs=9, n_msts=24, reduction_factor=3,
+        objectives=objectives, seed=2,
+    )  # fmt: skip
+    executor = SurrogateExecutor(task=TASK, bench=bench)
+    result = search.fit(
+        surrogate_dataset(4), n_workers=4, executor=executor,
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "run",
+    )  # fmt: skip
+    for mst in result.msts:
+        for row in mst.history:
+            simulated = executor.epoch_seconds[mst.id, row["epoch"]]
+            assert row["train_seconds"] == pytest.approx(simulated, rel=1e-12)
+            assert mst.params and row["train_seconds"] > 0
+    front = result.pareto_front()
+    points = {m.id: (m.metrics["val_accuracy"], m.metrics["train_seconds"]) for m in result.msts}
+    assert front and all(
+        not (a >= points[f.id][0] and s <= points[f.id][1] and (a, s) != points[f.id])
+        for f in front for a, s in points.values()
+    )  # fmt: skip
+    off_front = set(points) - {f.id for f in front}
+    assert all(
+        any(a >= points[i][0] and s <= points[i][1] for a, s in (points[f.id] for f in front))
+        for i in off_front
+    )  # every other MST is dominated by (or equal to) one on the front
+    # The second objective changes who goes on: accuracy alone promotes other MSTs.
+    alone = mh.ASHA(
+        surrogate_estimator, bench.space(), max_epochs=9, n_msts=24, reduction_factor=3,
+        metric="val_accuracy", direction="maximize", seed=2,
+    ).fit(
+        surrogate_dataset(4), n_workers=4, executor=SurrogateExecutor(task=TASK, bench=bench),
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "alone",
+    )  # fmt: skip
+    assert [m.params for m in alone.msts] == [m.params for m in result.msts]
+    promoted = {m.id for m in result.msts if m.epochs_done > 1}
+    assert promoted and promoted != {m.id for m in alone.msts if m.epochs_done > 1}
+    fastest = min(points, key=lambda i: result.msts[i].history[0]["train_seconds"])
+    assert fastest in promoted  # nothing beats it on training seconds at the first rung

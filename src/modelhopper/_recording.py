@@ -17,7 +17,7 @@ from typing import Any
 
 from modelhopper._ranking import better
 from modelhopper._vocabulary import Direction, Step, StepKind
-from modelhopper.estimator import SKIPPED, PassResult
+from modelhopper.estimator import EPOCH_TRAIN_SECONDS, SKIPPED, PassResult
 from modelhopper.executors import State, StepOutcome, VisitResult, state_bytes
 from modelhopper.scheduling import Visit
 from modelhopper.store import BaseStore, EpochRecord, EventKind, StepRecord, VisitRecord
@@ -74,14 +74,19 @@ class _Epoch:
             self.eval_order.append(step.shard)
 
     def record(self, mst_id: int, number: int) -> EpochRecord:
-        metrics = {**_aggregate("train", self.train), **_aggregate("val", self.evaluation)}
+        train_seconds = sum(self.train[s].seconds for s in sorted(self.train))
+        metrics = {
+            **_aggregate("train", self.train),
+            **_aggregate("val", self.evaluation),
+            EPOCH_TRAIN_SECONDS: train_seconds,
+        }
         return EpochRecord(
             mst_id=mst_id,
             epoch=number,
             metrics=metrics,
             train_order=[self.train_order[i] for i in sorted(self.train_order)],
             eval_order=list(self.eval_order),
-            train_seconds=sum(p.seconds for p in self.train.values()),
+            train_seconds=train_seconds,
             eval_seconds=sum(p.seconds for p in self.evaluation.values()),
         )
 

@@ -30,6 +30,7 @@ from modelhopper.representations._representation import Representation
 __all__ = [
     "Estimator",
     "Trainable",
+    "EPOCH_TRAIN_SECONDS",
     "METRICS",
     "MODEL_METRICS",
     "PassResult",
@@ -60,6 +61,10 @@ def _squared_error(output: torch.Tensor, target: torch.Tensor) -> float:
 def _absolute_error(output: torch.Tensor, target: torch.Tensor) -> float:
     return float((output.reshape(target.shape) - target).abs().sum())
 
+
+# Every epoch's metrics also hold its training seconds (summed over its shards' steps): a
+# cost a procedure may trade against accuracy. Measured, so it varies from run to run.
+EPOCH_TRAIN_SECONDS = "train_seconds"
 
 # Each metric returns a *sum* over a batch, so shards aggregate exactly by example count.
 METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
@@ -232,8 +237,11 @@ class Trainable(Protocol):
 
 
 def metric_names(metrics: Sequence[str]) -> list[str]:
-    """Names a run reports for an estimator: loss and metrics, on train and validation."""
-    return [f"{split}_{m}" for split in ("train", "val") for m in ("loss", *metrics)]
+    """Names a run reports for an estimator: loss and metrics, on train and validation, and
+    ``train_seconds`` (the epoch's measured training time: a cost objective)."""
+    return [f"{split}_{m}" for split in ("train", "val") for m in ("loss", *metrics)] + [
+        EPOCH_TRAIN_SECONDS
+    ]
 
 
 def build_estimator(

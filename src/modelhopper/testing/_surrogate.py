@@ -21,8 +21,11 @@ fraction, as modelhopper's accuracy metric), ``val_loss`` = val_cross_entropy,
 ``val_balanced_accuracy``. Each epoch's validation set is counted once, on shard 0
 (n=1; the other shards report n=0), so the driver's example-weighted mean is the
 surrogate's value exactly. LCBench predicts no training metrics: ``train_loss`` is
-NaN. A warm-started MST (PBT's clone) continues its own params' curve from the
-epoch its parent had reached, as surrogate benchmarks of PBT do.
+NaN. The epoch's ``train_seconds`` (every run reports it) is LCBench's predicted
+seconds of that epoch, so ``objectives={"val_accuracy": "maximize", "train_seconds":
+"minimize"}`` trades accuracy against training cost. A warm-started MST (PBT's
+clone) continues its own params' curve from the epoch its parent had reached, as
+surrogate benchmarks of PBT do.
 
 The state an MST carries is a small JSON blob (params, epoch offset, train steps
 done); every step checks it, so an engine that skipped, repeated or misplaced a
@@ -138,7 +141,8 @@ class SurrogateExecutor(BaseExecutor):
     After a run: ``simulated_seconds`` (the makespan on the simulated clock),
     ``finish_times`` (MST -> simulated time its last visit ended), ``epoch_times``
     ((MST, epoch) -> simulated time the epoch's evaluation ended), ``epoch_accuracy``
-    ((MST, epoch) -> its val_accuracy, a fraction), ``busy_seconds``
+    ((MST, epoch) -> its val_accuracy, a fraction), ``epoch_seconds`` ((MST, epoch) ->
+    its simulated training seconds, the run's ``train_seconds``), ``busy_seconds``
     (per worker), ``trace`` (every visit), ``driver_seconds`` (real seconds the driver
     spent between ``wait()`` calls) and ``surrogate_seconds`` (real seconds spent here).
     """
@@ -185,6 +189,7 @@ class SurrogateExecutor(BaseExecutor):
         self.finish_times: dict[int, float] = {}
         self.epoch_times: dict[tuple[int, int], float] = {}
         self.epoch_accuracy: dict[tuple[int, int], float] = {}
+        self.epoch_seconds: dict[tuple[int, int], float] = {}
         self.trace: list[SimulatedVisit] = []
         self.driver_seconds = 0.0
         self.surrogate_seconds = 0.0
@@ -253,6 +258,7 @@ class SurrogateExecutor(BaseExecutor):
         self.trace = [v for v in self.trace if v.end <= moment]
         self.epoch_times = {k: t for k, t in self.epoch_times.items() if t <= moment}
         self.epoch_accuracy = {k: self.epoch_accuracy[k] for k in self.epoch_times}
+        self.epoch_seconds = {k: self.epoch_seconds[k] for k in self.epoch_times}
         self.finish_times = {}
         for visit in self.trace:
             self.finish_times[visit.mst_id] = max(visit.end, self.finish_times.get(visit.mst_id, 0))
@@ -365,6 +371,7 @@ class SurrogateExecutor(BaseExecutor):
         accuracy = float(curve["val_accuracy"][epoch - 1]) / 100.0
         if first:
             self.epoch_accuracy[mst_id, step.epoch] = accuracy
+            self.epoch_seconds[mst_id, step.epoch] = epoch_seconds
         sums = {
             "accuracy": accuracy if first else 0.0,
             "balanced_accuracy": float(curve["val_balanced_accuracy"][epoch - 1]) if first else 0.0,

@@ -1,0 +1,349 @@
+"""Multi-objective anytime performance on the LCBench surrogate: validation accuracy vs
+training seconds per epoch, modelhopper's multi-objective ASHA on the real engine side by
+side with Syne Tune's MOASHA and Optuna's NSGA-II and multi-objective TPE.
+
+    python bench/anytime_mo.py [--smoke-test] [--seeds N] [--max-budget B] [--workers W]
+                               [--tasks T ...] [--methods M ...] [--jobs J]
+
+Every method searches LCBench's space for models that are accurate *and* cheap to train:
+objectives ``val_accuracy`` (maximise) and ``train_seconds`` (minimise; the surrogate's
+predicted seconds of the epoch, which every modelhopper run reports as a metric). Each
+evaluation a method hears (an epoch of a configuration) is a point (accuracy, seconds).
+Quality at simulated time t is the hypervolume of the points heard by t, in a box
+normalised per task by a fixed sample of random configurations (bench/anytime.py's
+``SAMPLE``): accuracy from the sample's worst to its best (or the best anything found),
+seconds from the sample's fastest epoch to its slowest; the reference point is (worst
+accuracy, slowest epoch). Reported as hypervolume regret, 1 - HV / HV*, where HV* is the
+hypervolume of everything the sample and every method heard on the task: 0 = as good a
+front as any seen, 1 = nothing inside the box. Mean over tasks and seeds, +- standard
+error over seeds, at budgets in full-training equivalents (as bench/anytime.py).
+
+modelhopper runs on the real driver, scheduler and store (``SurrogateExecutor``); the
+peers on bench/_anytime_peers.py's simulation of the same cost model. Optuna's pruners
+do not support several objectives, so its samplers train each configuration fully (52
+epochs) and hear every epoch; Syne Tune's MOASHA stops trials at rungs by non-dominated
+sorting, as ours promotes. Writes bench/results/anytime_mo.{json,md,png}
+(anytime_mo_smoke.* with --smoke-test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anytime import BUDGETS, MAX_EPOCHS, RESULTS, SAMPLE, TASKS, _lcbench  # noqa: E402
+
+OBJECTIVES = {"val_accuracy": "maximize", "train_seconds": "minimize"}
+MH_METHODS = (
+    "mh MO-ASHA (stopping, oldest first)",
+    "mh MO-ASHA (promotion, oldest first)",
+    "mh MO-Hyperband (stopping, oldest first)",
+    "mh RandomSearch",
+)
+# The peer implementation of the same algorithm as ours (Syne Tune's MOASHA stops
+# trials at rungs: our stopping mode; with brackets > 1, asynchronous Hyperband).
+SAME_ALGORITHM = {
+    "mh MO-ASHA (stopping, oldest first)": "Syne Tune MOASHA",
+    "mh MO-Hyperband (stopping, oldest first)": "Syne Tune MO-Hyperband",
+}
+
+Point = tuple[float, float, float]  # (simulated time, val_accuracy, epoch seconds)
+
+
+def task_box(task: int) -> dict[str, Any]:
+    """FTE seconds and the normalising box from SAMPLE random configurations (seed 0)."""
+    import modelhopper as mh
+
+    bench = _lcbench()
+    space = mh.Space(bench.space())
+    rng = np.random.default_rng(0)
+    configs = [bench.config(space.sample(rng)) for _ in range(SAMPLE)]
+    curves = bench.curves(task, configs)
+    accuracy = curves["val_accuracy"] / 100.0
+    seconds = curves["epoch_seconds"]
+    return {
+        "fte_seconds": float(seconds.sum(axis=1).mean()),
+        "best": float(accuracy.max()),
+        "worst": float(accuracy.min()),
+        "fastest": float(seconds.min()),
+        "slowest": float(seconds.max()),
+        # the sample's own front (every epoch a point), for HV*
+        "sample_points": _front(list(zip(accuracy.ravel(), seconds.ravel(), strict=True))),
+    }
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated (accuracy up, seconds down) points, by seconds ascending."""
+    front: list[tuple[float, float]] = []
+    for accuracy, seconds in sorted(points, key=lambda p: (p[1], -p[0])):
+        if not front or accuracy > front[-1][0]:
+            front.append((float(accuracy), float(seconds)))
+    return front
+
+
+def hypervolume(points: list[tuple[float, float]], box: dict[str, Any]) -> float:
+    """Area the points dominate inside the box, normalised to [0, 1] on both axes."""
+    span_a = max(box["best"], box["top"]) - box["worst"]
+    span_s = box["slowest"] - box["fastest"]
+    area, reach = 0.0, 0.0  # sweep by seconds ascending; reach = best accuracy so far
+    front = _front(points)
+    for i, (accuracy, seconds) in enumerate(front):
+        a = min(max((accuracy - box["worst"]) / span_a, 0.0), 1.0)
+        s = min(max((seconds - box["fastest"]) / span_s, 0.0), 1.0)
+        nxt = front[i + 1][1] if i + 1 < len(front) else box["slowest"]
+        s_next = min(max((nxt - box["fastest"]) / span_s, 0.0), 1.0)
+        reach = max(reach, a)
+        area += reach * (s_next - s)
+    return area
+
+
+def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
+    import modelhopper as mh
+    from modelhopper.testing import surrogate_estimator
+
+    space = _lcbench().space()
+    common: dict[str, Any] = {"objectives": OBJECTIVES, "seed": seed}
+    if "oldest first" in method:
+        common["policy"] = "oldest_first"
+    many = 2 * math.ceil(budget * MAX_EPOCHS) + 4 * n_workers
+    if method == "mh RandomSearch":
+        full = 2 * math.ceil(budget) + 2 * n_workers
+        return mh.RandomSearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS,
+                               **common)  # fmt: skip
+    kind = mh.ASHA if method.startswith("mh MO-ASHA") else mh.Hyperband
+    mode = "stopping" if "stopping" in method else "promotion"
+    return kind(
+        surrogate_estimator, space, n_msts=many, max_epochs=MAX_EPOCHS, min_epochs=1,
+        reduction_factor=3, mode=mode, **common,
+    )  # fmt: skip
+
+
+def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: float,
+                    budget: float) -> dict[str, Any]:  # fmt: skip
+    from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
+
+    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at)
+    procedure = _procedure(method, seed, budget, n_workers)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="anytime-mo-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            procedure.fit(
+                surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+                store=f"sqlite:///{tmp}/runs.db", run_dir=Path(tmp) / "run", progress=False,
+            )  # fmt: skip
+        except SimulatedTimeUp:
+            pass
+    heard = sorted(
+        (t, executor.epoch_accuracy[key], executor.epoch_seconds[key])
+        for key, t in executor.epoch_times.items()
+    )
+    return {"heard": heard, "real_seconds": time.perf_counter() - started}
+
+
+def run_peer(method: str, task: int, seed: int, n_workers: int, stop_at: float) -> dict[str, Any]:
+    from _anytime_peers import MO_PEERS, simulate
+
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peer = MO_PEERS[method](_lcbench(), seed)
+        heard = simulate(peer, _lcbench(), task, n_workers, stop_at, with_seconds=True)
+    return {"heard": heard, "real_seconds": time.perf_counter() - started}
+
+
+def _one(job: tuple[str, int, int, int, float, float]) -> dict[str, Any]:
+    method, task, seed, n_workers, stop_at, budget = job
+    import logging
+
+    logging.disable(logging.WARNING)
+    if method.startswith("mh "):
+        out = run_modelhopper(method, task, seed, n_workers, stop_at, budget)
+    else:
+        out = run_peer(method, task, seed, n_workers, stop_at)
+    return {"method": method, "task": task, "seed": seed, "workers": n_workers, **out}
+
+
+def summarise(
+    runs: list[dict[str, Any]], boxes: dict[int, dict[str, Any]], budgets: list[float]
+) -> tuple[dict[str, Any], dict[int, float]]:
+    """Mean hypervolume regret +- s.e. over seeds, per method and budget; HV* per task."""
+    best_hv = {}
+    for task, box in boxes.items():
+        heard = [(a, s) for r in runs if r["task"] == task for _, a, s in r["heard"]]
+        box["top"] = max([box["best"], *(a for a, _ in heard)])
+        best_hv[task] = hypervolume([*box["sample_points"], *heard], box)
+    table: dict[str, Any] = {}
+    n_workers = runs[0]["workers"]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        row = {}
+        for budget in budgets:
+            per_seed = []
+            for seed in sorted({r["seed"] for r in mine}):
+                values = []
+                for r in (r for r in mine if r["seed"] == seed):
+                    box = boxes[r["task"]]
+                    moment = budget * box["fte_seconds"] / n_workers
+                    points = [(a, s) for t, a, s in r["heard"] if t <= moment]
+                    values.append(1.0 - hypervolume(points, box) / best_hv[r["task"]])
+                per_seed.append(statistics.fmean(values))
+            se = statistics.stdev(per_seed) / math.sqrt(len(per_seed)) if len(per_seed) > 1 else 0
+            row[f"{budget:g}"] = {"mean": statistics.fmean(per_seed), "se": se}
+        table[method] = row
+    return table, best_hv
+
+
+def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
+    lines = []
+    for ours, peer in SAME_ALGORITHM.items():
+        if ours not in table or peer not in table:
+            continue
+        for budget in budgets:
+            key = f"{budget:g}"
+            mine, theirs = table[ours][key], table[peer][key]
+            noise = 2 * math.hypot(mine["se"], theirs["se"])
+            gap = mine["mean"] - theirs["mean"]
+            lines.append(
+                f"| {ours} | {peer} | {key} | {mine['mean']:.4f} | {theirs['mean']:.4f} | "
+                f"{gap:+.4f} | {noise:.4f} | {'no worse' if gap <= noise else 'WORSE'} |"
+            )
+    return lines
+
+
+def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    lines = [
+        "# Multi-objective anytime performance on the LCBench surrogate",
+        "",
+        f"Command: `{payload['command']}`; {payload['date']}; {payload['workers']} workers; "
+        f"tasks {payload['tasks']}; seeds {payload['seeds']}; real time "
+        f"{payload['real_seconds']:.0f} s.",
+        "",
+        "Objectives: val_accuracy (maximise), train_seconds per epoch (minimise). "
+        "Hypervolume regret 1 - HV/HV* (0 = the best front seen on the task), mean over "
+        "tasks and seeds, +- standard error over seeds; budgets in full-training "
+        "equivalents (FTE).",
+        "",
+        "| method | " + " | ".join(f"{b:g} FTE" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for method, row in payload["table"].items():
+        cells = [f"{row[f'{b:g}']['mean']:.4f} +- {row[f'{b:g}']['se']:.4f}" for b in budgets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## modelhopper vs the peer implementation of the same algorithm",
+        "",
+        "No worse = our mean regret exceeds the peer's by at most twice the combined "
+        "standard error.",
+        "",
+        "| ours | peer | FTE | ours | peer | gap | 2 se | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *payload["verdicts"],
+        "",
+        "Real seconds per run (mean): "
+        + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
+        "",
+    ]
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    _plot(out, stem, payload)
+
+
+def _plot(out: Path, stem: str, payload: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, curve in payload["curves"].items():
+        x = [p["budget"] for p in curve]
+        y = np.array([p["mean"] for p in curve])
+        se = np.array([p["se"] for p in curve])
+        (line,) = ax.plot(x, y, "-" if method.startswith("mh ") else "--", label=method)
+        ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("budget (full-training equivalents)")
+    ax.set_ylabel("hypervolume regret (accuracy vs epoch seconds)")
+    ax.set_title(f"LCBench surrogate, {payload['workers']} workers, {len(payload['tasks'])} tasks")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--max-budget", type=float, default=30)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke_test:
+        args.seeds, args.max_budget, args.tasks = 1, 2, [TASKS[0]]
+    from _anytime_peers import MO_PEERS
+
+    methods = args.methods or [*MH_METHODS, *MO_PEERS]
+    budgets = [b for b in BUDGETS if b <= args.max_budget] or [args.max_budget]
+    started = time.perf_counter()
+    boxes = {task: task_box(task) for task in args.tasks}
+    jobs = [
+        (method, task, seed, args.workers,
+         args.max_budget * boxes[task]["fte_seconds"] / args.workers, args.max_budget)
+        for task in args.tasks for seed in range(args.seeds) for method in methods
+    ]  # fmt: skip
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(_one, jobs))
+    else:
+        runs = [_one(job) for job in jobs]
+    grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 12).round(2).tolist()})
+    curves, best_hv = summarise(runs, boxes, grid)
+    table = {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in curves.items()}
+    payload = {
+        "command": " ".join(
+            ["python bench/anytime_mo.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "date": time.strftime("%Y-%m-%d"),
+        "tasks": args.tasks,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "max_budget": args.max_budget,
+        "best_hypervolume": {str(t): v for t, v in best_hv.items()},
+        "table": table,
+        "curves": {m: [{"budget": b, **row[f"{b:g}"]} for b in grid] for m, row in curves.items()},
+        "verdicts": verdicts(table, budgets),
+        "real_seconds": time.perf_counter() - started,
+        "real_seconds_per_run": {
+            m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
+            for m in methods
+        },
+    }
+    stem = "anytime_mo_smoke" if args.smoke_test else "anytime_mo"
+    write(args.out, stem, payload, budgets)
+    print((args.out / f"{stem}.md").read_text())
+    return payload
+
+
+if __name__ == "__main__":
+    main()
