@@ -156,7 +156,11 @@ class Run:
         return driver.run()
 
     def metrics(self) -> dict[tuple[int, int], dict[str, float]]:
-        return {(e.mst_id, e.epoch): dict(e.metrics) for e in self.store.list_epochs(self.name)}
+        """Each epoch's metrics but the measured train_seconds (which differs run to run)."""
+        return {
+            (e.mst_id, e.epoch): {k: v for k, v in e.metrics.items() if k != "train_seconds"}
+            for e in self.store.list_epochs(self.name)
+        }
 
     def statuses(self) -> dict[int, str]:
         return {m.mst_id: m.status.value for m in self.store.list_msts(self.name)}

@@ -221,7 +221,7 @@ def _fit(data, tmp_path, **kwargs):
         (
             {"search": {"metric": "val_acc"}},
             r"unknown metric 'val_acc'; this run reports \['train_loss', 'train_accuracy', "
-            r"'val_loss', 'val_accuracy'\] \(add the metric to Estimator.metrics",
+            r"'val_loss', 'val_accuracy', 'train_seconds'\] \(add the metric to Estimator.metrics",
         ),
         ({"search": {"direction": "up"}}, r"direction must be 'maximize' or 'minimize', got 'up'"),
         ({"search": {"epochs": 0}}, r"epochs must be an integer >= 1, got 0; e.g. epochs=5"),
