@@ -161,7 +161,9 @@ def run_mop_local(cfg: dict, data: Arrays) -> dict[str, Any]:
     """modelhopper MOP: a worker process per shard, MST state hops between them."""
     from modelhopper.executors import LocalExecutor
 
-    return _run_mop(cfg, data, LocalExecutor(threads_per_worker=1))
+    # One copy of the data, as MOP keeps for data of any size (the comparison's point;
+    # the smoke size is small enough that replicas="auto" would copy it to every worker).
+    return _run_mop(cfg, data, LocalExecutor(threads_per_worker=1, replicas=1))
 
 
 def run_mop_ray(cfg: dict, data: Arrays) -> dict[str, Any]:

@@ -111,10 +111,11 @@ mode, spec, name, url, run_dir, n_workers, address, plan, log = sys.argv[1:]
 if address == "local" and plan != "none":
     from modelhopper.testing import ChaosExecutor, KillPlan
 
+    # One copy of the data: the kill schedule counts visits of one sub-epoch each.
     executor = ChaosExecutor(KillPlan.from_json(plan), log=log, max_restarts=10,
-                             restart_window=600)
+                             restart_window=600, replicas=1)
 elif address == "local":
-    executor = mh.LocalExecutor(max_restarts=10, restart_window=600)
+    executor = mh.LocalExecutor(max_restarts=10, restart_window=600, replicas=1)
 else:  # actors start slowly on 2 cores: a long start timeout
     executor = mh.RayExecutor(address=address, max_restarts=10, restart_window=600,
                               start_timeout=600)

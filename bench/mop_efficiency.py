@@ -63,6 +63,8 @@ def run_workload(
         factory, SPACE, epochs=epochs, metric="val_accuracy", direction="maximize", seed=0
     )
     with tempfile.TemporaryDirectory() as run_dir:
+        # One copy of the data, whatever its size (the smoke size would be replicated).
+        executor = executor if executor is not None else mh.LocalExecutor(replicas=1)
         result = search.fit(data, n_workers=n_workers, run_dir=run_dir, executor=executor)
     s = result.stats
     return {

@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _local(name, factory, data, epochs) -> dict:
-    row = run_workload(name, factory, data, epochs, 2, executor=mh.LocalExecutor())
+    row = run_workload(name, factory, data, epochs, 2, executor=mh.LocalExecutor(replicas=1))
     return {**row, "setup": "LocalExecutor", "n_nodes": 1,
             "shard_bytes_per_node": [sum(row["resident_shard_bytes"])]}  # fmt: skip
 

@@ -97,7 +97,7 @@ DRIVER = textwrap.dedent(
     spec, url, run_dir, plan, log = sys.argv[1:]
     search, data = spec_objects(load_spec(Path(spec)), Path(spec))
     search.fit(data, n_workers={N_WORKERS}, run_name="chaos", store=url, run_dir=run_dir,
-               executor=ChaosExecutor(KillPlan.from_json(plan), log=log))
+               executor=ChaosExecutor(KillPlan.from_json(plan), log=log, replicas=1))
     """
 )
 
@@ -151,7 +151,9 @@ def test_a_run_survives_workers_and_the_driver_killed_at_seeded_moments(tmp_path
     assert 0 < done_before < N_STEPS  # it really was interrupted mid-run
 
     # The visits may all land on one worker: 4 deaths within the restart window.
-    executor = ChaosExecutor(_resumed_run_plan(schedule.rng), max_restarts=4)
+    # One copy of the data (as in the driver's run): the kill moments count visits of
+    # one sub-epoch each; replicated small data would run a whole epoch per visit.
+    executor = ChaosExecutor(_resumed_run_plan(schedule.rng), max_restarts=4, replicas=1)
     resumed = mh.resume("chaos", store=url, executor=executor)
     schedule.killed += [(kill.moment, kill.pid) for kill in executor.kills]
     assert sum(executor.restarts) == len(executor.kills) == 4  # each kill noticed, each survived

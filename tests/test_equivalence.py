@@ -65,7 +65,7 @@ def mop_result(digits, tmp_path_factory):
         digits,
         n_workers=N_WORKERS,
         run_dir=tmp_path_factory.mktemp("run"),
-        executor=mh.LocalExecutor(threads_per_worker=1),
+        executor=mh.LocalExecutor(threads_per_worker=1, replicas=1),  # one copy: MOP itself
     )
 
 

@@ -71,7 +71,10 @@ def folders(tmp_path_factory):
 def mop_result(folders, tmp_path_factory):
     data = mh.Dataset.from_image_folder(*folders)
     search = mh.GridSearch(make_estimator, SPACE, epochs=EPOCHS, seed=SEED)
-    return search.fit(data, n_workers=N_WORKERS, run_dir=tmp_path_factory.mktemp("run"))
+    return search.fit(
+        data, n_workers=N_WORKERS, run_dir=tmp_path_factory.mktemp("run"),
+        executor=mh.LocalExecutor(replicas=1),  # one copy, as for image data of any size
+    )  # fmt: skip
 
 
 def _read_folder(root) -> tuple[torch.Tensor, torch.Tensor]:

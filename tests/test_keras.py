@@ -139,7 +139,8 @@ JAX_SCRIPT = textwrap.dedent(
 
     digits = mh.datasets.digits(seed=0)
     result = mh.GridSearch(make_estimator, {"lr": mh.grid([1e-2, 3e-3])}, epochs=2,
-                           seed=3).fit(digits, n_workers=2, run_dir=sys.argv[1])
+                           seed=3).fit(digits, n_workers=2, run_dir=sys.argv[1],
+                                       executor=mh.LocalExecutor(replicas=1))  # states hop
     assert keras.backend.backend() == "jax" and result.stats.n_hops > 0
     shards = shard_splits(digits, 2, seed=3)
     for record in result.msts:
@@ -163,7 +164,7 @@ JAX_SCRIPT = textwrap.dedent(
     # Workers killed as they start and while they train: the same run, to the bit.
     from modelhopper.testing import ChaosExecutor, KillPlan
     executor = ChaosExecutor(KillPlan(start_up=frozenset({1}), running={3: True, 6: False}),
-                             max_restarts=4)
+                             max_restarts=4, replicas=1)
     killed = mh.GridSearch(make_estimator, {"lr": mh.grid([1e-2, 3e-3])}, epochs=2,
                            seed=3).fit(digits, n_workers=2, run_dir=sys.argv[1] + "/killed",
                                        executor=executor)

@@ -83,3 +83,20 @@ def test_loader_processes_die_with_the_process_that_started_them() -> None:
     while loaders[0].is_running() and loaders[0].status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the loader process outlived its parent"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 40, 10**9])  # one batch, a few, all at once
+def test_gathered_batches_equal_the_batches_made_one_by_one(monkeypatch, gather_bytes):
+    from modelhopper import _loader
+
+    monkeypatch.setattr(_loader, "GATHER_BYTES", gather_bytes)
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    y = np.arange(20)
+    order = np.random.default_rng(0).permutation(20)
+    indices = [order[i : i + 6] for i in range(0, 20, 6)] + [slice(2, 9)]
+    made = _loader._PassBatches(x, y, indices, None, None, seeds=[0] * len(indices))
+    got = list(batches(x, y, indices, stage=None, transform=None, seeds=[]))  # seeds unread
+    assert len(got) == len(indices)
+    for k, batch in enumerate(got):
+        assert torch.equal(batch.x, made[k].x) and torch.equal(batch.y, made[k].y)
+        assert batch.x.shape == (len(y[indices[k]]), 3)

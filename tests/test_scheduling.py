@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -13,6 +14,7 @@ from modelhopper.scheduling import (
     StepKind,
     epoch_plan,
     makespan_lower_bound,
+    replicated_holdings,
     simulate,
 )
 
@@ -28,15 +30,18 @@ def _scheduler(n_msts: int, n_workers: int, n_epochs: int, **kwargs) -> MOPSched
     return scheduler
 
 
-def _check_invariants(trace, n_workers: int, n_epochs: dict[int, int]) -> None:
-    """No overlap per worker or per MST; each epoch trains and evaluates on every shard once."""
+def _check_invariants(trace, n_workers: int, n_epochs: dict[int, int], holdings=None) -> None:
+    """No overlap per worker or per MST; each epoch trains and evaluates on every shard once;
+    every step runs on a worker that holds its shard."""
+    held = holdings or [(w,) for w in range(n_workers)]
     by_worker = defaultdict(list)
     by_mst = defaultdict(list)
     for start, end, visit in trace:
         by_worker[visit.worker].append((start, end))
         by_mst[visit.mst_id].append((start, end))
-        assert all(step.shard == visit.worker for step in visit.steps)
-        assert sum(step.kind is StepKind.TRAIN for step in visit.steps) <= 1
+        assert all(step.shard in held[visit.worker] for step in visit.steps)
+        if holdings is None:
+            assert sum(step.kind is StepKind.TRAIN for step in visit.steps) <= 1
     for intervals in [*by_worker.values(), *by_mst.values()]:
         intervals.sort()
         for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
@@ -320,3 +325,68 @@ def test_an_mst_stopped_at_its_epoch_end_trains_no_further_step():
 def test_plans_form_a_latin_square_so_balanced_work_keeps_workers_busy():
     result = simulate(_scheduler(64, 16, 2, seed=0), _unit_cost)
     assert result.makespan <= 1.02 * result.lower_bound
+
+
+# -- replicas: a worker that holds other shards too ----------------------------------------
+@pytest.mark.parametrize(
+    ("n_workers", "replicas", "expected"),
+    [(3, 1, [(0,), (1,), (2,)]), (3, 2, [(0, 2), (0, 1), (1, 2)]), (2, 2, [(0, 1), (0, 1)])],
+)
+def test_replicated_holdings_put_each_shard_on_consecutive_workers(n_workers, replicas, expected):
+    holdings = replicated_holdings(n_workers, replicas)
+    assert [tuple(h) for h in holdings] == expected
+    for shard in range(n_workers):
+        assert sum(shard in h for h in holdings) == replicas
+
+
+def test_a_worker_holding_every_shard_runs_a_whole_epoch_in_one_visit():
+    scheduler = MOPScheduler(3, holdings=replicated_holdings(3, 3), seed=4)
+    scheduler.add_mst(0, 2)
+    visits = []
+    while not scheduler.finished:
+        (visit,) = scheduler.assign([1])  # one worker: it can take every step
+        scheduler.complete(visit)
+        visits.append(visit)
+    assert len(visits) == 2  # one per epoch: the procedure still decides at each epoch's end
+    plan = MOPScheduler(3, seed=4)
+    plan.add_mst(0, 2)
+    planned = list(plan._state(0).pending)
+    assert [s for v in visits for s in v.steps] == planned  # the same steps, in plan order
+
+
+@pytest.mark.parametrize("policy", list(SchedulingPolicy))
+@pytest.mark.parametrize(("n_workers", "replicas"), [(4, 2), (3, 3), (5, 3)])
+def test_replicas_change_who_runs_a_step_never_the_training_order(policy, n_workers, replicas):
+    holdings = replicated_holdings(n_workers, replicas)
+    msts = dict.fromkeys(range(7), 3)
+    result = simulate(
+        _scheduler(7, n_workers, 3, policy=policy, seed=5, holdings=holdings),
+        lambda m, s: (1.0 + m % 3) if s.kind is StepKind.TRAIN else 0.2,
+    )
+    _check_invariants(result.trace, n_workers, msts, holdings)
+    alone = simulate(_scheduler(7, n_workers, 3, policy=policy, seed=5), _unit_cost)
+
+    def train_order(trace):
+        steps = defaultdict(list)
+        for _, _, visit in sorted(trace, key=lambda t: t[0]):
+            steps[visit.mst_id] += [s for s in visit.steps if s.kind is StepKind.TRAIN]
+        return dict(steps)
+
+    assert train_order(result.trace) == train_order(alone.trace)
+    assert result.n_decisions < alone.n_decisions  # fewer, longer visits
+
+
+@pytest.mark.parametrize(
+    ("holdings", "message"),
+    [([(0,)], "holdings needs 2 entries"), ([(1,), (0, 1)], "worker 0 holds shards [1]"),
+     ([(0, 2), (1,)], "all in 0..1")],
+)  # fmt: skip
+def test_bad_holdings_are_rejected(holdings, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MOPScheduler(2, holdings=holdings)
+
+
+@pytest.mark.parametrize("replicas", [0, 3, "2"])
+def test_bad_replicas_are_rejected(replicas):
+    with pytest.raises(ConfigError, match="replicas"):
+        replicated_holdings(2, replicas)

@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,9 @@ class Driver:
         checkpoints: CheckpointManager,
         n_workers: int,
         progress: bool = False,
+        holdings: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """``holdings[w]``: the shards worker ``w`` holds (default: its own only)."""
         self._name = name
         self._procedure = procedure
         # A procedure that never stops an MST early (grid, random search) decides nothing
@@ -116,7 +118,9 @@ class Driver:
         self._n_workers = n_workers
         self._show_progress = progress
         self._bar = ProgressBar(False, 0)
-        self._scheduler = MOPScheduler(n_workers, policy=procedure.policy, seed=procedure.seed)
+        self._scheduler = MOPScheduler(
+            n_workers, policy=procedure.policy, seed=procedure.seed, holdings=holdings
+        )
         self._msts: dict[int, _Tracked] = {}
         self._warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
         self._evaluated: list[EpochResult] = []  # every epoch result, in evaluation order

@@ -27,10 +27,12 @@ __all__ = ["FinishedVisit", "Recorder", "candidate_steps"]
 
 
 def candidate_steps(epoch: int, n_shards: int) -> int:
-    """Steps done when the state that epoch ``epoch`` evaluates was checkpointed.
+    """The name (a step count) of the checkpoint holding the state epoch ``epoch`` evaluates.
 
     An epoch is 2p steps (p train, p eval); its last train step shares a visit
-    with its first eval step, so the checkpoint after that visit holds it.
+    with its first eval step, so the checkpoint after that visit holds it. A
+    worker holding replicas may run more evaluations in that visit; they change
+    no state, so its checkpoint holds the same state and takes the same name.
     """
     return 2 * n_shards * epoch + n_shards + 1
 
@@ -188,11 +190,12 @@ class Recorder:
         visit = finished.visit
         mst = self._msts[visit.mst_id]
         mst.n_steps += len(visit.steps)
-        candidate = any(s.is_last(StepKind.TRAIN, self._n_shards) for s in visit.steps)
+        ends = [s.epoch for s in visit.steps if s.is_last(StepKind.TRAIN, self._n_shards)]
         keep_all = self._files.retention is Retention.ALL
-        if mst.latest is None or keep_all or (finished.trains and (last_training or candidate)):
+        if mst.latest is None or keep_all or (finished.trains and (last_training or ends)):
             state = state_bytes(finished.state)
-            mst.latest = str(self._files.write(visit.mst_id, mst.n_steps, state))
+            name = self._candidate(ends[0]) if ends else mst.n_steps
+            mst.latest = str(self._files.write(visit.mst_id, name, state))
         steps = [
             _to_record(visit.mst_id, visit.worker, o.step, o.result, finished.finished_at)
             for o in finished.result.outcomes

@@ -281,6 +281,22 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
+class BatchSeeds(Sequence[int]):
+    """Batch ``k``'s seed, ``derive_seed(*prefix, k, salt)``, derived only when read (a
+    pass without random transforms never reads one)."""
+
+    def __init__(self, n: int, prefix: tuple[int, ...], salt: int) -> None:
+        self.n, self.prefix, self.salt = n, prefix, salt
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> int:  # type: ignore[override]  # no slices needed
+        if not 0 <= k < self.n:
+            raise IndexError(k)
+        return derive_seed(*self.prefix, k, self.salt)
+
+
 @dataclass(frozen=True)
 class PassResult:
     """Sums over one pass; divide by ``n`` to get means."""
@@ -356,7 +372,7 @@ def train_pass(
     sums = dict.fromkeys(estimator.metrics, 0.0)
     device = _device_of(model)
     indices = _batch_indices(len(x), estimator.batch_size, order)
-    seeds = [derive_seed(seed, epoch, shard, k, _AUGMENT) for k in range(len(indices))]
+    seeds = BatchSeeds(len(indices), (seed, epoch, shard), _AUGMENT)
     for batch in batches(
         x, y, indices, stage=transform, transform=estimator.train_transform, seeds=seeds,
         num_workers=estimator.num_workers, pin_memory=device.type == "cuda",
@@ -427,7 +443,7 @@ def evaluate_pass(
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
     device = _device_of(estimator.model)
     indices = _batch_indices(len(x), batch_size, None)
-    seeds = [derive_seed(k, _EVAL_AUGMENT) for k in range(len(indices))]
+    seeds = BatchSeeds(len(indices), (), _EVAL_AUGMENT)
     for batch in batches(
         x, y, indices, stage=transform, transform=estimator.eval_transform, seeds=seeds,
         num_workers=estimator.num_workers, pin_memory=device.type == "cuda",

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -206,7 +207,9 @@ def run_search(
             n_workers=n_workers, run_dir=str(directory), provenance=provenance,
         )
     )  # fmt: skip
-    driver = _driver(name, procedure, executor, db, directory, n_workers, retention, progress)
+    driver = _driver(
+        name, procedure, executor, db, directory, n_workers, retention, progress, shards
+    )
     procedure.on_start(driver)
     if not driver.msts():
         db.set_experiment_status(name, RunStatus.FAILED)
@@ -245,11 +248,12 @@ def _driver(
     n_workers: int,
     retention: Retention | str,
     progress: bool,
+    shards: Sequence[ShardInfo],
 ) -> Driver:
     return Driver(
         name=name, procedure=procedure, executor=executor, store=store,
         checkpoints=CheckpointManager(directory / "checkpoints", retention),
-        n_workers=n_workers, progress=progress,
+        n_workers=n_workers, progress=progress, holdings=executor.holdings(shards),
     )  # fmt: skip
 
 
@@ -313,7 +317,7 @@ def resume(
     executor.prepare(record.n_workers)
     driver = _driver(
         run_name, procedure, executor, db, directory, record.n_workers,
-        record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress,
+        record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress, shards,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))
     procedure.on_start(driver)  # procedures rebuild what they need from the trainer

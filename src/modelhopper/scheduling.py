@@ -1,7 +1,11 @@
 """MOP scheduling: which MST visits which worker next.
 
 Worker ``w`` owns shard ``w`` for the whole run, so placing an MST on a worker
-*is* choosing the shard it trains on next. Each MST follows a fixed plan of
+*is* choosing the shard it trains on next. A worker may also hold replicas of
+other shards (``holdings``; small data is replicated on every worker): then any
+holder of the shard an MST needs next can take it, and one visit runs every
+consecutive step whose shard the worker holds, so fewer visits (and hops) serve
+the same plan. Each MST follows a fixed plan of
 steps, drawn from the seed: in every epoch it trains on every shard once
 (the *train order*), then evaluates on every validation shard once (the *eval
 order*). Fixing the plan up front is what makes results independent of timing:
@@ -9,9 +13,9 @@ the scheduler only decides *when* each step runs, never *what* it computes, so
 the same seed gives the same metrics however fast the workers are, and a
 resumed run finishes where an uninterrupted one would.
 
-Consecutive steps on the same shard form one *visit* (at most one training
-step each, and none after the epoch's last evaluation, so a procedure can stop
-an MST before it trains further). The eval order starts where training ended,
+Consecutive steps on shards the worker holds form one *visit* (none after the
+epoch's last evaluation, so a procedure can stop an MST before it trains
+further). The eval order starts where training ended,
 and the next epoch starts where evaluation ended, so that first visit usually
 finds the state already on its worker.
 
@@ -48,6 +52,7 @@ __all__ = [
     "SchedulingPolicy",
     "MOPScheduler",
     "epoch_plan",
+    "replicated_holdings",
     "makespan_lower_bound",
     "SimulationResult",
     "simulate",
@@ -118,7 +123,7 @@ class _MSTState:
     running: bool = False
     stopped: bool = False
     held: bool = False  # waiting for a decision on its last epoch
-    parked: tuple[int, ...] = ()  # the shards whose waiting sets hold it
+    parked: tuple[int, ...] = ()  # the workers whose waiting sets hold it
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -130,6 +135,8 @@ class MOPScheduler:
 
     Invariants: an MST is on at most one worker, a worker runs at most one
     visit, and each epoch of an MST trains and evaluates on every shard once.
+    ``holdings[w]`` lists the shards worker ``w`` holds (default: shard ``w`` only);
+    the plan does not depend on it, only which worker runs which steps.
     """
 
     def __init__(
@@ -138,15 +145,19 @@ class MOPScheduler:
         *,
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
         seed: int = 0,
+        holdings: Sequence[Iterable[int]] | None = None,
     ) -> None:
         check_int("n_workers", n_workers, example="n_workers=2 (one worker per shard)")
         self.n_workers = n_workers
+        self._held = _check_holdings(holdings, n_workers)
+        self._holders = [tuple(w for w in range(n_workers) if s in self._held[w])
+                         for s in range(n_workers)]  # fmt: skip
         self.policy = _parse_policy(policy)
         self.seed = seed
         self._rng = np.random.default_rng([seed, 7919])
         self._msts: dict[int, _MSTState] = {}
         self._busy: dict[int, int] = {}  # worker -> mst_id
-        # MSTs ready to run, indexed by the shard their next step needs.
+        # MSTs ready to run, indexed by the workers that hold the shard they need next.
         self._waiting: list[set[int]] = [set() for _ in range(n_workers)]
         self._sum_seconds = dict.fromkeys(StepKind, 0.0)
         self._n_seconds = dict.fromkeys(StepKind, 0)
@@ -296,13 +307,14 @@ class MOPScheduler:
 
     def _park(self, state: _MSTState) -> None:
         if not state.running and not state.stopped and not state.held and state.pending:
-            state.parked = self._next_shards(state)
-            for shard in state.parked:
-                self._waiting[shard].add(state.mst_id)
+            shards = self._next_shards(state)
+            state.parked = tuple(sorted({w for s in shards for w in self._holders[s]}))
+            for worker in state.parked:
+                self._waiting[worker].add(state.mst_id)
 
     def _unpark(self, state: _MSTState) -> None:
-        for shard in state.parked:
-            self._waiting[shard].discard(state.mst_id)
+        for worker in state.parked:
+            self._waiting[worker].discard(state.mst_id)
         state.parked = ()
 
     def _next_shards(self, state: _MSTState) -> tuple[int, ...]:
@@ -341,16 +353,16 @@ class MOPScheduler:
         return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
-        if state.pending[0].shard != worker:  # an evaluation taken out of plan order
-            step = next(s for s in self._free_evaluations(state) if s.shard == worker)
-            state.pending.remove(step)
-            state.n_pending[step.kind] -= 1
-            return Visit(state.mst_id, worker, (step,))
+        held = self._held[worker]
+        if state.pending[0].shard not in held:  # evaluations taken out of plan order
+            taken = [s for s in self._free_evaluations(state) if s.shard in held]
+            for step in taken:
+                state.pending.remove(step)
+                state.n_pending[step.kind] -= 1
+            return Visit(state.mst_id, worker, tuple(taken))
         steps: list[Step] = []
-        while state.pending and state.pending[0].shard == worker:
+        while state.pending and state.pending[0].shard in held:
             step = state.pending[0]
-            if step.kind is StepKind.TRAIN and any(s.kind is StepKind.TRAIN for s in steps):
-                break
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1
             if step.is_last(StepKind.EVAL, self.n_workers):
@@ -363,6 +375,38 @@ class MOPScheduler:
         if self._n_seconds[kind]:
             return self._sum_seconds[kind] / self._n_seconds[kind]
         return 1.0 if kind is StepKind.TRAIN else 0.25
+
+
+def _check_holdings(
+    holdings: Sequence[Iterable[int]] | None, n_workers: int
+) -> tuple[frozenset[int], ...]:
+    """Each worker holds its own shard, and maybe replicas of others."""
+    if holdings is None:
+        return tuple(frozenset((w,)) for w in range(n_workers))
+    held = tuple(frozenset(int(s) for s in shards) for shards in holdings)
+    if len(held) != n_workers:
+        raise ConfigError(f"holdings needs {n_workers} entries (one per worker), got {len(held)}")
+    for worker, shards in enumerate(held):
+        if worker not in shards or not shards <= set(range(n_workers)):
+            raise ConfigError(
+                f"worker {worker} holds shards {sorted(shards)}: each worker holds its own "
+                f"shard and maybe replicas of others, all in 0..{n_workers - 1}"
+            )
+    return held
+
+
+def replicated_holdings(n_workers: int, replicas: int) -> tuple[tuple[int, ...], ...]:
+    """Worker ``w`` holds shards ``w, w-1, ..., w-replicas+1`` (mod p): every shard
+    lives on ``replicas`` consecutive workers."""
+    check_int("replicas", replicas, example=f"replicas=2 (at most n_workers={n_workers})")
+    if replicas > n_workers:
+        raise ConfigError(
+            f"replicas={replicas} is more than the {n_workers} workers that could hold a "
+            f"shard; use replicas <= {n_workers}"
+        )
+    return tuple(
+        tuple(sorted((w - k) % n_workers for k in range(replicas))) for w in range(n_workers)
+    )
 
 
 def _parse_policy(policy: SchedulingPolicy | str) -> SchedulingPolicy:

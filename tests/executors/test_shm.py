@@ -52,7 +52,8 @@ def test_shared_memory_and_pipes_train_the_same(tmp_path):
         return search.fit(
             mh.datasets.digits(), n_workers=2, run_dir=tmp_path / str(shared_memory),
             store=f"sqlite:///{tmp_path}/{shared_memory}.db",
-            executor=mh.LocalExecutor(shared_memory=shared_memory),
+            # One copy, so states hop (small data would be on every worker: no hops).
+            executor=mh.LocalExecutor(shared_memory=shared_memory, replicas=1),
         )  # fmt: skip
 
     def metrics(result):  # each epoch's numbers, without its timings

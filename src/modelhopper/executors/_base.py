@@ -122,9 +122,15 @@ class BaseExecutor(ABC):
         """The run completed and its shards are not kept: delete copies of them the
         executor made where the driver does not delete them (other nodes)."""
 
+    def holdings(self, shards: Sequence[ShardInfo]) -> tuple[tuple[int, ...], ...]:
+        """The shards each worker will hold (``start`` opens them): its own, and on an
+        executor that replicates, others. The scheduler lets any holder of a shard run
+        steps on it."""
+        return tuple((i,) for i in range(len(shards)))
+
     @abstractmethod
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
-        """Start one worker per shard; each opens only its own shard."""
+        """Start one worker per shard; each opens the shards ``holdings`` gives it."""
 
     @abstractmethod
     def submit(self, worker: int, task: VisitTask) -> None:

@@ -55,6 +55,7 @@ class WorkerSpec:
     materialise: MaterialiseBudget | None = None
     state_folder: str | None = None  # states hop as files here (_shm.py); None: over the pipe
     driver_pid: int = 0  # owner of those files
+    replica_paths: tuple[tuple[int, str], ...] = ()  # (index, path) of other shards held here
 
 
 def detach_from_parent() -> None:
@@ -94,7 +95,7 @@ def serve(conn: Connection) -> None:
         except Exception as e:  # tell the driver why, rather than dying with a bare exit code
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             return
-        conn.send(("ready", runner.shard.nbytes))
+        conn.send(("ready", runner.nbytes))
         folder = spec.state_folder
         writer = ShmWriter(folder, spec.driver_pid, spec.worker) if folder is not None else None
         while (task := conn.recv()) is not None:
@@ -127,5 +128,8 @@ def _start(spec: WorkerSpec) -> ShardWorker:
     torch.set_num_threads(spec.n_threads)
     warm_up_torch()
     shard = open_shard(spec.shard_path)
+    replicas = {index: open_shard(path) for index, path in spec.replica_paths}
     factory = cloudpickle.loads(spec.factory_blob)
-    return ShardWorker(spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise)
+    return ShardWorker(
+        spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise, replicas=replicas
+    )

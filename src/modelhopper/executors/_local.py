@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
+from modelhopper._checks import check_int
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
@@ -31,10 +32,14 @@ from modelhopper.executors._shm import ShmFolder, shm_root
 from modelhopper.executors._worker import warm_up_torch
 from modelhopper.executors._zygote import shared_zygote
 from modelhopper.representations._store import MaterialiseBudget
+from modelhopper.scheduling import replicated_holdings
 
 __all__ = ["LocalExecutor"]
 
 _START_METHODS = ("auto", "fork", "zygote")
+# Data this small is held whole by every worker (replicas="auto"): p copies of 32 MiB
+# cost less than the fixed cost of p times as many visits.
+AUTO_REPLICATE_BYTES = 32 * 2**20
 _LIVENESS_CHECK = 1.0  # seconds between checks that the busy workers still live (see wait)
 
 
@@ -141,6 +146,12 @@ class LocalExecutor(BaseExecutor):
     ``shared_memory``: states hop as files in ``/dev/shm`` (``_shm.py``), so the
     driver's pipes carry names, not megabytes; ``False``, or no ``/dev/shm``,
     sends them over the pipes.
+    ``replicas``: how many workers hold each shard. ``"auto"`` (default) gives
+    every worker the whole dataset when it is at most ``AUTO_REPLICATE_BYTES``
+    (32 MiB): an MST then runs a whole epoch per visit instead of one sub-epoch,
+    so small runs are not dominated by a fixed cost per visit; larger data keeps
+    one copy (``replicas=1``). The results are the same either way: every MST
+    still trains on the shards in its planned order (``scheduling.py``).
     """
 
     def __init__(
@@ -153,6 +164,7 @@ class LocalExecutor(BaseExecutor):
         materialise: MaterialiseBudget | None = None,
         start_timeout: float = 300.0,
         shared_memory: bool = True,
+        replicas: int | str = "auto",
     ):
         check_worker_options(
             threads_per_worker=threads_per_worker, max_restarts=max_restarts,
@@ -172,6 +184,9 @@ class LocalExecutor(BaseExecutor):
                 "materialise must be a modelhopper.MaterialiseBudget(memory_bytes=..., "
                 f"disk_bytes=...) or None, got {materialise!r}"
             )
+        if replicas != "auto":
+            check_int("replicas", replicas, example="replicas=2, or 'auto'")
+        self.replicas = replicas
         self.threads_per_worker = threads_per_worker
         self.max_restarts = max_restarts
         self.restart_window = float(restart_window)
@@ -212,6 +227,15 @@ class LocalExecutor(BaseExecutor):
         if self._method(self._threads(n_workers)) == "zygote":
             shared_zygote()
 
+    def holdings(self, shards: Sequence[ShardInfo]) -> tuple[tuple[int, ...], ...]:
+        return replicated_holdings(len(shards), self._replicas(shards))
+
+    def _replicas(self, shards: Sequence[ShardInfo]) -> int:
+        if self.replicas != "auto":
+            return min(int(self.replicas), len(shards))
+        small = sum(i.nbytes for i in shards) <= AUTO_REPLICATE_BYTES
+        return len(shards) if small else 1
+
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         self._refuse_second_start(bool(self._processes))
         threads = self._threads(len(shards))
@@ -219,12 +243,14 @@ class LocalExecutor(BaseExecutor):
         root = shm_root() if self.shared_memory else None
         self._states = ShmFolder(root) if root is not None else None
         folder = str(self._states.path) if self._states is not None else None
+        held = self.holdings(shards)
         self._specs = [
             WorkerSpec(
-                i.index, i.path, len(shards), blob, threads, self.materialise, folder, os.getpid()
+                i.index, i.path, len(shards), blob, threads, self.materialise, folder, os.getpid(),
+                replica_paths=tuple((s, shards[s].path) for s in held[i.index] if s != i.index),
             )
             for i in shards
-        ]
+        ]  # fmt: skip
         self._processes = [None] * len(shards)  # type: ignore[list-item]
         self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
         self.start_methods = [""] * len(shards)

@@ -1,9 +1,10 @@
 """What a worker does with a visit, independent of how the worker is hosted.
 
-A worker owns one shard for the whole run and a small cache of built
+A worker owns one shard for the whole run (and may hold replicas of others: a
+visit then runs steps on each shard it holds) and a small cache of built
 estimators, so an MST that comes back only loads its state into modules it
-already has instead of rebuilding them. It also owns the shard's
-``FeatureStore``: an MST whose estimator has a representation trains on the
+already has instead of rebuilding them. It also owns a ``FeatureStore`` per
+shard it holds: an MST whose estimator has a representation trains on the
 shard's materialised features, built on first use and shared with every other
 MST that uses the same representation.
 """
@@ -14,7 +15,7 @@ import dataclasses
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,22 +63,31 @@ class ShardWorker:
         materialise: MaterialiseBudget | None = None,
         feature_dir: str | None = None,
         device: str | None = None,
+        replicas: Mapping[int, ShardData] | None = None,
     ) -> None:
         """``materialise`` bounds the shard's materialised representations (defaults:
         ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
         ``features`` folder in the shard's folder, so a replaced worker reuses them).
-        ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form."""
+        ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form.
+        ``replicas`` maps other shards' indices to their data, held here as well."""
         self.device = torch.device(device) if device is not None else None
         self.worker = worker
         self.shard = shard
+        self.shards = {worker: shard, **(replicas or {})}
         self.n_shards = n_shards
         self.factory = factory
         self.cache_size = cache_size
         # mst_id -> (estimator, RNG state after its last step here), least recent first
         self._cache: OrderedDict[int, tuple[Trainable, torch.Tensor]] = OrderedDict()
-        if feature_dir is None and shard.path is not None:
-            feature_dir = str(Path(shard.path) / "features")
-        self.features = FeatureStore(shard, materialise, feature_dir)
+        self.features = {
+            index: FeatureStore(data, materialise, _feature_dir(data, feature_dir, index == worker))
+            for index, data in self.shards.items()
+        }
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of shard data this worker holds, replicas included."""
+        return sum(data.nbytes for data in self.shards.values())
 
     def run(self, task: VisitTask) -> VisitResult:
         started = time.perf_counter()
@@ -100,14 +110,18 @@ class ShardWorker:
 
     def _run(self, task: VisitTask) -> VisitResult:
         estimator, rng = self._estimator_for(task)
-        train_x, val_x, transform, extra = self._inputs(estimator)
+        inputs = {}  # shard -> what the model reads there, looked up once per visit
         torch.set_rng_state(rng)
         outcomes = []
         for step in task.steps:
+            if step.shard not in inputs:
+                inputs[step.shard] = self._inputs(estimator, step.shard)
+            train_x, val_x, transform, extra = inputs[step.shard]
+            data = self.shards[step.shard]
             if step.kind is StepKind.TRAIN:
                 result = estimator.train_pass(
                     train_x,
-                    self.shard.train_y,
+                    data.train_y,
                     seed=task.seed,
                     epoch=step.epoch,
                     shard=step.shard,
@@ -117,7 +131,7 @@ class ShardWorker:
                     estimator.end_epoch()
             else:  # evaluations may run in any order: they leave the RNG as they found it
                 rng_before = torch.get_rng_state()
-                result = estimator.evaluate_pass(val_x, self.shard.val_y, transform=transform)
+                result = estimator.evaluate_pass(val_x, data.val_y, transform=transform)
                 torch.set_rng_state(rng_before)
             outcomes.append(StepOutcome(step, result))
         rng = torch.get_rng_state()
@@ -125,17 +139,20 @@ class ShardWorker:
         self._remember(task.mst_id, estimator, rng)
         return VisitResult(self.worker, task.mst_id, tuple(outcomes), state, extra=extra)
 
-    def _inputs(self, estimator: Trainable):
-        """The x the model trains on: raw, materialised features, or raw plus a transform."""
+    def _inputs(self, estimator: Trainable, index: int):
+        """The x the model trains on in shard ``index``: raw, materialised features, or
+        raw plus a transform."""
         representation = estimator.representation
+        shard = self.shards[index]
         if representation is None:
-            return self.shard.train_x, self.shard.val_x, None, {}
-        if isinstance(self.shard.train_x, EncodedColumn):  # decoded per batch: streamed
-            return self.shard.train_x, self.shard.val_x, representation, {}
-        lookup = self.features.get(representation)
-        extra = {"features": _feature_report(representation.name, lookup, self.features)}
+            return shard.train_x, shard.val_x, None, {}
+        if isinstance(shard.train_x, EncodedColumn):  # decoded per batch: streamed
+            return shard.train_x, shard.val_x, representation, {}
+        features = self.features[index]
+        lookup = features.get(representation)
+        extra = {"features": _feature_report(representation.name, lookup, features)}
         if lookup.features is None:  # over budget: apply it to every batch instead
-            return self.shard.train_x, self.shard.val_x, representation, extra
+            return shard.train_x, shard.val_x, representation, extra
         return lookup.features.train_x, lookup.features.val_x, None, extra
 
     def _estimator_for(self, task: VisitTask) -> tuple[Trainable, torch.Tensor]:
@@ -184,6 +201,14 @@ class ShardWorker:
         self._cache.move_to_end(mst_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+def _feature_dir(shard: ShardData, given: str | None, own: bool) -> str | None:
+    """Where a shard's materialised features live on disk: ``given`` for the worker's
+    own shard, else a ``features`` folder beside the shard's files."""
+    if own and given is not None:
+        return given
+    return str(Path(shard.path) / "features") if shard.path is not None else None
 
 
 def _feature_report(name: str, lookup: Lookup, store: FeatureStore) -> dict[str, Any]:

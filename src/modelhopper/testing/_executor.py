@@ -96,6 +96,11 @@ def _task(mst_id: int, steps: tuple[Step, ...], state: Any = None, **params: Any
     return VisitTask(mst_id, {"hidden": 16, **params}, 1000 + mst_id, steps, source, state)
 
 
+def _held_bytes(executor: BaseExecutor, shards: list[ShardInfo]) -> list[int]:
+    """Bytes each worker holds if it holds exactly the shards its holdings name."""
+    return [sum(shards[s].nbytes for s in held) for held in executor.holdings(shards)]
+
+
 def _sums(result: PassResult) -> tuple[int, float, dict[str, float]]:
     """What a pass computed, without its timing."""
     return result.n, result.loss_sum, result.metric_sums
@@ -159,11 +164,13 @@ class ExecutorConformance(abc.ABC):
         return result
 
     # -- the contracts ---------------------------------------------------------------
-    def test_workers_hold_one_copy_of_the_data(
+    def test_workers_hold_the_shards_their_holdings_name(
         self, started: BaseExecutor, shards: list[ShardInfo]
     ) -> None:
-        assert started.resident_shard_bytes == [i.nbytes for i in shards]
-        assert sum(started.resident_shard_bytes) == sum(i.nbytes for i in shards)
+        holdings = started.holdings(shards)
+        assert len(holdings) == len(shards)
+        assert all(w in held for w, held in enumerate(holdings))  # its own, and maybe replicas
+        assert started.resident_shard_bytes == _held_bytes(started, shards)
 
     def test_a_fresh_visit_trains_and_evaluates_like_the_oracle(
         self, started: BaseExecutor, oracle: list[ShardWorker]
@@ -277,7 +284,7 @@ class ExecutorConformance(abc.ABC):
         assert result.error is None, result.error
         _assert_same_weights(result.state, expected.state)
         assert self.worker_pid(started, 1) != pid, "the dead worker was not replaced"
-        assert started.resident_shard_bytes == [i.nbytes for i in shards]
+        assert started.resident_shard_bytes == _held_bytes(started, shards)
 
     def test_shutdown_is_idempotent(self, shards: list[ShardInfo]) -> None:
         executor = self.new_executor()
