@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, inspect, select, text, update
+from sqlalchemy import bindparam, func, insert, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -353,6 +353,35 @@ class SQLStore(BaseStore):
         if not changed:
             self._mst(session, self._experiment(session, name), mst_id)  # raises, naming the ids
 
+    def _update_msts(
+        self,
+        session: Session,
+        name: str,
+        experiment_id: int,
+        visits: Sequence[VisitRecord],
+        now: datetime,
+    ) -> None:
+        """Each MST's fields after its last visit of the batch: one executemany UPDATE per
+        set of field names (a visit's fields overwrite its earlier visits')."""
+        latest: dict[int, dict[str, Any]] = {}
+        for visit in visits:
+            latest.setdefault(visit.mst_id, {}).update(visit.mst_fields)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for mst_id, fields in latest.items():
+            values = {f"v_{key}": _text(value) for key, value in fields.items()}
+            groups.setdefault(tuple(sorted(fields)), []).append({"m_id": mst_id, **values})
+        for keys, rows in groups.items():
+            statement = (
+                update(MSTRow)
+                .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == bindparam("m_id"))
+                .values(updated_at=now, **{key: bindparam(f"v_{key}") for key in keys})
+            )
+            changed = session.connection().execute(statement, rows).rowcount  # type: ignore[attr-defined]
+            if changed != len(rows):  # an unknown MST: find it, and raise naming the ids
+                experiment = self._experiment(session, name)
+                for row in rows:
+                    self._mst(session, experiment, row["m_id"])
+
     def _mst(self, session: Session, experiment: ExperimentRow, mst_id: int) -> MSTRow:
         row = session.get(MSTRow, (experiment.id, mst_id))
         if row is None:
@@ -468,8 +497,7 @@ class SQLStore(BaseStore):
             # UPDATEs and bulk inserts (executemany), not the ORM's unit of work: this runs
             # for every visit. The MSTs first: each must exist (else its steps would break
             # a foreign key, reported as something else).
-            for visit in visits:
-                self._update_mst(session, name, experiment_id, visit.mst_id, visit.mst_fields, now)
+            self._update_msts(session, name, experiment_id, visits, now)
             steps = [_finished(s, experiment_id, now) for v in visits for s in v.steps]
             if steps:
                 session.execute(insert(StepRow), steps)
@@ -495,13 +523,15 @@ class SQLStore(BaseStore):
                 session.merge(EpochRow(**value))
             return
         upsert: Callable[..., Any] = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = upsert(EpochRow).values(values)
+        statement = upsert(EpochRow)
         key = ("experiment_id", "mst_id", "epoch")
         statement = statement.on_conflict_do_update(
             index_elements=list(key),
             set_={column: statement.excluded[column] for column in values[0] if column not in key},
         )
-        session.execute(statement)
+        # executemany: the statement compiles once and is cached (a multi-row VALUES would
+        # compile anew for every count of rows)
+        session.connection().execute(statement, values)
 
     def list_steps(self, name: str, mst_id: int | None = None) -> list[StepRecord]:
         with self._transaction(f"listing the steps of experiment {name!r}") as session:
