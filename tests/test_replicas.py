@@ -8,12 +8,17 @@ planned order, from the same state.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
+import torch
+from torch import nn
 
 import modelhopper as mh
 from modelhopper.data._sharding import ShardInfo, open_shard, write_shards
 from modelhopper.executors._local import AUTO_REPLICATE_BYTES
 from modelhopper.executors._worker import ShardWorker
+from modelhopper.scheduling import MOPScheduler, StepKind, replicated_holdings, simulate
 from modelhopper.testing import make_test_estimator
 from modelhopper.testing._executor import N_SHARDS, _dataset, _evaluate, _task, _train
 
@@ -97,11 +102,71 @@ def test_a_run_on_replicated_data_gives_the_metrics_of_a_run_with_one_copy(tmp_p
 
 
 def make_digits_estimator(p):
-    import torch
-    from torch import nn
-
     model = nn.Sequential(nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10))
     return mh.Estimator(
         model, torch.optim.SGD(model.parameters(), lr=p["lr"]), nn.CrossEntropyLoss(),
         metrics=["accuracy"], batch_size=p["batch_size"],
     )  # fmt: skip
+
+
+def test_visits_of_a_worker_holding_every_shard_chain_epochs_within_chain_seconds():
+    holdings = replicated_holdings(2, 2)
+    chained = MOPScheduler(2, holdings=holdings, chain_seconds=0.35, seed=1)
+    single = MOPScheduler(2, holdings=holdings, seed=1)
+    for scheduler in (chained, single):
+        for mst in range(3):
+            scheduler.add_mst(mst, 6)
+    cost = lambda mst, step: 0.05  # noqa: E731 - an epoch of 4 steps: 0.2 s
+    chained_run, single_run = simulate(chained, cost), simulate(single, cost)
+    epochs_per_visit = Counter(
+        sum(s.is_last(StepKind.EVAL, 2) for s in visit.steps) for _, _, visit in chained_run.trace
+    )
+    # Estimates start at 1 s a step (nothing measured yet), then 0.2 s an epoch: the first
+    # visits hold one epoch, later ones two (0.2 s < 0.35 s, 0.4 s is not).
+    assert set(epochs_per_visit) == {1, 2} and epochs_per_visit[2] > epochs_per_visit[1]
+    assert all(s.is_last(StepKind.EVAL, 2) for _, _, v in chained_run.trace for s in v.steps[-1:])
+    assert _train_order(chained_run.trace) == _train_order(single_run.trace)
+    partial = MOPScheduler(3, holdings=replicated_holdings(3, 2), chain_seconds=10.0)
+    partial.add_mst(0, 3)
+    trace = simulate(partial, cost).trace
+    assert all(sum(s.is_last(StepKind.EVAL, 3) for s in v.steps) <= 1 for _, _, v in trace)
+
+
+def _train_order(trace) -> dict[int, list]:
+    steps: dict[int, list] = {}
+    for _, _, visit in sorted(trace, key=lambda t: t[0]):
+        steps.setdefault(visit.mst_id, []).extend(visit.steps)
+    return steps
+
+
+@pytest.mark.slow
+def test_a_search_that_decides_nothing_runs_epochs_in_one_visit_and_keeps_its_best_epochs(
+    tmp_path,
+):
+    """Grid and random search decide nothing from metrics: on replicated data a visit runs
+    several epochs, and still each MST's best-epoch checkpoint is its best epoch's state."""
+    # lr=2.0 makes a loss that wanders: best epochs that are not the last
+    space = {"hidden": mh.grid([16, 64]), "lr": mh.grid([2.0, 0.1]), "batch_size": 16}
+
+    def fit(replicas: int | str, name: str) -> mh.Result:
+        search = mh.GridSearch(make_digits_estimator, space, epochs=6, seed=4)
+        return search.fit(
+            digits, n_workers=2, executor=mh.LocalExecutor(replicas=replicas),
+            store=f"sqlite:///{tmp_path / name}.db", run_dir=tmp_path / name, progress=False,
+        )  # fmt: skip
+
+    digits = mh.datasets.digits()
+    one_copy, chained = fit(1, "one"), fit("auto", "auto")
+    assert _history(chained) == _history(one_copy)
+    assert chained.stats.n_visits < 4 * 6  # fewer visits than epochs: some ran several
+    x, y = torch.from_numpy(digits.validation.x), torch.from_numpy(digits.validation.y)
+    bests = set()
+    for mst in chained.msts:
+        best = min(range(6), key=lambda e: (mst.history[e]["val_loss"], e))
+        bests.add(best)
+        for which, epoch in ((True, best), (False, 5)):
+            model = mst.load_model(best=which)
+            with torch.no_grad():
+                loss = float(nn.CrossEntropyLoss()(model(x), y))
+            assert loss == pytest.approx(mst.history[epoch]["val_loss"], rel=1e-5)
+    assert bests != {5}  # some MST's best epoch was not its last

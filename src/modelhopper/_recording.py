@@ -190,12 +190,14 @@ class Recorder:
         visit = finished.visit
         mst = self._msts[visit.mst_id]
         mst.n_steps += len(visit.steps)
-        ends = [s.epoch for s in visit.steps if s.is_last(StepKind.TRAIN, self._n_shards)]
         keep_all = self._files.retention is Retention.ALL
-        if mst.latest is None or keep_all or (finished.trains and (last_training or ends)):
+        evaluated = self._evaluated_state_epoch(visit.steps)
+        candidate = evaluated is not None
+        if mst.latest is None or keep_all or (finished.trains and (last_training or candidate)):
             state = state_bytes(finished.state)
-            name = self._candidate(ends[0]) if ends else mst.n_steps
+            name = self._candidate(evaluated) if evaluated is not None else mst.n_steps
             mst.latest = str(self._files.write(visit.mst_id, name, state))
+        earlier = dict(finished.result.epoch_states)  # a chained visit's earlier epochs
         steps = [
             _to_record(visit.mst_id, visit.worker, o.step, o.result, finished.finished_at)
             for o in finished.result.outcomes
@@ -205,11 +207,23 @@ class Recorder:
                                 "hop": finished.moved > 0, "bytes": finished.moved})
         ]  # fmt: skip
         for record in finished.epochs:
-            if self._improves(visit.mst_id, record.metrics):
+            improves = self._improves(visit.mst_id, record.metrics)
+            if record.epoch in earlier and (improves or keep_all):
+                name = self._candidate(record.epoch)
+                self._files.write(visit.mst_id, name, earlier[record.epoch])
+            if improves:
                 mst.best = str(self._files.path(visit.mst_id, self._candidate(record.epoch)))
             events.append((EventKind.EPOCH_END, {"epoch": record.epoch}))
         fields: dict[str, Any] = {"checkpoint": mst.latest, "best_checkpoint": mst.best}
         return VisitRecord(visit.mst_id, steps, finished.epochs, fields, events)
+
+    def _evaluated_state_epoch(self, steps: Sequence[Step]) -> int | None:
+        """The epoch whose evaluated state a visit ends with: that of its last training
+        step, if that step ended the epoch (evaluations after it change no state)."""
+        trained = [s for s in steps if s.kind is StepKind.TRAIN]
+        if trained and trained[-1].is_last(StepKind.TRAIN, self._n_shards):
+            return trained[-1].epoch
+        return None
 
     def commit(self, records: list[VisitRecord]) -> None:
         """Every record in one store transaction."""

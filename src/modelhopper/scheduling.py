@@ -15,7 +15,10 @@ resumed run finishes where an uninterrupted one would.
 
 Consecutive steps on shards the worker holds form one *visit* (none after the
 epoch's last evaluation, so a procedure can stop an MST before it trains
-further). The eval order starts where training ended,
+further). Where no procedure decides on epochs (grid, random search) and a worker
+holds every shard, a visit may go on into the MST's next epochs while its
+estimated length stays under ``chain_seconds``: one visit instead of several
+short ones, each with its fixed cost. The eval order starts where training ended,
 and the next epoch starts where evaluation ended, so that first visit usually
 finds the state already on its worker.
 
@@ -137,6 +140,8 @@ class MOPScheduler:
     visit, and each epoch of an MST trains and evaluates on every shard once.
     ``holdings[w]`` lists the shards worker ``w`` holds (default: shard ``w`` only);
     the plan does not depend on it, only which worker runs which steps.
+    ``chain_seconds`` > 0 lets a visit run on past an epoch's end while the steps it
+    took are estimated (from measured step times) to last less than that.
     """
 
     def __init__(
@@ -146,9 +151,11 @@ class MOPScheduler:
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
         seed: int = 0,
         holdings: Sequence[Iterable[int]] | None = None,
+        chain_seconds: float = 0.0,
     ) -> None:
         check_int("n_workers", n_workers, example="n_workers=2 (one worker per shard)")
         self.n_workers = n_workers
+        self.chain_seconds = float(chain_seconds)
         self._held = _check_holdings(holdings, n_workers)
         self._holders = [tuple(w for w in range(n_workers) if s in self._held[w])
                          for s in range(n_workers)]  # fmt: skip
@@ -361,11 +368,15 @@ class MOPScheduler:
                 state.n_pending[step.kind] -= 1
             return Visit(state.mst_id, worker, tuple(taken))
         steps: list[Step] = []
+        # Chained visits need every shard here, so that they end at an epoch's end too.
+        chain = self.chain_seconds if len(held) == self.n_workers else 0.0
+        seconds = 0.0
         while state.pending and state.pending[0].shard in held:
             step = state.pending[0]
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1
-            if step.is_last(StepKind.EVAL, self.n_workers):
+            seconds += self._estimate(state, step.kind)
+            if step.is_last(StepKind.EVAL, self.n_workers) and seconds >= chain:
                 break  # the epoch is evaluated: the procedure decides before more training
         return Visit(state.mst_id, worker, tuple(steps))
 

@@ -103,6 +103,9 @@ class VisitResult:
     # result (Ray: a second object; the result is sent with ``state=None``).
     state_nbytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # A visit that ran through several epochs (chained): the state each earlier epoch
+    # evaluated, by epoch, for its best-epoch checkpoint; ``state`` is the last one's.
+    epoch_states: tuple[tuple[int, bytes], ...] = ()
 
 
 class BaseExecutor(ABC):

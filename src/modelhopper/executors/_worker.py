@@ -113,6 +113,7 @@ class ShardWorker:
         inputs = {}  # shard -> what the model reads there, looked up once per visit
         torch.set_rng_state(rng)
         outcomes = []
+        epoch_states = []
         for step in task.steps:
             if step.shard not in inputs:
                 inputs[step.shard] = self._inputs(estimator, step.shard)
@@ -134,10 +135,19 @@ class ShardWorker:
                 result = estimator.evaluate_pass(val_x, data.val_y, transform=transform)
                 torch.set_rng_state(rng_before)
             outcomes.append(StepOutcome(step, result))
+            if step.is_last(StepKind.EVAL, self.n_shards) and step is not task.steps[-1]:
+                epoch_states.append((step.epoch, self._state_bytes(estimator)))
         rng = torch.get_rng_state()
-        state = state_to_bytes(self._with_device_rng(estimator.get_state(rng)))
+        state = self._state_bytes(estimator)
         self._remember(task.mst_id, estimator, rng)
-        return VisitResult(self.worker, task.mst_id, tuple(outcomes), state, extra=extra)
+        return VisitResult(
+            self.worker, task.mst_id, tuple(outcomes), state, extra=extra,
+            epoch_states=tuple(epoch_states),
+        )  # fmt: skip
+
+    def _state_bytes(self, estimator: Trainable) -> bytes:
+        """The MST's state as it is now, the worker's RNG included (what hops on)."""
+        return state_to_bytes(self._with_device_rng(estimator.get_state(torch.get_rng_state())))
 
     def _inputs(self, estimator: Trainable, index: int):
         """The x the model trains on in shard ``index``: raw, materialised features, or
