@@ -103,7 +103,7 @@ def test_commands_from_another_process_steer_a_running_run(tmp_path):
     # A stopped MST never gets another visit: at most the one in flight finishes.
     stop_applied = commands[0].applied_at
     late = [s for s in store.list_steps("hitl", 1) if s.finished_at > stop_applied]
-    assert len(late) <= 2
+    assert len({s.finished_at for s in late}) <= 1  # a visit's steps share its finish time
     assert len(store.list_epochs("hitl", 1)) < 10
     clone = msts[4]
     assert (clone.parent, clone.warm_start, clone.params) == (0, True, {"hidden": 32, "lr": 0.003})
