@@ -10,6 +10,10 @@ same with one worker 2x slower (a straggler), and the same again with early
 stopping of the worst half of the MSTs after their first epoch. For every
 scenario and policy it reports makespan, the lower bound, their ratio, worker
 utilisation, the number of scheduling decisions and microseconds per decision.
+A second table runs the spread workloads with and without a 2x straggler when
+each shard lives on r workers (``replicas``: 1, 2, and every worker), the
+scheduler free to use any holder, against the capacity bound (total work / the
+workers' summed speeds, or the longest MST at full speed).
 Everything is seeded and deterministic except the timings (µs, wall seconds).
 
 Writes simulate.json, simulate.md and simulate_ratio.png /
@@ -37,6 +41,7 @@ from modelhopper.scheduling import (
     SchedulingPolicy,
     Step,
     StepKind,
+    replicated_holdings,
     simulate,
 )
 
@@ -158,6 +163,40 @@ def run_scenario(scenario: Scenario, policy: SchedulingPolicy, seed: int) -> dic
     }
 
 
+def replica_scenarios(smoke: bool) -> list[tuple[int, int, int]]:
+    """(MSTs, workers, epochs) of the replica table: spread costs, with and without a straggler."""
+    return [(16, 4, 2)] if smoke else [(16, 4, 2), (64, 8, 3), (256, 32, 2)]
+
+
+def run_replicas(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[dict]:
+    """One row per (straggler or not, replicas): makespan against the capacity bound."""
+    rng = np.random.default_rng([seed, n_msts, n_workers])
+    sizes = rng.choice(MODEL_SIZES, size=n_msts)  # the spread scenarios' draw
+    cost = _step_cost(sizes)
+    rows = []
+    for straggler in (False, True):
+        speed = [STRAGGLER_SPEED if straggler and w == 0 else 1.0 for w in range(n_workers)]
+        per_mst = sizes * n_epochs * n_workers * (1 + EVAL_FRACTION)  # every shard, per epoch
+        bound = max(per_mst.sum() / sum(speed), per_mst.max())
+        for replicas in sorted({1, 2, n_workers}):
+            scheduler = MOPScheduler(
+                n_workers, policy=SchedulingPolicy.LONGEST_REMAINING, seed=seed,
+                holdings=replicated_holdings(n_workers, replicas),
+            )  # fmt: skip
+            for mst in range(n_msts):
+                scheduler.add_mst(mst, n_epochs)
+            result = simulate(scheduler, cost, worker_speed=speed)
+            rows.append({
+                "scenario": f"spread{'+straggler' if straggler else ''} {n_msts}x{n_workers}",
+                "straggler": straggler, "replicas": replicas, "n_msts": n_msts,
+                "n_workers": n_workers, "n_epochs": n_epochs,
+                "makespan": round(result.makespan, 2), "capacity_bound": round(bound, 2),
+                "makespan_over_bound": round(result.makespan / bound, 4),
+                "n_visits": result.n_decisions,
+            })  # fmt: skip
+    return rows
+
+
 def check_targets(rows: Sequence[dict]) -> list[dict]:
     """The targets this benchmark reports against, each with its measurement and verdict."""
     targets = []
@@ -214,6 +253,7 @@ def _markdown(rows: Sequence[dict], targets: Sequence[dict], meta: dict) -> str:
             f"{r['utilisation_at_bound']:.3f} | {r['n_decisions']} | "
             f"{r['us_per_decision']:.1f} | {r['decide_seconds']:.2f} | {r['wall_seconds']:.2f} |"
         )
+    lines += _replica_markdown(meta.get("replicas", []))
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in targets:
         met = "reported (no threshold)" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -271,6 +311,30 @@ def _markdown(rows: Sequence[dict], targets: Sequence[dict], meta: dict) -> str:
         "5% and 15% targets) and `simulate_utilisation.png`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _replica_markdown(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Replicas: any holder of a shard may run its steps",
+        "",
+        "Spread costs (longest_remaining), each shard on `replicas` consecutive workers "
+        "(`LocalExecutor(replicas=r)`; every worker: small data). Capacity bound = "
+        "max(total work / summed worker speeds, longest MST at full speed): with a "
+        "straggler it counts the slow worker's half capacity, which one copy cannot use "
+        "well (every MST must visit the straggler's shard, there).",
+        "",
+        "| scenario | replicas | makespan | capacity bound | makespan / bound | visits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['replicas']} | {r['makespan']:.1f} | "
+            f"{r['capacity_bound']:.1f} | {r['makespan_over_bound']:.3f} | {r['n_visits']} |"
+        )
+    return lines
 
 
 def _plots(rows: Sequence[dict], out: Path) -> list[Path]:
@@ -336,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 flush=True,
             )
     targets = check_targets(rows)
+    replicas = [row for shape in replica_scenarios(args.smoke_test)
+                for row in run_replicas(*shape, args.seed)]  # fmt: skip
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "python": platform.python_version(),
@@ -348,9 +414,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "eval_fraction": EVAL_FRACTION,
         "straggler_speed": STRAGGLER_SPEED,
     }
-    report = {"meta": meta, "targets": targets, "results": rows}
+    report = {"meta": meta, "targets": targets, "results": rows, "replicas": replicas}
     (out / "simulate.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    markdown = _markdown(rows, targets, meta)
+    markdown = _markdown(rows, targets, {**meta, "replicas": replicas})
     (out / "simulate.md").write_text(markdown)
     _plots(rows, out)
     print(markdown)

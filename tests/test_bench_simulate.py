@@ -38,7 +38,7 @@ def test_smoke_run_writes_every_output(smoke):
 def test_json_has_every_scenario_and_policy(bench, smoke):
     out, _ = smoke
     report = json.loads((out / "simulate.json").read_text())
-    assert set(report) == {"meta", "targets", "results"}
+    assert set(report) == {"meta", "targets", "results", "replicas"}
     rows = report["results"]
     names = {s.name for s in bench.scenarios(smoke=True)}
     assert {(r["scenario"], r["policy"]) for r in rows} == {
@@ -105,3 +105,16 @@ def test_results_are_deterministic_except_timings(bench, tmp_path, smoke):
         return [{k: v for k, v in r.items() if k not in TIMINGS} for r in report["results"]]
 
     assert strip(first) == strip(again)
+
+
+def test_replicas_take_the_straggler_out_of_the_makespan(smoke):
+    """With one copy every MST must visit the 2x slower worker's shard there; with a second
+    holder of each shard the scheduler routes around it (makespan near capacity)."""
+    _, report = smoke
+    rows = {(r["straggler"], r["replicas"]): r for r in report["replicas"]}
+    assert set(rows) == {(s, r) for s in (False, True) for r in (1, 2, 4)}
+    one, two = rows[True, 1]["makespan"], rows[True, 2]["makespan"]
+    assert two < 0.7 * one
+    assert rows[True, 2]["makespan_over_bound"] < 1.15 < rows[True, 1]["makespan_over_bound"]
+    for straggler in (False, True):  # whole data on every worker: one visit per epoch
+        assert rows[straggler, 4]["n_visits"] == 16 * 2
