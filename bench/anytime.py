@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,15 +85,20 @@ def _lcbench() -> Any:
     return _bench
 
 
-def task_scale(task: int) -> dict[str, float]:
-    """FTE seconds, best and worst accuracy of SAMPLE random configurations (seed 0)."""
+def sample_curves(task: int) -> dict[str, np.ndarray]:
+    """The surrogate's curves of SAMPLE random configurations (seed 0) on the task."""
     import modelhopper as mh
 
     bench = _lcbench()
     space = mh.Space(bench.space())
     rng = np.random.default_rng(0)
     configs = [bench.config(space.sample(rng)) for _ in range(SAMPLE)]
-    curves = bench.curves(task, configs)
+    return bench.curves(task, configs)
+
+
+def task_scale(task: int) -> dict[str, float]:
+    """FTE seconds, best and worst accuracy of SAMPLE random configurations (seed 0)."""
+    curves = sample_curves(task)
     accuracy = curves["val_accuracy"] / 100.0
     return {
         "fte_seconds": float(curves["epoch_seconds"].sum(axis=1).mean()),
@@ -139,14 +145,12 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
     raise ValueError(f"unknown method {method!r}")
 
 
-def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: float,
-                    budget: float) -> dict[str, Any]:  # fmt: skip
-    """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
+def on_surrogate(procedure: Any, task: int, n_workers: int, stop_at: float) -> Any:
+    """Run a procedure on the real engine over the surrogate until ``stop_at`` simulated
+    seconds; the executor, which holds what every epoch reported and when."""
     from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
 
     executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at)
-    procedure = _procedure(method, seed, budget, n_workers)
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="anytime-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -156,6 +160,14 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
             )  # fmt: skip
         except SimulatedTimeUp:
             pass  # the budget is spent: what finished before stop_at is the run
+    return executor
+
+
+def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: float,
+                    budget: float) -> dict[str, Any]:  # fmt: skip
+    """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
+    started = time.perf_counter()
+    executor = on_surrogate(_procedure(method, seed, budget, n_workers), task, n_workers, stop_at)
     heard = sorted(
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
@@ -251,15 +263,27 @@ def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
                 key = f"{budget:g}"
                 mine = rows[ours][key]
                 peer = min(present, key=lambda p: rows[p][key]["mean"])
-                theirs = rows[peer][key]
-                noise = 2 * math.hypot(mine["se"], theirs["se"])
-                gap = mine["mean"] - theirs["mean"]
-                verdict = "no worse" if gap <= noise else "WORSE"
                 lines.append(
-                    f"| {n_workers} | {ours} | {peer} | {key} | {mine['mean']:.4f} | "
-                    f"{theirs['mean']:.4f} | {gap:+.4f} | {noise:.4f} | {verdict} |"
+                    f"| {n_workers} | {ours} | {peer} | {key} | "
+                    + verdict_cells(mine, rows[peer][key])
                 )
     return lines
+
+
+def run_all(one: Callable[[tuple], dict], jobs: list[tuple], n_processes: int) -> list[dict]:
+    """Every job's run, in job order, in ``n_processes`` processes (or this one)."""
+    if n_processes <= 1:
+        return [one(job) for job in jobs]
+    with ProcessPoolExecutor(n_processes) as pool:
+        return list(pool.map(one, jobs))
+
+
+def verdict_cells(mine: dict[str, float], theirs: dict[str, float]) -> str:
+    """Means, gap, twice the combined standard error and the verdict, as table cells."""
+    noise = 2 * math.hypot(mine["se"], theirs["se"])
+    gap = mine["mean"] - theirs["mean"]
+    verdict = "no worse" if gap <= noise else "WORSE"
+    return f"{mine['mean']:.4f} | {theirs['mean']:.4f} | {gap:+.4f} | {noise:.4f} | {verdict} |"
 
 
 def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
@@ -285,48 +309,64 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
             cells = [f"{row[f'{b:g}']['mean']:.4f} +- {row[f'{b:g}']['se']:.4f}" for b in budgets]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [
+    lines += verdict_section(
         "## modelhopper vs the best peer implementation of the same algorithm",
+        "| workers | ours | best peer | FTE | ours | peer | gap | 2 se | verdict |",
+        payload,
+    )
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    _plot(out, stem, payload)
+
+
+def verdict_section(title: str, header: str, payload: dict[str, Any]) -> list[str]:
+    """The markdown of the same-algorithm comparisons and the real seconds per run."""
+    return [
+        title,
         "",
         "No worse = our mean regret exceeds the peer's by at most twice the combined "
         "standard error.",
         "",
-        "| workers | ours | best peer | FTE | ours | peer | gap | 2 se | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        header,
+        "|" + "---|" * header.count(" | ") + "---|",
         *payload["verdicts"],
         "",
         "Real seconds per run (mean): "
         + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
         "",
     ]
-    (out / f"{stem}.md").write_text("\n".join(lines))
-    _plot(out, stem, payload)
 
 
 def _plot(out: Path, stem: str, payload: dict[str, Any]) -> None:
+    for n_workers, rows in payload["curves"].items():
+        title = f"LCBench surrogate, {n_workers} workers, {len(payload['tasks'])} tasks"
+        plot_curves(out / f"{stem}_{n_workers}.png", rows, "normalised regret of val accuracy",
+                    title)  # fmt: skip
+
+
+def plot_curves(path: Path, curves: dict[str, list[dict]], ylabel: str, title: str) -> None:
+    """Mean regret against budget, log-log, one line per method (ours solid, peers
+    dashed), +- one standard error shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for n_workers, rows in payload["curves"].items():
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for method, curve in rows.items():
-            x = [p["budget"] for p in curve]
-            y = np.array([p["mean"] for p in curve])
-            se = np.array([p["se"] for p in curve])
-            style = "-" if method.startswith("mh ") else "--"
-            (line,) = ax.plot(x, y, style, label=method)
-            ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("budget (full-training equivalents)")
-        ax.set_ylabel("normalised regret of val accuracy")
-        ax.set_title(f"LCBench surrogate, {n_workers} workers, {len(payload['tasks'])} tasks")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / f"{stem}_{n_workers}.png", dpi=110)
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, curve in curves.items():
+        x = [p["budget"] for p in curve]
+        y = np.array([p["mean"] for p in curve])
+        se = np.array([p["se"] for p in curve])
+        (line,) = ax.plot(x, y, "-" if method.startswith("mh ") else "--", label=method)
+        ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("budget (full-training equivalents)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -356,11 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for method in methods
     ]  # fmt: skip
     jobs.sort(key=lambda j: -j[3])  # the longest (most workers) first
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(_one, jobs))
-    else:
-        runs = [_one(job) for job in jobs]
+    runs = run_all(_one, jobs, args.jobs)
     grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 16).round(2).tolist()})
     curves_table = summarise(runs, scales, grid)
     table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}

@@ -34,17 +34,27 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from anytime import BUDGETS, MAX_EPOCHS, RESULTS, SAMPLE, TASKS, _lcbench  # noqa: E402
+from anytime import (  # noqa: E402
+    BUDGETS,
+    MAX_EPOCHS,
+    RESULTS,
+    TASKS,
+    _lcbench,
+    on_surrogate,
+    plot_curves,
+    run_all,
+    sample_curves,
+    verdict_cells,
+    verdict_section,
+)
 
 OBJECTIVES = {"val_accuracy": "maximize", "train_seconds": "minimize"}
 MH_METHODS = (
@@ -65,13 +75,7 @@ Point = tuple[float, float, float]  # (simulated time, val_accuracy, epoch secon
 
 def task_box(task: int) -> dict[str, Any]:
     """FTE seconds and the normalising box from SAMPLE random configurations (seed 0)."""
-    import modelhopper as mh
-
-    bench = _lcbench()
-    space = mh.Space(bench.space())
-    rng = np.random.default_rng(0)
-    configs = [bench.config(space.sample(rng)) for _ in range(SAMPLE)]
-    curves = bench.curves(task, configs)
+    curves = sample_curves(task)
     accuracy = curves["val_accuracy"] / 100.0
     seconds = curves["epoch_seconds"]
     return {
@@ -133,20 +137,8 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
 
 def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: float,
                     budget: float) -> dict[str, Any]:  # fmt: skip
-    from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
-
-    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at)
-    procedure = _procedure(method, seed, budget, n_workers)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="anytime-mo-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            procedure.fit(
-                surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
-                store=f"sqlite:///{tmp}/runs.db", run_dir=Path(tmp) / "run", progress=False,
-            )  # fmt: skip
-        except SimulatedTimeUp:
-            pass
+    executor = on_surrogate(_procedure(method, seed, budget, n_workers), task, n_workers, stop_at)
     heard = sorted(
         (t, executor.epoch_accuracy[key], executor.epoch_seconds[key])
         for key, t in executor.epoch_times.items()
@@ -214,12 +206,8 @@ def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
             continue
         for budget in budgets:
             key = f"{budget:g}"
-            mine, theirs = table[ours][key], table[peer][key]
-            noise = 2 * math.hypot(mine["se"], theirs["se"])
-            gap = mine["mean"] - theirs["mean"]
             lines.append(
-                f"| {ours} | {peer} | {key} | {mine['mean']:.4f} | {theirs['mean']:.4f} | "
-                f"{gap:+.4f} | {noise:.4f} | {'no worse' if gap <= noise else 'WORSE'} |"
+                f"| {ours} | {peer} | {key} | " + verdict_cells(table[ours][key], table[peer][key])
             )
     return lines
 
@@ -245,47 +233,19 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
     for method, row in payload["table"].items():
         cells = [f"{row[f'{b:g}']['mean']:.4f} +- {row[f'{b:g}']['se']:.4f}" for b in budgets]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    lines += [""] + verdict_section(
         "## modelhopper vs the peer implementation of the same algorithm",
-        "",
-        "No worse = our mean regret exceeds the peer's by at most twice the combined "
-        "standard error.",
-        "",
         "| ours | peer | FTE | ours | peer | gap | 2 se | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-        *payload["verdicts"],
-        "",
-        "Real seconds per run (mean): "
-        + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
-        "",
-    ]
+        payload,
+    )
     (out / f"{stem}.md").write_text("\n".join(lines))
     _plot(out, stem, payload)
 
 
 def _plot(out: Path, stem: str, payload: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method, curve in payload["curves"].items():
-        x = [p["budget"] for p in curve]
-        y = np.array([p["mean"] for p in curve])
-        se = np.array([p["se"] for p in curve])
-        (line,) = ax.plot(x, y, "-" if method.startswith("mh ") else "--", label=method)
-        ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("budget (full-training equivalents)")
-    ax.set_ylabel("hypervolume regret (accuracy vs epoch seconds)")
-    ax.set_title(f"LCBench surrogate, {payload['workers']} workers, {len(payload['tasks'])} tasks")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / f"{stem}.png", dpi=110)
-    plt.close(fig)
+    title = f"LCBench surrogate, {payload['workers']} workers, {len(payload['tasks'])} tasks"
+    plot_curves(out / f"{stem}.png", payload["curves"],
+                "hypervolume regret (accuracy vs epoch seconds)", title)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -312,11 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          args.max_budget * boxes[task]["fte_seconds"] / args.workers, args.max_budget)
         for task in args.tasks for seed in range(args.seeds) for method in methods
     ]  # fmt: skip
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(_one, jobs))
-    else:
-        runs = [_one(job) for job in jobs]
+    runs = run_all(_one, jobs, args.jobs)
     grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 12).round(2).tolist()})
     curves, best_hv = summarise(runs, boxes, grid)
     table = {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in curves.items()}
