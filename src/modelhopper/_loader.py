@@ -209,11 +209,11 @@ def _gathered(
     k = 0
     while k < len(indices):
         group = [positions[indices[k]]]
+        n_rows = len(group[0])
         k += 1
-        while (
-            k < len(indices) and sum(map(len, group)) + len(positions[indices[k]]) <= rows_per_copy
-        ):
+        while k < len(indices) and n_rows + len(positions[indices[k]]) <= rows_per_copy:
             group.append(positions[indices[k]])
+            n_rows += len(group[-1])
             k += 1
         rows = np.concatenate(group)
         xs, ys = torch.from_numpy(x[rows]), torch.from_numpy(y[rows])  # fancy index: a copy
