@@ -56,6 +56,8 @@ def test_an_epoch_on_one_worker_with_replicas_equals_the_epoch_hopping_between_w
     # One worker holding both shards runs the whole epoch in one visit.
     both = ShardWorker(0, data[0], N_SHARDS, make_test_estimator, replicas={1: data[1]})
     assert both.nbytes == sum(i.nbytes for i in shards)
+    # Materialised features of a replica stay in memory: the shard's folder is its owner's.
+    assert both.features[0]._directory is not None and both.features[1]._directory is None
     visit = both.run(_task(1, steps))
     assert visit.error is None, visit.error
     for got, expected in zip(visit.outcomes, hopped, strict=True):

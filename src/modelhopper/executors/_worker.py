@@ -214,9 +214,12 @@ class ShardWorker:
 
 
 def _feature_dir(shard: ShardData, given: str | None, own: bool) -> str | None:
-    """Where a shard's materialised features live on disk: ``given`` for the worker's
-    own shard, else a ``features`` folder beside the shard's files."""
-    if own and given is not None:
+    """Where a shard's materialised features live on disk: for the worker's own shard,
+    ``given`` or a ``features`` folder beside the shard's files; for a replica, nowhere
+    (memory only): that folder is its owner's, and two writers would race in it."""
+    if not own:
+        return None
+    if given is not None:
         return given
     return str(Path(shard.path) / "features") if shard.path is not None else None
 
