@@ -186,7 +186,9 @@ def test_an_adapter_run_with_workers_killed_ends_as_an_undisturbed_one(run, data
     search = mh.GridSearch(make_estimator, SPACE, epochs=EPOCHS, metric="val_accuracy",
                            direction="maximize", seed=SEED)  # fmt: skip
     plan = KillPlan(start_up=frozenset({2}), running={2: True, 7: False})
-    executor = ChaosExecutor(plan, threads_per_worker=1, max_restarts=4)
+    # One copy of the data: a visit is one sub-epoch, so the run has a fixed number of visits
+    # for the plan to count (a worker holding every shard chains as many as fit in its time slice).
+    executor = ChaosExecutor(plan, threads_per_worker=1, max_restarts=4, replicas=1)
     killed = search.fit(data, n_workers=N_WORKERS, run_dir=tmp_path, executor=executor)
     assert sum(executor.restarts) == len(executor.kills) == 4
     drop = ["train_seconds", "eval_seconds"]

@@ -59,6 +59,32 @@ def _wait_for_steps(url: str, name: str, n: int, timeout: float = 120) -> None:
         store.close()
 
 
+# The spec run as ``modelhopper run`` runs it, in a driver process of its own that
+# kill -9s itself right after handing out its third visit. Counting visits (not polling
+# the store from outside) makes the kill land mid-run whatever the load: the run has at
+# least one visit per MST (four), and with the data on every worker the last visits can
+# chain the rest of the run into a few hundred milliseconds.
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from modelhopper.cli import load_spec, spec_objects
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    spec, url, run_dir = sys.argv[1:]
+    search, data = spec_objects(load_spec(Path(spec)), Path(spec))
+    search.fit(data, n_workers=2, run_name="crashy", store=url, run_dir=run_dir,
+               executor=ChaosExecutor(KillPlan(driver=3)))
+    """
+)
+
+
+def _run_and_kill_the_driver(spec, url: str, run_dir) -> None:
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(spec), url, str(run_dir)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, f"the driver was not killed: {done.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, as the CLI would run it."""
@@ -84,16 +110,7 @@ def test_resume_after_the_driver_is_killed_gives_the_same_results(reference, tmp
     spec = tmp_path / "spec.py"
     spec.write_text(SPEC)
     url = f"sqlite:///{tmp_path}/db.sqlite"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--run-name", "crashy",
-         "--store", url, "--run-dir", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _wait_for_steps(url, "crashy", 12)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    _run_and_kill_the_driver(spec, url, tmp_path / "run")
     store = SQLStore(url)
     done_before = len(store.list_steps("crashy"))
     assert store.get_experiment("crashy").status is mh.store.RunStatus.RUNNING
@@ -110,7 +127,13 @@ def test_resume_after_the_driver_is_killed_gives_the_same_results(reference, tmp
 
 
 class _KillWorkerOnce(threading.Thread):
-    """Kills worker 0 with SIGKILL once the run has recorded a few steps."""
+    """Kills worker 0 with SIGKILL once the run has recorded a few steps.
+
+    Runs it watches keep one copy of the data (``replicas=1``): every worker then has
+    visits left until the end, so a kill after a few steps always lands mid-run (a
+    worker holding every shard can chain its remaining epochs into one visit and be
+    done before the killer looks).
+    """
 
     def __init__(self, executor: mh.LocalExecutor, url: str, name: str, times: int = 1):
         super().__init__(daemon=True)
@@ -135,7 +158,7 @@ def test_a_killed_worker_is_replaced_and_results_do_not_change(reference, tmp_pa
     spec.write_text(SPEC)
     search, data = spec_objects(load_spec(spec), spec)
     url = f"sqlite:///{tmp_path}/db.sqlite"
-    executor = mh.LocalExecutor(max_restarts=2)
+    executor = mh.LocalExecutor(max_restarts=2, replicas=1)
     killer = _KillWorkerOnce(executor, url, "workerkill")
     killer.start()
     result = search.fit(
@@ -160,7 +183,7 @@ def test_a_worker_dying_too_often_fails_the_run_and_keeps_the_record(tmp_path):
     spec.write_text(SPEC)
     search, data = spec_objects(load_spec(spec), spec)
     url = f"sqlite:///{tmp_path}/db.sqlite"
-    executor = mh.LocalExecutor(max_restarts=0)
+    executor = mh.LocalExecutor(max_restarts=0, replicas=1)
     killer = _KillWorkerOnce(executor, url, "fragile")
     killer.start()
     with pytest.raises(mh.ExecutorError, match=r"worker 0 .* died 1 times \(max_restarts=0\)"):
@@ -214,16 +237,7 @@ def test_resume_of_an_image_folder_run_with_augmentation_gives_the_same_results(
     search, data = spec_objects(load_spec(spec), spec)
     reference = search.fit(data, n_workers=2, run_name="reference", store=url,
                            run_dir=tmp_path / "reference")  # fmt: skip
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "modelhopper.cli", "run", str(spec), "--run-name", "crashy",
-         "--store", url, "--run-dir", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _wait_for_steps(url, "crashy", 12)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    _run_and_kill_the_driver(spec, url, tmp_path / "run")
     store = SQLStore(url)
     assert len(store.list_steps("crashy")) < 4 * 4 * 4  # it really was interrupted mid-run
     store.close()
