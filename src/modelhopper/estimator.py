@@ -50,24 +50,25 @@ __all__ = [
 ]
 
 
-def _accuracy(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float((output.argmax(dim=1) == target).sum())
+def _accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (output.argmax(dim=1) == target).sum()
 
 
-def _squared_error(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float(((output.reshape(target.shape) - target) ** 2).sum())
+def _squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((output.reshape(target.shape) - target) ** 2).sum()
 
 
-def _absolute_error(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float((output.reshape(target.shape) - target).abs().sum())
+def _absolute_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (output.reshape(target.shape) - target).abs().sum()
 
 
 # Every epoch's metrics also hold its training seconds (summed over its shards' steps): a
 # cost a procedure may trade against accuracy. Measured, so it varies from run to run.
 EPOCH_TRAIN_SECONDS = "train_seconds"
 
-# Each metric returns a *sum* over a batch, so shards aggregate exactly by example count.
-METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+# Each metric returns a *sum* over a batch (a 0-d tensor on the batch's device), so shards
+# aggregate exactly by example count.
+METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "accuracy": _accuracy,
     "mse": _squared_error,
     "mae": _absolute_error,
@@ -368,9 +369,9 @@ def train_pass(
     order = torch.randperm(len(x), generator=generator).numpy()
     model, optimizer = estimator.model, estimator.optimizer
     model.train()
-    loss_sum, n, skipped = 0.0, 0, 0
-    sums = dict.fromkeys(estimator.metrics, 0.0)
+    n, skipped, steps = 0, 0, 0
     device = _device_of(model)
+    sums = _Sums(estimator.metrics, device)
     indices = _batch_indices(len(x), estimator.batch_size, order)
     seeds = BatchSeeds(len(indices), (seed, epoch, shard), _AUGMENT)
     for batch in batches(
@@ -383,22 +384,64 @@ def train_pass(
         xb, yb = batch.x.to(device), batch.y.to(device)
         optimizer.zero_grad(set_to_none=True)
         output, loss = forward(estimator, xb, yb)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise MSTFailedError(
-                f"loss became {value} in epoch {epoch} on shard {shard}; "
-                "lower the learning rate or check the data for extreme values"
-            )
         loss.backward()
         optimizer.step()
-        loss_sum += value * len(yb)
         n += len(yb)
-        with torch.no_grad():
-            for name in estimator.metrics:
-                if name in METRICS:
-                    sums[name] += METRICS[name](output.detach(), yb)
-    _add_model_metrics(estimator, sums, n)
-    return _result(n, loss_sum, sums, skipped, started)
+        steps += 1
+        sums.add(output.detach(), loss.detach(), yb)
+        if steps % _CHECK_EVERY == 0:
+            _check_finite(sums.loss(), n, epoch, shard)
+    loss_sum = sums.loss()
+    _check_finite(loss_sum, n, epoch, shard)
+    return _result(estimator, n, loss_sum, sums.metrics(), skipped, started)
+
+
+# Steps between checks of the loss for NaN/inf: reading the loss syncs a GPU with the host,
+# so not every step; a diverged MST wastes at most this many steps (NaN/inf stays in the sum).
+_CHECK_EVERY = 32
+
+
+def _check_finite(loss_sum: float, n: int, epoch: int, shard: int) -> None:
+    if not math.isfinite(loss_sum):
+        raise MSTFailedError(
+            f"loss became {loss_sum / max(n, 1)} in epoch {epoch} on shard {shard}; "
+            "lower the learning rate or check the data for extreme values"
+        )
+
+
+class _Sums:
+    """A pass's loss and batch-metric sums. On an accelerator they stay on the device (in
+    float64) and are read when asked: reading them at every batch would make the host wait
+    for the device at every step. On the CPU, Python floats cost less than tensor ops.
+    Both make the same float64 additions."""
+
+    def __init__(
+        self, metrics: Sequence[str], device: torch.device, *, on_device: bool | None = None
+    ) -> None:
+        self._names = list(metrics)
+        self._on_host = device.type == "cpu" if on_device is None else not on_device
+        zero = 0.0 if self._on_host else torch.zeros((), dtype=torch.float64, device=device)
+        self._loss: float | torch.Tensor = zero
+        self._batch: dict[str, float | torch.Tensor] = {
+            name: zero for name in metrics if name in METRICS
+        }
+
+    @torch.no_grad()
+    def add(self, output: torch.Tensor, loss: torch.Tensor, y: torch.Tensor) -> None:
+        if self._on_host:
+            self._loss += float(loss) * len(y)
+            for name in self._batch:
+                self._batch[name] += float(METRICS[name](output, y))
+        else:
+            self._loss = self._loss + loss.double() * len(y)
+            for name in self._batch:
+                self._batch[name] = self._batch[name] + METRICS[name](output, y)
+
+    def loss(self) -> float:
+        return float(self._loss)
+
+    def metrics(self) -> dict[str, float]:
+        return {name: float(self._batch.get(name, 0.0)) for name in self._names}
 
 
 def forward(estimator: Estimator, x: torch.Tensor, y: torch.Tensor):
@@ -410,13 +453,17 @@ def forward(estimator: Estimator, x: torch.Tensor, y: torch.Tensor):
     return output, estimator.loss(output, y)
 
 
-def _add_model_metrics(estimator: Estimator, sums: dict[str, float], n: int) -> None:
+def _result(
+    estimator: Estimator,
+    n: int,
+    loss_sum: float,
+    sums: dict[str, float],
+    skipped: int,
+    started: float,
+) -> PassResult:
     for name in estimator.metrics:
         if name in MODEL_METRICS:
             sums[name] = MODEL_METRICS[name](estimator.model) * n
-
-
-def _result(n: int, loss_sum: float, sums: dict[str, float], skipped: int, started: float):
     if skipped:
         sums[SKIPPED] = float(skipped)
     if n == 0:
@@ -438,10 +485,10 @@ def evaluate_pass(
     """Loss and metric sums over a validation shard (no RNG use, no state change)."""
     started = time.perf_counter()
     estimator.model.eval()
-    loss_sum, n, skipped = 0.0, 0, 0
-    sums = dict.fromkeys(estimator.metrics, 0.0)
+    n, skipped = 0, 0
     batch_size = max(estimator.batch_size, 256)  # no gradients: bigger batches are cheaper
     device = _device_of(estimator.model)
+    sums = _Sums(estimator.metrics, device)
     indices = _batch_indices(len(x), batch_size, None)
     seeds = BatchSeeds(len(indices), (), _EVAL_AUGMENT)
     for batch in batches(
@@ -453,13 +500,9 @@ def evaluate_pass(
             continue
         xb, yb = batch.x.to(device), batch.y.to(device)
         output, loss = forward(estimator, xb, yb)
-        loss_sum += float(loss) * len(yb)
         n += len(yb)
-        for name in estimator.metrics:
-            if name in METRICS:
-                sums[name] += METRICS[name](output, yb)
-    _add_model_metrics(estimator, sums, n)
-    return _result(n, loss_sum, sums, skipped, started)
+        sums.add(output, loss, yb)
+    return _result(estimator, n, sums.loss(), sums.metrics(), skipped, started)
 
 
 def end_epoch(estimator: Estimator) -> None:
