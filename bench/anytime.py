@@ -49,7 +49,8 @@ MAX_EPOCHS = 52
 SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 
 # In brackets: sampler="tpe", mode="stopping", policy="oldest_first" (else the defaults:
-# random proposals, promotion mode, longest remaining work first).
+# random proposals, promotion mode, longest remaining work first); "equal epochs":
+# Hyperband(bracket_weights="equal_epochs") (else its default, "geometric").
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -60,6 +61,7 @@ MH_METHODS = (
     "mh ASHA (tpe, stopping, oldest first)",
     "mh Hyperband",
     "mh Hyperband (stopping, oldest first)",
+    "mh Hyperband (equal epochs, stopping, oldest first)",
     "mh Hyperband (tpe, stopping, oldest first)",
     "mh PBT",
 )
@@ -69,6 +71,7 @@ MH_METHODS = (
 SAME_ALGORITHM = {
     "mh ASHA (stopping, oldest first)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first)": ("Syne Tune Hyperband",),
+    "mh Hyperband (equal epochs, stopping, oldest first)": ("Syne Tune Hyperband",),
     "mh ASHA (tpe, stopping, oldest first)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
     "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
 }
@@ -132,6 +135,8 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
         kind = mh.ASHA if method.startswith("mh ASHA") else mh.Hyperband
         sampler = "tpe" if "tpe" in method else "random"
         mode = "stopping" if "stopping" in method else "promotion"
+        if "equal epochs" in method:
+            halving = {**halving, "bracket_weights": "equal_epochs"}
         return kind(
             surrogate_estimator, space, n_msts=many, sampler=sampler, mode=mode,
             **halving, **common,

@@ -77,7 +77,7 @@ def test_rungs(min_epochs, max_epochs, eta, expected):
 def test_hyperband_brackets(min_epochs, max_epochs, eta, brackets, sizes):
     hb = Hyperband(
         _make, SPACE, min_epochs=min_epochs, max_epochs=max_epochs,
-        reduction_factor=eta, n_msts=10,
+        reduction_factor=eta, n_msts=10, bracket_weights="equal_epochs",
     )  # fmt: skip
     assert hb.brackets == brackets
     assert hb.bracket_sizes == sizes
@@ -88,6 +88,29 @@ def test_hyperband_brackets(min_epochs, max_epochs, eta, brackets, sizes):
     for n in range(1, len(cycle) + 1):
         for b, size in enumerate(sizes):
             assert abs(cycle[:n].count(b) - n * size / len(cycle)) < 1 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "sizes"),
+    [(81, (55, 20, 7, 3, 1)), (52, (20, 7, 3, 1)), (9, (7, 3, 1)), (2, (1,))],
+)
+def test_geometric_brackets_are_each_e_times_the_next(max_epochs, sizes):
+    hb = Hyperband(_make, SPACE, max_epochs=max_epochs, n_msts=10)
+    assert hb.bracket_weights == "geometric" and hb.bracket_sizes == sizes
+    assert [hb.bracket_cycle.count(b) for b in range(len(sizes))] == list(sizes)
+    assert hb.settings()["bracket_weights"] == "geometric"
+
+
+def test_bracket_weights_may_be_given_per_bracket():
+    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights=[1, 1, 2])
+    assert hb.bracket_sizes == (1, 1, 2) and sorted(hb.bracket_cycle) == [0, 1, 2, 2]
+    assert hb.settings()["bracket_weights"] == [1, 1, 2]
+
+
+@pytest.mark.parametrize("weights", ["uniform", [1, 2], [1, 0, 1], [1.5, 1, 1], [True, 1, 1]])
+def test_bad_bracket_weights_are_refused(weights):
+    with pytest.raises(ConfigError, match=r"bracket_weights must be one of \('geometric', 'eq"):
+        Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights=weights)
 
 
 @pytest.mark.parametrize(
@@ -271,7 +294,7 @@ def test_asha_proposes_random_search_points():
 
 
 def test_hyperband_puts_msts_in_brackets_and_promotes_within_them():
-    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=34, seed=2)
+    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=34, seed=2, bracket_weights="equal_epochs")
     trainer = FakeTrainer(hb, n_workers=4, objective_fn=_loss, cost=_cost).run()
     assert len(trainer.msts()) == 34
     for kind, mst_id, epochs in trainer.calls:
@@ -392,3 +415,9 @@ def test_mode_must_be_promotion_or_stopping():
     with pytest.raises(ConfigError, match="mode must be 'promotion'"):
         ASHA(_make, SPACE, max_epochs=9, n_msts=3, mode="stop")
     assert ASHA(_make, SPACE, max_epochs=9, n_msts=3).settings()["mode"] == "promotion"
+
+
+def test_a_hyperband_pickled_before_bracket_weights_existed_reports_its_proportions():
+    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights="equal_epochs")
+    del hb.bracket_weights  # as unpickled from a run started before the option
+    assert hb.settings()["bracket_weights"] == "equal_epochs"

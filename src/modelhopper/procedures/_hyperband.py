@@ -16,7 +16,8 @@ same candidates.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,11 +344,22 @@ class Hyperband(_AsyncHalving):
 
     Bracket b = 0..s_max (s_max the largest s with min_epochs * reduction_factor**s <=
     max_epochs) is an ASHA whose lowest rung is min_epochs * reduction_factor**b. New
-    MSTs go to brackets in Hyperband's proportions, n_b = ceil((s_max + 1) / (s_max - b
-    + 1) * reduction_factor**(s_max - b)), so every bracket spends about the same
-    epochs; the proportions are interleaved deterministically (``bracket_cycle``; the
-    run's j-th MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a
-    promotion from the first bracket that has one, else a new MST. Ranking, constraints,
+    MSTs go to brackets in proportions set by ``bracket_weights``:
+
+    - ``"geometric"`` (default): n_b = round(e**(s_max - b)), each bracket e times as
+      likely as the next, more conservative one (Syne Tune's asynchronous Hyperband).
+      Most MSTs go to the bracket that stops earliest; the others hedge against a
+      misleading first rung. Ahead of ``"equal_epochs"`` on the LCBench surrogate at
+      10 full-training budgets (bench/anytime.py; docs/procedures.md).
+    - ``"equal_epochs"``: Hyperband's own n_b = ceil((s_max + 1) / (s_max - b + 1) *
+      reduction_factor**(s_max - b)) (Li et al., 2018), so every bracket spends about
+      the same epochs: a quarter or more of the budget trains MSTs that are never
+      stopped early.
+    - a sequence of positive integers, one per bracket.
+
+    The proportions are interleaved deterministically (``bracket_cycle``; the run's j-th
+    MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a promotion
+    from the first bracket that has one, else a new MST. Ranking, constraints,
     ``sampler`` and ``mode`` are ASHA's.
     """
 
@@ -360,6 +372,7 @@ class Hyperband(_AsyncHalving):
         n_msts: int,
         min_epochs: int = 1,
         reduction_factor: int = 3,
+        bracket_weights: str | Sequence[int] = "geometric",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -373,16 +386,48 @@ class Hyperband(_AsyncHalving):
         self.brackets = tuple(
             rungs(self.min_epochs * eta**b, self.max_epochs, eta) for b in range(s_max + 1)
         )
-        self.bracket_sizes = tuple(
-            -(-(s_max + 1) * eta ** (s_max - b) // (s_max - b + 1)) for b in range(s_max + 1)
+        self.bracket_weights = (
+            bracket_weights if isinstance(bracket_weights, str) else tuple(bracket_weights)
         )
+        self.bracket_sizes = _bracket_sizes(bracket_weights, s_max, eta)
         self.bracket_cycle = _bracket_cycle(list(self.bracket_sizes))
 
     def _bracket_of(self, index: int) -> int:
         return self.bracket_cycle[index % len(self.bracket_cycle)]
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "n_brackets": len(self.brackets)}
+        # A run pickled before the option existed kept Hyperband's equal-epoch proportions.
+        weights = getattr(self, "bracket_weights", "equal_epochs")
+        return {
+            **super().settings(),
+            "n_brackets": len(self.brackets),
+            "bracket_weights": weights if isinstance(weights, str) else list(weights),
+        }
+
+
+BRACKET_WEIGHTS = ("geometric", "equal_epochs")
+
+
+def _bracket_sizes(weights: str | Sequence[int], s_max: int, eta: int) -> tuple[int, ...]:
+    """MSTs per bracket in one cycle of ``bracket_cycle``."""
+    if weights == "geometric":
+        return tuple(round(math.e ** (s_max - b)) for b in range(s_max + 1))
+    if weights == "equal_epochs":
+        return tuple(
+            -(-(s_max + 1) * eta ** (s_max - b) // (s_max - b + 1)) for b in range(s_max + 1)
+        )
+    sizes = None if isinstance(weights, str) else tuple(weights)
+    if (
+        sizes is None
+        or len(sizes) != s_max + 1
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in sizes)
+    ):
+        raise ConfigError(
+            f"bracket_weights must be one of {BRACKET_WEIGHTS} or {s_max + 1} positive integers "
+            f"(one per bracket, the most aggressive first), got {weights!r}; e.g. "
+            f"bracket_weights='geometric'"
+        )
+    return sizes
 
 
 class SuccessiveHalving(_Halving):
