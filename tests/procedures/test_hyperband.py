@@ -105,6 +105,8 @@ def test_bracket_weights_may_be_given_per_bracket():
     hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights=[1, 1, 2])
     assert hb.bracket_sizes == (1, 1, 2) and sorted(hb.bracket_cycle) == [0, 1, 2, 2]
     assert hb.settings()["bracket_weights"] == [1, 1, 2]
+    once = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights=iter([1, 1, 2]))
+    assert once.bracket_sizes == (1, 1, 2)  # an iterable read once is read once
 
 
 @pytest.mark.parametrize("weights", ["uniform", [1, 2], [1, 0, 1], [1.5, 1, 1], [True, 1, 1]])

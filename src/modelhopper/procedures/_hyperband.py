@@ -390,7 +390,7 @@ class Hyperband(_AsyncHalving):
         self.bracket_weights = (
             bracket_weights if isinstance(bracket_weights, str) else tuple(bracket_weights)
         )
-        self.bracket_sizes = _bracket_sizes(bracket_weights, s_max, eta)
+        self.bracket_sizes = _bracket_sizes(self.bracket_weights, s_max, eta)
         self.bracket_cycle = _bracket_cycle(list(self.bracket_sizes))
 
     def _bracket_of(self, index: int) -> int:
