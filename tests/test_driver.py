@@ -353,3 +353,34 @@ def test_waiting_for_a_command_of_a_run_that_ended_fails_at_once(tmp_path):
     run.store.set_experiment_status(run.name, RunStatus.COMPLETED)
     with pytest.raises(mh.ConfigError, match="ended before command add was applied"):
         wait_for(run.store, run.name, command, timeout=30)
+
+
+def test_checkpoint_folders_are_flushed_before_the_records_that_name_them_commit(
+    shards, tmp_path, monkeypatch
+):
+    """A power loss after a commit must find every checkpoint it names: each file's
+    rename is flushed (its folder fsynced) before the transaction that refers to it."""
+    run = Run(grid(), tmp_path, InProcessExecutor())
+    flushed: set[Path] = set()
+    real_sync = CheckpointManager.sync
+
+    def sync(self: CheckpointManager) -> None:
+        pending = set(self._unsynced)
+        real_sync(self)
+        flushed.update(pending)
+
+    monkeypatch.setattr(CheckpointManager, "sync", sync)
+    real_record = run.store.record_visits
+    named: list[str] = []
+
+    def record_visits(name, records):
+        for record in records:
+            for path in filter(None, record.mst_fields.values()):
+                if str(path).endswith(".state"):
+                    assert Path(path).parent in flushed, f"{path} committed before its folder"
+                    named.append(path)
+        return real_record(name, records)
+
+    monkeypatch.setattr(run.store, "record_visits", record_visits)
+    run.start(shards)
+    assert len(named) >= 8  # latest and best of 4 MSTs at least

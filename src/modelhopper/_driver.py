@@ -439,7 +439,7 @@ class Driver:
         if epochs and self._decides:  # no further visit before the procedure has decided
             self._scheduler.hold(visit.mst_id)
         self._states[visit.mst_id] = result.state
-        self._bar.update(len(visit.steps), self._remaining())
+        self._bar.update(len(visit.steps), self._remaining)
         moved = self._moved_bytes.pop(visit.worker, 0)  # the dashboard's timeline shows hops
         return FinishedVisit(visit, result, result.state, epochs, moved, time.monotonic())
 
@@ -588,7 +588,7 @@ class Driver:
             self._name, EventKind.MST_FAILED, mst_id=visit.mst_id, worker=visit.worker,
             detail={"error": result.error},
         )  # fmt: skip
-        self._bar.update(0, self._remaining())
+        self._bar.update(0, self._remaining)
         warnings.warn(
             f"MST {visit.mst_id} {tracked.mst.params} failed: {result.error}; the others go on",
             stacklevel=2,

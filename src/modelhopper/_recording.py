@@ -226,7 +226,8 @@ class Recorder:
         return None
 
     def commit(self, records: list[VisitRecord]) -> None:
-        """Every record in one store transaction."""
+        """Every record in one store transaction, after its checkpoints are durable."""
+        self._files.sync()
         self._store.record_visits(self._name, records)
 
     def prune(self, mst_id: int) -> None:

@@ -28,25 +28,29 @@ class _FsyncSpy:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name descriptors")
-def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+def test_the_data_is_fsynced_before_the_rename_and_sync_flushes_each_folder_once(
+    tmp_path, monkeypatch
+):
     manager = CheckpointManager(tmp_path / "checkpoints")
     spy = _FsyncSpy(monkeypatch)
     spy.target = str(manager.path(3, 7))
     path = manager.write(3, 7, b"state")
     assert path.read_bytes() == b"state" and not list(path.parent.glob("*.tmp"))
-    folder = str(path.parent.resolve())
-    # the new MST folder's entry, the data, then the folder after the rename
+    assert spy.calls == [(str(path.with_suffix(".tmp").resolve()), False, False)]  # data only
+    manager.write(3, 9, b"later")  # the same MST's folder
+    manager.write(4, 9, b"other")  # a new MST's folder
+    spy.calls.clear()
+    manager.sync()
+    root, folder = (tmp_path / "checkpoints").resolve(), path.parent.resolve()
+    # the new MST folders' entries (their parent) first, then each folder's renames, once
     assert spy.calls == [
-        (str((tmp_path / "checkpoints").resolve()), True, False),
-        (str(path.with_suffix(".tmp").resolve()), False, False),
-        (folder, True, True),
+        (str(root), True, True),
+        (str(folder), True, True),
+        (str(manager.path(4, 9).parent.resolve()), True, True),
     ]
     spy.calls.clear()
-    manager.write(3, 9, b"later")  # the MST's folder exists: only the data and the rename
-    assert [(p, is_dir) for p, is_dir, _ in spy.calls] == [
-        (str(manager.path(3, 9).with_suffix(".tmp").resolve()), False),
-        (folder, True),
-    ]
+    manager.sync()  # nothing written since
+    assert spy.calls == []
 
 
 def test_a_write_that_fails_names_the_file(tmp_path):

@@ -299,3 +299,24 @@ def test_an_empty_database_gets_the_schema_the_migrations_build(tmp_path):
     store = SQLStore(f"sqlite:///{tmp_path}/fresh.db")
     assert store.schema_version() == _sql.HEAD_REVISION
     store.close()
+
+
+def test_an_experiment_id_read_in_a_rolled_back_batch_is_not_reused(store_url: str) -> None:
+    """The store remembers experiment ids (the hot paths ask per visit); one read inside a
+    transaction that rolls back must be forgotten, or later writes would go to another run."""
+    from modelhopper._vocabulary import MSTStatus
+    from modelhopper.store import MSTRecord
+
+    with SQLStore(store_url) as store:
+        with pytest.raises(RuntimeError, match="undo"), store.batch():
+            store.create_experiment(_experiment("a"))
+            store.add_msts("a", [MSTRecord(0, {"lr": 1}, 0, MSTStatus.PENDING)])
+            store.update_mst("a", 0, status=MSTStatus.RUNNING)  # reads a's id
+            raise RuntimeError("undo")
+        store.create_experiment(_experiment("b"))  # may take the id "a" had
+        store.create_experiment(_experiment("a"))
+        store.add_msts("b", [MSTRecord(0, {"lr": 2}, 0, MSTStatus.PENDING)])
+        store.add_msts("a", [MSTRecord(0, {"lr": 1}, 0, MSTStatus.PENDING)])
+        store.update_mst("a", 0, status=MSTStatus.COMPLETED)
+        assert [m.status for m in store.list_msts("a")] == [MSTStatus.COMPLETED]
+        assert [m.status for m in store.list_msts("b")] == [MSTStatus.PENDING]

@@ -40,29 +40,41 @@ class CheckpointManager:
             choices = ", ".join(repr(r.value) for r in Retention)
             raise ConfigError(f"checkpoints must be one of {choices}, got {retention!r}") from None
         self.root = Path(root)
+        self._unsynced: set[Path] = set()  # folders whose new entries sync() flushes
 
     def path(self, mst_id: int, n_steps: int) -> Path:
         return self.root / f"mst-{mst_id:05d}" / f"step-{n_steps:06d}{SUFFIX}"
 
     def write(self, mst_id: int, n_steps: int, state: bytes) -> Path:
-        """Write atomically and durably: readers see the whole file or none (temp file,
-        fsync, rename), and the rename itself survives a power loss (fsync of the folder)."""
+        """Write atomically: readers see the whole file or none (temp file, fsync, rename).
+        The rename is durable (survives a power loss) once ``sync()`` has returned: call it
+        before anything that refers to the file is committed."""
         path = self.path(mst_id, n_steps)
         try:
-            new_folder = not path.parent.is_dir()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if new_folder:
-                _fsync_dir(path.parent.parent)  # the MST's folder's entry
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._unsynced.add(path.parent.parent)  # the MST's folder's entry
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 f.write(state)
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(path)
-            _fsync_dir(path.parent)  # the rename: the newest checkpoint's entry
+            self._unsynced.add(path.parent)  # the rename: the newest checkpoint's entry
         except OSError as e:
             raise StoreError(f"cannot write checkpoint {path}: {e}; check free disk space") from e
         return path
+
+    def sync(self) -> None:
+        """Flush the folder entries of the files written since the last call, once per
+        folder (a record of many visits writes several files to one MST's folder)."""
+        folders, self._unsynced = self._unsynced, set()
+        try:
+            for folder in sorted(folders, key=lambda p: (len(p.parts), str(p))):  # parents first
+                _fsync_dir(folder)
+        except OSError as e:
+            self._unsynced |= folders
+            raise StoreError(f"cannot flush checkpoint folder {folder}: {e}") from e
 
     def read(self, path: str | os.PathLike) -> bytes:
         try:

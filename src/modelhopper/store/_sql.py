@@ -134,6 +134,10 @@ class SQLStore(BaseStore):
         self._last_writer_check = -float("inf")
         self._closed = False
         self._local = threading.local()  # .batch: this thread's open batch() session
+        # Experiment name -> row id, as read from the store: a run's id never changes
+        # (experiments are neither renamed nor deleted), and the hot paths ask per visit.
+        # Cleared when a transaction fails: an id read inside it may have rolled back.
+        self._ids: dict[str, int] = {}
         self._open()
 
     def __repr__(self) -> str:
@@ -233,10 +237,14 @@ class SQLStore(BaseStore):
             return
         other: WriterRow | None = None
         try:
-            with (self._write if write else self._read).begin() as session:
-                if driver and self._sqlite_file is not None and self._writer_check_due():
-                    other = self._note_writer(session)
-                yield session
+            try:
+                with (self._write if write else self._read).begin() as session:
+                    if driver and self._sqlite_file is not None and self._writer_check_due():
+                        other = self._note_writer(session)
+                    yield session
+            except BaseException:  # rolled back, or its commit failed
+                self._ids.clear()
+                raise
         except IntegrityError as e:
             rule = conflict or "it breaks a uniqueness or reference rule of the store"
             raise StoreError(
@@ -325,9 +333,12 @@ class SQLStore(BaseStore):
 
     def _experiment_id(self, session: Session, name: str) -> int:
         """The experiment's row id, without loading its row (the hot paths need only this)."""
+        if (known := self._ids.get(name)) is not None:
+            return known
         found = session.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
         if found is None:
             raise StoreError(self._unknown_experiment(session, name))
+        self._ids[name] = int(found)
         return int(found)
 
     def _update_mst(
