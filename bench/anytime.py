@@ -48,7 +48,7 @@ BUDGETS = (10, 30, 100, 300)
 MAX_EPOCHS = 52
 SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 
-# In brackets: sampler="tpe", mode="stopping", policy="oldest_first" (else the defaults:
+# In brackets: sampler="kde" or "tpe", mode="stopping", policy="oldest_first" (else the defaults:
 # random proposals, promotion mode, longest remaining work first); "equal epochs":
 # Hyperband(bracket_weights="equal_epochs") (else its default, "geometric").
 MH_METHODS = (
@@ -59,10 +59,12 @@ MH_METHODS = (
     "mh ASHA (oldest first)",
     "mh ASHA (stopping, oldest first)",
     "mh ASHA (tpe, stopping, oldest first)",
+    "mh ASHA (kde, stopping, oldest first)",
     "mh Hyperband",
     "mh Hyperband (stopping, oldest first)",
     "mh Hyperband (equal epochs, stopping, oldest first)",
     "mh Hyperband (tpe, stopping, oldest first)",
+    "mh Hyperband (kde, stopping, oldest first)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -73,6 +75,7 @@ SAME_ALGORITHM = {
     "mh Hyperband (stopping, oldest first)": ("Syne Tune Hyperband",),
     "mh Hyperband (equal epochs, stopping, oldest first)": ("Syne Tune Hyperband",),
     "mh ASHA (tpe, stopping, oldest first)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
+    "mh ASHA (kde, stopping, oldest first)": ("Syne Tune BOHB",),
     "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
 }
 
@@ -133,7 +136,7 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
         return mh.SuccessiveHalving(surrogate_estimator, space, n_msts=n, **halving, **common)
     if method.startswith(("mh ASHA", "mh Hyperband")):
         kind = mh.ASHA if method.startswith("mh ASHA") else mh.Hyperband
-        sampler = "tpe" if "tpe" in method else "random"
+        sampler = next((s for s in ("kde", "tpe") if f"({s}," in method), "random")
         mode = "stopping" if "stopping" in method else "promotion"
         if "equal epochs" in method:
             halving = {**halving, "bracket_weights": "equal_epochs"}

@@ -30,7 +30,7 @@ from modelhopper.space import Space
 
 __all__ = ["SAMPLERS", "tpe_point"]
 
-SAMPLERS = ("random", "tpe")
+SAMPLERS = ("random", "kde", "tpe")
 RANDOM_FRACTION = 1 / 3  # BOHB's default share of random proposals
 
 

@@ -35,6 +35,7 @@ from modelhopper.procedures._base import (
     Trainer,
 )
 from modelhopper.procedures._bohb import SAMPLERS, tpe_point
+from modelhopper.procedures._kde import check_kde_objectives, kde_point
 from modelhopper.procedures._optuna import _import_optuna
 from modelhopper.scheduling import SchedulingPolicy
 from modelhopper.space import Space
@@ -125,13 +126,16 @@ class _Halving(BaseProcedure):
         max_epochs = check_int("max_epochs", max_epochs, example="max_epochs=27")
         if sampler not in SAMPLERS:
             raise ConfigError(
-                f"sampler must be 'random' (random points) or 'tpe' (BOHB-style: Optuna's "
-                f"TPE on the highest rung with enough reports), got {sampler!r}"
+                f"sampler must be 'random' (random points), 'kde' (BOHB: kernel densities of "
+                f"the highest rung with enough reports) or 'tpe' (BOHB-style, with Optuna's "
+                f"TPE), got {sampler!r}"
             )
         if sampler == "tpe":
             _import_optuna()  # a missing extra is named now, not at the first proposal
         self.sampler = sampler
         super().__init__(make_estimator, space, epochs=max_epochs, **kwargs)
+        if sampler == "kde":
+            check_kde_objectives(self.objectives)
         self.max_epochs = max_epochs
         self.min_epochs = check_int("min_epochs", min_epochs, example="min_epochs=1")
         if min_epochs > max_epochs:
@@ -165,10 +169,11 @@ class _Halving(BaseProcedure):
         }
 
     def _propose(self, index: int, view: _View) -> dict[str, Any]:
-        """The run's MST number ``index``: the random point, or (``sampler="tpe"``) TPE's
-        proposal from the reports so far (``_bohb``)."""
-        if self.sampler == "tpe":
-            proposed = tpe_point(
+        """The run's MST number ``index``: the random point, or a model's proposal from
+        the reports so far (``sampler="kde"``: ``_kde``; ``"tpe"``: ``_bohb``)."""
+        if self.sampler != "random":
+            model = kde_point if self.sampler == "kde" else tpe_point
+            proposed = model(
                 space=self.space, objectives=self.objectives, seed=self.seed, index=index,
                 rungs=self.rungs, reports=view.reports(),
             )  # fmt: skip
@@ -301,8 +306,9 @@ class ASHA(_AsyncHalving):
     failed MSTs are never promoted); otherwise it adds a new random MST with the lowest
     rung's budget, until ``n_msts`` MSTs were added. Best first is the procedure's
     ``rank``: one objective, or Pareto front and crowding with ``objectives``; an MST
-    that breaks a constraint is never promoted. ``sampler="tpe"`` proposes new MSTs
-    BOHB-style (``_bohb``) instead of at random. ``mode="stopping"``: an MST never
+    that breaks a constraint is never promoted. ``sampler="kde"`` proposes new MSTs
+    as BOHB does (``_kde``), ``sampler="tpe"`` BOHB-style with Optuna's TPE (``_bohb``),
+    instead of at random. ``mode="stopping"``: an MST never
     pauses at a rung; it goes on at once if it ranks in the top
     ceil(n_k / reduction_factor) of the rung's reports so far, else it ends there (Ray
     Tune's and Syne Tune's ASHA; see docs/procedures.md).
@@ -445,7 +451,7 @@ class SuccessiveHalving(_Halving):
         if sampler != "random":
             raise ConfigError(
                 "SuccessiveHalving proposes all its MSTs before any result, so it samples "
-                f"at random; got sampler={sampler!r}; use ASHA or Hyperband for 'tpe'"
+                f"at random; got sampler={sampler!r}; use ASHA or Hyperband for {sampler!r}"
             )
         super().__init__(*args, **kwargs)
 
