@@ -43,12 +43,14 @@ from modelhopper.scheduling import (
     StepKind,
     replicated_holdings,
     simulate,
+    weighted_holdings,
 )
 
 RESULTS = Path(__file__).parent / "results"
 MODEL_SIZES = (1.0, 2.0, 5.0, 10.0)  # train seconds per sub-epoch: a 10x spread
 EVAL_FRACTION = 0.2  # an eval step costs 0.2x the MST's train step
 STRAGGLER_SPEED = 0.5  # worker 0 runs 2x slower in straggler scenarios
+LOGICAL_SHARDS_PER_WORKER = 4  # the replica table's logical-shard rows: 4p shards
 BALANCED_TARGET = 1.05  # longest_remaining within 5% of the bound on balanced work
 SPREAD_TARGET = 1.15  # ... and within 15% with a 10x spread (and a straggler)
 
@@ -178,23 +180,35 @@ def run_replicas(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[
         speed = [STRAGGLER_SPEED if straggler and w == 0 else 1.0 for w in range(n_workers)]
         per_mst = sizes * n_epochs * n_workers * (1 + EVAL_FRACTION)  # every shard, per epoch
         bound = max(per_mst.sum() / sum(speed), per_mst.max())
-        for replicas in sorted({1, 2, n_workers}):
+        n_logical = LOGICAL_SHARDS_PER_WORKER * n_workers
+        layouts = [
+            (f"{n_workers} shards", replicas, n_workers, replicated_holdings(n_workers, replicas))
+            for replicas in sorted({1, 2, n_workers})
+        ] + [(f"{n_logical} shards, owned by speed", 1, n_logical,
+              weighted_holdings(speed, n_logical))]  # fmt: skip
+        for layout, replicas, n_shards, holdings in layouts:
             scheduler = MOPScheduler(
                 n_workers, policy=SchedulingPolicy.LONGEST_REMAINING, seed=seed,
-                holdings=replicated_holdings(n_workers, replicas),
+                holdings=holdings, n_shards=n_shards,
             )  # fmt: skip
             for mst in range(n_msts):
                 scheduler.add_mst(mst, n_epochs)
-            result = simulate(scheduler, cost, worker_speed=speed)
+            result = simulate(scheduler, _scaled(cost, n_workers / n_shards), worker_speed=speed)
             rows.append({
                 "scenario": f"spread{'+straggler' if straggler else ''} {n_msts}x{n_workers}",
-                "straggler": straggler, "replicas": replicas, "n_msts": n_msts,
-                "n_workers": n_workers, "n_epochs": n_epochs,
-                "makespan": round(result.makespan, 2), "capacity_bound": round(bound, 2),
+                "straggler": straggler, "layout": layout, "replicas": replicas,
+                "n_shards": n_shards, "n_msts": n_msts, "n_workers": n_workers,
+                "n_epochs": n_epochs, "makespan": round(result.makespan, 2),
+                "capacity_bound": round(bound, 2),
                 "makespan_over_bound": round(result.makespan / bound, 4),
                 "n_visits": result.n_decisions,
             })  # fmt: skip
     return rows
+
+
+def _scaled(cost: Callable[[int, Step], float], factor: float) -> Callable[[int, Step], float]:
+    """Step costs on shards ``factor`` times the size (more, smaller logical shards)."""
+    return lambda mst_id, step: factor * cost(mst_id, step)
 
 
 def check_targets(rows: Sequence[dict]) -> list[dict]:
@@ -324,14 +338,17 @@ def _replica_markdown(rows: Sequence[dict]) -> list[str]:
         "(`LocalExecutor(replicas=r)`; every worker: small data). Capacity bound = "
         "max(total work / summed worker speeds, longest MST at full speed): with a "
         "straggler it counts the slow worker's half capacity, which one copy cannot use "
-        "well (every MST must visit the straggler's shard, there).",
+        "well (every MST must visit the straggler's shard, there). The last layout keeps "
+        f"one copy of {LOGICAL_SHARDS_PER_WORKER}p logical shards, each worker owning a "
+        "share in proportion to its speed (`scheduling.weighted_holdings`): the straggler "
+        "owns half as many, so it carries half the work of every epoch.",
         "",
-        "| scenario | replicas | makespan | capacity bound | makespan / bound | visits |",
-        "|---|---|---|---|---|---|",
+        "| scenario | layout | replicas | makespan | capacity bound | makespan / bound | visits |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['scenario']} | {r['replicas']} | {r['makespan']:.1f} | "
+            f"| {r['scenario']} | {r.get('layout', '')} | {r['replicas']} | {r['makespan']:.1f} | "
             f"{r['capacity_bound']:.1f} | {r['makespan_over_bound']:.3f} | {r['n_visits']} |"
         )
     return lines

@@ -109,12 +109,16 @@ def test_results_are_deterministic_except_timings(bench, tmp_path, smoke):
 
 def test_replicas_take_the_straggler_out_of_the_makespan(smoke):
     """With one copy every MST must visit the 2x slower worker's shard there; with a second
-    holder of each shard the scheduler routes around it (makespan near capacity)."""
+    holder of each shard the scheduler routes around it (makespan near capacity); with
+    logical shards owned in proportion to speed, the straggler carries half the work."""
     _, report = smoke
-    rows = {(r["straggler"], r["replicas"]): r for r in report["replicas"]}
-    assert set(rows) == {(s, r) for s in (False, True) for r in (1, 2, 4)}
-    one, two = rows[True, 1]["makespan"], rows[True, 2]["makespan"]
+    rows = {(r["straggler"], r["replicas"], r["n_shards"]): r for r in report["replicas"]}
+    assert set(rows) == {(s, r, n) for s in (False, True) for r, n in
+                         ((1, 4), (2, 4), (4, 4), (1, 16))}  # fmt: skip
+    one, two = rows[True, 1, 4]["makespan"], rows[True, 2, 4]["makespan"]
     assert two < 0.7 * one
-    assert rows[True, 2]["makespan_over_bound"] < 1.15 < rows[True, 1]["makespan_over_bound"]
+    assert rows[True, 2, 4]["makespan_over_bound"] < 1.15 < rows[True, 1, 4]["makespan_over_bound"]
+    weighted = rows[True, 1, 16]
+    assert weighted["makespan"] < 0.75 * one and weighted["makespan_over_bound"] < 1.2
     for straggler in (False, True):  # whole data on every worker: one visit per epoch
-        assert rows[straggler, 4]["n_visits"] == 16 * 2
+        assert rows[straggler, 4, 4]["n_visits"] == 16 * 2

@@ -38,6 +38,24 @@ def test_run_spec_trains_the_search_it_defines(tmp_path):
     assert list((tmp_path / "r" / "checkpoints" / "mst-00000").glob("step-*.state"))
 
 
+def test_run_spec_over_logical_shards(tmp_path):
+    spec = tmp_path / "spec.py"
+    spec.write_text(textwrap.dedent(SPEC))
+    store = f"sqlite:///{tmp_path}/runs.db"
+    args = ["run", str(spec), "--workers", "2", "--store", store, "--run-name", "logical"]
+    out = runner.invoke(app, [*args, "--shards", "4", "--run-dir", str(tmp_path / "r")])
+    assert out.exit_code == 0, out.output
+    from modelhopper.store import SQLStore
+
+    with SQLStore(store) as db:
+        record = db.get_experiment("logical")
+        assert (record.n_workers, record.spec["n_shards"]) == (2, 4)
+        assert {s.shard for s in db.list_steps("logical")} == {0, 1, 2, 3}
+    too_few = runner.invoke(app, ["run", str(spec), "--workers", "2", "--shards", "1"])
+    assert too_few.exit_code != 0
+    assert "n_shards=1 is fewer than the n_workers=2 workers" in too_few.output
+
+
 def test_run_spec_missing_names(tmp_path):
     spec = tmp_path / "spec.py"
     spec.write_text("x = 1\n")

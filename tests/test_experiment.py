@@ -228,7 +228,8 @@ def _fit(data, tmp_path, **kwargs):
         (
             {"n_worker": 2},
             r"fit\(\) got unknown option\(s\) \['n_worker'\]; its options are \['checkpoints', "
-            r"'executor', 'keep_shards', 'n_workers', 'progress', 'run_dir', 'run_name', 'store'\]",
+            r"'executor', 'keep_shards', 'n_shards', 'n_workers', 'progress', 'run_dir', "
+            r"'run_name', 'store'\]",
         ),
         ({"run_name": "a b"}, r"run_name"),
     ],

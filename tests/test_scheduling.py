@@ -378,8 +378,8 @@ def test_replicas_change_who_runs_a_step_never_the_training_order(policy, n_work
 
 @pytest.mark.parametrize(
     ("holdings", "message"),
-    [([(0,)], "holdings needs 2 entries"), ([(1,), (0, 1)], "worker 0 holds shards [1]"),
-     ([(0, 2), (1,)], "all in 0..1")],
+    [([(0,)], "holdings needs 2 entries"), ([(), (0, 1)], "worker 0 holds shards []"),
+     ([(0, 2), (1,)], "all in 0..1"), ([(0,), (0,)], "no worker holds shard(s) [1]")],
 )  # fmt: skip
 def test_bad_holdings_are_rejected(holdings, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -52,7 +52,7 @@ from modelhopper.executors import (
     VisitTask,
     state_nbytes,
 )
-from modelhopper.scheduling import MOPScheduler, Visit, makespan_lower_bound
+from modelhopper.scheduling import MOPScheduler, Visit, check_n_shards, makespan_lower_bound
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
 from modelhopper.store._checkpoints import CheckpointManager
 
@@ -107,8 +107,11 @@ class Driver:
         n_workers: int,
         progress: bool = False,
         holdings: Sequence[Sequence[int]] | None = None,
+        n_shards: int | None = None,
     ) -> None:
-        """``holdings[w]``: the shards worker ``w`` holds (default: its own only)."""
+        """``n_shards``: how many shards the data is cut into (default: one per worker);
+        ``holdings[w]``: the shards worker ``w`` holds (default: its own only)."""
+        n_shards = check_n_shards(n_shards, n_workers)
         self._name = name
         self._procedure = procedure
         # A procedure that never stops an MST early (grid, random search) decides nothing
@@ -117,7 +120,7 @@ class Driver:
         self._executor = executor
         self._store = store
         self._recorder = Recorder(
-            name=name, store=store, checkpoints=checkpoints, n_shards=n_workers,
+            name=name, store=store, checkpoints=checkpoints, n_shards=n_shards,
             metric=procedure.metric, direction=procedure.direction,
         )  # fmt: skip
         self._n_workers = n_workers
@@ -125,7 +128,7 @@ class Driver:
         self._bar = ProgressBar(False, 0)
         self._scheduler = MOPScheduler(
             n_workers, policy=procedure.policy, seed=procedure.seed, holdings=holdings,
-            chain_seconds=0.0 if self._decides else CHAIN_SECONDS,
+            chain_seconds=0.0 if self._decides else CHAIN_SECONDS, n_shards=n_shards,
         )  # fmt: skip
         self._msts: dict[int, _Tracked] = {}
         self._warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from

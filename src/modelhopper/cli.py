@@ -27,7 +27,15 @@ app = typer.Typer(
 # Off a terminal rich assumes 80 columns; a results table needs more to stay readable.
 console = Console(width=None if sys.stdout.isatty() else 140)
 
-Workers = Annotated[int, typer.Option("--workers", "-w", help="worker processes, one shard each")]
+Workers = Annotated[int, typer.Option("--workers", "-w", help="worker processes")]
+Shards = Annotated[
+    int | None,
+    typer.Option(
+        "--shards",
+        help="cut the data into this many shards (at least --workers; results then do not "
+        "depend on the number of workers) [default: one per worker]",
+    ),
+]
 RunDir = Annotated[Path | None, typer.Option(help="where shards and checkpoints go")]
 Store = Annotated[
     str | None,
@@ -126,6 +134,7 @@ def demo(
 def run(
     spec: Annotated[Path, typer.Argument(help="a Python file defining `data` and `search`")],
     workers: Workers = 2,
+    shards: Shards = None,
     run_dir: RunDir = None,
     run_name: RunName = None,
     store: Store = None,
@@ -139,8 +148,10 @@ def run(
     def fit() -> Any:
         runner = make_executor(executor, address, cpus_per_worker, gpus_per_worker)
         search, data = spec_objects(load_spec(spec), spec)
-        return search.fit(data, n_workers=workers, run_dir=run_dir, run_name=run_name,
-                          store=store, progress=True, executor=runner)  # fmt: skip
+        return search.fit(
+            data, n_workers=workers, n_shards=shards, run_dir=run_dir, run_name=run_name,
+            store=store, progress=True, executor=runner,
+        )  # fmt: skip
 
     _report(fit)
 

@@ -38,6 +38,7 @@ from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError, S
 from modelhopper.executors import BaseExecutor, resolve_executor
 from modelhopper.provenance import collect_provenance
 from modelhopper.result import MSTResult, Result
+from modelhopper.scheduling import check_n_shards
 from modelhopper.store import (
     DEFAULT_ROOT,
     BaseStore,
@@ -65,6 +66,7 @@ class RunOptions(TypedDict, total=False):
     """The options of a run: keywords of ``fit``, ``start`` and ``run_search`` alike."""
 
     n_workers: int
+    n_shards: int | None
     executor: BaseExecutor | str | None
     run_name: str | None
     store: str | BaseStore | None
@@ -89,23 +91,27 @@ def check_options(options: RunOptions, caller: str) -> RunOptions:
 
 
 # -- checks before any worker starts -------------------------------------------
-def _check_arguments(data: Any, n_workers: Any, executor: Any) -> None:
+def _check_arguments(data: Any, n_workers: Any, n_shards: Any, executor: Any) -> int:
+    """The number of shards to cut the data into, once the arguments are checked."""
     if not isinstance(data, Dataset):
         raise ConfigError(
             f"data must be a modelhopper.Dataset, got {type(data).__name__}; build one with "
             "Dataset.from_numpy / from_pandas / from_parquet / from_image_folder / from_torch"
         )
     check_int("n_workers", n_workers, example="n_workers=2")
+    shards = check_n_shards(n_shards, n_workers)
     for split, name in ((data.train, "training"), (data.validation, "validation")):
-        if len(split) < n_workers:
+        if len(split) < shards:
+            what = "n_workers" if n_shards is None else "n_shards"
             raise ConfigError(
-                f"n_workers={n_workers} is more than the {len(split)} {name} examples; "
-                f"every worker's shard needs at least one: use n_workers <= {len(split)}"
+                f"{what}={shards} is more than the {len(split)} {name} examples; "
+                f"every shard needs at least one: use {what} <= {len(split)}"
             )
     if executor is not None and not isinstance(executor, BaseExecutor | str):
         raise ConfigError(
             f"executor must be 'local', 'ray' or a BaseExecutor, got {type(executor).__name__}"
         )
+    return shards
 
 
 def _probe(procedure: Procedure, first: list[MST], data: Dataset) -> int | None:
@@ -165,6 +171,7 @@ def run_search(
     data: Dataset,
     *,
     n_workers: int = 2,
+    n_shards: int | None = None,
     executor: BaseExecutor | str | None = None,
     run_name: str | None = None,
     store: str | BaseStore | None = None,
@@ -174,10 +181,15 @@ def run_search(
     checkpoints: Retention | str = Retention.LATEST_AND_BEST,
 ) -> Result:
     """Check the inputs and train one batch through the first MSTs (``_preflight``), then
-    record a new run in the store, shard the data, and train the procedure's MSTs on MOP."""
-    _check_arguments(data, n_workers, executor)
+    record a new run in the store, shard the data, and train the procedure's MSTs on MOP.
+
+    ``n_shards`` (default: one per worker) cuts the data into more shards than workers,
+    each worker owning ``n_shards / n_workers`` of them: the results then do not depend
+    on ``n_workers`` (an epoch still trains on every shard once, in the same order)."""
+    n_shards = _check_arguments(data, n_workers, n_shards, executor)
     name = new_run_name(procedure) if run_name is None else check_run_name(run_name)
     executor = resolve_executor(executor)
+    executor.check_layout(n_workers, n_shards)
     executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     saved, modules = dump_procedure(procedure)  # what resume needs, from any folder
@@ -189,7 +201,7 @@ def run_search(
     write_procedure(directory, saved, modules)
     digest = hashlib.sha256()  # the shards' fingerprint, computed while they are written
     shards = write_shards(
-        data, n_workers, directory / "shards", procedure.seed, digest=digest,
+        data, n_shards, directory / "shards", procedure.seed, digest=digest,
         builder=executor.build_shards,
     )  # fmt: skip
     if num_classes is not None and data.streamed:
@@ -200,7 +212,7 @@ def run_search(
     )  # fmt: skip
     settings = {
         **procedure.settings(), "keep_shards": keep_shards, "checkpoints": retention.value,
-        DECISION_MARKERS: True,
+        DECISION_MARKERS: True, "n_shards": n_shards,
     }  # fmt: skip
     db.create_experiment(
         ExperimentRecord(
@@ -256,7 +268,8 @@ def _driver(
     return Driver(
         name=name, procedure=procedure, executor=executor, store=store,
         checkpoints=CheckpointManager(directory / "checkpoints", retention),
-        n_workers=n_workers, progress=progress, holdings=executor.holdings(shards),
+        n_workers=n_workers, progress=progress, n_shards=len(shards),
+        holdings=executor.holdings(shards, n_workers),
     )  # fmt: skip
 
 
@@ -289,7 +302,7 @@ def _execute(
     started = time.perf_counter()
     try:
         with executor, _old_objects_frozen():
-            executor.start(shards, procedure.make_estimator)
+            executor.start(shards, procedure.make_estimator, n_workers=driver.n_workers)
             startup = time.perf_counter() - started
             stats = driver.run()
             if not keep_shards:
@@ -328,7 +341,8 @@ def resume(
         return load_result(run_name, store=db)
     directory = Path(record.run_dir)
     procedure = _load_procedure(directory)
-    shards = _load_shards(directory, record.n_workers)
+    # Runs recorded before logical shards have one shard per worker.
+    shards = _load_shards(directory, int(record.spec.get("n_shards", record.n_workers)))
     db.set_experiment_status(run_name, RunStatus.RUNNING)
     db.add_event(run_name, EventKind.RESUMED)
     executor = resolve_executor(executor)
@@ -350,9 +364,9 @@ def _load_procedure(directory: Path) -> Procedure:
     return procedure
 
 
-def _load_shards(directory: Path, n_workers: int) -> list[ShardInfo]:
+def _load_shards(directory: Path, n_shards: int) -> list[ShardInfo]:
     infos = []
-    for index in range(n_workers):
+    for index in range(n_shards):
         path = directory / "shards" / f"shard-{index}" / "shard.json"
         try:
             infos.append(read_shard_info(path))

@@ -1,12 +1,15 @@
 """MOP scheduling: which MST visits which worker next.
 
-Worker ``w`` owns shard ``w`` for the whole run, so placing an MST on a worker
-*is* choosing the shard it trains on next. A worker may also hold replicas of
-other shards (``holdings``; small data is replicated on every worker): then any
-holder of the shard an MST needs next can take it, and one visit runs every
-consecutive step whose shard the worker holds, so fewer visits (and hops) serve
-the same plan. Each MST follows a fixed plan of
-steps, drawn from the seed: in every epoch it trains on every shard once
+The data is cut into ``n_shards`` shards (default: one per worker). Worker ``w``
+owns the shards ``s`` with ``s % n_workers == w`` for the whole run (with one
+shard per worker: shard ``w``), so placing an MST on a worker is choosing among
+the shards it may train on next. More shards than workers (*logical shards*)
+make the plan, and so every result, independent of how many workers run it. A
+worker may also hold replicas of other workers' shards (``holdings``; small data
+is replicated on every worker): then any holder of the shard an MST needs next
+can take it, and one visit runs every consecutive step whose shard the worker
+holds, so fewer visits (and hops) serve the same plan. Each MST follows a fixed
+plan of steps, drawn from the seed: in every epoch it trains on every shard once
 (the *train order*), then evaluates on every validation shard once (the *eval
 order*). Fixing the plan up front is what makes results independent of timing:
 the scheduler only decides *when* each step runs, never *what* it computes, so
@@ -55,7 +58,10 @@ __all__ = [
     "SchedulingPolicy",
     "MOPScheduler",
     "epoch_plan",
+    "check_n_shards",
+    "home_holdings",
     "replicated_holdings",
+    "weighted_holdings",
     "makespan_lower_bound",
     "SimulationResult",
     "simulate",
@@ -138,8 +144,10 @@ class MOPScheduler:
 
     Invariants: an MST is on at most one worker, a worker runs at most one
     visit, and each epoch of an MST trains and evaluates on every shard once.
-    ``holdings[w]`` lists the shards worker ``w`` holds (default: shard ``w`` only);
-    the plan does not depend on it, only which worker runs which steps.
+    ``n_shards`` (default ``n_workers``, at least that many) is what the plan is
+    made of; ``holdings[w]`` lists the shards worker ``w`` holds (default:
+    ``home_holdings``). The plan depends on neither the workers nor what they
+    hold, only which worker runs which steps.
     ``chain_seconds`` > 0 lets a visit run on past an epoch's end while the steps it
     took are estimated (from measured step times) to last less than that.
     """
@@ -152,13 +160,15 @@ class MOPScheduler:
         seed: int = 0,
         holdings: Sequence[Iterable[int]] | None = None,
         chain_seconds: float = 0.0,
+        n_shards: int | None = None,
     ) -> None:
-        check_int("n_workers", n_workers, example="n_workers=2 (one worker per shard)")
+        check_int("n_workers", n_workers, example="n_workers=2")
         self.n_workers = n_workers
+        self.n_shards = check_n_shards(n_shards, n_workers)
         self.chain_seconds = float(chain_seconds)
-        self._held = _check_holdings(holdings, n_workers)
+        self._held = _check_holdings(holdings, n_workers, self.n_shards)
         self._holders = [tuple(w for w in range(n_workers) if s in self._held[w])
-                         for s in range(n_workers)]  # fmt: skip
+                         for s in range(self.n_shards)]  # fmt: skip
         self.policy = _parse_policy(policy)
         self.seed = seed
         self._rng = np.random.default_rng([seed, 7919])
@@ -175,7 +185,7 @@ class MOPScheduler:
         """Plan ``n_epochs`` epochs of a new MST."""
         if mst_id in self._msts:
             raise ConfigError(f"MST {mst_id} is already scheduled; give each MST a new id")
-        start = first_shard(mst_id, self.n_workers, self.seed)
+        start = first_shard(mst_id, self.n_shards, self.seed)
         self._msts[mst_id] = _MSTState(mst_id, deque(), 0, start, priority)
         self.extend(mst_id, n_epochs)
 
@@ -186,7 +196,7 @@ class MOPScheduler:
             raise ConfigError(f"MST {mst_id} is stopped; resume it before extending it")
         self._unpark(state)
         for epoch in range(state.n_epochs, n_epochs):
-            train, evaluation = epoch_plan(epoch, state.next_start, self.n_workers, self.seed)
+            train, evaluation = epoch_plan(epoch, state.next_start, self.n_shards, self.seed)
             state.pending.extend(Step(StepKind.TRAIN, epoch, s, i) for i, s in enumerate(train))
             state.pending.extend(Step(StepKind.EVAL, epoch, s, i) for i, s in enumerate(evaluation))
             state.n_pending[StepKind.TRAIN] += len(train)
@@ -333,7 +343,7 @@ class MOPScheduler:
     def _free_evaluations(self, state: _MSTState) -> Iterator[Step]:
         """The leading evaluations that may run in any order (all but the epoch's last)."""
         for step in state.pending:
-            if step.kind is not StepKind.EVAL or step.is_last(StepKind.EVAL, self.n_workers):
+            if step.kind is not StepKind.EVAL or step.is_last(StepKind.EVAL, self.n_shards):
                 return
             yield step
 
@@ -369,14 +379,14 @@ class MOPScheduler:
             return Visit(state.mst_id, worker, tuple(taken))
         steps: list[Step] = []
         # Chained visits need every shard here, so that they end at an epoch's end too.
-        chain = self.chain_seconds if len(held) == self.n_workers else 0.0
+        chain = self.chain_seconds if len(held) == self.n_shards else 0.0
         seconds = 0.0
         while state.pending and state.pending[0].shard in held:
             step = state.pending[0]
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1
             seconds += self._estimate(state, step.kind)
-            if step.is_last(StepKind.EVAL, self.n_workers) and seconds >= chain:
+            if step.is_last(StepKind.EVAL, self.n_shards) and seconds >= chain:
                 break  # the epoch is evaluated: the procedure decides before more training
         return Visit(state.mst_id, worker, tuple(steps))
 
@@ -388,35 +398,80 @@ class MOPScheduler:
         return 1.0 if kind is StepKind.TRAIN else 0.25
 
 
+def check_n_shards(n_shards: int | None, n_workers: int) -> int:
+    """``n_shards``, or ``n_workers`` for None; never fewer shards than workers."""
+    if n_shards is None:
+        return n_workers
+    check_int("n_shards", n_shards, example=f"n_shards={2 * n_workers} (a multiple of n_workers)")
+    if n_shards < n_workers:
+        raise ConfigError(
+            f"n_shards={n_shards} is fewer than the n_workers={n_workers} workers, so some "
+            f"would hold no data; use n_shards >= {n_workers}, or leave it out (one per worker)"
+        )
+    return n_shards
+
+
+def home_holdings(n_workers: int, n_shards: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Worker ``w`` owns shards ``w, w + p, w + 2p, ...`` (``p = n_workers``)."""
+    n = check_n_shards(n_shards, n_workers)
+    return tuple(tuple(range(w, n, n_workers)) for w in range(n_workers))
+
+
+def weighted_holdings(speeds: Sequence[float], n_shards: int) -> tuple[tuple[int, ...], ...]:
+    """Workers own shares of the ``n_shards`` shards in proportion to their speeds
+    (largest remainders, at least one each): a worker half as fast owns half as many
+    shards, so it carries half the work of every epoch (heterogeneous workers)."""
+    n_shards = check_n_shards(n_shards, len(speeds))
+    if not speeds or any(not speed > 0 for speed in speeds):
+        raise ConfigError(f"speeds must be one positive number per worker, got {list(speeds)}")
+    total = sum(speeds)
+    quotas = [n_shards * speed / total for speed in speeds]
+    counts = [max(1, int(q)) for q in quotas]
+    by_remainder = sorted(range(len(speeds)), key=lambda w: (quotas[w] - counts[w], -w))
+    while sum(counts) < n_shards:
+        counts[by_remainder.pop()] += 1
+    while sum(counts) > n_shards:  # the at-least-one rule took shards from fast workers
+        counts[max(range(len(speeds)), key=lambda w: (counts[w] - quotas[w], w))] -= 1
+    starts = np.cumsum([0, *counts])
+    return tuple(tuple(range(int(a), int(b))) for a, b in zip(starts[:-1], starts[1:], strict=True))
+
+
 def _check_holdings(
-    holdings: Sequence[Iterable[int]] | None, n_workers: int
+    holdings: Sequence[Iterable[int]] | None, n_workers: int, n_shards: int
 ) -> tuple[frozenset[int], ...]:
-    """Each worker holds its own shard, and maybe replicas of others."""
+    """Every worker holds a shard, and every shard is held (default: ``home_holdings``)."""
     if holdings is None:
-        return tuple(frozenset((w,)) for w in range(n_workers))
+        return tuple(frozenset(h) for h in home_holdings(n_workers, n_shards))
     held = tuple(frozenset(int(s) for s in shards) for shards in holdings)
     if len(held) != n_workers:
         raise ConfigError(f"holdings needs {n_workers} entries (one per worker), got {len(held)}")
     for worker, shards in enumerate(held):
-        if worker not in shards or not shards <= set(range(n_workers)):
+        if not shards or not shards <= set(range(n_shards)):
             raise ConfigError(
-                f"worker {worker} holds shards {sorted(shards)}: each worker holds its own "
-                f"shard and maybe replicas of others, all in 0..{n_workers - 1}"
+                f"worker {worker} holds shards {sorted(shards)}: each worker holds at least "
+                f"one shard, all in 0..{n_shards - 1}"
             )
+    orphans = set(range(n_shards)).difference(*held)
+    if orphans:
+        raise ConfigError(f"no worker holds shard(s) {sorted(orphans)}: every shard needs a holder")
     return held
 
 
-def replicated_holdings(n_workers: int, replicas: int) -> tuple[tuple[int, ...], ...]:
-    """Worker ``w`` holds shards ``w, w-1, ..., w-replicas+1`` (mod p): every shard
-    lives on ``replicas`` consecutive workers."""
+def replicated_holdings(
+    n_workers: int, replicas: int, n_shards: int | None = None
+) -> tuple[tuple[int, ...], ...]:
+    """Worker ``w`` holds the shards of workers ``w, w-1, ..., w-replicas+1`` (mod p):
+    every shard lives on ``replicas`` consecutive workers."""
     check_int("replicas", replicas, example=f"replicas=2 (at most n_workers={n_workers})")
     if replicas > n_workers:
         raise ConfigError(
             f"replicas={replicas} is more than the {n_workers} workers that could hold a "
             f"shard; use replicas <= {n_workers}"
         )
+    homes = home_holdings(n_workers, n_shards)
     return tuple(
-        tuple(sorted((w - k) % n_workers for k in range(replicas))) for w in range(n_workers)
+        tuple(sorted(s for k in range(replicas) for s in homes[(w - k) % n_workers]))
+        for w in range(n_workers)
     )
 
 
@@ -489,7 +544,7 @@ def simulate(
         idle.add(worker)
         if on_epoch_end is not None:
             for step in visit.steps:
-                if step.is_last(StepKind.EVAL, p):
+                if step.is_last(StepKind.EVAL, scheduler.n_shards):
                     on_epoch_end(scheduler, visit.mst_id, step.epoch)
     rows = {mst: i for i, mst in enumerate(sorted({mst for mst, _ in work}))}
     matrix = np.zeros((len(rows), p))

@@ -12,6 +12,7 @@ from modelhopper._vocabulary import Step
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ExecutorError
 from modelhopper.estimator import PassResult
+from modelhopper.scheduling import home_holdings
 
 __all__ = [
     "BaseExecutor",
@@ -109,7 +110,8 @@ class VisitResult:
 
 
 class BaseExecutor(ABC):
-    """Runs visits on ``n_workers`` workers, worker ``w`` owning shard ``w``."""
+    """Runs visits on ``n_workers`` workers, worker ``w`` owning the shards
+    ``home_holdings`` gives it (shard ``w`` when there is one shard per worker)."""
 
     def prepare(self, n_workers: int) -> None:  # noqa: B027 - optional, most need nothing
         """Called before the data is sharded: begin slow start-up work (no shard exists yet)."""
@@ -121,19 +123,28 @@ class BaseExecutor(ABC):
         the driver's disk)."""
         return None
 
+    def check_layout(self, n_workers: int, n_shards: int) -> None:  # noqa: B027 - most run any
+        """Raise a ConfigError, before anything starts, if this executor cannot run
+        ``n_workers`` workers over ``n_shards`` shards (``n_shards >= n_workers``)."""
+
     def release_shards(self) -> None:  # noqa: B027 - optional, most need nothing
         """The run completed and its shards are not kept: delete copies of them the
         executor made where the driver does not delete them (other nodes)."""
 
-    def holdings(self, shards: Sequence[ShardInfo]) -> tuple[tuple[int, ...], ...]:
-        """The shards each worker will hold (``start`` opens them): its own, and on an
-        executor that replicates, others. The scheduler lets any holder of a shard run
-        steps on it."""
-        return tuple((i,) for i in range(len(shards)))
+    def holdings(
+        self, shards: Sequence[ShardInfo], n_workers: int | None = None
+    ) -> tuple[tuple[int, ...], ...]:
+        """The shards each of ``n_workers`` workers (default: one per shard) will hold
+        (``start`` opens them): its own, and on an executor that replicates, others. The
+        scheduler lets any holder of a shard run steps on it."""
+        return home_holdings(n_workers or len(shards), len(shards))
 
     @abstractmethod
-    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
-        """Start one worker per shard; each opens the shards ``holdings`` gives it."""
+    def start(
+        self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
+    ) -> None:
+        """Start ``n_workers`` workers (default: one per shard); each opens the shards
+        ``holdings`` gives it."""
 
     @abstractmethod
     def submit(self, worker: int, task: VisitTask) -> None:

@@ -56,6 +56,7 @@ class WorkerSpec:
     state_folder: str | None = None  # states hop as files here (_shm.py); None: over the pipe
     driver_pid: int = 0  # owner of those files
     replica_paths: tuple[tuple[int, str], ...] = ()  # (index, path) of other shards held here
+    home: tuple[int, ...] = ()  # those of them this worker owns (logical shards)
 
 
 def detach_from_parent() -> None:
@@ -131,5 +132,6 @@ def _start(spec: WorkerSpec) -> ShardWorker:
     replicas = {index: open_shard(path) for index, path in spec.replica_paths}
     factory = cloudpickle.loads(spec.factory_blob)
     return ShardWorker(
-        spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise, replicas=replicas
-    )
+        spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise,
+        replicas=replicas, home=spec.home,
+    )  # fmt: skip

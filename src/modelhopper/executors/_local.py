@@ -32,7 +32,7 @@ from modelhopper.executors._shm import ShmFolder, shm_root
 from modelhopper.executors._worker import warm_up_torch
 from modelhopper.executors._zygote import shared_zygote
 from modelhopper.representations._store import MaterialiseBudget
-from modelhopper.scheduling import replicated_holdings
+from modelhopper.scheduling import home_holdings, replicated_holdings
 
 __all__ = ["LocalExecutor"]
 
@@ -227,36 +227,43 @@ class LocalExecutor(BaseExecutor):
         if self._method(self._threads(n_workers)) == "zygote":
             shared_zygote()
 
-    def holdings(self, shards: Sequence[ShardInfo]) -> tuple[tuple[int, ...], ...]:
-        return replicated_holdings(len(shards), self._replicas(shards))
+    def holdings(
+        self, shards: Sequence[ShardInfo], n_workers: int | None = None
+    ) -> tuple[tuple[int, ...], ...]:
+        n = n_workers or len(shards)
+        return replicated_holdings(n, self._replicas(shards, n), len(shards))
 
-    def _replicas(self, shards: Sequence[ShardInfo]) -> int:
+    def _replicas(self, shards: Sequence[ShardInfo], n_workers: int) -> int:
         if self.replicas != "auto":
-            return min(int(self.replicas), len(shards))
+            return min(int(self.replicas), n_workers)
         small = sum(i.nbytes for i in shards) <= AUTO_REPLICATE_BYTES
-        return len(shards) if small else 1
+        return n_workers if small else 1
 
-    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+    def start(
+        self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
+    ) -> None:
         self._refuse_second_start(bool(self._processes))
-        threads = self._threads(len(shards))
+        n = n_workers or len(shards)
+        threads = self._threads(n)
         blob = _pickle_factory(factory)
         root = shm_root() if self.shared_memory else None
         self._states = ShmFolder(root) if root is not None else None
         folder = str(self._states.path) if self._states is not None else None
-        held = self.holdings(shards)
+        held, homes = self.holdings(shards, n), home_holdings(n, len(shards))
         self._specs = [
             WorkerSpec(
-                i.index, i.path, len(shards), blob, threads, self.materialise, folder, os.getpid(),
-                replica_paths=tuple((s, shards[s].path) for s in held[i.index] if s != i.index),
+                w, shards[w].path, len(shards), blob, threads, self.materialise, folder,
+                os.getpid(), replica_paths=tuple((s, shards[s].path) for s in held[w] if s != w),
+                home=homes[w],
             )
-            for i in shards
+            for w in range(n)
         ]  # fmt: skip
-        self._processes = [None] * len(shards)  # type: ignore[list-item]
-        self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
-        self.start_methods = [""] * len(shards)
-        for worker in range(len(shards)):
+        self._processes = [None] * n  # type: ignore[list-item]
+        self._budget = RestartBudget(n, self.max_restarts, self.restart_window)
+        self.start_methods = [""] * n
+        for worker in range(n):
             self._launch(worker)
-        self._resident = [self._ready(worker) for worker in range(len(shards))]
+        self._resident = [self._ready(worker) for worker in range(n)]
 
     def _threads(self, n_workers: int) -> int:
         return self.threads_per_worker or _default_threads(n_workers)

@@ -384,7 +384,18 @@ class RayExecutor(BaseExecutor):
         with contextlib.suppress(Exception):  # a dead actor's node lost its copy already
             ray.wait(done, num_returns=len(done), timeout=30)
 
-    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+    def check_layout(self, n_workers: int, n_shards: int) -> None:
+        if n_shards != n_workers:
+            raise ConfigError(
+                f"RayExecutor runs one shard per worker, not n_shards={n_shards} over "
+                f"n_workers={n_workers}; leave n_shards out, or run logical shards on "
+                "executor='local'"
+            )
+
+    def start(
+        self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
+    ) -> None:
+        self.check_layout(n_workers or len(shards), len(shards))
         self._refuse_second_start(bool(self._actors))
         self._ray = ray = import_ray()
         self._connect()

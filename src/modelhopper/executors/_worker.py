@@ -15,7 +15,7 @@ import dataclasses
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +64,27 @@ class ShardWorker:
         feature_dir: str | None = None,
         device: str | None = None,
         replicas: Mapping[int, ShardData] | None = None,
+        home: Collection[int] = (),
     ) -> None:
         """``materialise`` bounds the shard's materialised representations (defaults:
         ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
         ``features`` folder in the shard's folder, so a replaced worker reuses them).
         ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form.
-        ``replicas`` maps other shards' indices to their data, held here as well."""
+        ``replicas`` maps other shards' indices to their data, held here as well;
+        ``home`` names those of them this worker owns (logical shards: more shards than
+        workers), whose materialised features it keeps on disk like its own shard's."""
         self.device = torch.device(device) if device is not None else None
         self.worker = worker
         self.shard = shard
         self.shards = {worker: shard, **(replicas or {})}
+        owned = {worker, *home}
         self.n_shards = n_shards
         self.factory = factory
         self.cache_size = cache_size
         # mst_id -> (estimator, RNG state after its last step here), least recent first
         self._cache: OrderedDict[int, tuple[Trainable, torch.Tensor]] = OrderedDict()
         self.features = {
-            index: FeatureStore(data, materialise, _feature_dir(data, feature_dir, index == worker))
+            index: FeatureStore(data, materialise, _feature_dir(data, feature_dir, index, owned))
             for index, data in self.shards.items()
         }
 
@@ -213,14 +217,15 @@ class ShardWorker:
             self._cache.popitem(last=False)
 
 
-def _feature_dir(shard: ShardData, given: str | None, own: bool) -> str | None:
-    """Where a shard's materialised features live on disk: for the worker's own shard,
-    ``given`` or a ``features`` folder beside the shard's files; for a replica, nowhere
-    (memory only): that folder is its owner's, and two writers would race in it."""
-    if not own:
+def _feature_dir(shard: ShardData, given: str | None, index: int, owned: set[int]) -> str | None:
+    """Where a shard's materialised features live on disk: for a shard the worker owns,
+    ``given`` (for its first shard; a ``shard-N`` folder in it for the others) or a ``features``
+    folder beside the shard's files; for a replica, nowhere (memory only): that folder
+    is its owner's, and two writers would race in it."""
+    if index not in owned:
         return None
     if given is not None:
-        return given
+        return given if index == min(owned) else str(Path(given) / f"shard-{index}")
     return str(Path(shard.path) / "features") if shard.path is not None else None
 
 

@@ -175,6 +175,8 @@ class SurrogateExecutor(BaseExecutor):
         self._started = False
         self._curves: dict[tuple[float, ...], dict[str, np.ndarray]] = {}
         self._reset(0, [])
+        self._holdings: tuple[tuple[int, ...], ...] = ()
+        self._n_shards = 0
 
     def _reset(self, n_workers: int, resident: list[int]) -> None:
         self._n = n_workers
@@ -208,10 +210,15 @@ class SurrogateExecutor(BaseExecutor):
         """The simulated clock: when the latest visit returned by ``wait()`` ended."""
         return self._now
 
-    def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
+    def start(
+        self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
+    ) -> None:
         self._refuse_second_start(self._started)
         self._started = True
-        self._reset(len(shards), [s.nbytes for s in shards])
+        n = n_workers or len(shards)
+        self._holdings = self.holdings(shards, n)
+        self._reset(n, [sum(shards[s].nbytes for s in held) for held in self._holdings])
+        self._n_shards = len(shards)
         self._returned_at = time.perf_counter()
 
     def submit(self, worker: int, task: VisitTask) -> None:
@@ -290,7 +297,7 @@ class SurrogateExecutor(BaseExecutor):
             self.finish_times[q.task.mst_id] = end
             for outcome in result.outcomes:
                 step = outcome.step
-                if step.is_last(StepKind.EVAL, self._n):
+                if step.is_last(StepKind.EVAL, self._n_shards):
                     self.epoch_times[q.task.mst_id, step.epoch] = end
             heapq.heappush(self._events, (end, q.worker, result))
 
@@ -329,7 +336,7 @@ class SurrogateExecutor(BaseExecutor):
             offset = 0
             if task.init_state is not None:  # a warm start goes on from the parent's epoch
                 parent = json.loads(state_bytes(task.init_state))
-                offset = parent["offset"] + parent["trained"] // self._n
+                offset = parent["offset"] + parent["trained"] // self._n_shards
             return {"mst": task.mst_id, "offset": offset, "trained": 0}
         held = self._held.get(worker)
         if held is None or held[0] != task.mst_id:
@@ -341,8 +348,8 @@ class SurrogateExecutor(BaseExecutor):
     def _step(
         self, worker: int, mst_id: int, step: Step, state: dict[str, Any], curve: Mapping[str, Any]
     ) -> PassResult:
-        p = self._n
-        if step.shard != worker:
+        p = self._n_shards
+        if step.shard not in self._holdings[worker]:
             raise _VisitFailed(
                 f"step {step} of MST {mst_id} is for shard {step.shard}, ran on {worker}"
             )
