@@ -100,7 +100,6 @@ def test_kde_proposals_stay_near_the_good_reports_when_a_rung_holds_only_good_on
             index=i,
             rungs=(1, 3, 9),
             reports=reports,
-            random_fraction=0.0,
         )  # fmt: skip
         for i in range(20)
     ]

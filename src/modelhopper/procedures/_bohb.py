@@ -28,10 +28,16 @@ from modelhopper.estimator import derive_seed
 from modelhopper.procedures._optuna import _Codec, _finite, _import_optuna, _quiet
 from modelhopper.space import Space
 
-__all__ = ["SAMPLERS", "tpe_point"]
+__all__ = ["SAMPLERS", "model_turn", "tpe_point"]
 
 SAMPLERS = ("random", "kde", "tpe")
 RANDOM_FRACTION = 1 / 3  # BOHB's default share of random proposals
+
+
+def model_turn(seed: int, index: int, random_fraction: float = RANDOM_FRACTION) -> bool:
+    """Whether the run's MST number ``index`` is a model's proposal rather than a random
+    point: one seeded draw, the same for every sampler, so the same MSTs are random."""
+    return bool(np.random.default_rng([seed, 4, index]).random() >= random_fraction)
 
 
 def tpe_point(
@@ -42,9 +48,9 @@ def tpe_point(
     index: int,
     rungs: Sequence[int],
     reports: Sequence[tuple[dict[str, Any], Mapping[int, Mapping[str, float]]]],
-    random_fraction: float = RANDOM_FRACTION,
 ) -> dict[str, Any] | None:
-    """TPE's proposal for the run's MST number ``index``, or None for a random one.
+    """TPE's proposal for the run's MST number ``index``, or None while no rung has enough
+    reports.
 
     ``reports``: (params, metrics by epochs trained) of every MST so far, in id order.
     The MSTs that reached the chosen rung are complete trials with their metrics there;
@@ -52,8 +58,6 @@ def tpe_point(
     ranks below every complete one (as Optuna's own pruners leave them): without them
     the model would see only promoted, similar MSTs and steer away from them.
     """
-    if np.random.default_rng([seed, 4, index]).random() < random_fraction:
-        return None
     optuna = _import_optuna()
     codec = _Codec(space, optuna)
     n_min = len(codec.distributions) + 1

@@ -34,7 +34,7 @@ from modelhopper.procedures._base import (
     EpochResult,
     Trainer,
 )
-from modelhopper.procedures._bohb import SAMPLERS, tpe_point
+from modelhopper.procedures._bohb import SAMPLERS, model_turn, tpe_point
 from modelhopper.procedures._kde import check_kde_objectives, kde_point
 from modelhopper.procedures._optuna import _import_optuna
 from modelhopper.scheduling import SchedulingPolicy
@@ -171,7 +171,7 @@ class _Halving(BaseProcedure):
     def _propose(self, index: int, view: _View) -> dict[str, Any]:
         """The run's MST number ``index``: the random point, or a model's proposal from
         the reports so far (``sampler="kde"``: ``_kde``; ``"tpe"``: ``_bohb``)."""
-        if self.sampler != "random":
+        if self.sampler != "random" and model_turn(self.seed, index):
             model = kde_point if self.sampler == "kde" else tpe_point
             proposed = model(
                 space=self.space, objectives=self.objectives, seed=self.seed, index=index,

@@ -35,7 +35,6 @@ import numpy as np
 from modelhopper._domains import BaseDomain, Choice, Grid, LogUniform, QUniform, RandInt, Uniform
 from modelhopper.errors import ConfigError
 from modelhopper.estimator import derive_seed
-from modelhopper.procedures._bohb import RANDOM_FRACTION
 from modelhopper.space import Space
 
 __all__ = ["kde_point", "check_kde_objectives"]
@@ -142,14 +141,12 @@ def kde_point(
     index: int,
     rungs: Sequence[int],
     reports: Sequence[tuple[dict[str, Any], Mapping[int, Mapping[str, float]]]],
-    random_fraction: float = RANDOM_FRACTION,
 ) -> dict[str, Any] | None:
-    """BOHB's proposal for the run's MST number ``index``, or None for a random one.
+    """BOHB's proposal for the run's MST number ``index``, or None while no rung has
+    enough reports.
 
     ``reports``: (params, metrics by epochs trained) of every MST so far, in id order.
     """
-    if np.random.default_rng([seed, 4, index]).random() < random_fraction:
-        return None  # the same draw as sampler="tpe": the same MSTs are random in both
     ((metric, direction),) = objectives.items()
     cube = _UnitCube(space)
     if not cube.dims:
