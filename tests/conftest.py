@@ -5,6 +5,7 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,31 @@ def ray_lock(tmp_path_factory) -> Callable[[], AbstractContextManager[None]]:
                 depth -= 1
 
     return hold
+
+
+@pytest.fixture
+def load_search(tmp_path) -> Callable[[str], tuple[Any, Any]]:
+    """``(search, data)`` of a spec file's text (written to ``tmp_path / "spec.py"``), as
+    ``modelhopper run`` loads it."""
+
+    def load(text: str) -> tuple[Any, Any]:
+        from modelhopper.cli import load_spec, spec_objects
+
+        spec = tmp_path / "spec.py"
+        spec.write_text(text)
+        return spec_objects(load_spec(spec), spec)
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def plan_metrics() -> Callable[[Any], list[dict]]:
+    """Every epoch's metrics of a result, in MST and epoch order, without what may differ
+    between equal runs: timings, and the order of evaluations (it follows which worker
+    came free, and changes no result)."""
+
+    def metrics(result: Any) -> list[dict]:
+        history = result.history().drop(columns=["train_seconds", "eval_seconds", "eval_order"])
+        return history.sort_values(["mst_id", "epoch"]).to_dict("records")
+
+    return metrics

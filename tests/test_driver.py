@@ -79,7 +79,7 @@ class InProcessExecutor(BaseExecutor):
     def _worker(self, index: int) -> ShardWorker:
         info = self._shards[index]
         assert self._factory is not None
-        return ShardWorker(index, open_shard(info.path), len(self._shards), self._factory)
+        return ShardWorker(index, {index: open_shard(info.path)}, len(self._shards), self._factory)
 
     def submit(self, worker: int, task: VisitTask) -> None:
         assert all(r.worker != worker for r in self._done), "a busy worker got a visit"

@@ -41,21 +41,6 @@ SPEC = textwrap.dedent(
 )
 
 
-def _search_and_data(tmp_path):
-    from modelhopper.cli import load_spec, spec_objects
-
-    spec = tmp_path / "spec.py"
-    spec.write_text(SPEC)
-    return spec_objects(load_spec(spec), spec)
-
-
-def _metrics(result: mh.Result) -> list[dict]:
-    """Every epoch's metrics, in MST and epoch order (timings left out, and the order of
-    evaluations: it follows which worker came free, and changes no result)."""
-    history = result.history().drop(columns=["train_seconds", "eval_seconds", "eval_order"])
-    return history.sort_values(["mst_id", "epoch"]).to_dict("records")
-
-
 # -- the plan --------------------------------------------------------------------------------
 def test_workers_own_every_pth_shard_and_replicas_copy_whole_workers():
     assert home_holdings(2, 6) == ((0, 2, 4), (1, 3, 5))
@@ -114,8 +99,8 @@ def test_the_plan_is_the_same_on_any_number_of_workers():
 
 
 # -- real runs ---------------------------------------------------------------------------------
-def test_a_run_gives_the_same_metrics_on_any_number_of_workers(tmp_path):
-    search, data = _search_and_data(tmp_path)
+def test_a_run_gives_the_same_metrics_on_any_number_of_workers(tmp_path, load_search, plan_metrics):
+    search, data = load_search(SPEC)
     runs = {}
     for n_workers, replicas in [(4, 1), (2, 1), (3, 1), (2, "auto")]:
         result = search.fit(
@@ -123,7 +108,7 @@ def test_a_run_gives_the_same_metrics_on_any_number_of_workers(tmp_path):
             store=f"sqlite:///{tmp_path}/db.sqlite", run_dir=tmp_path / f"{n_workers}-{replicas}",
         )  # fmt: skip
         assert result.stats.n_workers == n_workers
-        runs[n_workers, replicas] = _metrics(result)
+        runs[n_workers, replicas] = plan_metrics(result)
     reference = runs.pop((4, 1))
     assert reference[-1]["val_accuracy"] > 0.5  # it learns
     for layout, metrics in runs.items():
@@ -131,11 +116,11 @@ def test_a_run_gives_the_same_metrics_on_any_number_of_workers(tmp_path):
     # one shard per worker is a different cut of the data: other (equally valid) figures
     two = search.fit(data, n_workers=2, store=f"sqlite:///{tmp_path}/db.sqlite",
                      run_dir=tmp_path / "two")  # fmt: skip
-    assert _metrics(two) != reference
+    assert plan_metrics(two) != reference
 
 
-def test_too_many_shards_for_the_data_is_a_clear_error(tmp_path):
-    search, data = _search_and_data(tmp_path)
+def test_too_many_shards_for_the_data_is_a_clear_error(tmp_path, load_search):
+    search, data = load_search(SPEC)
     small = mh.Dataset.from_numpy(
         data.train.x[:40], data.train.y[:40], data.validation.x[:5], data.validation.y[:5]
     )
@@ -184,8 +169,10 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_a_resumed_run_over_logical_shards_ends_as_one_on_other_workers(tmp_path):
-    search, data = _search_and_data(tmp_path)
+def test_a_resumed_run_over_logical_shards_ends_as_one_on_other_workers(
+    tmp_path, load_search, plan_metrics
+):
+    search, data = load_search(SPEC)
     url = f"sqlite:///{tmp_path}/db.sqlite"
     reference = search.fit(data, n_workers=4, n_shards=4, store=url, run_dir=tmp_path / "ref")
     done = subprocess.run(
@@ -199,4 +186,4 @@ def test_a_resumed_run_over_logical_shards_ends_as_one_on_other_workers(tmp_path
     store.close()
     resumed = mh.resume("crashy", store=url, executor=mh.LocalExecutor(replicas=1))
     assert resumed.status == "completed"
-    assert _metrics(resumed) == _metrics(reference)
+    assert plan_metrics(resumed) == plan_metrics(reference)

@@ -48,13 +48,13 @@ def test_an_epoch_on_one_worker_with_replicas_equals_the_epoch_hopping_between_w
     data = [open_shard(i.path) for i in shards]
     steps = (_train(0, 1, 0), _train(0, 0, 1), _evaluate(0, 0, 0), _evaluate(0, 1, 1))
     # Reference: each step on the worker that owns its shard, the state hopping between.
-    owners = [ShardWorker(i, data[i], N_SHARDS, make_test_estimator) for i in range(N_SHARDS)]
+    owners = [ShardWorker(i, {i: data[i]}, N_SHARDS, make_test_estimator) for i in range(N_SHARDS)]
     first = owners[1].run(_task(1, steps[:1]))
     second = owners[0].run(_task(1, steps[1:3], state=first.state))
     third = owners[1].run(_task(1, steps[3:], state=second.state))
     hopped = [*first.outcomes, *second.outcomes, *third.outcomes]
     # One worker holding both shards runs the whole epoch in one visit.
-    both = ShardWorker(0, data[0], N_SHARDS, make_test_estimator, replicas={1: data[1]})
+    both = ShardWorker(0, {0: data[0], 1: data[1]}, N_SHARDS, make_test_estimator)
     assert both.nbytes == sum(i.nbytes for i in shards)
     # Materialised features of a replica stay in memory: the shard's folder is its owner's.
     assert both.features[0]._directory is not None and both.features[1]._directory is None

@@ -181,7 +181,7 @@ def _visit(mst_id: int, repr_name: str) -> VisitTask:
 
 
 def test_worker_materialises_once_for_msts_sharing_a_representation(tmp_path):
-    worker = ShardWorker(0, _shard(), 1, make_estimator)
+    worker = ShardWorker(0, {0: _shard()}, 1, make_estimator)
     first = worker.run(_visit(1, "squares"))
     second = worker.run(_visit(2, "squares"))
     plain = worker.run(_visit(3, "raw"))
@@ -193,8 +193,8 @@ def test_worker_materialises_once_for_msts_sharing_a_representation(tmp_path):
 
 
 def test_streamed_training_equals_materialised_training():
-    materialised = ShardWorker(0, _shard(), 1, make_estimator)
-    streamed = ShardWorker(0, _shard(), 1, make_estimator, materialise=MaterialiseBudget(0, 0))
+    materialised = ShardWorker(0, {0: _shard()}, 1, make_estimator)
+    streamed = ShardWorker(0, {0: _shard()}, 1, make_estimator, materialise=MaterialiseBudget(0, 0))
     a, b = materialised.run(_visit(1, "squares")), streamed.run(_visit(1, "squares"))
     assert a.extra["features"]["tier"] == "memory" and b.extra["features"]["tier"] == "stream"
     for name, tensor in state_from_bytes(a.state)["model"].items():
@@ -206,7 +206,7 @@ def test_worker_keeps_disk_features_in_the_shard_folder(tmp_path):
     dataset = mh.datasets.digits(seed=0)
     (info,) = write_shards(dataset, 1, tmp_path, seed=0)
     budget = MaterialiseBudget(memory_bytes=0)
-    worker = ShardWorker(0, open_shard(info.path), 1, _digits_estimator, materialise=budget)
+    worker = ShardWorker(0, {0: open_shard(info.path)}, 1, _digits_estimator, materialise=budget)
     result = worker.run(_visit(1, "squares"))
     assert result.error is None, result.error
     assert result.extra["features"]["tier"] == "disk"

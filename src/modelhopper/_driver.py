@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,14 @@ from modelhopper.executors import (
     VisitTask,
     state_nbytes,
 )
-from modelhopper.scheduling import MOPScheduler, Visit, check_n_shards, makespan_lower_bound
+from modelhopper.scheduling import (
+    MOPScheduler,
+    Visit,
+    check_n_shards,
+    home_holdings,
+    makespan_lower_bound,
+    rehome,
+)
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
 from modelhopper.store._checkpoints import CheckpointManager
 
@@ -76,13 +84,25 @@ CHAIN_SECONDS = 0.1
 # (see the module): runs recorded before have none, so resume asks them nothing again.
 DECISION_MARKERS = "decision_markers"
 # Fault injection, for tests only: a callback run at a named point of the loop
-# ("visits_committed": after a record's visits commit, before their decisions).
+# ("visits_committed": after a record's visits commit, before their decisions;
+# "record_committed": after every record's commit).
 FAULTS: dict[str, Callable[[], None]] = {}
 
 _STATUS_EVENT = {
     MSTStatus.STOPPED: EventKind.MST_STOPPED,
     MSTStatus.COMPLETED: EventKind.MST_COMPLETED,
 }
+
+
+@dataclass(frozen=True)
+class _PoolStep:
+    """One step of re-homing shards after workers joined or left, taken once its worker is
+    idle: hold ``held`` from now on (owning ``home``), or, with ``leave``, stop."""
+
+    worker: int
+    held: frozenset[int] = frozenset()
+    home: frozenset[int] = frozenset()
+    leave: bool = False
 
 
 @dataclass
@@ -123,13 +143,20 @@ class Driver:
             name=name, store=store, checkpoints=checkpoints, n_shards=n_shards,
             metric=procedure.metric, direction=procedure.direction,
         )  # fmt: skip
-        self._n_workers = n_workers
         self._show_progress = progress
         self._bar = ProgressBar(False, 0)
         self._scheduler = MOPScheduler(
             n_workers, policy=procedure.policy, seed=procedure.seed, holdings=holdings,
             chain_seconds=0.0 if self._decides else CHAIN_SECONDS, n_shards=n_shards,
         )  # fmt: skip
+        # Workers joining and leaving (elastic executors): who is in the pool, who owns which
+        # shards once the pending re-homing steps are taken, and those steps, in order.
+        self._pool = list(range(n_workers))
+        self._leaving: set[int] = set()
+        self._homes = dict(enumerate(map(frozenset, home_holdings(n_workers, n_shards))))
+        self._target = dict(enumerate(self._scheduler.holdings()))
+        self._pool_steps: deque[_PoolStep] = deque()
+        self._peak_workers = n_workers
         self._msts: dict[int, _Tracked] = {}
         self._warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
         self._evaluated: list[EpochResult] = []  # every epoch result, in evaluation order
@@ -150,7 +177,8 @@ class Driver:
     # -- the Trainer interface procedures act through ------------------------------------
     @property
     def n_workers(self) -> int:
-        return self._n_workers
+        """The workers in the pool now (not counting those leaving)."""
+        return len(self._pool)
 
     def add(
         self,
@@ -240,6 +268,73 @@ class Driver:
         self._tracked(mst_id)
         self._scheduler.set_priority(mst_id, priority)
         self._store.update_mst(self._name, mst_id, priority=priority)
+
+    # -- workers joining and leaving -----------------------------------------------------
+    def add_workers(self, n: int) -> list[int]:
+        """Start ``n`` more workers and re-home shards so that all share the work."""
+        check_int("n", n, example="add_workers(1)")
+        self._refuse_inelastic()
+        new = list(range(self._scheduler.n_workers, self._scheduler.n_workers + n))
+        self._change_pool([*self._pool, *new])
+        return new
+
+    def remove_worker(self, worker: int) -> None:
+        """``worker`` leaves once its visit ends; its shards move to the others first."""
+        self._refuse_inelastic()
+        if worker not in self._pool:
+            raise ConfigError(f"worker {worker!r} is not in the pool; its workers are {self._pool}")
+        if len(self._pool) == 1:
+            raise ConfigError(f"worker {worker} is the last one; a run needs at least one")
+        self._change_pool([w for w in self._pool if w != worker])
+
+    def _refuse_inelastic(self) -> None:
+        if not self._executor.elastic:
+            raise self._executor._not_elastic()
+
+    def _change_pool(self, pool: list[int]) -> None:
+        """Plan the move to ``pool``: joiners start now holding their shards; then, each
+        once its worker is idle, the others take the shards they gain, drop those they
+        lose, and leavers stop. Every shard keeps a holder throughout, and the plan of
+        every MST is unchanged: only who runs its steps."""
+        homes, held = rehome(self._homes, pool, self._executor.replication(len(pool)))
+        joiners = [w for w in pool if w not in self._homes]
+        leavers = [w for w in self._pool if w not in pool]
+        for worker in joiners:
+            number = self._executor.add_worker(sorted(held[worker]), sorted(homes[worker]))
+            if number != self._scheduler.add_worker(held[worker]) or number != worker:
+                raise ConfigError(f"the executor numbered its new worker {number}, not {worker}")
+        stay = [w for w in pool if w not in joiners]
+        steps = [_PoolStep(w, self._target[w] | held[w], homes[w] | self._homes[w])
+                 for w in stay if held[w] - self._target[w]]  # fmt: skip
+        steps += [_PoolStep(w, held[w], homes[w]) for w in stay if self._target[w] - held[w]]
+        steps += [_PoolStep(w, leave=True) for w in leavers]
+        self._pool_steps.extend(steps)
+        self._homes = homes
+        self._target = {**{w: h for w, h in self._target.items() if w in pool}, **held}
+        self._pool, self._peak_workers = pool, max(self._peak_workers, len(pool))
+        self._leaving.update(leavers)
+        self._store.add_event(self._name, EventKind.WORKERS_CHANGED, detail={
+            "workers": pool, "joined": joiners, "leaving": leavers,
+            "homes": {str(w): sorted(s) for w, s in homes.items()},
+        })  # fmt: skip
+
+    def _take_pool_steps(self) -> None:
+        """Take the pending re-homing steps, in order, while their workers are idle."""
+        busy = set(self._in_flight) | {visit.worker for visit, _ in self._held_back}
+        while self._pool_steps and self._pool_steps[0].worker not in busy:
+            step = self._pool_steps.popleft()
+            worker = step.worker
+            if step.leave:
+                self._scheduler.set_holdings(worker, ())
+                self._executor.remove_worker(worker)
+                self._leaving.discard(worker)
+                self._last_mst_on.pop(worker, None)
+            elif step.held >= self._scheduler.holdings()[worker]:  # gains: open them first
+                self._executor.rehome(worker, sorted(step.held), sorted(step.home))
+                self._scheduler.set_holdings(worker, step.held)
+            else:  # losses: no step may go there first
+                self._scheduler.set_holdings(worker, step.held)
+                self._executor.rehome(worker, sorted(step.held), sorted(step.home))
 
     def _tracked(self, mst_id: int) -> _Tracked:
         try:
@@ -361,16 +456,19 @@ class Driver:
             self._commands_due = now + COMMAND_POLL_SECONDS
             apply_pending(self._store, self._name, self)  # between visits
         self._assign()
-        n_idle = self._n_workers - len(self._in_flight)
+        n_idle = len(self._idle_workers())
         if n_idle:  # let the procedure add or promote MSTs, so workers do not wait
             self._procedure.on_idle(self, n_idle)
             self._assign()
         self._mark_started()
 
-    def _assign(self) -> None:
+    def _idle_workers(self) -> list[int]:
         held = {visit.worker for visit, _ in self._held_back}  # the scheduler's, until settled
-        idle = [w for w in range(self._n_workers) if w not in self._in_flight and w not in held]
-        for visit in self._scheduler.assign(idle):
+        return [w for w in self._pool if w not in self._in_flight and w not in held]
+
+    def _assign(self) -> None:
+        self._take_pool_steps()
+        for visit in self._scheduler.assign(self._idle_workers()):
             tracked = self._msts[visit.mst_id]
             mst = tracked.mst
             source, state, init = StateSource.FRESH, None, None
@@ -490,6 +588,8 @@ class Driver:
         if serve:
             self._serve_finished()
         self._recorder.commit(records)
+        if fault := FAULTS.get("record_committed"):
+            fault()
         pending = [(f.visit.mst_id, f.epochs) for f in finished if f.epochs]
         if self._decides and pending:
             if fault := FAULTS.get("visits_committed"):
@@ -609,11 +709,11 @@ class Driver:
 
     def _stats(self, wall: float) -> RunStats:
         rows = {mst: i for i, mst in enumerate(sorted({m for m, _ in self._work}))}
-        matrix = np.zeros((len(rows), self._n_workers))
+        matrix = np.zeros((len(rows), self._scheduler.n_workers))
         for (mst, worker), seconds in self._work.items():
             matrix[rows[mst], worker] += seconds
         return RunStats(
-            n_workers=self._n_workers,
+            n_workers=self._peak_workers,
             wall_seconds=wall,
             total_seconds=wall,
             compute_seconds=self._compute_seconds,

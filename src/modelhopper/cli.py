@@ -223,6 +223,21 @@ def priority(
 
 
 @app.command()
+def workers(
+    run_name: RunArg,
+    add: Annotated[int | None, typer.Option("--add", help="start N more workers")] = None,
+    remove: Annotated[int | None, typer.Option("--remove", help="let worker W leave")] = None,
+    store: Store = None,
+) -> None:
+    """Add workers to a running run, or let one leave (LocalExecutor): shards are re-homed
+    and the run goes on, with the results a fixed pool would give."""
+    if (add is None) == (remove is None):
+        console.print("[red]error:[/] give exactly one of --add N or --remove W")
+        raise typer.Exit(2)
+    _send(store, run_name, "workers", {"add": add} if add is not None else {"remove": remove})
+
+
+@app.command()
 def status(
     run_name: RunArg,
     watch: Annotated[bool, typer.Option(help="refresh until the run ends")] = False,

@@ -28,6 +28,7 @@ class CommandKind(StrEnum):
     CLONE = "clone"
     ADD = "add"
     PRIORITY = "priority"
+    WORKERS = "workers"  # {"add": n} or {"remove": worker}: elastic executors
 
 
 class Steerable(Trainer, Protocol):
@@ -52,6 +53,10 @@ class Steerable(Trainer, Protocol):
 
     def set_priority(self, mst_id: int, priority: int) -> None: ...
 
+    def add_workers(self, n: int) -> list[int]: ...
+
+    def remove_worker(self, worker: int) -> None: ...
+
 
 def _mst(store: BaseStore, name: str, mst_id: Any) -> Any:
     msts = {m.mst_id: m for m in store.list_msts(name)}
@@ -62,9 +67,13 @@ def _mst(store: BaseStore, name: str, mst_id: Any) -> Any:
 
 def _check(store: BaseStore, name: str, kind: CommandKind, payload: Mapping[str, Any]) -> None:
     """What can be checked before the driver sees the command."""
+    if kind is CommandKind.WORKERS:
+        _check_workers(payload)
     run = store.get_experiment(name)
     if run.status is not RunStatus.RUNNING:
         raise ConfigError(f"run {name!r} is {run.status.value}; commands reach only a running run")
+    if kind is CommandKind.WORKERS:
+        return
     space = Space.from_dict(run.space)
     if kind is CommandKind.ADD:
         space.validate_point(payload["params"])
@@ -78,6 +87,17 @@ def _check(store: BaseStore, name: str, kind: CommandKind, payload: Mapping[str,
         space.validate_point({**mst.params, **payload.get("changes", {})})
     if kind is CommandKind.PRIORITY and not isinstance(payload.get("priority"), int):
         raise ConfigError(f"priority must be an integer, got {payload.get('priority')!r}")
+
+
+def _check_workers(payload: Mapping[str, Any]) -> None:
+    keys = set(payload)
+    value = payload.get("add", payload.get("remove"))
+    if len(keys) != 1 or keys > {"add", "remove"} or not isinstance(value, int):
+        raise ConfigError(
+            f"a workers command is {{'add': n}} or {{'remove': worker}}, got {dict(payload)}"
+        )
+    if "add" in payload and value < 1:
+        raise ConfigError(f"add at least one worker, got add={value}")
 
 
 def submit(
@@ -150,6 +170,12 @@ def _apply(
     if kind is CommandKind.PRIORITY:
         target.set_priority(payload["mst_id"], payload["priority"])
         return f"MST {payload['mst_id']} has priority {payload['priority']}", None
+    if kind is CommandKind.WORKERS:
+        _check_workers(payload)
+        if "add" in payload:
+            return f"added worker(s) {target.add_workers(payload['add'])}", None
+        target.remove_worker(payload["remove"])
+        return f"worker {payload['remove']} leaves once its visit ends", None
     epochs = payload.get("epochs") or target.default_epochs
     if kind is CommandKind.ADD:
         mst = target.add(payload["params"], epochs=epochs, priority=payload.get("priority", 0))

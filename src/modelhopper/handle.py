@@ -80,6 +80,15 @@ class RunHandle:
         """A new MST with these params; returns its id."""
         return self._new_mst(CommandKind.ADD, {"params": dict(params), "epochs": epochs})
 
+    def add_workers(self, n: int = 1, *, wait: bool = True) -> None:
+        """Start ``n`` more workers; shards are re-homed so that all share the work
+        (``LocalExecutor``). The plan, and so every result, does not change."""
+        self._command(CommandKind.WORKERS, {"add": n}, wait)
+
+    def remove_worker(self, worker: int, *, wait: bool = True) -> None:
+        """Let ``worker`` leave once its visit ends; its shards move to the others."""
+        self._command(CommandKind.WORKERS, {"remove": worker}, wait)
+
     def _new_mst(self, kind: CommandKind, payload: dict[str, Any]) -> int:
         done = self._command(kind, payload, wait=True)
         if done.new_mst_id is None:  # applied, so the driver named the MST it created

@@ -41,7 +41,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -60,6 +60,7 @@ __all__ = [
     "epoch_plan",
     "check_n_shards",
     "home_holdings",
+    "rehome",
     "replicated_holdings",
     "weighted_holdings",
     "makespan_lower_bound",
@@ -240,6 +241,38 @@ class MOPScheduler:
 
     def set_priority(self, mst_id: int, priority: int) -> None:
         self._state(mst_id).priority = priority
+
+    # -- workers joining and leaving (the plan never changes, only who can run it) --------
+    def add_worker(self, shards: Iterable[int]) -> int:
+        """A new worker, holding ``shards``; returns its number (the next unused one)."""
+        worker = self.n_workers
+        self.n_workers += 1
+        self._held += (frozenset(),)
+        self._waiting.append(set())
+        self.set_holdings(worker, shards)
+        return worker
+
+    def set_holdings(self, worker: int, shards: Iterable[int]) -> None:
+        """From now on ``worker`` holds ``shards`` (shards re-homed while the run goes on);
+        every shard must keep a holder, and an idle worker may hold nothing (it leaves)."""
+        held = frozenset(int(s) for s in shards)
+        if not held <= set(range(self.n_shards)):
+            raise ConfigError(f"shards {sorted(held)} are not all in 0..{self.n_shards - 1}")
+        others = [h for w, h in enumerate(self._held) if w != worker]
+        if orphans := set(range(self.n_shards)).difference(held, *others):
+            raise ConfigError(f"no worker would hold shard(s) {sorted(orphans)}")
+        if not held and worker in self._busy:
+            raise ConfigError(f"worker {worker} is busy with MST {self._busy[worker]}")
+        self._held = self._held[:worker] + (held,) + self._held[worker + 1 :]
+        self._holders = [tuple(w for w in range(self.n_workers) if s in self._held[w])
+                         for s in range(self.n_shards)]  # fmt: skip
+        for state in self._msts.values():  # they wait where their next shards are held now
+            self._unpark(state)
+            self._park(state)
+
+    def holdings(self) -> tuple[frozenset[int], ...]:
+        """The shards each worker holds (an empty set: it left)."""
+        return self._held
 
     def hold(self, mst_id: int) -> None:
         """No visit for the MST until ``unhold``: its epoch awaits the procedure's decision."""
@@ -434,6 +467,40 @@ def weighted_holdings(speeds: Sequence[float], n_shards: int) -> tuple[tuple[int
         counts[max(range(len(speeds)), key=lambda w: (counts[w] - quotas[w], w))] -= 1
     starts = np.cumsum([0, *counts])
     return tuple(tuple(range(int(a), int(b))) for a, b in zip(starts[:-1], starts[1:], strict=True))
+
+
+def rehome(
+    homes: Mapping[int, Iterable[int]], workers: Sequence[int], replicas: int = 1
+) -> tuple[dict[int, frozenset[int]], dict[int, frozenset[int]]]:
+    """Who owns and who holds each shard once the pool becomes ``workers``.
+
+    ``homes`` maps the current workers to the shards they own. A worker that leaves
+    (in ``homes``, not in ``workers``) hands its shards to those owning fewest; one that
+    joins takes shards from those owning most, until counts differ by at most one: the
+    fewest shards move. Each worker then holds its own shards and those of the
+    ``replicas - 1`` workers before it in ``workers`` (as ``replicated_holdings``).
+    Returns ``(homes, holdings)`` for ``workers``.
+    """
+    if not workers:
+        raise ConfigError("a run needs at least one worker; keep one")
+    owned = {w: set(homes.get(w, ())) for w in workers}
+    for w, shards in homes.items():
+        for shard in sorted(shards) if w not in owned else ():
+            owned[min(workers, key=lambda v: (len(owned[v]), v))].add(shard)
+    while True:
+        most = max(workers, key=lambda v: (len(owned[v]), -v))
+        fewest = min(workers, key=lambda v: (len(owned[v]), v))
+        if len(owned[most]) - len(owned[fewest]) <= 1:
+            break
+        shard = max(owned[most])
+        owned[most].discard(shard)
+        owned[fewest].add(shard)
+    r = min(replicas, len(workers))
+    held = {
+        w: frozenset(s for k in range(r) for s in owned[workers[(i - k) % len(workers)]])
+        for i, w in enumerate(workers)
+    }
+    return {w: frozenset(s) for w, s in owned.items()}, held
 
 
 def _check_holdings(

@@ -18,8 +18,8 @@ STEPS = (Step(StepKind.TRAIN, 0, 0, 0), Step(StepKind.EVAL, 0, 0, 0))
 def test_a_worker_on_an_explicit_device_trains_the_same_and_hops_cpu_state(tmp_path):
     (info,) = write_shards(_dataset(), 1, tmp_path, seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    default = ShardWorker(0, open_shard(info.path), 1, make_test_estimator)
-    placed = ShardWorker(0, open_shard(info.path), 1, make_test_estimator, device=device)
+    default = ShardWorker(0, {0: open_shard(info.path)}, 1, make_test_estimator)
+    placed = ShardWorker(0, {0: open_shard(info.path)}, 1, make_test_estimator, device=device)
     task = VisitTask(1, {"hidden": 8}, 5, STEPS, StateSource.FRESH)
     got, want = placed.run(task), default.run(task)
     assert got.error is None, got.error

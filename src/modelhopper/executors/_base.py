@@ -10,7 +10,7 @@ from typing import Any
 
 from modelhopper._vocabulary import Step
 from modelhopper.data._sharding import ShardInfo
-from modelhopper.errors import ExecutorError
+from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.estimator import PassResult
 from modelhopper.scheduling import home_holdings
 
@@ -126,6 +126,31 @@ class BaseExecutor(ABC):
     def check_layout(self, n_workers: int, n_shards: int) -> None:  # noqa: B027 - most run any
         """Raise a ConfigError, before anything starts, if this executor cannot run
         ``n_workers`` workers over ``n_shards`` shards (``n_shards >= n_workers``)."""
+
+    # -- workers joining and leaving a running run (elastic executors) -------------------
+    elastic: bool = False  # whether add_worker / rehome / remove_worker work
+
+    def replication(self, n_workers: int) -> int:
+        """How many of ``n_workers`` workers hold each shard (``holdings``' rule)."""
+        return 1
+
+    def add_worker(self, held: Sequence[int], home: Sequence[int]) -> int:
+        """Start one more worker, holding shards ``held`` (owning ``home``); its number."""
+        raise self._not_elastic()
+
+    def rehome(self, worker: int, held: Sequence[int], home: Sequence[int]) -> None:
+        """The idle ``worker`` holds shards ``held`` (owning ``home``) from now on."""
+        raise self._not_elastic()
+
+    def remove_worker(self, worker: int) -> None:
+        """Stop the idle ``worker``: the run goes on without it."""
+        raise self._not_elastic()
+
+    def _not_elastic(self) -> ConfigError:
+        return ConfigError(
+            f"{type(self).__name__} cannot add or remove workers while a run goes on; "
+            "LocalExecutor can"
+        )
 
     def release_shards(self) -> None:  # noqa: B027 - optional, most need nothing
         """The run completed and its shards are not kept: delete copies of them the

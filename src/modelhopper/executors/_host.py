@@ -31,6 +31,7 @@ from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = [
     "PROCESS_NAME",
+    "Rehome",
     "WorkerSpec",
     "detach_from_parent",
     "die_with_parent",
@@ -48,15 +49,22 @@ class WorkerSpec:
     """What one worker process needs to start: its shard and the user's estimator factory."""
 
     worker: int
-    shard_path: str
+    shard_paths: tuple[tuple[int, str], ...]  # (index, path) of the shards it holds
     n_shards: int
     factory_blob: bytes  # cloudpickle of make_estimator: by value, so the script is never re-run
     n_threads: int
     materialise: MaterialiseBudget | None = None
     state_folder: str | None = None  # states hop as files here (_shm.py); None: over the pipe
     driver_pid: int = 0  # owner of those files
-    replica_paths: tuple[tuple[int, str], ...] = ()  # (index, path) of other shards held here
-    home: tuple[int, ...] = ()  # those of them this worker owns (logical shards)
+    home: tuple[int, ...] = ()  # those of them this worker owns (the rest are replicas)
+
+
+@dataclass(frozen=True)
+class Rehome:
+    """Sent between visits: hold these shards from now on (workers joined or left)."""
+
+    shard_paths: tuple[tuple[int, str], ...]
+    home: tuple[int, ...]
 
 
 def detach_from_parent() -> None:
@@ -100,6 +108,10 @@ def serve(conn: Connection) -> None:
         folder = spec.state_folder
         writer = ShmWriter(folder, spec.driver_pid, spec.worker) if folder is not None else None
         while (task := conn.recv()) is not None:
+            if isinstance(task, Rehome):
+                _hold(runner, task)
+                conn.send(("held", runner.nbytes))
+                continue
             result = runner.run(task)
             if writer is not None and isinstance(result.state, bytes):
                 result = dataclasses.replace(result, state=writer.write(result.state))
@@ -123,15 +135,22 @@ def keep_freed_memory() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 128 * 2**20)
 
 
+def _hold(runner: ShardWorker, rehome: Rehome) -> None:
+    """Open the shards new to this worker; the others stay as they are."""
+    shards = {
+        index: runner.shards[index] if index in runner.shards else open_shard(path)
+        for index, path in rehome.shard_paths
+    }
+    runner.hold(shards, rehome.home)
+
+
 def _start(spec: WorkerSpec) -> ShardWorker:
     keep_freed_memory()
     flush_denormals()  # before the thread pool exists: its threads inherit it
     torch.set_num_threads(spec.n_threads)
     warm_up_torch()
-    shard = open_shard(spec.shard_path)
-    replicas = {index: open_shard(path) for index, path in spec.replica_paths}
+    shards = {index: open_shard(path) for index, path in spec.shard_paths}
     factory = cloudpickle.loads(spec.factory_blob)
     return ShardWorker(
-        spec.worker, shard, spec.n_shards, factory, materialise=spec.materialise,
-        replicas=replicas, home=spec.home,
+        spec.worker, shards, spec.n_shards, factory, materialise=spec.materialise, home=spec.home,
     )  # fmt: skip

@@ -12,6 +12,7 @@ zygote, a pre-warmed process started fresh once per driver process
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -26,7 +27,7 @@ from modelhopper._checks import check_int
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
-from modelhopper.executors._host import WorkerSpec, detach_from_parent, serve
+from modelhopper.executors._host import Rehome, WorkerSpec, detach_from_parent, serve
 from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.executors._shm import ShmFolder, shm_root
 from modelhopper.executors._worker import warm_up_torch
@@ -196,6 +197,7 @@ class LocalExecutor(BaseExecutor):
         self.shared_memory = bool(shared_memory)
         self._states: ShmFolder | None = None
         self._specs: list[WorkerSpec] = []
+        self._shards: list[ShardInfo] = []
         self._processes: list[_Process] = []
         # worker -> its visit in flight (which keeps the states it names alive: _shm.py)
         self._busy: dict[int, VisitTask] = {}
@@ -233,6 +235,9 @@ class LocalExecutor(BaseExecutor):
         n = n_workers or len(shards)
         return replicated_holdings(n, self._replicas(shards, n), len(shards))
 
+    def replication(self, n_workers: int) -> int:
+        return self._replicas(self._shards, n_workers)
+
     def _replicas(self, shards: Sequence[ShardInfo], n_workers: int) -> int:
         if self.replicas != "auto":
             return min(int(self.replicas), n_workers)
@@ -244,6 +249,7 @@ class LocalExecutor(BaseExecutor):
     ) -> None:
         self._refuse_second_start(bool(self._processes))
         n = n_workers or len(shards)
+        self._shards = list(shards)
         threads = self._threads(n)
         blob = _pickle_factory(factory)
         root = shm_root() if self.shared_memory else None
@@ -252,9 +258,8 @@ class LocalExecutor(BaseExecutor):
         held, homes = self.holdings(shards, n), home_holdings(n, len(shards))
         self._specs = [
             WorkerSpec(
-                w, shards[w].path, len(shards), blob, threads, self.materialise, folder,
-                os.getpid(), replica_paths=tuple((s, shards[s].path) for s in held[w] if s != w),
-                home=homes[w],
+                w, tuple((s, shards[s].path) for s in held[w]), len(shards), blob, threads,
+                self.materialise, folder, os.getpid(), home=homes[w],
             )
             for w in range(n)
         ]  # fmt: skip
@@ -264,6 +269,51 @@ class LocalExecutor(BaseExecutor):
         for worker in range(n):
             self._launch(worker)
         self._resident = [self._ready(worker) for worker in range(n)]
+
+    # -- workers joining and leaving -------------------------------------------------------
+    elastic = True
+
+    def add_worker(self, held: Sequence[int], home: Sequence[int]) -> int:
+        worker = len(self._processes)
+        self._specs.append(dataclasses.replace(self._specs[0], worker=worker))
+        self._specs[worker] = self._holding(worker, held, home)
+        self._processes.append(None)  # type: ignore[arg-type]
+        self._budget.add_worker()
+        self.start_methods.append("")
+        self._resident.append(0)
+        self._launch(worker)
+        self._resident[worker] = self._ready(worker)
+        return worker
+
+    def rehome(self, worker: int, held: Sequence[int], home: Sequence[int]) -> None:
+        self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
+        self._specs[worker] = spec = self._holding(worker, held, home)
+        process = self._processes[worker]
+        try:
+            process.conn.send(Rehome(spec.shard_paths, spec.home))
+            if not process.conn.poll(self.start_timeout):
+                raise OSError("no answer")
+            _, self._resident[worker] = process.conn.recv()
+        except (EOFError, OSError):  # it died: its replacement opens what the spec names
+            self._relaunch(worker)
+            self._resident[worker] = self._ready(worker)
+
+    def remove_worker(self, worker: int) -> None:
+        self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
+        process = self._processes[worker]
+        with contextlib.suppress(BrokenPipeError, OSError):
+            process.conn.send(None)
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        process.conn.close()
+        self._processes[worker] = None  # type: ignore[call-overload]
+        self._resident[worker] = 0
+
+    def _holding(self, worker: int, held: Sequence[int], home: Sequence[int]) -> WorkerSpec:
+        paths = tuple((s, self._shards[s].path) for s in sorted(held))
+        return dataclasses.replace(self._specs[worker], shard_paths=paths, home=tuple(home))
 
     def _threads(self, n_workers: int) -> int:
         return self.threads_per_worker or _default_threads(n_workers)

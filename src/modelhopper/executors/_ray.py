@@ -131,7 +131,7 @@ class _ShardActor:
             cloudpickle.loads(build)()
         shard = open_shard(path)
         self.runner = ShardWorker(
-            self.worker, shard, self.n_shards, self.factory,
+            self.worker, {self.worker: shard}, self.n_shards, self.factory,
             materialise=self.materialise, device=self.device,
         )  # fmt: skip
         return {

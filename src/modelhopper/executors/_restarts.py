@@ -63,6 +63,11 @@ class RestartBudget:
         self._deaths: list[deque[float]] = [deque() for _ in range(n_workers)]
         self.counts = [0] * n_workers  # deaths of each worker over the run (each replaced)
 
+    def add_worker(self) -> None:
+        """One more worker (it joined a running run), with a budget of its own."""
+        self._deaths.append(deque())
+        self.counts.append(0)
+
     def died(self, worker: int) -> str:
         """Count a death now; past the budget, why it is a crash loop (else "")."""
         self.counts[worker] += 1

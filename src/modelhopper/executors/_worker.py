@@ -55,7 +55,7 @@ class ShardWorker:
     def __init__(
         self,
         worker: int,
-        shard: ShardData,
+        shards: Mapping[int, ShardData],
         n_shards: int,
         factory: Callable[[dict[str, Any]], Trainable],
         *,
@@ -63,30 +63,38 @@ class ShardWorker:
         materialise: MaterialiseBudget | None = None,
         feature_dir: str | None = None,
         device: str | None = None,
-        replicas: Mapping[int, ShardData] | None = None,
-        home: Collection[int] = (),
+        home: Collection[int] | None = None,
     ) -> None:
         """``materialise`` bounds the shard's materialised representations (defaults:
         ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
         ``features`` folder in the shard's folder, so a replaced worker reuses them).
         ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form.
-        ``replicas`` maps other shards' indices to their data, held here as well;
-        ``home`` names those of them this worker owns (logical shards: more shards than
-        workers), whose materialised features it keeps on disk like its own shard's."""
+        ``shards`` maps the indices of the shards this worker holds to their data;
+        ``home`` names those it owns (default: shard ``worker``), whose materialised
+        features it keeps on disk; the others are replicas of other workers' shards."""
         self.device = torch.device(device) if device is not None else None
         self.worker = worker
-        self.shard = shard
-        self.shards = {worker: shard, **(replicas or {})}
-        owned = {worker, *home}
         self.n_shards = n_shards
         self.factory = factory
         self.cache_size = cache_size
+        self._materialise, self._feature_dir = materialise, feature_dir
         # mst_id -> (estimator, RNG state after its last step here), least recent first
         self._cache: OrderedDict[int, tuple[Trainable, torch.Tensor]] = OrderedDict()
-        self.features = {
-            index: FeatureStore(data, materialise, _feature_dir(data, feature_dir, index, owned))
-            for index, data in self.shards.items()
-        }
+        self.shards: dict[int, ShardData] = {}
+        self.features: dict[int, FeatureStore] = {}
+        self.hold(shards, (worker,) if home is None else home)
+
+    def hold(self, shards: Mapping[int, ShardData], home: Collection[int]) -> None:
+        """Hold these shards from now on (a worker joined or left the run: shards were
+        re-homed); the materialised features of shards held before are kept."""
+        owned = set(home)
+        features = {}
+        for index, data in shards.items():
+            folder = _feature_dir(data, self._feature_dir, index, owned)
+            features[index] = self.features.get(index) or FeatureStore(
+                data, self._materialise, folder
+            )
+        self.shards, self.features = dict(shards), features
 
     @property
     def nbytes(self) -> int:

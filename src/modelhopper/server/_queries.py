@@ -257,6 +257,8 @@ class RunReader:
         derive_hops(visits)  # runs recorded before visits' events said whether they hopped
         origin = cache.first_start
         wall = seconds_between(cache.first_start, cache.last_finish)
+        with cache.lock:  # workers that joined the run later are numbered after the first
+            n_workers = max(n_workers, max(cache.busy, default=-1) + 1)
         return {
             "run": name,
             "n_workers": n_workers,

@@ -48,6 +48,7 @@ class EventKind(StrEnum):
     MST_FAILED = "mst_failed"
     MST_STOPPED = "mst_stopped"
     WORKER_RESTARTED = "worker_restarted"
+    WORKERS_CHANGED = "workers_changed"  # workers joined or left; shards were re-homed
     EPOCH_DECIDED = "epoch_decided"  # the procedure's decision on an epoch is committed
     COMMAND = "command"
     COMPLETED = "completed"

@@ -153,7 +153,8 @@ class ExecutorConformance(abc.ABC):
     def oracle(cls, shards: list[ShardInfo]) -> list[ShardWorker]:
         """In-process workers on the same shards: what every visit must give."""
         return [
-            ShardWorker(i.index, open_shard(i.path), N_SHARDS, make_test_estimator) for i in shards
+            ShardWorker(i.index, {i.index: open_shard(i.path)}, N_SHARDS, make_test_estimator)
+            for i in shards
         ]
 
     # -- helpers -------------------------------------------------------------------
