@@ -64,6 +64,7 @@ bench: venv data
 	$(PY) bench/transfer.py
 	$(PY) bench/adapters.py
 	$(PY) bench/keras_grid.py
+	$(PY) bench/elastic.py
 	$(PY) bench/data_scale.py
 	$(PY) bench/chaos.py
 	$(PY) bench/chaos.py --executor ray

@@ -3,7 +3,11 @@ change."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -153,3 +157,52 @@ def test_bad_workers_commands_are_refused_before_they_are_queued(tmp_path, load_
         with pytest.raises(mh.ConfigError, match=message):
             submit(store, "done", "workers", payload)
     store.close()
+
+
+@pytest.mark.slow
+def test_the_elastic_benchmark_runs_in_its_smoke_size(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "bench" / "elastic.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke-test", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "elastic_smoke.json").read_text())["results"]
+    assert [r["layout"] for r in rows] == ["fixed-1", "fixed-2", "add", "remove"]
+    pools = {r["layout"]: r["pools"] for r in rows}
+    assert pools == {"fixed-1": [], "fixed-2": [], "add": [[0, 1]], "remove": [[1]]}
+    assert all(r["max_accuracy_difference"] == 0 for r in rows)  # the same plan, bit for bit
+    assert all(r["wall_seconds"] > 0 and r["best_val_accuracy"] > 0.5 for r in rows)
+    assert (tmp_path / "elastic_smoke.md").read_text().startswith("# Elastic pools")
+
+
+def test_a_local_executor_adds_rehomes_and_removes_workers(tmp_path):
+    """At the executor: a joiner opens its shards, a re-homed worker trains on a shard it
+    gained like its first holder, workers share the cores once one joins (threads are
+    lowered, never raised), and a removed worker's process is gone."""
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.testing._executor import _dataset, _task, _train, make_test_estimator
+
+    shards = write_shards(_dataset(), 2, tmp_path / "shards", seed=3)
+    with mh.LocalExecutor(threads_per_worker=None, replicas=1) as executor:
+        executor.start(shards, make_test_estimator, n_workers=1)
+        assert executor.holdings(shards, 1) == ((0, 1),)
+        first = executor._specs[0].n_threads
+        task = _task(1, (_train(0, 1, 0),))
+        executor.submit(0, task)
+        (alone,) = executor.wait()
+        assert executor.add_worker([1], [1]) == 1
+        assert executor.resident_shard_bytes[1] == shards[1].nbytes
+        executor.submit(1, task)  # the same visit on the joiner: the same result
+        (joined,) = executor.wait()
+        assert joined.error is None and joined.outcomes[0].result.loss_sum == pytest.approx(
+            alone.outcomes[0].result.loss_sum, rel=1e-6
+        )
+        executor.rehome(0, [0], [0])  # worker 0 drops shard 1
+        assert executor.resident_shard_bytes[0] == shards[0].nbytes
+        executor.submit(0, _task(2, (_train(0, 0, 0),)))
+        assert executor.wait()[0].error is None
+        assert executor._specs[0].n_threads == min(first, executor._specs[1].n_threads)
+        pid = executor.pids[0]
+        executor.remove_worker(0)
+        assert pid not in executor.pids and len(executor.pids) == 1

@@ -183,7 +183,11 @@ def test_a_resumed_run_over_logical_shards_ends_as_one_on_other_workers(
     store = SQLStore(url)
     assert len(store.list_steps("crashy")) < 2 * 3 * 2 * 4  # interrupted mid-run
     assert store.get_experiment("crashy").spec["n_shards"] == 4
+    with pytest.raises(mh.ConfigError, match="n_workers=5 is more than this run's 4 shards"):
+        mh.resume("crashy", store=url, n_workers=5)
+    assert store.get_experiment("crashy").status is mh.store.RunStatus.RUNNING  # untouched
     store.close()
-    resumed = mh.resume("crashy", store=url, executor=mh.LocalExecutor(replicas=1))
-    assert resumed.status == "completed"
+    # killed on 2 workers, resumed on 3, compared with 4: the same metrics
+    resumed = mh.resume("crashy", store=url, executor=mh.LocalExecutor(replicas=1), n_workers=3)
+    assert resumed.status == "completed" and resumed.stats.n_workers == 3
     assert plan_metrics(resumed) == plan_metrics(reference)

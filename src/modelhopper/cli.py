@@ -168,6 +168,14 @@ def resume(
     run_name: Annotated[str, typer.Argument(help="the run to continue")],
     mst: Annotated[int | None, typer.Argument(help="resume only this stopped MST")] = None,
     store: Store = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="continue on N workers, at most its shards [default: as many as it had]",
+        ),
+    ] = None,
     executor: ExecutorName = "local",
     address: Address = None,
     cpus_per_worker: CPUs = 1,
@@ -179,8 +187,8 @@ def resume(
     if mst is not None:
         _send(store, run_name, "resume", {"mst_id": mst})
         return
-    _report(lambda: mh.resume(run_name, store=store, progress=True, executor=make_executor(
-        executor, address, cpus_per_worker, gpus_per_worker)))  # fmt: skip
+    _report(lambda: mh.resume(run_name, store=store, progress=True, n_workers=workers,
+        executor=make_executor(executor, address, cpus_per_worker, gpus_per_worker)))  # fmt: skip
 
 
 @app.command()

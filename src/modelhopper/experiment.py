@@ -330,25 +330,31 @@ def resume(
     store: str | BaseStore | None = None,
     executor: BaseExecutor | str | None = None,
     progress: bool = False,
+    n_workers: int | None = None,
 ) -> Result:
     """Continue a run whose driver stopped (crash, kill, Ctrl-C) from its store and checkpoints.
 
     Finishes with the same per-MST results as an uninterrupted run with the same seed.
+    ``n_workers`` (default: as many as it had) may be any number up to the run's shards:
+    the plan does not depend on it (logical shards: ``fit(..., n_shards=...)``).
     """
     db = store if isinstance(store, BaseStore) else open_store(store, root=DEFAULT_ROOT)
     record = db.get_experiment(run_name)
     if record.status is RunStatus.COMPLETED:
         return load_result(run_name, store=db)
     directory = Path(record.run_dir)
-    procedure = _load_procedure(directory)
     # Runs recorded before logical shards have one shard per worker.
-    shards = _load_shards(directory, int(record.spec.get("n_shards", record.n_workers)))
-    db.set_experiment_status(run_name, RunStatus.RUNNING)
-    db.add_event(run_name, EventKind.RESUMED)
+    n_shards = int(record.spec.get("n_shards", record.n_workers))
+    workers = _resume_workers(n_workers, record.n_workers, n_shards)
     executor = resolve_executor(executor)
-    executor.prepare(record.n_workers)
+    executor.check_layout(workers, n_shards)
+    procedure = _load_procedure(directory)
+    shards = _load_shards(directory, n_shards)
+    db.set_experiment_status(run_name, RunStatus.RUNNING)
+    db.add_event(run_name, EventKind.RESUMED, detail={"n_workers": workers})
+    executor.prepare(workers)
     driver = _driver(
-        run_name, procedure, executor, db, directory, record.n_workers,
+        run_name, procedure, executor, db, directory, workers,
         record.spec.get("checkpoints", Retention.LATEST_AND_BEST), progress, shards,
     )  # fmt: skip
     driver.restore(db.list_msts(run_name))
@@ -357,6 +363,18 @@ def resume(
         driver.decide_undecided()  # epochs committed just before the driver died
     keep_shards = bool(record.spec.get("keep_shards"))
     return _execute(driver, procedure, executor, db, run_name, shards, directory, keep_shards)
+
+
+def _resume_workers(n_workers: int | None, recorded: int, n_shards: int) -> int:
+    if n_workers is None:
+        return recorded
+    check_int("n_workers", n_workers, example=f"n_workers={recorded}")
+    if n_workers > n_shards:
+        raise ConfigError(
+            f"n_workers={n_workers} is more than this run's {n_shards} shards; resume it on "
+            f"at most {n_shards} workers (a run started with fit(..., n_shards=N) can use N)"
+        )
+    return n_workers
 
 
 def _load_procedure(directory: Path) -> Procedure:

@@ -65,6 +65,7 @@ class Rehome:
 
     shard_paths: tuple[tuple[int, str], ...]
     home: tuple[int, ...]
+    n_threads: int  # torch threads from now on (fewer when workers joined)
 
 
 def detach_from_parent() -> None:
@@ -142,6 +143,7 @@ def _hold(runner: ShardWorker, rehome: Rehome) -> None:
         for index, path in rehome.shard_paths
     }
     runner.hold(shards, rehome.home)
+    torch.set_num_threads(rehome.n_threads)
 
 
 def _start(spec: WorkerSpec) -> ShardWorker:

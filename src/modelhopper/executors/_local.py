@@ -275,7 +275,9 @@ class LocalExecutor(BaseExecutor):
 
     def add_worker(self, held: Sequence[int], home: Sequence[int]) -> int:
         worker = len(self._processes)
-        self._specs.append(dataclasses.replace(self._specs[0], worker=worker))
+        threads = self._threads(len(self.pids) + 1)  # the pool's share of the cores
+        spec = dataclasses.replace(self._specs[0], worker=worker, n_threads=threads)
+        self._specs.append(spec)
         self._specs[worker] = self._holding(worker, held, home)
         self._processes.append(None)  # type: ignore[arg-type]
         self._budget.add_worker()
@@ -287,16 +289,25 @@ class LocalExecutor(BaseExecutor):
 
     def rehome(self, worker: int, held: Sequence[int], home: Sequence[int]) -> None:
         self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
-        self._specs[worker] = spec = self._holding(worker, held, home)
+        self._specs[worker] = self._holding(worker, held, home)
+        self._reconfigure(worker)
+
+    def _reconfigure(self, worker: int) -> None:
+        """Send the idle worker its spec's shards and threads; wait until it holds them."""
+        spec = self._specs[worker]
         process = self._processes[worker]
         try:
-            process.conn.send(Rehome(spec.shard_paths, spec.home))
+            process.conn.send(Rehome(spec.shard_paths, spec.home, spec.n_threads))
             if not process.conn.poll(self.start_timeout):
                 raise OSError("no answer")
             _, self._resident[worker] = process.conn.recv()
-        except (EOFError, OSError):  # it died: its replacement opens what the spec names
-            self._relaunch(worker)
-            self._resident[worker] = self._ready(worker)
+        except (EOFError, OSError):
+            # Dead (or hung: then killed). Its next visit finds it dead, replaces it (the new
+            # process opens what the spec names) and reports the visit crashed, so the driver
+            # sends the MST's state again instead of trusting the lost process's memory.
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
 
     def remove_worker(self, worker: int) -> None:
         self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
@@ -310,6 +321,14 @@ class LocalExecutor(BaseExecutor):
         process.conn.close()
         self._processes[worker] = None  # type: ignore[call-overload]
         self._resident[worker] = 0
+
+    def _fewer_threads(self, worker: int) -> None:
+        """Lower the idle worker's threads to its share once workers joined (never raised:
+        a forked worker must stay single-threaded)."""
+        share = self._threads(len(self.pids))
+        if self._specs[worker].n_threads > share:
+            self._specs[worker] = dataclasses.replace(self._specs[worker], n_threads=share)
+            self._reconfigure(worker)
 
     def _holding(self, worker: int, held: Sequence[int], home: Sequence[int]) -> WorkerSpec:
         paths = tuple((s, self._shards[s].path) for s in sorted(held))
@@ -390,6 +409,8 @@ class LocalExecutor(BaseExecutor):
 
     def submit(self, worker: int, task: VisitTask) -> None:
         self._refuse_busy(worker, self._busy[worker].mst_id if worker in self._busy else None)
+        if self._processes[worker].is_alive():
+            self._fewer_threads(worker)  # workers joined since its last visit: cores are shared
         self._busy[worker] = task
         if not self._processes[worker].is_alive():
             # It died while idle: its replacement holds no MST in memory, so the visit

@@ -1,0 +1,167 @@
+"""Workers joining and leaving a running run, on real training (LocalExecutor).
+
+    python bench/elastic.py [--smoke-test] [--out DIR]
+
+The same grid of MLPs (784-256-10) on Fashion-MNIST (50,000 train / 10,000
+validation), cut into 4 logical shards, with one copy of the data
+(``replicas=1``) and one thread per worker (so that every run computes in the
+same float order: a worker with 2 threads sums in another), runs four ways, one
+after another in this process: on a fixed pool of 1 worker, on a fixed pool of
+2, starting on 1 worker with a second one added once the first epoch of any MST
+is recorded, and starting on 2 with worker 0 removed at the same point.
+Reported per run: wall time of ``start`` to ``wait``, when the change was
+applied, visits, and the largest difference of any epoch's validation accuracy
+from the fixed pool of 2 (the plan does not depend on the workers, so it must be
+0). Results: bench/results/elastic.{json,md}
+(``--smoke-test``: a small slice of the data, elastic_smoke.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper.store import EventKind, SQLStore
+
+RESULTS = Path(__file__).parent / "results"
+N_SHARDS = 4
+
+
+def mlp(p: dict[str, Any]) -> mh.Estimator:
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    return mh.Estimator(
+        model=model, loss=nn.CrossEntropyLoss(), batch_size=p["batch_size"],
+        optimizer=torch.optim.Adam(model.parameters(), lr=p["lr"]), metrics=["accuracy"],
+    )  # fmt: skip
+
+
+def _data(smoke: bool) -> mh.Dataset:
+    data = mh.datasets.fashion_mnist(n_train=50_000, flatten=True)
+    if not smoke:
+        return data
+    return mh.Dataset.from_numpy(
+        data.train.x[:2000], data.train.y[:2000], data.validation.x[:400], data.validation.y[:400]
+    )
+
+
+def _search(smoke: bool) -> mh.GridSearch:
+    space = {"lr": mh.grid([1e-3] if smoke else [1e-3, 3e-4]), "batch_size": mh.grid([64, 256])}
+    return mh.GridSearch(
+        mlp, space, epochs=2 if smoke else 3, metric="val_accuracy", direction="maximize", seed=0
+    )
+
+
+def _epoch_recorded(store: SQLStore, name: str, timeout: float = 600) -> None:
+    """Block until any MST's first epoch is in the store (the moment the pool changes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if store.list_epochs(name):
+                return
+        except mh.StoreError:
+            pass  # the run is not recorded yet
+        time.sleep(0.02)
+    raise RuntimeError(f"run {name} recorded no epoch within {timeout} s")
+
+
+def run_layout(layout: str, data: mh.Dataset, smoke: bool, folder: Path) -> dict[str, Any]:
+    """One run: ``fixed-1``, ``fixed-2``, ``add`` (1 -> 2) or ``remove`` (2 -> 1)."""
+    url = f"sqlite:///{folder}/runs.db"
+    start_workers = 1 if layout in ("fixed-1", "add") else 2
+    started = time.perf_counter()
+    handle = _search(smoke).start(
+        data, n_workers=start_workers, n_shards=N_SHARDS, run_name=layout, store=url,
+        run_dir=folder / layout, executor=mh.LocalExecutor(replicas=1, threads_per_worker=1),
+    )  # fmt: skip
+    changed_at = None
+    if layout in ("add", "remove"):
+        store = SQLStore(url)
+        _epoch_recorded(store, layout)
+        if layout == "add":
+            handle.add_workers(1)
+        else:
+            handle.remove_worker(0)
+        changed_at = time.perf_counter() - started
+        store.close()
+    result = handle.wait()
+    wall = time.perf_counter() - started
+    store = SQLStore(url)
+    changes = [e.detail["workers"] for e in store.list_events(layout)
+               if e.kind is EventKind.WORKERS_CHANGED]  # fmt: skip
+    store.close()
+    accuracy = {(row["mst_id"], row["epoch"]): row["val_accuracy"]
+                for row in result.history().to_dict("records")}  # fmt: skip
+    return {
+        "layout": layout, "start_workers": start_workers, "wall_seconds": round(wall, 2),
+        "changed_at_seconds": None if changed_at is None else round(changed_at, 2),
+        "pools": changes, "n_visits": result.stats.n_visits,
+        "compute_seconds": round(result.stats.compute_seconds, 2),
+        "best_val_accuracy": result.best.history[-1]["val_accuracy"], "accuracy": accuracy,
+    }  # fmt: skip
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Elastic pools: workers joining and leaving a running run",
+        "",
+        f"{meta['machine']}, torch {meta['torch']}; {meta['workload']}; {N_SHARDS} logical "
+        "shards, one copy of the data, one thread per worker (`LocalExecutor(replicas=1, "
+        "threads_per_worker=1)`); the pool changes once "
+        f"the first epoch of any MST is recorded. `python bench/elastic.py`, {meta['date']}.",
+        "",
+        "| run | wall s | change applied at s | pools after changes | visits | "
+        "largest val accuracy difference vs fixed 2 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        changed = "" if r["changed_at_seconds"] is None else f"{r['changed_at_seconds']:.1f}"
+        lines.append(
+            f"| {r['layout']} | {r['wall_seconds']:.1f} | {changed} | {r['pools'] or ''} | "
+            f"{r['n_visits']} | {r['max_accuracy_difference']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = _data(args.smoke_test)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for layout in ("fixed-1", "fixed-2", "add", "remove"):
+            rows.append(run_layout(layout, data, args.smoke_test, Path(folder)))
+            print(f"{layout:8s} {rows[-1]['wall_seconds']:6.1f} s", flush=True)
+    reference = next(r["accuracy"] for r in rows if r["layout"] == "fixed-2")
+    for r in rows:
+        r["max_accuracy_difference"] = max(
+            abs(a - reference[key]) for key, a in r.pop("accuracy").items()
+        )
+    meta = {
+        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "workload": ("2 MLPs 784-256-10 (batch {64, 256}) x 2 epochs on 2,000 / 400 examples"
+                     if args.smoke_test else "4 MLPs 784-256-10 (lr {1e-3, 3e-4} x batch "
+                     "{64, 256}) x 3 epochs on Fashion-MNIST 50k / 10k"),
+        "smoke": args.smoke_test,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "elastic_smoke" if args.smoke_test else "elastic"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
+    print(_markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
