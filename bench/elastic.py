@@ -13,7 +13,8 @@ Reported per run: wall time of ``start`` to ``wait``, when the change was
 applied, visits, and the largest difference of any epoch's validation accuracy
 from the fixed pool of 2 (the plan does not depend on the workers, so it must be
 0). Results: bench/results/elastic.{json,md}
-(``--smoke-test``: a small slice of the data, elastic_smoke.*).
+(``--smoke-test``: a small slice of the data, the pool changed as soon as the run
+is recorded, elastic_smoke.*).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def run_layout(layout: str, data: mh.Dataset, smoke: bool, folder: Path) -> dict
     changed_at = None
     if layout in ("add", "remove"):
         store = SQLStore(url)
-        _epoch_recorded(store, layout)
+        if not smoke:  # the smoke size's run may end before its first epoch is read back:
+            _epoch_recorded(store, layout)  # it changes the pool as soon as it is recorded
         if layout == "add":
             handle.add_workers(1)
         else:
