@@ -318,3 +318,12 @@ def test_a_driver_where_jax_has_started_never_forks():
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(False, 'fork') (True, 'zygote')"
+
+
+def test_executor_names_resolve_without_starting_anything():
+    from modelhopper.executors import resolve_executor
+
+    assert isinstance(resolve_executor("ray"), mh.RayExecutor)  # Ray starts with the run
+    assert isinstance(resolve_executor(None), mh.LocalExecutor)
+    with pytest.raises(mh.ConfigError, match="executor must be 'local', 'ray' or a BaseExecutor"):
+        resolve_executor("gpu")
