@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -38,6 +39,7 @@ import numpy as np
 
 from modelhopper.scheduling import (
     MOPScheduler,
+    PoolEvent,
     SchedulingPolicy,
     Step,
     StepKind,
@@ -206,6 +208,48 @@ def run_replicas(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[
     return rows
 
 
+def run_elastic(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[dict]:
+    """Pools that change mid-run against fixed ones (spread costs, 4p logical shards, one
+    copy): half the workers, all of them, half then the other half joining at a quarter
+    of the half pool's bound, all then half leaving at the same moment."""
+    rng = np.random.default_rng([seed, n_msts, n_workers])
+    sizes = rng.choice(MODEL_SIZES, size=n_msts)  # the spread scenarios' draw
+    n_shards = LOGICAL_SHARDS_PER_WORKER * n_workers
+    cost = _scaled(_step_cost(sizes), n_workers / n_shards)
+    per_mst = sizes * n_epochs * n_workers * (1 + EVAL_FRACTION)
+    total, longest, half = float(per_mst.sum()), float(per_mst.max()), n_workers // 2
+    at = max(total / half, longest) / 4
+    layouts = [
+        ("fixed half", half, ()), ("fixed all", n_workers, ()),
+        ("half, then all", half, (PoolEvent(at, add=n_workers - half),)),
+        ("all, then half", n_workers, (PoolEvent(at, remove=tuple(range(half))),)),
+    ]  # fmt: skip
+    rows = []
+    for layout, start, events in layouts:
+        scheduler = MOPScheduler(start, policy=SchedulingPolicy.LONGEST_REMAINING, seed=seed,
+                                 n_shards=n_shards)  # fmt: skip
+        for mst in range(n_msts):
+            scheduler.add_mst(mst, n_epochs)
+        result = simulate(scheduler, cost, pool_events=events)
+        later = start + (events[0].add - len(events[0].remove) if events else 0)
+        bound = max(_capacity_time(total, start, later, at if events else math.inf), longest)
+        rows.append({
+            "scenario": f"spread {n_msts}x{n_workers}", "layout": layout,
+            "change_at": round(at, 2) if events else None, "n_shards": n_shards,
+            "makespan": round(result.makespan, 2), "capacity_bound": round(bound, 2),
+            "makespan_over_bound": round(result.makespan / bound, 4),
+            "utilisation": round(result.utilisation, 4), "n_visits": result.n_decisions,
+        })  # fmt: skip
+    return rows
+
+
+def _capacity_time(total: float, before: int, after: int, at: float) -> float:
+    """When ``before`` workers until ``at``, then ``after``, can have done ``total`` work."""
+    if total <= before * at:
+        return total / before
+    return at + (total - before * at) / after
+
+
 def _scaled(cost: Callable[[int, Step], float], factor: float) -> Callable[[int, Step], float]:
     """Step costs on shards ``factor`` times the size (more, smaller logical shards)."""
     return lambda mst_id, step: factor * cost(mst_id, step)
@@ -268,6 +312,7 @@ def _markdown(rows: Sequence[dict], targets: Sequence[dict], meta: dict) -> str:
             f"{r['us_per_decision']:.1f} | {r['decide_seconds']:.2f} | {r['wall_seconds']:.2f} |"
         )
     lines += _replica_markdown(meta.get("replicas", []))
+    lines += _elastic_markdown(meta.get("elastic", []))
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in targets:
         met = "reported (no threshold)" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -354,6 +399,33 @@ def _replica_markdown(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _elastic_markdown(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Elastic pools: workers join or leave mid-run",
+        "",
+        f"Spread costs (longest_remaining), {LOGICAL_SHARDS_PER_WORKER}p logical shards, one "
+        "copy; the pool changes at a quarter of the half pool's capacity bound, as the "
+        "driver changes it (`scheduling.plan_pool_change`: a joiner takes shards from the "
+        "workers owning most; each step is taken once its worker is idle). Capacity bound "
+        "= when the pool's capacity over time has done the total work (or the longest MST).",
+        "",
+        "| scenario | layout | change at | makespan | capacity bound | makespan / bound | "
+        "utilisation | visits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        at = "" if r["change_at"] is None else f"{r['change_at']:.1f}"
+        lines.append(
+            f"| {r['scenario']} | {r['layout']} | {at} | {r['makespan']:.1f} | "
+            f"{r['capacity_bound']:.1f} | {r['makespan_over_bound']:.3f} | "
+            f"{r['utilisation']:.3f} | {r['n_visits']} |"
+        )
+    return lines
+
+
 def _plots(rows: Sequence[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -419,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     targets = check_targets(rows)
     replicas = [row for shape in replica_scenarios(args.smoke_test)
                 for row in run_replicas(*shape, args.seed)]  # fmt: skip
+    elastic = [row for shape in replica_scenarios(args.smoke_test)
+               for row in run_elastic(*shape, args.seed)]  # fmt: skip
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "python": platform.python_version(),
@@ -431,9 +505,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "eval_fraction": EVAL_FRACTION,
         "straggler_speed": STRAGGLER_SPEED,
     }
-    report = {"meta": meta, "targets": targets, "results": rows, "replicas": replicas}
+    report = {
+        "meta": meta, "targets": targets, "results": rows, "replicas": replicas,
+        "elastic": elastic,
+    }  # fmt: skip
     (out / "simulate.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    markdown = _markdown(rows, targets, {**meta, "replicas": replicas})
+    markdown = _markdown(rows, targets, {**meta, "replicas": replicas, "elastic": elastic})
     (out / "simulate.md").write_text(markdown)
     _plots(rows, out)
     print(markdown)

@@ -38,7 +38,7 @@ def test_smoke_run_writes_every_output(smoke):
 def test_json_has_every_scenario_and_policy(bench, smoke):
     out, _ = smoke
     report = json.loads((out / "simulate.json").read_text())
-    assert set(report) == {"meta", "targets", "results", "replicas"}
+    assert set(report) == {"meta", "targets", "results", "replicas", "elastic"}
     rows = report["results"]
     names = {s.name for s in bench.scenarios(smoke=True)}
     assert {(r["scenario"], r["policy"]) for r in rows} == {
@@ -122,3 +122,12 @@ def test_replicas_take_the_straggler_out_of_the_makespan(smoke):
     assert weighted["makespan"] < 0.75 * one and weighted["makespan_over_bound"] < 1.2
     for straggler in (False, True):  # whole data on every worker: one visit per epoch
         assert rows[straggler, 4, 4]["n_visits"] == 16 * 2
+
+
+def test_elastic_pools_finish_between_the_fixed_ones(smoke):
+    _, report = smoke
+    rows = {r["layout"]: r for r in report["elastic"]}
+    assert list(rows) == ["fixed half", "fixed all", "half, then all", "all, then half"]
+    half, full = rows["fixed half"]["makespan"], rows["fixed all"]["makespan"]
+    assert full < rows["half, then all"]["makespan"] < rows["all, then half"]["makespan"] < half
+    assert all(r["makespan_over_bound"] < 1.15 for r in rows.values())

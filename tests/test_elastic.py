@@ -16,7 +16,7 @@ import modelhopper as mh
 from modelhopper import _driver
 from modelhopper.cli import app
 from modelhopper.commands import submit
-from modelhopper.scheduling import MOPScheduler, StepKind, rehome, simulate
+from modelhopper.scheduling import MOPScheduler, PoolEvent, StepKind, rehome, simulate
 from modelhopper.store import CommandStatus, EventKind, SQLStore
 from modelhopper.testing import SurrogateExecutor, surrogate_dataset, surrogate_estimator
 
@@ -70,6 +70,30 @@ def test_the_scheduler_follows_new_holdings_and_keeps_every_shard_held():
         assert all(s.shard in ({1} if visit.worker == 1 else {0, 2, 3}) for s in visit.steps)
     trained = [s for _, _, v in result.trace for s in v.steps if s.kind is StepKind.TRAIN]
     assert len(trained) == 3 * 2 * 4  # every MST still trains on every shard, every epoch
+
+
+@pytest.mark.parametrize(
+    ("start", "event", "bound"),
+    [(2, PoolEvent(20, add=2), 20 + (192 - 40) / 4), (4, PoolEvent(20, remove=(0, 1)), 76.0)],
+)
+def test_simulated_pools_change_mid_run_as_the_driver_changes_them(start, event, bound):
+    """16 MSTs x 3 epochs of 4 units each (192 in all) over 16 logical shards: the work done
+    matches the pool's capacity over time, within a few percent."""
+    scheduler = MOPScheduler(start, n_shards=16, seed=0)
+    for mst in range(16):
+        scheduler.add_mst(mst, 3)
+    result = simulate(
+        scheduler, lambda mst, step: 0.25 if step.kind is StepKind.TRAIN else 0.0,
+        pool_events=[event],
+    )  # fmt: skip
+    trained = [s for _, _, v in result.trace for s in v.steps if s.kind is StepKind.TRAIN]
+    assert len(trained) == 16 * 3 * 16  # every MST trained on every shard, every epoch
+    assert bound <= result.makespan < 1.05 * bound
+    joined = [w for w in range(scheduler.n_workers) if w >= start]
+    assert all(result.busy_seconds[w] > 0 for w in joined)  # joiners took work
+    for w in event.remove:  # leavers ran nothing after they left
+        assert all(start_ < event.at + 1e-9 for start_, _, v in result.trace if v.worker == w)
+    assert result.pool_seconds and 0.9 < result.utilisation <= 1.0
 
 
 # -- a real run --------------------------------------------------------------------------------

@@ -191,4 +191,3 @@ def test_a_resumed_run_over_logical_shards_ends_as_one_on_other_workers(
     resumed = mh.resume("crashy", store=url, executor=mh.LocalExecutor(replicas=1), n_workers=3)
     assert resumed.status == "completed" and resumed.stats.n_workers == 3
     assert plan_metrics(resumed) == plan_metrics(reference)
-

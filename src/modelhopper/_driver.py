@@ -55,11 +55,13 @@ from modelhopper.executors import (
 )
 from modelhopper.scheduling import (
     MOPScheduler,
+    PoolStep,
     Visit,
     check_n_shards,
     home_holdings,
     makespan_lower_bound,
-    rehome,
+    plan_pool_change,
+    take_pool_step,
 )
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
 from modelhopper.store._checkpoints import CheckpointManager
@@ -92,17 +94,6 @@ _STATUS_EVENT = {
     MSTStatus.STOPPED: EventKind.MST_STOPPED,
     MSTStatus.COMPLETED: EventKind.MST_COMPLETED,
 }
-
-
-@dataclass(frozen=True)
-class _PoolStep:
-    """One step of re-homing shards after workers joined or left, taken once its worker is
-    idle: hold ``held`` from now on (owning ``home``), or, with ``leave``, stop."""
-
-    worker: int
-    held: frozenset[int] = frozenset()
-    home: frozenset[int] = frozenset()
-    leave: bool = False
 
 
 @dataclass
@@ -155,7 +146,7 @@ class Driver:
         self._leaving: set[int] = set()
         self._homes = dict(enumerate(map(frozenset, home_holdings(n_workers, n_shards))))
         self._target = dict(enumerate(self._scheduler.holdings()))
-        self._pool_steps: deque[_PoolStep] = deque()
+        self._pool_steps: deque[PoolStep] = deque()
         self._peak_workers = n_workers
         self._msts: dict[int, _Tracked] = {}
         self._warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
@@ -292,49 +283,41 @@ class Driver:
             raise self._executor._not_elastic()
 
     def _change_pool(self, pool: list[int]) -> None:
-        """Plan the move to ``pool``: joiners start now holding their shards; then, each
-        once its worker is idle, the others take the shards they gain, drop those they
-        lose, and leavers stop. Every shard keeps a holder throughout, and the plan of
+        """Move to ``pool`` (``scheduling.plan_pool_change``): joiners start now, holding
+        their shards; the other steps are taken as their workers come free. The plan of
         every MST is unchanged: only who runs its steps."""
-        homes, held = rehome(self._homes, pool, self._executor.replication(len(pool)))
-        joiners = [w for w in pool if w not in self._homes]
-        leavers = [w for w in self._pool if w not in pool]
-        for worker in joiners:
-            number = self._executor.add_worker(sorted(held[worker]), sorted(homes[worker]))
-            if number != self._scheduler.add_worker(held[worker]) or number != worker:
+        change = plan_pool_change(
+            self._homes, self._target, pool, self._executor.replication(len(pool))
+        )
+        for worker in change.joiners:
+            held, home = sorted(change.target[worker]), sorted(change.homes[worker])
+            number = self._executor.add_worker(held, home)
+            if number != self._scheduler.add_worker(held) or number != worker:
                 raise ConfigError(f"the executor numbered its new worker {number}, not {worker}")
-        stay = [w for w in pool if w not in joiners]
-        steps = [_PoolStep(w, self._target[w] | held[w], homes[w] | self._homes[w])
-                 for w in stay if held[w] - self._target[w]]  # fmt: skip
-        steps += [_PoolStep(w, held[w], homes[w]) for w in stay if self._target[w] - held[w]]
-        steps += [_PoolStep(w, leave=True) for w in leavers]
-        self._pool_steps.extend(steps)
-        self._homes = homes
-        self._target = {**{w: h for w, h in self._target.items() if w in pool}, **held}
+        leavers = [w for w in self._pool if w not in pool]
+        self._pool_steps.extend(change.steps)
+        self._homes, self._target = change.homes, change.target
         self._pool, self._peak_workers = pool, max(self._peak_workers, len(pool))
         self._leaving.update(leavers)
         self._store.add_event(self._name, EventKind.WORKERS_CHANGED, detail={
-            "workers": pool, "joined": joiners, "leaving": leavers,
-            "homes": {str(w): sorted(s) for w, s in homes.items()},
+            "workers": pool, "joined": list(change.joiners), "leaving": leavers,
+            "homes": {str(w): sorted(s) for w, s in change.homes.items()},
         })  # fmt: skip
 
     def _take_pool_steps(self) -> None:
-        """Take the pending re-homing steps, in order, while their workers are idle."""
+        """Take the pending steps of pool changes, in order, while their workers are idle."""
         busy = set(self._in_flight) | {visit.worker for visit, _ in self._held_back}
         while self._pool_steps and self._pool_steps[0].worker not in busy:
-            step = self._pool_steps.popleft()
-            worker = step.worker
-            if step.leave:
-                self._scheduler.set_holdings(worker, ())
-                self._executor.remove_worker(worker)
-                self._leaving.discard(worker)
-                self._last_mst_on.pop(worker, None)
-            elif step.held >= self._scheduler.holdings()[worker]:  # gains: open them first
-                self._executor.rehome(worker, sorted(step.held), sorted(step.home))
-                self._scheduler.set_holdings(worker, step.held)
-            else:  # losses: no step may go there first
-                self._scheduler.set_holdings(worker, step.held)
-                self._executor.rehome(worker, sorted(step.held), sorted(step.home))
+            take_pool_step(
+                self._scheduler, self._pool_steps.popleft(),
+                lambda s: self._executor.rehome(s.worker, sorted(s.held), sorted(s.home)),
+                self._stop_worker,
+            )  # fmt: skip
+
+    def _stop_worker(self, worker: int) -> None:
+        self._executor.remove_worker(worker)
+        self._leaving.discard(worker)
+        self._last_mst_on.pop(worker, None)
 
     def _tracked(self, mst_id: int) -> _Tracked:
         try:

@@ -39,6 +39,7 @@ holds no epoch barrier; MSTs at different epochs run side by side.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -60,7 +61,12 @@ __all__ = [
     "epoch_plan",
     "check_n_shards",
     "home_holdings",
+    "PoolChange",
+    "PoolEvent",
+    "PoolStep",
+    "plan_pool_change",
     "rehome",
+    "take_pool_step",
     "replicated_holdings",
     "weighted_holdings",
     "makespan_lower_bound",
@@ -332,6 +338,10 @@ class MOPScheduler:
         """True when nothing runs and no runnable MST has steps left."""
         return not self._busy and not any(self._waiting)
 
+    def is_busy(self, worker: int) -> bool:
+        """Whether the worker is running a visit."""
+        return worker in self._busy
+
     def remaining_steps(self, mst_id: int) -> int:
         return len(self._state(mst_id).pending)
 
@@ -503,6 +513,66 @@ def rehome(
     return {w: frozenset(s) for w, s in owned.items()}, held
 
 
+@dataclass(frozen=True)
+class PoolStep:
+    """One step of a change of workers, taken once its worker is idle: hold ``held`` from
+    now on (owning ``home``), or, with ``leave``, stop."""
+
+    worker: int
+    held: frozenset[int] = frozenset()
+    home: frozenset[int] = frozenset()
+    leave: bool = False
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    """A move to a new pool of workers (``plan_pool_change``)."""
+
+    homes: dict[int, frozenset[int]]  # who owns which shards once the steps are taken
+    target: dict[int, frozenset[int]]  # who holds which shards then
+    joiners: tuple[int, ...]  # start at once, holding target[j] and owning homes[j]
+    steps: tuple[PoolStep, ...]  # for the others, in order
+
+
+def plan_pool_change(
+    homes: Mapping[int, frozenset[int]],
+    target: Mapping[int, frozenset[int]],
+    pool: Sequence[int],
+    replicas: int = 1,
+) -> PoolChange:
+    """Steps from the current pool (``homes``' workers, holding ``target`` once earlier
+    steps are taken) to ``pool``: every gain first (a worker opens the shard before any
+    step may go there), then every loss (no step goes there any more, then it drops
+    it), then leavers stop. So every shard keeps a holder throughout."""
+    new_homes, held = rehome(homes, pool, replicas)
+    joiners = tuple(w for w in pool if w not in homes)
+    stay = [w for w in pool if w in homes]
+    steps = [PoolStep(w, target[w] | held[w], new_homes[w] | homes[w])
+             for w in stay if held[w] - target[w]]  # fmt: skip
+    steps += [PoolStep(w, held[w], new_homes[w]) for w in stay if target[w] - held[w]]
+    steps += [PoolStep(w, leave=True) for w in homes if w not in pool]
+    return PoolChange(new_homes, held, joiners, tuple(steps))
+
+
+def take_pool_step(
+    scheduler: MOPScheduler,
+    step: PoolStep,
+    rehome_worker: Callable[[PoolStep], None],
+    stop_worker: Callable[[int], None],
+) -> None:
+    """Take one step on the scheduler and, through the callbacks, on the workers, in the
+    order that keeps every shard held (gains opened first, losses dropped last)."""
+    if step.leave:
+        scheduler.set_holdings(step.worker, ())
+        stop_worker(step.worker)
+    elif step.held >= scheduler.holdings()[step.worker]:
+        rehome_worker(step)
+        scheduler.set_holdings(step.worker, step.held)
+    else:
+        scheduler.set_holdings(step.worker, step.held)
+        rehome_worker(step)
+
+
 def _check_holdings(
     holdings: Sequence[Iterable[int]] | None, n_workers: int, n_shards: int
 ) -> tuple[frozenset[int], ...]:
@@ -551,6 +621,17 @@ def _parse_policy(policy: SchedulingPolicy | str) -> SchedulingPolicy:
 
 
 @dataclass(frozen=True)
+class PoolEvent:
+    """At simulated second ``at``, ``add`` workers of speed ``speed`` join and the workers
+    ``remove`` leave (as ``RunHandle.add_workers`` / ``remove_worker`` would)."""
+
+    at: float
+    add: int = 0
+    remove: tuple[int, ...] = ()
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
 class SimulationResult:
     makespan: float
     lower_bound: float
@@ -558,12 +639,15 @@ class SimulationResult:
     n_decisions: int
     seconds_per_decision: float
     trace: tuple[tuple[float, float, Visit], ...]  # (start, end, visit)
+    # Seconds each worker was in the pool (workers that joined or left: less than makespan).
+    pool_seconds: tuple[float, ...] = ()
 
     @property
     def utilisation(self) -> float:
         if self.makespan == 0:
             return 1.0
-        return sum(self.busy_seconds) / (self.makespan * len(self.busy_seconds))
+        available = sum(self.pool_seconds) or self.makespan * len(self.busy_seconds)
+        return sum(self.busy_seconds) / available
 
 
 def simulate(
@@ -572,13 +656,17 @@ def simulate(
     *,
     worker_speed: Sequence[float] | None = None,
     on_epoch_end: Callable[[MOPScheduler, int, int], None] | None = None,
+    pool_events: Sequence[PoolEvent] = (),
+    replicas: int = 1,
 ) -> SimulationResult:
     """Run the scheduler against a simulated clock (event-driven, no sleeping).
 
     ``step_cost(mst_id, step)`` gives a step's seconds on a worker of speed 1;
     ``worker_speed[w]`` divides it (0.5 makes a straggler twice as slow).
     ``on_epoch_end(scheduler, mst_id, epoch)`` may stop or extend MSTs, as a
-    procedure would.
+    procedure would. ``pool_events`` change the pool as the driver does
+    (``plan_pool_change``; each step taken once its worker is idle); the workers
+    own what they hold at the start, replicated ``replicas`` times after a change.
     """
     p = scheduler.n_workers
     speed = list(worker_speed) if worker_speed is not None else [1.0] * p
@@ -591,7 +679,9 @@ def simulate(
     trace = []
     decide_seconds = 0.0
     idle = set(range(p))
+    pool = _SimulatedPool(scheduler, speed, busy, idle, pool_events, replicas)
     while True:
+        pool.apply_due(clock)
         started = time.perf_counter()
         visits = scheduler.assign(idle)
         decide_seconds += time.perf_counter() - started
@@ -603,6 +693,9 @@ def simulate(
             trace.append((clock, end, visit))
         if not events:
             break
+        if pool.next_at() < events[0][0]:  # the pool changes before the next visit ends
+            clock = pool.next_at()
+            continue
         clock, worker, visit, seconds = heapq.heappop(events)
         scheduler.complete(visit, seconds)
         busy[worker] += sum(seconds)
@@ -614,7 +707,7 @@ def simulate(
                 if step.is_last(StepKind.EVAL, scheduler.n_shards):
                     on_epoch_end(scheduler, visit.mst_id, step.epoch)
     rows = {mst: i for i, mst in enumerate(sorted({mst for mst, _ in work}))}
-    matrix = np.zeros((len(rows), p))
+    matrix = np.zeros((len(rows), scheduler.n_workers))
     for (mst, worker), total in work.items():
         matrix[rows[mst], worker] += total
     bound = makespan_lower_bound(matrix)
@@ -626,4 +719,56 @@ def simulate(
         n_decisions=scheduler.n_decisions,
         seconds_per_decision=decide_seconds / n,
         trace=tuple(trace),
+        pool_seconds=pool.seconds(clock) if pool_events else (),
     )
+
+
+class _SimulatedPool:
+    """``simulate``'s workers joining and leaving: the driver's steps, on a clock."""
+
+    def __init__(
+        self,
+        scheduler: MOPScheduler,
+        speed: list[float],
+        busy: list[float],
+        idle: set[int],
+        events: Sequence[PoolEvent],
+        replicas: int,
+    ) -> None:
+        self.scheduler, self.speed, self.busy, self.idle = scheduler, speed, busy, idle
+        self.events = sorted(events, key=lambda e: e.at)
+        self.replicas = replicas
+        held = scheduler.holdings()
+        self.homes = dict(enumerate(held))
+        self.target = dict(enumerate(held))
+        self.pool = list(range(scheduler.n_workers))
+        self.steps: deque[PoolStep] = deque()
+        self.joined = [0.0] * scheduler.n_workers
+        self.left: dict[int, float] = {}
+        self.leaving: set[int] = set()
+
+    def next_at(self) -> float:
+        return self.events[0].at if self.events else math.inf
+
+    def apply_due(self, clock: float) -> None:
+        while self.events and self.events[0].at <= clock:
+            event = self.events.pop(0)
+            new = range(self.scheduler.n_workers, self.scheduler.n_workers + event.add)
+            pool = [w for w in self.pool if w not in event.remove] + list(new)
+            change = plan_pool_change(self.homes, self.target, pool, self.replicas)
+            for worker in change.joiners:
+                self.scheduler.add_worker(change.target[worker])
+                self.speed.append(event.speed)
+                self.busy.append(0.0)
+                self.joined.append(clock)
+                self.idle.add(worker)
+            self.leaving.update(event.remove)
+            self.steps.extend(change.steps)
+            self.homes, self.target, self.pool = change.homes, change.target, pool
+        while self.steps and not self.scheduler.is_busy(self.steps[0].worker):
+            take_pool_step(self.scheduler, self.steps.popleft(), lambda step: None,
+                           lambda worker: self.left.__setitem__(worker, clock))  # fmt: skip
+        self.idle.difference_update(self.leaving)  # leavers take no new visits
+
+    def seconds(self, end: float) -> tuple[float, ...]:
+        return tuple(self.left.get(w, end) - start for w, start in enumerate(self.joined))
