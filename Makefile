@@ -46,10 +46,11 @@ browser:
 demo: venv
 	$(VENV)/bin/modelhopper demo
 
-# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process).
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process);
+# the 25 slowest tests are listed at the end: the whole must stay under 15 minutes on 2 cores.
 TEST_WORKERS ?= 2
 test: venv data postgres browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: venv
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
