@@ -69,8 +69,10 @@ def mop_result(digits, run_dir):
         run_dir=run_dir,
         store=f"sqlite:///{run_dir}/modelhopper.db",  # module scope: not in the repo's cwd
         keep_shards=True,
+        # One copy: every step on a shard runs on its owner, the worker that keeps the
+        # shard's features on disk (a replica's stay in memory), whatever the timing.
         executor=mh.LocalExecutor(
-            threads_per_worker=1, materialise=mh.MaterialiseBudget(memory_bytes=0)
+            threads_per_worker=1, materialise=mh.MaterialiseBudget(memory_bytes=0), replicas=1
         ),
     )
 
