@@ -174,8 +174,7 @@ class MOPScheduler:
         self.n_shards = check_n_shards(n_shards, n_workers)
         self.chain_seconds = float(chain_seconds)
         self._held = _check_holdings(holdings, n_workers, self.n_shards)
-        self._holders = [tuple(w for w in range(n_workers) if s in self._held[w])
-                         for s in range(self.n_shards)]  # fmt: skip
+        self._holders = self._holders_of_shards()
         self.policy = _parse_policy(policy)
         self.seed = seed
         self._rng = np.random.default_rng([seed, 7919])
@@ -270,8 +269,7 @@ class MOPScheduler:
         if not held and worker in self._busy:
             raise ConfigError(f"worker {worker} is busy with MST {self._busy[worker]}")
         self._held = self._held[:worker] + (held,) + self._held[worker + 1 :]
-        self._holders = [tuple(w for w in range(self.n_workers) if s in self._held[w])
-                         for s in range(self.n_shards)]  # fmt: skip
+        self._holders = self._holders_of_shards()
         for state in self._msts.values():  # they wait where their next shards are held now
             self._unpark(state)
             self._park(state)
@@ -279,6 +277,11 @@ class MOPScheduler:
     def holdings(self) -> tuple[frozenset[int], ...]:
         """The shards each worker holds (an empty set: it left)."""
         return self._held
+
+    def _holders_of_shards(self) -> list[tuple[int, ...]]:
+        """For each shard, the workers that hold it (from ``_held``)."""
+        return [tuple(w for w in range(self.n_workers) if s in self._held[w])
+                for s in range(self.n_shards)]  # fmt: skip
 
     def hold(self, mst_id: int) -> None:
         """No visit for the MST until ``unhold``: its epoch awaits the procedure's decision."""
