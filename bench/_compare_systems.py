@@ -220,8 +220,8 @@ def run_ray_tune(cfg: dict, data: Arrays) -> dict[str, Any]:
     from ray import tune
 
     ray.init(
-        num_cpus=cfg["workers"], include_dashboard=False, logging_level=logging.WARNING,
-        log_to_driver=False, _temp_dir=_ray_temp(cfg),
+        address="local", num_cpus=cfg["workers"], include_dashboard=False,
+        logging_level=logging.WARNING, log_to_driver=False, _temp_dir=_ray_temp(cfg),
     )  # fmt: skip
 
     class Collect(tune.Callback):  # every epoch each trial reports, as the driver sees it

@@ -45,7 +45,7 @@ def _on_ray(setup: str, name, factory, data, epochs) -> dict:
 def _single_node(workloads) -> list[dict]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         return [_on_ray("RayExecutor, 1 node", *w) for w in workloads]
     finally:

@@ -208,9 +208,10 @@ class RayExecutor(BaseExecutor):
     """Run MOP on a Ray cluster: one actor per worker, each pinned to the node of its shard.
 
     Args:
-        address: ``None`` starts a Ray instance on this machine (or uses the one
-            already initialised in this process); ``"auto"`` joins the cluster
-            this machine belongs to; ``"ray://host:10001"`` uses Ray Client.
+        address: ``None`` starts a new Ray instance on this machine (or uses the
+            one already initialised in this process, or ``RAY_ADDRESS`` when it is
+            set); ``"auto"`` joins the cluster this machine belongs to;
+            ``"ray://host:10001"`` uses Ray Client.
         resources_per_worker: Ray resources of each worker actor, e.g.
             ``{"CPU": 1, "GPU": 0}``; torch threads default to its CPUs.
         data: how actors get their shard. ``"path"``: read the shard folder on
@@ -427,11 +428,16 @@ class RayExecutor(BaseExecutor):
             return  # the caller's cluster connection: use it, leave it up
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
-        if self.address is not None:
+        address = self.address
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            # Ray's own None joins the last cluster `ray start` named in
+            # /tmp/ray/ray_current_cluster, even one long dead (it then hangs).
+            address = "local"
+        if address != "local":
             kwargs.pop("include_dashboard")  # joining a cluster: its head decides
         kwargs.update(self.init_kwargs)
         try:
-            ray.init(address=self.address, **kwargs)
+            ray.init(address=address, **kwargs)
         except Exception as e:
             where = self.address or "a new local Ray instance"
             raise ExecutorError(
