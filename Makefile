@@ -46,7 +46,8 @@ browser:
 demo: venv
 	$(VENV)/bin/modelhopper demo
 
-# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process);
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one process),
+# every test that starts Ray in one worker (tests/conftest.py);
 # the 25 slowest tests are listed at the end: the whole must stay under 15 minutes on 2 cores.
 TEST_WORKERS ?= 2
 test: venv data postgres browser

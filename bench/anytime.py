@@ -50,7 +50,9 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 
 # In brackets: sampler="kde" or "tpe", mode="stopping", policy="oldest_first" (else the defaults:
 # random proposals, promotion mode, longest remaining work first); "equal epochs":
-# Hyperband(bracket_weights="equal_epochs") (else its default, "geometric").
+# Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "replicated":
+# every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
+# each hold the whole data set (else one copy, as MOP keeps it).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -65,6 +67,8 @@ MH_METHODS = (
     "mh Hyperband (equal epochs, stopping, oldest first)",
     "mh Hyperband (tpe, stopping, oldest first)",
     "mh Hyperband (kde, stopping, oldest first)",
+    "mh ASHA (stopping, oldest first, replicated)",
+    "mh Hyperband (stopping, oldest first, replicated)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -77,6 +81,8 @@ SAME_ALGORITHM = {
     "mh ASHA (tpe, stopping, oldest first)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
     "mh ASHA (kde, stopping, oldest first)": ("Syne Tune BOHB",),
     "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
+    "mh ASHA (stopping, oldest first, replicated)": ("Syne Tune ASHA",),
+    "mh Hyperband (stopping, oldest first, replicated)": ("Syne Tune Hyperband",),
 }
 
 _bench: Any = None  # one surrogate per process
@@ -153,12 +159,14 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
     raise ValueError(f"unknown method {method!r}")
 
 
-def on_surrogate(procedure: Any, task: int, n_workers: int, stop_at: float) -> Any:
+def on_surrogate(
+    procedure: Any, task: int, n_workers: int, stop_at: float, replicas: int | str = 1
+) -> Any:
     """Run a procedure on the real engine over the surrogate until ``stop_at`` simulated
     seconds; the executor, which holds what every epoch reported and when."""
     from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
 
-    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at)
+    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at, replicas=replicas)
     folder = tempfile.TemporaryDirectory(prefix="anytime-", dir=_memory_folder())
     with folder as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -184,15 +192,20 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
                     budget: float) -> dict[str, Any]:  # fmt: skip
     """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
     started = time.perf_counter()
-    executor = on_surrogate(_procedure(method, seed, budget, n_workers), task, n_workers, stop_at)
+    procedure = _procedure(method, seed, budget, n_workers)
+    replicas = "all" if "replicated" in method else 1
+    executor = on_surrogate(procedure, task, n_workers, stop_at, replicas)
     heard = sorted(
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
+    # Busy share of the workers' simulated time: below 1, visits waited on a holder.
+    capacity = max(n_workers * executor.simulated_seconds, 1e-9)
     return {
         "heard": heard,
         "real_seconds": time.perf_counter() - started,
         "driver_seconds": executor.driver_seconds,
         "visits": len(executor.trace),
+        "utilisation": sum(executor.busy_seconds) / capacity,
     }
 
 
@@ -350,6 +363,10 @@ def verdict_section(title: str, header: str, payload: dict[str, Any]) -> list[st
         "Real seconds per run (mean): "
         + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
         "",
+        "modelhopper's worker utilisation (busy share of the simulated time, mean; below 1: "
+        "visits waited for a worker holding their next shard): "
+        + ", ".join(f"{m} {u:.3f}" for m, u in payload.get("utilisation", {}).items()),
+        "",
     ]
 
 
@@ -436,6 +453,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "real_seconds_per_run": {
             m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
             for m in methods
+        },
+        "utilisation": {
+            m: statistics.fmean(r["utilisation"] for r in runs if r["method"] == m)
+            for m in methods
+            if m.startswith("mh ")
         },
         "runs": [{k: v for k, v in r.items() if k != "heard"} for r in runs],
     }

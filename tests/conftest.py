@@ -3,11 +3,60 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
+
+# A test that starts Ray says so in its id: "ray" as a word of its file, name or parameters.
+_STARTS_RAY = re.compile(r"(?<![a-z])ray(?![a-z])")
+_RAY_FIXTURES = {"ray_lock", "ray_single_node", "ray_cluster"}
+
+
+def starts_ray(nodeid: str) -> bool:
+    return _STARTS_RAY.search(nodeid) is not None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with every test that starts Ray in one unit of work, first.
+
+    Only one Ray cluster runs at a time (``ray_lock``). With a unit per file, the
+    second xdist worker to reach a Ray file waited for the first's whole file, a core
+    idle; as one unit, the Ray tests run one after another in one worker while the
+    other worker runs the rest. It is the longest unit (minutes): handed out first,
+    it does not end the run alone.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class RayTestsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if starts_ray(nodeid) else super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if "ray" in self.workqueue:
+                self.workqueue.move_to_end("ray", last=False)
+            super()._assign_work_unit(node)
+
+    return RayTestsTogether(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that takes a Ray fixture without saying "ray" in its id: it would
+    run beside the Ray unit and wait on its lock."""
+    unnamed = [
+        item.nodeid
+        for item in items
+        if _RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and not starts_ray(item.nodeid)
+    ]
+    if unnamed:
+        raise pytest.UsageError(
+            f"tests that start Ray must say 'ray' in their file or test name: {unnamed}"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

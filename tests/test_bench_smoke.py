@@ -65,7 +65,7 @@ def test_ray_efficiency_smoke(tmp_path, ray_lock):
     assert len({r["best_val_accuracy"] for r in rows}) == 1
 
 
-def test_footprint_smoke(tmp_path, ray_lock):
+def test_footprint_smoke_on_ray(tmp_path, ray_lock):
     with ray_lock():
         _run("footprint.py", tmp_path)
     data = json.loads((tmp_path / "footprint_smoke.json").read_text())

@@ -65,11 +65,16 @@ def _run(code: str, folder: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[where for where, _ in BLOCKS])
-def test_doc_block_runs_as_written(where, code, tmp_path, ray_lock):
+def _block_id(where: str, code: str) -> str:
+    # Blocks that start Ray say so in their id: make test runs them with the other Ray tests.
+    return f"{where}-ray" if USES_RAY.search(code) else where
+
+
+@pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[_block_id(*block) for block in BLOCKS])
+def test_doc_block_runs_as_written(where, code, tmp_path, request):
     if USES_RAY.search(code):
         pytest.importorskip("ray", reason="Ray is an extra: pip install 'modelhopper[ray]'")
-        with ray_lock():
+        with request.getfixturevalue("ray_lock")():
             done = _run(code, tmp_path)
     else:
         done = _run(code, tmp_path)

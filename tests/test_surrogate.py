@@ -367,6 +367,37 @@ def test_the_real_engine_runs_on_the_simulated_clock(
         assert sum(n < 27 for n in lengths) > len(lengths) / 2
 
 
+@pytest.mark.parametrize("replicas", [1, 2, "all"])
+def test_replicas_let_any_holder_of_a_shard_run_its_sub_epochs(
+    bench: LCBench, tmp_path: Path, replicas: int | str
+) -> None:
+    n_workers = 8
+    executor = SurrogateExecutor(task=TASK, bench=bench, replicas=replicas)
+    result = _procedure("asha", bench).fit(
+        surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert all(m.status is mh.MSTStatus.COMPLETED for m in result.msts)
+    r = n_workers if replicas == "all" else replicas
+    # Shard s lives on workers s, s+1, ..., s+r-1 (mod p); its steps ran on those only,
+    # and with copies, on more than its home.
+    ran_on: dict[int, set[int]] = {}
+    for visit in executor.trace:
+        for step in visit.steps:
+            ran_on.setdefault(step.shard, set()).add(visit.worker)
+    for shard, workers in ran_on.items():
+        assert workers <= {(shard + k) % n_workers for k in range(r)}, (shard, workers)
+    most = max(len(workers) for workers in ran_on.values())
+    assert (most == 1) if r == 1 else (most >= 2)
+
+
+def test_replicas_must_be_a_count_or_all(bench: LCBench) -> None:
+    with pytest.raises(ConfigError, match="replicas must be"):
+        SurrogateExecutor(task=TASK, bench=bench, replicas=0)
+    with pytest.raises(ConfigError, match="replicas=3 is more than the 2 workers"):
+        _started(bench, 2, replicas=3)
+
+
 def test_a_run_stops_where_its_simulated_time_is_up_keeping_what_finished(
     bench: LCBench, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@ metrics at that epoch, and costs simulated seconds: a TRAIN step of epoch e (on 
 of p shards) costs LCBench's predicted seconds of epoch e / p; an EVAL step costs
 ``eval_fraction`` times that (default 0: LCBench's epoch time is counted whole on
 the train steps); a visit that is sent a state (a hop) costs ``hop_seconds`` more.
+``replicas=r`` puts every shard on r workers (as ``LocalExecutor(replicas=r)``;
+``r = n_workers``: any worker can run any sub-epoch, as task-parallel peers assume).
 ``wait()`` is a discrete-event simulation: it returns the visits that finish
 earliest in simulated time, so 4 to 64 simulated workers run in seconds of real
 time. The real time the driver spends between ``wait()`` calls (procedures'
@@ -73,7 +75,7 @@ from modelhopper.executors._base import (
     VisitTask,
     state_bytes,
 )
-from modelhopper.scheduling import Step, StepKind
+from modelhopper.scheduling import Step, StepKind, replicated_holdings
 from modelhopper.testing._lcbench import LCBENCH_HYPERPARAMETERS, MAX_EPOCH, LCBench
 
 __all__ = [
@@ -145,6 +147,7 @@ class SurrogateExecutor(BaseExecutor):
     its simulated training seconds, the run's ``train_seconds``), ``busy_seconds``
     (per worker), ``trace`` (every visit), ``driver_seconds`` (real seconds the driver
     spent between ``wait()`` calls) and ``surrogate_seconds`` (real seconds spent here).
+    ``replicas``: workers holding each shard (an int, or ``"all"``), default 1.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class SurrogateExecutor(BaseExecutor):
         eval_fraction: float = 0.0,
         hop_seconds: float = 0.0,
         stop_at: float | None = None,
+        replicas: int | str = 1,
     ) -> None:
         self.bench = LCBench() if bench is None else bench
         if str(task) not in {str(t) for t in self.bench.tasks}:
@@ -168,6 +172,9 @@ class SurrogateExecutor(BaseExecutor):
             isinstance(stop_at, bool) or not isinstance(stop_at, int | float) or not stop_at > 0
         ):
             raise ConfigError(f"stop_at must be simulated seconds > 0 or None, got {stop_at!r}")
+        if replicas != "all":
+            check_int("replicas", replicas, example="replicas=2, or 'all' for every worker")
+        self.replicas = replicas
         self.stop_at = stop_at
         self.task = int(task)
         self.eval_fraction = float(eval_fraction)
@@ -209,6 +216,13 @@ class SurrogateExecutor(BaseExecutor):
     def simulated_seconds(self) -> float:
         """The simulated clock: when the latest visit returned by ``wait()`` ended."""
         return self._now
+
+    def holdings(
+        self, shards: Sequence[ShardInfo], n_workers: int | None = None
+    ) -> tuple[tuple[int, ...], ...]:
+        n = n_workers or len(shards)
+        replicas = n if self.replicas == "all" else int(self.replicas)
+        return replicated_holdings(n, replicas, len(shards))
 
     def start(
         self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
