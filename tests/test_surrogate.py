@@ -391,6 +391,42 @@ def test_replicas_let_any_holder_of_a_shard_run_its_sub_epochs(
     assert (most == 1) if r == 1 else (most >= 2)
 
 
+def _peak_alive(trace: list[Any]) -> int:
+    """Most MSTs between their first visit's start and their last visit's end at once."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for visit in trace:
+        first[visit.mst_id] = min(first.get(visit.mst_id, visit.start), visit.start)
+        last[visit.mst_id] = max(last.get(visit.mst_id, visit.end), visit.end)
+    moments = sorted([(t, 1) for t in first.values()] + [(t, -1) for t in last.values()])
+    alive = peak = 0
+    for _, change in moments:  # at equal times, an end (-1) comes before a start
+        alive += change
+        peak = max(peak, alive)
+    return peak
+
+
+@pytest.mark.parametrize("replicas", [1, "all"])
+def test_asha_keeps_no_more_msts_in_flight_than_workers(
+    bench: LCBench, tmp_path: Path, replicas: int | str
+) -> None:
+    """A worker idle while MSTs wait for other workers' shards gets no new MST: it
+    would wait as well, and every MST's epochs would take longer (one copy of the data:
+    193 MSTs alive at once on 32 workers before, each epoch 3.7x its compute)."""
+    n_workers = 16
+    executor = SurrogateExecutor(task=TASK, bench=bench, replicas=replicas)
+    search = mh.ASHA(
+        surrogate_estimator, bench.space(), max_epochs=9, n_msts=64, reduction_factor=3,
+        mode="stopping", metric="val_accuracy", direction="maximize", seed=3,
+    )  # fmt: skip
+    result = search.fit(
+        surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+        store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert len(result.msts) == 64
+    assert _peak_alive(executor.trace) <= n_workers
+
+
 def test_replicas_must_be_a_count_or_all(bench: LCBench) -> None:
     with pytest.raises(ConfigError, match="replicas must be"):
         SurrogateExecutor(task=TASK, bench=bench, replicas=0)

@@ -182,6 +182,7 @@ class MOPScheduler:
         self._busy: dict[int, int] = {}  # worker -> mst_id
         # MSTs ready to run, indexed by the workers that hold the shard they need next.
         self._waiting: list[set[int]] = [set() for _ in range(n_workers)]
+        self._n_parked = 0  # MSTs in some waiting set
         self._sum_seconds = dict.fromkeys(StepKind, 0.0)
         self._n_seconds = dict.fromkeys(StepKind, 0)
         self.n_decisions = 0
@@ -345,6 +346,12 @@ class MOPScheduler:
         """Whether the worker is running a visit."""
         return worker in self._busy
 
+    @property
+    def n_waiting(self) -> int:
+        """MSTs ready to run that wait for a worker holding their next shard (after
+        ``assign``: for a busy one)."""
+        return self._n_parked
+
     def remaining_steps(self, mst_id: int) -> int:
         return len(self._state(mst_id).pending)
 
@@ -374,8 +381,10 @@ class MOPScheduler:
             state.parked = tuple(sorted({w for s in shards for w in self._holders[s]}))
             for worker in state.parked:
                 self._waiting[worker].add(state.mst_id)
+            self._n_parked += bool(state.parked)
 
     def _unpark(self, state: _MSTState) -> None:
+        self._n_parked -= bool(state.parked)
         for worker in state.parked:
             self._waiting[worker].discard(state.mst_id)
         state.parked = ()
