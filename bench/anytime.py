@@ -52,7 +52,8 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 # random proposals, promotion mode, longest remaining work first); "equal epochs":
 # Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "replicated":
 # every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
-# each hold the whole data set (else one copy, as MOP keeps it).
+# each hold the whole data set (else one copy, as MOP keeps it); "any order":
+# train_order="any" (each sub-epoch on whichever untrained shard's worker is free).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -69,6 +70,8 @@ MH_METHODS = (
     "mh Hyperband (kde, stopping, oldest first)",
     "mh ASHA (stopping, oldest first, replicated)",
     "mh Hyperband (stopping, oldest first, replicated)",
+    "mh ASHA (stopping, oldest first, any order)",
+    "mh Hyperband (stopping, oldest first, any order)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -83,6 +86,8 @@ SAME_ALGORITHM = {
     "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
     "mh ASHA (stopping, oldest first, replicated)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first, replicated)": ("Syne Tune Hyperband",),
+    "mh ASHA (stopping, oldest first, any order)": ("Syne Tune ASHA",),
+    "mh Hyperband (stopping, oldest first, any order)": ("Syne Tune Hyperband",),
 }
 
 _bench: Any = None  # one surrogate per process
@@ -126,7 +131,9 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
 
     space = _lcbench().space()
     policy = "oldest_first" if "oldest first" in method else "longest_remaining"
-    common = {"metric": "val_accuracy", "direction": "maximize", "seed": seed, "policy": policy}
+    order = "any" if "any order" in method else "fixed"
+    common = {"metric": "val_accuracy", "direction": "maximize", "seed": seed, "policy": policy,
+              "train_order": order}  # fmt: skip
     # Never out of MSTs before the clock stops it (a procedure out of MSTs leaves
     # workers idle): epoch times vary 10x between configurations, so twice what the
     # budget pays for at the mean epoch time.

@@ -390,3 +390,68 @@ def test_bad_holdings_are_rejected(holdings, message):
 def test_bad_replicas_are_rejected(replicas):
     with pytest.raises(ConfigError, match="replicas"):
         replicated_holdings(2, replicas)
+
+
+# -- train_order="any": training takes the shards in the order workers come free ------------
+def test_any_train_order_trains_on_an_idle_workers_shard_out_of_plan_order():
+    scheduler = _scheduler(1, 4, 1, seed=5, train_order="any")
+    plan = [s.shard for s in _planned(_scheduler(1, 4, 1, seed=5)) if s.kind is StepKind.TRAIN]
+    assert scheduler.assign([plan[2]])[0].steps == (Step(StepKind.TRAIN, 0, plan[2], 0),)
+    fixed = _scheduler(1, 4, 1, seed=5)
+    assert fixed.assign([plan[2]]) == []  # the fixed order waits for the planned worker
+
+
+@pytest.mark.parametrize("policy", list(SchedulingPolicy))
+@pytest.mark.parametrize(("n_msts", "n_workers", "n_epochs"), [(8, 2, 3), (5, 4, 2), (12, 6, 2)])
+def test_any_train_order_holds_the_invariants_and_numbers_positions_as_they_ran(
+    policy, n_msts, n_workers, n_epochs
+):
+    scheduler = _scheduler(n_msts, n_workers, n_epochs, policy=policy, seed=3, train_order="any")
+    result = simulate(scheduler, _unit_cost)
+    _check_invariants(result.trace, n_workers, dict.fromkeys(range(n_msts), n_epochs))
+    positions = defaultdict(list)
+    for _, _, visit in sorted(result.trace, key=lambda t: t[0]):
+        for step in visit.steps:
+            if step.kind is StepKind.TRAIN:
+                positions[visit.mst_id, step.epoch].append(step.position)
+    assert all(p == list(range(n_workers)) for p in positions.values())
+    assert scheduler.finished
+
+
+def test_any_train_order_waits_less_on_heterogeneous_work_with_one_copy():
+    """MSTs of very different speeds: in a fixed order fast ones queue behind slow ones
+    for the same worker; taking any untrained shard keeps more workers busy."""
+    rng = np.random.default_rng(0)
+    speed = rng.uniform(1, 10, size=24)
+
+    def cost(mst_id: int, step: Step) -> float:
+        return float(speed[mst_id]) if step.kind is StepKind.TRAIN else 0.1
+
+    makespans = {}
+    for order in ("fixed", "any"):
+        scheduler = _scheduler(24, 8, 2, seed=1, train_order=order)
+        makespans[order] = simulate(scheduler, cost).makespan
+    assert makespans["any"] < makespans["fixed"]
+
+
+def test_any_train_order_resumes_an_epoch_with_the_shards_not_yet_trained_on():
+    scheduler = _scheduler(1, 4, 2, seed=2, train_order="any")
+    plan = [s.shard for s in _planned(_scheduler(1, 4, 2, seed=2)) if s.kind is StepKind.TRAIN]
+    ran = []
+    for worker in (plan[3], plan[1]):  # against the plan's order
+        (visit,) = scheduler.assign([worker])
+        scheduler.complete(visit)
+        ran += visit.steps
+    assert [(s.shard, s.position) for s in ran] == [(plan[3], 0), (plan[1], 1)]
+    resumed = _scheduler(1, 4, 2, seed=2, train_order="any")
+    resumed.mark_done(0, ran)
+    assert list(resumed._msts[0].pending) == list(scheduler._msts[0].pending)
+    rest = [s.shard for s in resumed._msts[0].pending if s.kind is StepKind.TRAIN and s.epoch == 0]
+    assert rest == [plan[0], plan[2]]
+    with pytest.raises(ConfigError, match="is not among its planned steps"):
+        _scheduler(1, 4, 2, seed=2).mark_done(0, ran)  # a fixed order cannot adopt them
+
+
+def test_bad_train_order_is_rejected():
+    with pytest.raises(ConfigError, match="train_order must be 'fixed' .* or 'any'"):
+        MOPScheduler(2, train_order="random")

@@ -15,6 +15,7 @@ from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, DataError, ExecutorError
 from modelhopper.executors import StateSource, VisitResult, VisitTask
 from modelhopper.scheduling import Step, StepKind
+from modelhopper.store import SQLStore
 
 pytest.importorskip("onnxruntime")
 
@@ -425,6 +426,53 @@ def test_asha_keeps_no_more_msts_in_flight_than_workers(
     )  # fmt: skip
     assert len(result.msts) == 64
     assert _peak_alive(executor.trace) <= n_workers
+
+
+def test_any_train_order_shortens_epochs_and_a_cut_run_resumes_where_it_stopped(
+    bench: LCBench, tmp_path: Path
+) -> None:
+    """One copy of the data on 16 workers: taking whichever untrained shard's worker is
+    free first makes each epoch end sooner than waiting for the planned one; cut
+    halfway, the run resumes with each epoch's untrained shards, as the steps recorded."""
+    n_workers, store = 16, f"sqlite:///{tmp_path}/runs.db"
+
+    def search(order: str) -> mh.RandomSearch:
+        return mh.RandomSearch(
+            surrogate_estimator, bench.space(), n_msts=24, epochs=3, metric="val_accuracy",
+            direction="maximize", seed=2, train_order=order,
+        )  # fmt: skip
+
+    ends = {}
+    for order in ("fixed", "any"):
+        executor = SurrogateExecutor(task=TASK, bench=bench)
+        search(order).fit(surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+                          store=store, run_name=order, run_dir=tmp_path / order)  # fmt: skip
+        ends[order] = executor.simulated_seconds
+    assert ends["any"] < ends["fixed"]
+
+    cut = SurrogateExecutor(task=TASK, bench=bench, stop_at=ends["any"] / 2)
+    with pytest.raises(SimulatedTimeUp):
+        search("any").fit(surrogate_dataset(n_workers), n_workers=n_workers, executor=cut,
+                          store=store, run_name="cut", run_dir=tmp_path / "cut")  # fmt: skip
+    result = mh.resume("cut", store=store, executor=SurrogateExecutor(task=TASK, bench=bench))
+    # The surrogate fails an MST whose steps skip or repeat a sub-epoch; none did.
+    assert [len(m.history) for m in result.msts] == [3] * 24
+    assert all(m.status is mh.MSTStatus.COMPLETED for m in result.msts)
+    steps = SQLStore(store).list_steps("cut")
+    for mst in range(24):
+        for epoch in range(3):
+            train = [s for s in steps if (s.mst_id, s.epoch, s.kind) == (mst, epoch, "train")]
+            assert sorted(s.shard for s in train) == list(range(n_workers))
+            assert sorted(s.position for s in train) == list(range(n_workers))
+
+    def order(run: str) -> dict[tuple[int, int], list[int]]:
+        return {(m, e): [s.shard for s in sorted(SQLStore(store).list_steps(run),
+                                                 key=lambda s: s.position)
+                         if (s.mst_id, s.epoch, s.kind) == (m, e, "train")]
+                for m in range(24) for e in range(3)}  # fmt: skip
+
+    # Positions number the shards in the order they ran: not the plan's.
+    assert order("any") != order("fixed")
 
 
 def test_replicas_must_be_a_count_or_all(bench: LCBench) -> None:

@@ -139,6 +139,7 @@ class Driver:
         self._scheduler = MOPScheduler(
             n_workers, policy=procedure.policy, seed=procedure.seed, holdings=holdings,
             chain_seconds=0.0 if self._decides else CHAIN_SECONDS, n_shards=n_shards,
+            train_order=getattr(procedure, "train_order", "fixed"),  # runs saved before it
         )  # fmt: skip
         # Workers joining and leaving (elastic executors): who is in the pool, who owns which
         # shards once the pending re-homing steps are taken, and those steps, in order.

@@ -334,7 +334,8 @@ def resume(
 ) -> Result:
     """Continue a run whose driver stopped (crash, kill, Ctrl-C) from its store and checkpoints.
 
-    Finishes with the same per-MST results as an uninterrupted run with the same seed.
+    Finishes with the same per-MST results as an uninterrupted run with the same seed
+    (with ``train_order="any"``, each epoch goes on with the shards not yet trained on).
     ``n_workers`` (default: as many as it had) may be any number up to the run's shards:
     the plan does not depend on it (logical shards: ``fit(..., n_shards=...)``).
     """

@@ -30,7 +30,13 @@ a result: between its first and last evaluation (both fixed by the plan) an MST
 takes its other validation shards in whatever order workers come free. Waiting for
 the worker of one planned shard would delay every epoch's result by p - 2 waits,
 which is what an asynchronous procedure decides on (measured on the LCBench
-surrogate: bench/anytime.py). Training order stays fixed.
+surrogate: bench/anytime.py). Training order stays fixed, unless
+``train_order="any"``: then an MST trains each sub-epoch of an epoch on whichever
+shard it has not yet trained on whose worker comes free first, as the original MOP
+system did. No MST waits for one busy worker while another holding an unvisited
+shard idles, but which shard came when depends on timing: each step records the
+shard and its position in the order it actually ran, and a resumed run continues
+that epoch with the shards not yet trained on.
 
 The scheduler is pure logic over plain data: no processes, no clocks. It
 holds no epoch barrier; MSTs at different epochs run side by side.
@@ -57,6 +63,7 @@ __all__ = [
     "Step",
     "Visit",
     "SchedulingPolicy",
+    "TrainOrder",
     "MOPScheduler",
     "epoch_plan",
     "check_n_shards",
@@ -82,6 +89,11 @@ class Visit:
     mst_id: int
     worker: int
     steps: tuple[Step, ...]
+
+
+class TrainOrder(StrEnum):
+    FIXED = "fixed"  # drawn from the seed: results do not depend on timing
+    ANY = "any"  # at run time, among the epoch's untrained shards: fewer waits
 
 
 class SchedulingPolicy(StrEnum):
@@ -157,6 +169,8 @@ class MOPScheduler:
     hold, only which worker runs which steps.
     ``chain_seconds`` > 0 lets a visit run on past an epoch's end while the steps it
     took are estimated (from measured step times) to last less than that.
+    ``train_order="any"`` lets each epoch's training take its shards in the order
+    workers come free (see the module).
     """
 
     def __init__(
@@ -168,8 +182,10 @@ class MOPScheduler:
         holdings: Sequence[Iterable[int]] | None = None,
         chain_seconds: float = 0.0,
         n_shards: int | None = None,
+        train_order: TrainOrder | str = TrainOrder.FIXED,
     ) -> None:
         check_int("n_workers", n_workers, example="n_workers=2")
+        self.train_order = parse_train_order(train_order)
         self.n_workers = n_workers
         self.n_shards = check_n_shards(n_shards, n_workers)
         self.chain_seconds = float(chain_seconds)
@@ -217,6 +233,8 @@ class MOPScheduler:
         in any order, so the steps are named, not counted."""
         state = self._state(mst_id)
         done = list(steps)
+        if self.train_order is TrainOrder.ANY:
+            self._adopt_training(state, [s for s in done if s.kind is StepKind.TRAIN])
         planned = set(state.pending)
         unplanned = [s for s in done if s not in planned]
         if unplanned or len(set(done)) != len(done):
@@ -391,9 +409,63 @@ class MOPScheduler:
 
     def _next_shards(self, state: _MSTState) -> tuple[int, ...]:
         """Where the MST can go next: its next planned shard, or, between an epoch's
-        first and last evaluation, any shard it still has to evaluate on."""
+        first and last evaluation, any shard it still has to evaluate on (with
+        ``train_order="any"``, while training, any shard it has still to train on)."""
         free = tuple(step.shard for step in self._free_evaluations(state))
+        free = free or tuple(step.shard for step in self._free_training(state))
         return free or (state.pending[0].shard,)
+
+    def _free_training(self, state: _MSTState) -> list[Step]:
+        """With ``train_order="any"``: the epoch's training steps still to run, when
+        the MST is training (any of them may run next)."""
+        if self.train_order is not TrainOrder.ANY or state.pending[0].kind is not StepKind.TRAIN:
+            return []
+        epoch = state.pending[0].epoch
+        block = []
+        for step in state.pending:
+            if step.kind is not StepKind.TRAIN or step.epoch != epoch:
+                break
+            block.append(step)
+        return block
+
+    def _train_here_first(self, state: _MSTState, held: frozenset[int]) -> None:
+        """Reorder the epoch's remaining training so that the shards this worker holds
+        come first (plan order otherwise); positions follow the new order."""
+        block = self._free_training(state)
+        here = [s for s in block if s.shard in held]
+        if not here or block[0].shard in held:
+            return
+        order = here + [s for s in block if s.shard not in held]
+        self._replace_front(state, block, order, block[0].position)
+
+    def _adopt_training(self, state: _MSTState, done: list[Step]) -> None:
+        """Resuming with ``train_order="any"``: each epoch's training goes on from the
+        steps that ran (their shards, in their positions), then the shards not yet
+        trained on, in plan order."""
+        for epoch in sorted({s.epoch for s in done}):
+            ran = sorted((s for s in done if s.epoch == epoch), key=lambda s: s.position)
+            block = [s for s in state.pending if s.kind is StepKind.TRAIN and s.epoch == epoch]
+            shards = {s.shard for s in ran}
+            if not block or not shards <= {s.shard for s in block}:
+                return  # mark_done names the step that is not planned
+            order = ran + [s for s in block if s.shard not in shards]
+            self._replace_front(state, block, order, 0, start=state.pending.index(block[0]))
+
+    @staticmethod
+    def _replace_front(
+        state: _MSTState, block: list[Step], order: list[Step], first: int, start: int = 0
+    ) -> None:
+        """Put ``order``'s shards, re-numbered from position ``first``, where ``block``
+        (``len(block)`` steps from index ``start`` of the plan) was."""
+        steps = [Step(StepKind.TRAIN, s.epoch, s.shard, first + i) for i, s in enumerate(order)]
+        if start == 0:  # at every visit: O(block), not O(plan)
+            for _ in block:
+                state.pending.popleft()
+            state.pending.extendleft(reversed(steps))
+            return
+        pending = list(state.pending)
+        pending[start : start + len(block)] = steps
+        state.pending = deque(pending)
 
     def _free_evaluations(self, state: _MSTState) -> Iterator[Step]:
         """The leading evaluations that may run in any order (all but the epoch's last)."""
@@ -426,6 +498,7 @@ class MOPScheduler:
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
         held = self._held[worker]
+        self._train_here_first(state, held)
         if state.pending[0].shard not in held:  # evaluations taken out of plan order
             taken = [s for s in self._free_evaluations(state) if s.shard in held]
             for step in taken:
@@ -622,6 +695,16 @@ def replicated_holdings(
         tuple(sorted(s for k in range(replicas) for s in homes[(w - k) % n_workers]))
         for w in range(n_workers)
     )
+
+
+def parse_train_order(order: TrainOrder | str) -> TrainOrder:
+    try:
+        return TrainOrder(order)
+    except ValueError:
+        raise ConfigError(
+            f"train_order must be 'fixed' (drawn from the seed; results do not depend on "
+            f"timing) or 'any' (whichever untrained shard's worker is free), got {order!r}"
+        ) from None
 
 
 def _parse_policy(policy: SchedulingPolicy | str) -> SchedulingPolicy:

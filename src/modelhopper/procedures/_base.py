@@ -20,7 +20,12 @@ from modelhopper._ranking import DEFAULT_DIRECTION, score
 from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Trainer
 from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
-from modelhopper.scheduling import SchedulingPolicy, _parse_policy
+from modelhopper.scheduling import (
+    SchedulingPolicy,
+    TrainOrder,
+    _parse_policy,
+    parse_train_order,
+)
 from modelhopper.space import Space
 
 if TYPE_CHECKING:
@@ -84,12 +89,17 @@ class BaseProcedure:
         constraints: Sequence[str] = (),
         seed: int = 0,
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
+        train_order: TrainOrder | str = TrainOrder.FIXED,
     ) -> None:
         """``metric`` (default 'val_loss') and ``direction`` (default 'minimize') name what
         to optimise; or ``objectives`` names several metrics with their directions (MSTs
         are then ranked by Pareto front, ``modelhopper._pareto``; the first objective is
         the run's ``metric``). ``constraints`` ('val_n_params <= 100000') make MSTs whose
-        metrics break them rank below every feasible MST."""
+        metrics break them rank below every feasible MST. ``train_order``: "fixed"
+        (default) draws each epoch's shard order from the seed, so results do not depend
+        on timing; "any" trains on whichever not-yet-visited shard's worker is free first
+        (fewer waits with one copy of the data on many workers; results then depend on
+        timing, and each step records the shard it ran on)."""
         if not callable(make_estimator):
             raise ConfigError(
                 f"make_estimator must be a function params -> Estimator, got {make_estimator!r}"
@@ -111,6 +121,7 @@ class BaseProcedure:
             raise ConfigError(str(e)) from None
         self.seed = check_int("seed", seed, minimum=0)
         self.policy = _parse_policy(policy)
+        self.train_order = parse_train_order(train_order)
 
     @property
     def maximize(self) -> bool:
@@ -126,6 +137,7 @@ class BaseProcedure:
             "constraints": [str(c) for c in self.constraints],
             "seed": self.seed,
             "policy": self.policy.value,
+            "train_order": self.train_order.value,
         }
 
     def propose(self) -> list[dict[str, Any]]:
