@@ -455,3 +455,12 @@ def test_any_train_order_resumes_an_epoch_with_the_shards_not_yet_trained_on():
 def test_bad_train_order_is_rejected():
     with pytest.raises(ConfigError, match="train_order must be 'fixed' .* or 'any'"):
         MOPScheduler(2, train_order="random")
+
+
+def test_any_train_order_trains_on_every_untrained_shard_a_worker_holds_in_one_visit():
+    scheduler = _scheduler(1, 2, 1, seed=3, n_shards=4, train_order="any")  # 0: {0, 2}
+    (visit,) = scheduler.assign([0])
+    assert [(s.shard, s.position) for s in visit.steps[:2]] in (
+        [(0, 0), (2, 1)], [(2, 0), (0, 1)]
+    )
+    assert all(s.kind is StepKind.TRAIN for s in visit.steps[:2])

@@ -433,10 +433,9 @@ class MOPScheduler:
         come first (plan order otherwise); positions follow the new order."""
         block = self._free_training(state)
         here = [s for s in block if s.shard in held]
-        if not here or block[0].shard in held:
-            return
         order = here + [s for s in block if s.shard not in held]
-        self._replace_front(state, block, order, block[0].position)
+        if here and order != block:  # all of them in this visit: fewer hops
+            self._replace_front(state, block, order, block[0].position)
 
     def _adopt_training(self, state: _MSTState, done: list[Step]) -> None:
         """Resuming with ``train_order="any"``: each epoch's training goes on from the
