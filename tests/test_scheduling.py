@@ -460,7 +460,5 @@ def test_bad_train_order_is_rejected():
 def test_any_train_order_trains_on_every_untrained_shard_a_worker_holds_in_one_visit():
     scheduler = _scheduler(1, 2, 1, seed=3, n_shards=4, train_order="any")  # 0: {0, 2}
     (visit,) = scheduler.assign([0])
-    assert [(s.shard, s.position) for s in visit.steps[:2]] in (
-        [(0, 0), (2, 1)], [(2, 0), (0, 1)]
-    )
+    assert [(s.shard, s.position) for s in visit.steps[:2]] in ([(0, 0), (2, 1)], [(2, 0), (0, 1)])
     assert all(s.kind is StepKind.TRAIN for s in visit.steps[:2])
