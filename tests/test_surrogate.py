@@ -509,6 +509,24 @@ def test_a_run_stops_where_its_simulated_time_is_up_keeping_what_finished(
         SurrogateExecutor(task=TASK, bench=bench, stop_at=0)
 
 
+def test_busy_time_of_a_cut_run_counts_up_to_where_it_was_cut(
+    bench: LCBench, tmp_path: Path
+) -> None:
+    _, whole, _ = _fit("random", 4, bench, tmp_path / "whole")
+    stop_at = whole.simulated_seconds / 3
+    executor = SurrogateExecutor(task=TASK, bench=bench, stop_at=stop_at)
+    with pytest.raises(SimulatedTimeUp):
+        _procedure("random", bench).fit(
+            surrogate_dataset(4), n_workers=4, executor=executor,
+            store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "cut",
+        )  # fmt: skip
+    # Up to stop_at the cut run is the whole run: its visits, cut off at stop_at.
+    expected = [0.0] * 4
+    for visit in whole.trace:
+        expected[visit.worker] += max(0.0, min(visit.end, stop_at) - visit.start)
+    assert executor.busy_seconds == pytest.approx(expected, rel=1e-9)
+
+
 def test_simulated_runs_are_deterministic(bench: LCBench, tmp_path: Path) -> None:
     _, first, _ = _fit("asha", 8, bench, tmp_path, seed=3)
     _, again, _ = _fit("asha", 8, bench, tmp_path / "again", seed=3)

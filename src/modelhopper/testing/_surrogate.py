@@ -276,6 +276,9 @@ class SurrogateExecutor(BaseExecutor):
     def _forget_after(self, moment: float) -> None:
         """Time is up at ``moment``: visits simulated ahead that end later never happened."""
         self._now = moment
+        self.busy_seconds = [0.0] * self._n  # what the workers did up to the moment
+        for v in self.trace:
+            self.busy_seconds[v.worker] += max(0.0, min(v.end, moment) - v.start)
         self.trace = [v for v in self.trace if v.end <= moment]
         self.epoch_times = {k: t for k, t in self.epoch_times.items() if t <= moment}
         self.epoch_accuracy = {k: self.epoch_accuracy[k] for k in self.epoch_times}
