@@ -482,18 +482,27 @@ def test_replicas_must_be_a_count_or_all(bench: LCBench) -> None:
         _started(bench, 2, replicas=3)
 
 
+def _cut_a_third_in(
+    kind: str, bench: LCBench, tmp_path: Path
+) -> tuple[SurrogateExecutor, SurrogateExecutor, str]:
+    """The whole run on 4 workers, and the same run stopped at a third of its time (its
+    store): (whole, cut, store)."""
+    _, whole, _ = _fit(kind, 4, bench, tmp_path / "whole")
+    cut = SurrogateExecutor(task=TASK, bench=bench, stop_at=whole.simulated_seconds / 3)
+    store = f"sqlite:///{tmp_path}/runs.db"
+    with pytest.raises(SimulatedTimeUp, match="reached its stop_at"):
+        _procedure(kind, bench, 0).fit(
+            surrogate_dataset(4), n_workers=4, executor=cut, store=store,
+            run_name="cut", run_dir=tmp_path / "cut",
+        )  # fmt: skip
+    return whole, cut, store
+
+
 def test_a_run_stops_where_its_simulated_time_is_up_keeping_what_finished(
     bench: LCBench, tmp_path: Path
 ) -> None:
-    _, whole, _ = _fit("asha", 4, bench, tmp_path / "whole")
+    whole, executor, store = _cut_a_third_in("asha", bench, tmp_path)
     stop_at = whole.simulated_seconds / 3
-    executor = SurrogateExecutor(task=TASK, bench=bench, stop_at=stop_at)
-    store = f"sqlite:///{tmp_path}/runs.db"
-    with pytest.raises(SimulatedTimeUp, match="reached its stop_at"):
-        _procedure("asha", bench, 0).fit(
-            surrogate_dataset(4), n_workers=4, executor=executor, store=store,
-            run_name="cut", run_dir=tmp_path / "cut",
-        )  # fmt: skip
     # Up to stop_at the cut run is the whole run, epoch for epoch and value for value.
     before = {k: t for k, t in whole.epoch_times.items() if t <= stop_at}
     assert executor.epoch_times == before and 0 < len(before) < len(whole.epoch_times)
@@ -512,14 +521,8 @@ def test_a_run_stops_where_its_simulated_time_is_up_keeping_what_finished(
 def test_busy_time_of_a_cut_run_counts_up_to_where_it_was_cut(
     bench: LCBench, tmp_path: Path
 ) -> None:
-    _, whole, _ = _fit("random", 4, bench, tmp_path / "whole")
+    whole, executor, _ = _cut_a_third_in("random", bench, tmp_path)
     stop_at = whole.simulated_seconds / 3
-    executor = SurrogateExecutor(task=TASK, bench=bench, stop_at=stop_at)
-    with pytest.raises(SimulatedTimeUp):
-        _procedure("random", bench).fit(
-            surrogate_dataset(4), n_workers=4, executor=executor,
-            store=f"sqlite:///{tmp_path}/runs.db", run_dir=tmp_path / "cut",
-        )  # fmt: skip
     # Up to stop_at the cut run is the whole run: its visits, cut off at stop_at.
     expected = [0.0] * 4
     for visit in whole.trace:
