@@ -144,11 +144,12 @@ def test_anytime_smoke(tmp_path):
     _run("anytime.py", tmp_path)
     data = json.loads((tmp_path / "anytime_smoke.json").read_text())
     rows = data["table"]["4"]
-    assert len(rows) == 20  # 14 modelhopper procedures and variants, 6 peer implementations
+    assert len(rows) == 24  # 18 modelhopper procedures and variants, 6 peer implementations
     for method, row in rows.items():
         assert 0 <= row["2"]["mean"] < 1, method  # every method heard some accuracy
     engine = [r for r in data["runs"] if r["method"].startswith("mh ")]
     assert all(r["visits"] > 0 and r["driver_seconds"] > 0 for r in engine)
+    assert all(0 < r["utilisation"] <= 1 + 1e-9 for r in engine)
     assert (tmp_path / "anytime_smoke_4.png").stat().st_size > 0
 
 

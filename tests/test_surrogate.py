@@ -431,14 +431,14 @@ def test_asha_keeps_no_more_msts_in_flight_than_workers(
 def test_any_train_order_shortens_epochs_and_a_cut_run_resumes_where_it_stopped(
     bench: LCBench, tmp_path: Path
 ) -> None:
-    """One copy of the data on 16 workers: taking whichever untrained shard's worker is
-    free first makes each epoch end sooner than waiting for the planned one; cut
-    halfway, the run resumes with each epoch's untrained shards, as the steps recorded."""
-    n_workers, store = 16, f"sqlite:///{tmp_path}/runs.db"
+    """One copy of the data on 8 workers: taking whichever untrained shard's worker is
+    free first makes the run end sooner than waiting for the planned one; cut halfway,
+    the run resumes with each epoch's untrained shards, as the steps recorded."""
+    n_workers, n_msts, store = 8, 16, f"sqlite:///{tmp_path}/runs.db"
 
     def search(order: str) -> mh.RandomSearch:
         return mh.RandomSearch(
-            surrogate_estimator, bench.space(), n_msts=24, epochs=3, metric="val_accuracy",
+            surrogate_estimator, bench.space(), n_msts=n_msts, epochs=3, metric="val_accuracy",
             direction="maximize", seed=2, train_order=order,
         )  # fmt: skip
 
@@ -456,10 +456,10 @@ def test_any_train_order_shortens_epochs_and_a_cut_run_resumes_where_it_stopped(
                           store=store, run_name="cut", run_dir=tmp_path / "cut")  # fmt: skip
     result = mh.resume("cut", store=store, executor=SurrogateExecutor(task=TASK, bench=bench))
     # The surrogate fails an MST whose steps skip or repeat a sub-epoch; none did.
-    assert [len(m.history) for m in result.msts] == [3] * 24
+    assert [len(m.history) for m in result.msts] == [3] * n_msts
     assert all(m.status is mh.MSTStatus.COMPLETED for m in result.msts)
     steps = SQLStore(store).list_steps("cut")
-    for mst in range(24):
+    for mst in range(n_msts):
         for epoch in range(3):
             train = [s for s in steps if (s.mst_id, s.epoch, s.kind) == (mst, epoch, "train")]
             assert sorted(s.shard for s in train) == list(range(n_workers))
@@ -469,7 +469,7 @@ def test_any_train_order_shortens_epochs_and_a_cut_run_resumes_where_it_stopped(
         return {(m, e): [s.shard for s in sorted(SQLStore(store).list_steps(run),
                                                  key=lambda s: s.position)
                          if (s.mst_id, s.epoch, s.kind) == (m, e, "train")]
-                for m in range(24) for e in range(3)}  # fmt: skip
+                for m in range(n_msts) for e in range(3)}  # fmt: skip
 
     # Positions number the shards in the order they ran: not the plan's.
     assert order("any") != order("fixed")
