@@ -175,9 +175,10 @@ def _measure(smoke: bool, folder: Path) -> dict:
     torch.set_num_threads(1)
     data = dataset(20 if smoke else 200)
     epochs = 1 if smoke else 3
-    lora_hop, _ = per_hop(make_lora, {"rank": 4, "lr": mh.grid([1e-3, 3e-3])}, data,
-                          folder / "lora")  # fmt: skip
-    full_hop, _ = per_hop(make_full, {"lr": mh.grid([1e-4, 3e-4])}, data, folder / "full")
+    # Bytes per hop need a hop, not a grid: one MST of each kind in the smoke size.
+    lora_lrs, full_lrs = ([1e-3], [1e-4]) if smoke else ([1e-3, 3e-3], [1e-4, 3e-4])
+    lora_hop, _ = per_hop(make_lora, {"rank": 4, "lr": mh.grid(lora_lrs)}, data, folder / "lora")
+    full_hop, _ = per_hop(make_full, {"lr": mh.grid(full_lrs)}, data, folder / "full")
     shared, copies = memory(2 if smoke else 8, data)
     space = {"rank": mh.grid([4, 16]), "lr": mh.grid([1e-3, 3e-3])}
     search = mh.GridSearch(make_lora, space, epochs=epochs, seed=SEED)

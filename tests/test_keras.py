@@ -161,14 +161,15 @@ JAX_SCRIPT = textwrap.dedent(
                                        rtol=1e-5, atol=1e-6)
     print("jax ok", [round(r.metrics["val_accuracy"], 3) for r in result.msts])
 
-    # Workers killed as they start and while they train: the same run, to the bit.
+    # A worker killed as it starts and one while it trains: the same run, to the bit
+    # (the torch backend's test also kills replacements as they start).
     from modelhopper.testing import ChaosExecutor, KillPlan
-    executor = ChaosExecutor(KillPlan(start_up=frozenset({1}), running={3: True, 6: False}),
+    executor = ChaosExecutor(KillPlan(start_up=frozenset({1}), running={3: False}),
                              max_restarts=4, replicas=1)
     killed = mh.GridSearch(make_estimator, {"lr": mh.grid([1e-2, 3e-3])}, epochs=2,
                            seed=3).fit(digits, n_workers=2, run_dir=sys.argv[1] + "/killed",
                                        executor=executor)
-    assert sum(executor.restarts) == len(executor.kills) == 4, executor.kills
+    assert sum(executor.restarts) == len(executor.kills) == 2, executor.kills
     drop = ["train_seconds", "eval_seconds"]
     assert killed.history().drop(columns=drop).equals(result.history().drop(columns=drop))
     print("jax kills ok")
