@@ -53,7 +53,8 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 # Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "replicated":
 # every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
 # each hold the whole data set (else one copy, as MOP keeps it); "any order":
-# train_order="any" (each sub-epoch on whichever untrained shard's worker is free).
+# train_order="any" (each sub-epoch on whichever untrained shard's worker is free); "4 shards
+# per worker": the data cut into 4 logical shards per worker (n_shards=4p; else one each).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -72,6 +73,8 @@ MH_METHODS = (
     "mh Hyperband (stopping, oldest first, replicated)",
     "mh ASHA (stopping, oldest first, any order)",
     "mh Hyperband (stopping, oldest first, any order)",
+    "mh ASHA (stopping, oldest first, any order, 4 shards per worker)",
+    "mh Hyperband (stopping, oldest first, any order, 4 shards per worker)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -167,7 +170,12 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
 
 
 def on_surrogate(
-    procedure: Any, task: int, n_workers: int, stop_at: float, replicas: int | str = 1
+    procedure: Any,
+    task: int,
+    n_workers: int,
+    stop_at: float,
+    replicas: int | str = 1,
+    n_shards: int | None = None,
 ) -> Any:
     """Run a procedure on the real engine over the surrogate until ``stop_at`` simulated
     seconds; the executor, which holds what every epoch reported and when."""
@@ -179,7 +187,8 @@ def on_surrogate(
         warnings.simplefilter("ignore")
         try:
             procedure.fit(
-                surrogate_dataset(n_workers), n_workers=n_workers, executor=executor,
+                surrogate_dataset(n_shards or n_workers), n_workers=n_workers, n_shards=n_shards,
+                executor=executor,
                 store=f"sqlite:///{tmp}/runs.db", run_dir=Path(tmp) / "run", progress=False,
             )  # fmt: skip
         except SimulatedTimeUp:
@@ -201,7 +210,8 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     started = time.perf_counter()
     procedure = _procedure(method, seed, budget, n_workers)
     replicas = "all" if "replicated" in method else 1
-    executor = on_surrogate(procedure, task, n_workers, stop_at, replicas)
+    n_shards = 4 * n_workers if "4 shards per worker" in method else None
+    executor = on_surrogate(procedure, task, n_workers, stop_at, replicas, n_shards)
     heard = sorted(
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
