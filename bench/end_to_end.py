@@ -14,6 +14,11 @@ workload is measured ``--repeat`` times (default 2), fit and plain loop side
 by side each time, alternating which goes first; the table gives the median
 ratio (the lower middle one: of 2, the lower), every repetition's figures are
 in the JSON.
+Each time, the same plain loop also runs split in two halves of equal seconds,
+in two processes started together: the time until both end is what two
+single-threaded processes achieve side by side on this machine (they share its
+caches and memory bandwidth), the reference that tells the hardware's share of
+a ratio below 1 from ours.
 The plain loop flushes denormal floats to zero as the workers do, so both
 compute the same numbers (without it, the MLP grid's plain loop is slower:
 one MST's weights decay into denormals).
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -102,16 +108,20 @@ def _head(data: mh.Dataset, n_train: int, n_val: int) -> mh.Dataset:
 
 
 # -- the plain loop ------------------------------------------------------------------------
-def plain_loop(search, data: mh.Dataset, msts: list[tuple[dict, int]]) -> tuple[float, list]:
-    """Each MST trained alone, one after another, single-threaded; returns seconds, accuracies."""
+def plain_loop(
+    search, data: mh.Dataset, msts: list[tuple[dict, int]]
+) -> tuple[float, list[float], list[float]]:
+    """Each MST trained alone, one after another, single-threaded; returns seconds,
+    accuracies and each MST's seconds."""
     x, y = torch.from_numpy(np.array(data.train.x)), torch.from_numpy(np.array(data.train.y))
     vx, vy = (
         torch.from_numpy(np.array(data.validation.x)),
         torch.from_numpy(np.array(data.validation.y)),
     )
-    accuracies = []
+    accuracies, each = [], []
     started = time.perf_counter()
     for params, seed in msts:
+        began = time.perf_counter()
         torch.manual_seed(seed)
         estimator = search.make_estimator(params)
         model, optimizer, loss_fn = estimator.model, estimator.optimizer, estimator.loss
@@ -130,7 +140,49 @@ def plain_loop(search, data: mh.Dataset, msts: list[tuple[dict, int]]) -> tuple[
                     for bx, by in zip(vx.split(256), vy.split(256), strict=True)
                 )
         accuracies.append(correct / len(vx))
-    return time.perf_counter() - started, accuracies
+        each.append(time.perf_counter() - began)
+    return time.perf_counter() - started, accuracies, each
+
+
+# -- two plain loops at once: what two single-threaded processes achieve here --------------
+def two_plain_loops(search, data: mh.Dataset, halves: list[list[tuple[dict, int]]]) -> float:
+    """Seconds until both of two forked processes, started together, have run their half
+    of the plain loop: the machine's own limit for 2 single-threaded workers (they share
+    caches and memory bandwidth), against which no scheduling can do better."""
+    context = multiprocessing.get_context("fork")  # the data is already in this process
+    start, results = context.Barrier(3), context.Queue()
+    processes = [
+        context.Process(target=_half, args=(search, data, half, start, results)) for half in halves
+    ]
+    for process in processes:
+        process.start()
+    start.wait(timeout=120)
+    seconds = [results.get(timeout=3600) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    if any(process.exitcode != 0 for process in processes):
+        sys.exit("end_to_end: a side-by-side plain loop failed")
+    return max(seconds)
+
+
+def _half(search, data, msts, start, results) -> None:
+    torch.set_num_threads(1)
+    start.wait(timeout=120)
+    with denormals_flushed():
+        seconds, _, _ = plain_loop(search, data, msts)
+    results.put(seconds)
+
+
+def balanced_halves(msts: list[tuple[dict, int]], seconds: list[float]) -> list[list]:
+    """The MSTs in two halves of nearly equal plain-loop seconds (longest first, each to the
+    lighter half)."""
+    halves: list[list] = [[], []]
+    loads = [0.0, 0.0]
+    for i in sorted(range(len(msts)), key=lambda i: -seconds[i]):
+        lighter = loads.index(min(loads))
+        halves[lighter].append(msts[i])
+        loads[lighter] += seconds[i]
+    return halves
 
 
 # -- memory of the process tree, sampled by another process ---------------------------------
@@ -203,7 +255,8 @@ def _measure(workload: dict, msts: list[tuple[dict, int]] | None) -> dict:
         fit_seconds = time.perf_counter() - started
     assert msts is None or msts == [(m.params, m.seed) for m in result.msts]
     msts = [(m.params, m.seed) for m in result.msts]  # the same MSTs, trained plainly
-    plain_seconds, plain_acc = plain if plain is not None else _plain(search, data, msts)
+    plain_seconds, plain_acc, each = plain if plain is not None else _plain(search, data, msts)
+    side_by_side = two_plain_loops(search, data, balanced_halves(msts, each))
     s = result.stats
     limit = plain_seconds / N_WORKERS
     mop_acc = [m.metrics["val_accuracy"] for m in result.msts]
@@ -218,6 +271,9 @@ def _measure(workload: dict, msts: list[tuple[dict, int]] | None) -> dict:
         "fit_seconds": round(fit_seconds, 2),
         "ratio": round(limit / fit_seconds, 3),
         "fit_vs_plain_loop": round(plain_seconds / fit_seconds, 2),
+        "side_by_side_seconds": round(side_by_side, 2),
+        "side_by_side_ratio": round(limit / side_by_side, 3),
+        "fit_vs_side_by_side": round(side_by_side / fit_seconds, 3),
         "startup_seconds": round(s.startup_seconds, 2),
         "outside_loop_seconds": round(fit_seconds - s.wall_seconds, 2),
         "in_run_efficiency": round(s.efficiency, 3),
@@ -233,7 +289,9 @@ def _measure(workload: dict, msts: list[tuple[dict, int]] | None) -> dict:
     }
 
 
-def _plain(search, data: mh.Dataset, msts: list[tuple[dict, int]]) -> tuple[float, list]:
+def _plain(
+    search, data: mh.Dataset, msts: list[tuple[dict, int]]
+) -> tuple[float, list[float], list[float]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with denormals_flushed():  # the same numerics as the workers: the same trainings
@@ -259,20 +317,27 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['machine']}; {N_WORKERS} workers; limit = plain single-threaded loop / "
         f"{N_WORKERS}; ratio = limit / fit (1.0 is the hardware's limit), the median of "
         f"{meta['repeat']} side-by-side measurements (the row's other figures are that one's; "
-        "the plain loop went first in every other one). Memory: peak over "
+        "the plain loop went first in every other one). 2 plain loops at once: the plain "
+        "loop's MSTs in two halves of equal plain seconds, run by two forked processes started "
+        "together, until both end: what 2 single-threaded processes achieve on this machine; "
+        "fit vs that = its seconds / fit's (1.0: fit is as fast as two plain loops at once). "
+        "Memory: peak over "
         "the fit of the summed PSS of the script's process tree (RSS sum for reference). "
         f"`python bench/end_to_end.py`, {meta['date']}.",
         "",
         "| workload | plain loop s | limit s | fit() s | ratio (each run) | fit vs plain loop | "
+        "2 plain loops at once s (limit / that) | fit vs 2 plain loops at once | "
         "worker start-up s | outside the loop s | in-run efficiency | driver ms per visit "
         "(dispatch / record) | peak PSS GiB (RSS) | mean val acc plain / MOP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['plain_loop_seconds']} | {r['limit_seconds']} | "
             f"{r['fit_seconds']} | **{r['ratio']}** ({', '.join(map(str, r['ratios']))}) | "
             f"{r['fit_vs_plain_loop']}x | "
+            f"{r['side_by_side_seconds']} ({r['side_by_side_ratio']}) | "
+            f"**{r['fit_vs_side_by_side']}** | "
             f"{r['startup_seconds']} | {r['outside_loop_seconds']} | {r['in_run_efficiency']} | "
             f"{r['dispatch_ms_per_visit']} / {r['record_ms_per_visit']} | "
             f"{r['peak_tree_pss_gib']} ({r['peak_tree_rss_gib']}) | "

@@ -85,6 +85,7 @@ def test_end_to_end_smoke(tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert row["plain_loop_seconds"] > 0 and row["fit_seconds"] > 0
+        assert row["side_by_side_seconds"] > 0 and row["fit_vs_side_by_side"] > 0
         assert 0 < row["ratio"] and 0 <= row["startup_seconds"] < row["fit_seconds"]
         assert row["peak_tree_pss_gib"] > 0 and row["n_visits"] > 0
         assert row["mean_val_accuracy_plain"] > 0.2 and row["mean_val_accuracy_mop"] > 0.2
@@ -144,7 +145,7 @@ def test_anytime_smoke(tmp_path):
     _run("anytime.py", tmp_path)
     data = json.loads((tmp_path / "anytime_smoke.json").read_text())
     rows = data["table"]["4"]
-    assert len(rows) == 24  # 18 modelhopper procedures and variants, 6 peer implementations
+    assert len(rows) == 26  # 20 modelhopper procedures and variants, 6 peer implementations
     for method, row in rows.items():
         assert 0 <= row["2"]["mean"] < 1, method  # every method heard some accuracy
     engine = [r for r in data["runs"] if r["method"].startswith("mh ")]
