@@ -166,10 +166,8 @@ def two_plain_loops(search, data: mh.Dataset, halves: list[list[tuple[dict, int]
 
 
 def _half(search, data, msts, start, results) -> None:
-    torch.set_num_threads(1)
     start.wait(timeout=120)
-    with denormals_flushed():
-        seconds, _, _ = plain_loop(search, data, msts)
+    seconds, _, _ = _plain(search, data, msts)
     results.put(seconds)
 
 

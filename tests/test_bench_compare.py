@@ -63,7 +63,9 @@ def test_every_system_has_sane_figures(smoke):
         for mst in r["msts"]:
             assert 0 <= mst["val_accuracy"] <= 1 and len(mst["history"]) == 1
             assert -1 <= mst["gap_to_sequential"] <= 1
-        if r["system"] != "sequential":
+        if r["system"] == "sequential":  # its own work is the yardstick of work
+            assert r["efficiency_sequential_work"] == pytest.approx(r["efficiency"])
+        else:
             assert r["bytes_communicated"] > 0, r["system"]
             assert r["n_processes"] >= 3, r["system"]  # the runner and a process per worker
 
