@@ -112,3 +112,17 @@ def test_sums_kept_on_the_device_equal_sums_read_at_every_batch(task):
     assert isinstance(on_device._loss, torch.Tensor) and isinstance(on_host._loss, float)
     assert on_device.loss() == on_host.loss()
     assert on_device.metrics() == on_host.metrics()
+
+
+def test_outputs_kept_for_the_sums_stay_within_their_bound():
+    """On the CPU a pass's outputs wait to be summed in groups, but never more than
+    ``_PENDING_BYTES`` of them: a large output (a language model's logits) is summed at once."""
+    sums = est._Sums(["accuracy"], torch.device("cpu"))
+    small, y = torch.zeros(16, 10), torch.zeros(16, dtype=torch.long)
+    for _ in range(3):
+        sums.add(small, torch.tensor(1.0), y)
+    assert len(sums._pending) == 3
+    large = torch.zeros(16, est._PENDING_BYTES // (16 * 4) + 1)
+    sums.add(large, torch.tensor(2.0), y)
+    assert sums._pending == [] and sums.loss() == (3 * 1.0 + 2.0) * 16
+    assert sums.metrics() == {"accuracy": 4 * 16.0}
