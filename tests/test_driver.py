@@ -71,6 +71,7 @@ class InProcessExecutor(BaseExecutor):
         self._shards: list[ShardInfo] = []
         self.n_submitted = self.n_returned = 0
         self.sources: list[StateSource] = []  # of every task, in submission order
+        self.tasks: list[VisitTask] = []  # every task, in submission order
 
     def start(self, shards: Sequence[ShardInfo], factory: Callable[..., Any]) -> None:
         self._shards, self._factory = list(shards), factory
@@ -85,6 +86,7 @@ class InProcessExecutor(BaseExecutor):
         assert all(r.worker != worker for r in self._done), "a busy worker got a visit"
         self.n_submitted += 1
         self.sources.append(task.source)
+        self.tasks.append(task)
         if self.n_submitted in self._crash:
             self._workers[worker] = self._worker(worker)
             self._done.append(VisitResult(worker, task.mst_id, crashed=True))
@@ -174,6 +176,29 @@ def grid(**kwargs: Any) -> mh.GridSearch:
     return mh.GridSearch(estimator, space, epochs=kwargs.pop("epochs", 2), **kwargs)
 
 
+class _DecidingGrid(mh.GridSearch):
+    def on_epoch_end(self, trainer: Any, result: Any) -> mh.Decision:
+        return mh.Decision.CONTINUE  # decides nothing, but may: visits end at epochs' ends
+
+
+def test_where_a_procedure_decides_visits_end_with_the_epoch_and_the_worker_keeps_the_state(
+    shards, tmp_path
+):
+    # One MST, so no other takes its worker between two of its visits.
+    procedure = _DecidingGrid(estimator, {"hidden": 4, "lr": 0.05}, epochs=2)
+    run = Run(procedure, tmp_path, InProcessExecutor())
+    stats = run.start(shards)
+
+    assert run.statuses() == {0: "completed"}
+    for task in run.executor.tasks:  # none goes on past an epoch's last evaluation
+        last_evals = [s for s in task.steps if s.kind.value == "eval" and s.is_last(s.kind, 2)]
+        assert not last_evals or task.steps[-1] == last_evals[0]
+    assert stats.n_visits == 2 * 3  # per epoch: train, train + evaluate, evaluate
+    # The next epoch starts where the last evaluation ran: the state is already there.
+    fresh, sent, held = StateSource.FRESH, StateSource.SENT, StateSource.HELD
+    assert run.executor.sources == [fresh, sent, sent, held, sent, sent]
+
+
 def test_the_loop_trains_every_mst_to_its_budget_and_records_every_step(shards, tmp_path):
     run = Run(grid(), tmp_path, InProcessExecutor())
     stats = run.start(shards)
@@ -191,7 +216,11 @@ def test_the_loop_trains_every_mst_to_its_budget_and_records_every_step(shards, 
     sources = run.executor.sources  # each MST built once; a state sent exactly on a hop
     assert sources.count(StateSource.FRESH) == 4
     assert sources.count(StateSource.SENT) == stats.n_hops > 0
-    assert StateSource.HELD in sources
+    # A grid decides nothing: an epoch's last evaluation goes on into the next epoch's
+    # training on that worker, so only each MST's final evaluation is a visit of its own.
+    eval_only = [t for t in run.executor.tasks if all(s.kind.value == "eval" for s in t.steps)]
+    assert sorted((t.mst_id, t.steps[-1].epoch) for t in eval_only) == [(m, 1) for m in range(4)]
+    assert StateSource.HELD not in sources
     assert stats.resident_shard_bytes == tuple(s.nbytes for s in shards)
     for mst in run.store.list_msts(run.name):
         assert mst.checkpoint and Path(mst.checkpoint).is_file()

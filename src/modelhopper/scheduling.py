@@ -23,7 +23,9 @@ holds every shard, a visit may go on into the MST's next epochs while its
 estimated length stays under ``chain_seconds``: one visit instead of several
 short ones, each with its fixed cost. The eval order starts where training ended,
 and the next epoch starts where evaluation ended, so that first visit usually
-finds the state already on its worker.
+finds the state already on its worker; where no procedure decides, a visit that
+only evaluated goes on into that training whatever the worker holds (one visit,
+not an evaluation-only one and then a training one on the same worker).
 
 Evaluation changes no state, so the order of an epoch's evaluations cannot change
 a result: between its first and last evaluation (both fixed by the plan) an MST
@@ -168,7 +170,8 @@ class MOPScheduler:
     ``home_holdings``). The plan depends on neither the workers nor what they
     hold, only which worker runs which steps.
     ``chain_seconds`` > 0 lets a visit run on past an epoch's end while the steps it
-    took are estimated (from measured step times) to last less than that.
+    took are estimated (from measured step times) to last less than that, or while it
+    has only evaluated (see ``_chains``).
     ``train_order="any"`` lets each epoch's training take its shards in the order
     workers come free (see the module).
     """
@@ -505,17 +508,30 @@ class MOPScheduler:
                 state.n_pending[step.kind] -= 1
             return Visit(state.mst_id, worker, tuple(taken))
         steps: list[Step] = []
-        # Chained visits need every shard here, so that they end at an epoch's end too.
-        chain = self.chain_seconds if len(held) == self.n_shards else 0.0
         seconds = 0.0
         while state.pending and state.pending[0].shard in held:
             step = state.pending[0]
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1
             seconds += self._estimate(state, step.kind)
-            if step.is_last(StepKind.EVAL, self.n_shards) and seconds >= chain:
-                break  # the epoch is evaluated: the procedure decides before more training
+            if step.is_last(StepKind.EVAL, self.n_shards):
+                if not state.pending or not self._chains(steps, seconds, held):
+                    break  # the epoch is evaluated: the procedure decides before more training
+                self._train_here_first(state, held)
         return Visit(state.mst_id, worker, tuple(steps))
+
+    def _chains(self, steps: list[Step], seconds: float, held: frozenset[int]) -> bool:
+        """Whether a visit that has just evaluated an epoch goes on into the next (only
+        where no procedure decides on epochs: ``chain_seconds`` > 0). It does while it is
+        short, if it can run to an epoch's end (the worker holds every shard); and always
+        when it has only evaluated so far: its state is the one it came with, and the
+        next epoch starts on the shard evaluated last, so the worker would take the MST's
+        next visit anyway (one visit instead of an evaluation-only one and a training one)."""
+        if self.chain_seconds <= 0:
+            return False
+        if not any(step.kind is StepKind.TRAIN for step in steps):
+            return True
+        return len(held) == self.n_shards and seconds < self.chain_seconds
 
     def _estimate(self, state: _MSTState, kind: StepKind) -> float:
         if state.n_seconds[kind]:

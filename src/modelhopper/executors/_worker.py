@@ -126,6 +126,7 @@ class ShardWorker:
         torch.set_rng_state(rng)
         outcomes = []
         epoch_states = []
+        trained = False
         for step in task.steps:
             if step.shard not in inputs:
                 inputs[step.shard] = self._inputs(estimator, step.shard)
@@ -147,7 +148,14 @@ class ShardWorker:
                 result = estimator.evaluate_pass(val_x, data.val_y, transform=transform)
                 torch.set_rng_state(rng_before)
             outcomes.append(StepOutcome(step, result))
-            if step.is_last(StepKind.EVAL, self.n_shards) and step is not task.steps[-1]:
+            trained = trained or step.kind is StepKind.TRAIN
+            # The state an epoch ended with, for a visit going on into the next epoch; not
+            # when nothing trained before: the driver has that state (the one sent here).
+            if (
+                trained
+                and step.is_last(StepKind.EVAL, self.n_shards)
+                and step is not task.steps[-1]
+            ):
                 epoch_states.append((step.epoch, self._state_bytes(estimator)))
         rng = torch.get_rng_state()
         state = self._state_bytes(estimator)
