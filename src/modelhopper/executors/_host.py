@@ -139,7 +139,7 @@ def keep_freed_memory() -> None:
 def _hold(runner: ShardWorker, rehome: Rehome) -> None:
     """Open the shards new to this worker; the others stay as they are."""
     shards = {
-        index: runner.shards[index] if index in runner.shards else open_shard(path)
+        index: runner.shards[index] if index in runner.shards else open_shard(path, map_in=True)
         for index, path in rehome.shard_paths
     }
     runner.hold(shards, rehome.home)
@@ -151,7 +151,7 @@ def _start(spec: WorkerSpec) -> ShardWorker:
     flush_denormals()  # before the thread pool exists: its threads inherit it
     torch.set_num_threads(spec.n_threads)
     warm_up_torch()
-    shards = {index: open_shard(path) for index, path in spec.shard_paths}
+    shards = {index: open_shard(path, map_in=True) for index, path in spec.shard_paths}
     factory = cloudpickle.loads(spec.factory_blob)
     return ShardWorker(
         spec.worker, shards, spec.n_shards, factory, materialise=spec.materialise, home=spec.home,

@@ -129,7 +129,7 @@ class _ShardActor:
         built = build is not None and not self.can_read(path)
         if built:  # this node lost the shard built for it, or never had it
             cloudpickle.loads(build)()
-        shard = open_shard(path)
+        shard = open_shard(path, map_in=True)
         self.runner = ShardWorker(
             self.worker, {self.worker: shard}, self.n_shards, self.factory,
             materialise=self.materialise, device=self.device,
