@@ -28,7 +28,10 @@ from modelhopper.data._streaming import stack_examples
 __all__ = ["Batch", "PerExample", "batches", "per_example"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-GATHER_BYTES = 16 * 2**20  # rows copied at once by the fast road (a bound on its memory)
+# Rows copied at once by the fast road (a bound on its memory). 4 MiB rather than 16: the
+# rows are still in the cache when their batches train, and a fresh worker faults in
+# less memory (measured: a pass of the MLP grid's 784-256-10 MLP 1-2% faster).
+GATHER_BYTES = 4 * 2**20
 
 
 class PerExample:
