@@ -146,8 +146,8 @@ def markdown(r: dict) -> str:
         "",
         f"The same model.fit trainings split over 2 processes running side by side take "
         f"{r['side_by_side_seconds']} s ({r['plain_seconds'] / 2 / r['side_by_side_seconds']:.3f}"
-        f" of the ideal halving): two processes on these 2 cores slow each other down. "
-        f"Against that, MOP's ratio is {r['ratio_to_side_by_side']:.3f}.",
+        f" of the ideal halving): what two processes achieve side by side on this machine "
+        f"at that moment. Against that, MOP's ratio is {r['ratio_to_side_by_side']:.3f}.",
         "",
     ])  # fmt: skip
 
