@@ -74,6 +74,27 @@ def test_best_checkpoint_is_the_state_evaluated_at_the_best_epoch(run):
         assert float(loss) == pytest.approx(best_row["val_loss"], rel=1e-5)
 
 
+def test_best_checkpoint_is_exact_with_one_copy_of_the_data(tmp_path):
+    """One shard per worker: an epoch's last evaluation runs in the visit that starts the
+    next epoch's training (grid search decides nothing); the epoch's state is the one
+    checkpointed by the visit that ended its training."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.05, 2.0])}, epochs=3,
+                           metric="val_loss", direction="minimize")  # fmt: skip
+    digits = mh.datasets.digits()
+    result = search.fit(digits, executor=mh.LocalExecutor(replicas=1), run_name="one",
+                        store=url, run_dir=tmp_path / "one")  # fmt: skip
+    assert result.stats.n_visits == 2 * (3 * 2 + 1)  # per epoch 2 visits, then a last eval
+    for mst in result.msts:
+        best_row = min(mst.history, key=lambda row: row["val_loss"])
+        model = mh.load_model("one", mst.id, store=url, best=True)
+        with torch.no_grad():
+            loss = nn.CrossEntropyLoss()(
+                model(torch.from_numpy(digits.validation.x)), torch.from_numpy(digits.validation.y)
+            )
+        assert float(loss) == pytest.approx(best_row["val_loss"], rel=1e-5)
+
+
 def test_load_model_of_an_unknown_mst(run):
     with pytest.raises(mh.ConfigError, match=r"run 'r1' has no MST 7; its MSTs are \[0, 1\]"):
         mh.load_model("r1", 7, store=run[1])
