@@ -249,10 +249,8 @@ def run_workload(workload: dict, repeat: int) -> dict:
 def _peak_memory(workload: dict, msts: list[tuple[dict, int]]) -> dict:
     """The process tree's peak memory over one more fit of the same MSTs (not timed)."""
     search, data = workload["search"](), workload["loaded"]
-    with tempfile.TemporaryDirectory() as run_dir, TreeMemory() as memory:
-        result = search.fit(data, n_workers=N_WORKERS, run_dir=run_dir,
-                            store=f"sqlite:///{run_dir}/runs.db")  # fmt: skip
-    assert msts == [(m.params, m.seed) for m in result.msts]
+    with TreeMemory() as memory:
+        _fit(search, data, msts)
     return {
         "peak_tree_pss_gib": round(memory.peak_pss / 2**30, 3),
         "peak_tree_rss_gib": round(memory.peak_rss / 2**30, 3),
@@ -263,12 +261,9 @@ def _measure(workload: dict, msts: list[tuple[dict, int]] | None) -> dict:
     """Fit and plain loop side by side; the plain loop first when the MSTs are known."""
     search, data = workload["search"](), workload["loaded"]
     plain = _plain(search, data, msts) if msts is not None else None
-    with tempfile.TemporaryDirectory() as run_dir:
-        started = time.perf_counter()
-        result = search.fit(data, n_workers=N_WORKERS, run_dir=run_dir,
-                            store=f"sqlite:///{run_dir}/runs.db")  # fmt: skip
-        fit_seconds = time.perf_counter() - started
-    assert msts is None or msts == [(m.params, m.seed) for m in result.msts]
+    started = time.perf_counter()
+    result = _fit(search, data, msts)
+    fit_seconds = time.perf_counter() - started
     msts = [(m.params, m.seed) for m in result.msts]  # the same MSTs, trained plainly
     plain_seconds, plain_acc, each = plain if plain is not None else _plain(search, data, msts)
     side_by_side = two_plain_loops(search, data, balanced_halves(msts, each))
@@ -300,6 +295,16 @@ def _measure(workload: dict, msts: list[tuple[dict, int]] | None) -> dict:
         "mean_val_accuracy_plain": round(float(np.mean(plain_acc)), 4),
         "mean_val_accuracy_mop": round(float(np.mean(mop_acc)), 4),
     }
+
+
+def _fit(search, data: mh.Dataset, msts: list[tuple[dict, int]] | None):
+    """``search.fit`` as a user's script calls it (a fresh run folder and store); its MSTs
+    are ``msts`` when given (the search is seeded)."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = search.fit(data, n_workers=N_WORKERS, run_dir=run_dir,
+                            store=f"sqlite:///{run_dir}/runs.db")  # fmt: skip
+    assert msts is None or msts == [(m.params, m.seed) for m in result.msts]
+    return result
 
 
 def _plain(

@@ -421,7 +421,11 @@ class MOPScheduler:
     def _free_training(self, state: _MSTState) -> list[Step]:
         """With ``train_order="any"``: the epoch's training steps still to run, when
         the MST is training (any of them may run next)."""
-        if self.train_order is not TrainOrder.ANY or state.pending[0].kind is not StepKind.TRAIN:
+        if (
+            self.train_order is not TrainOrder.ANY
+            or not state.pending
+            or state.pending[0].kind is not StepKind.TRAIN
+        ):
             return []
         epoch = state.pending[0].epoch
         block = []
@@ -515,7 +519,7 @@ class MOPScheduler:
             state.n_pending[step.kind] -= 1
             seconds += self._estimate(state, step.kind)
             if step.is_last(StepKind.EVAL, self.n_shards):
-                if not state.pending or not self._chains(steps, seconds, held):
+                if not self._chains(steps, seconds, held):
                     break  # the epoch is evaluated: the procedure decides before more training
                 self._train_here_first(state, held)
         return Visit(state.mst_id, worker, tuple(steps))
