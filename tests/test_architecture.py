@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "_state_format", "_process", "_version", "provenance")),
     ("foundations", ("_domains", "space", "data", "store", "scheduling", "_loader",
                      "_procedure_file")),
-    ("models", ("estimator", "_keras", "representations", "transfer")),
+    ("models", ("estimator", "_data_parallel", "_keras", "representations", "transfer")),
     ("execution", ("executors",)),
     ("driver", ("_recording", "commands", "_driver")),
     ("runs", ("_plot", "result", "_preflight", "experiment", "handle", "export")),

@@ -42,11 +42,13 @@ from modelhopper._vocabulary import (
     MSTStatus,
     Procedure,
     RunStats,
+    Step,
 )
 from modelhopper.commands import apply_pending
 from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.executors import (
     BaseExecutor,
+    GroupSpec,
     State,
     StateSource,
     VisitResult,
@@ -60,6 +62,7 @@ from modelhopper.scheduling import (
     check_n_shards,
     home_holdings,
     makespan_lower_bound,
+    plan_order,
     plan_pool_change,
     take_pool_step,
 )
@@ -140,6 +143,7 @@ class Driver:
             n_workers, policy=procedure.policy, seed=procedure.seed, holdings=holdings,
             chain_seconds=0.0 if self._decides else CHAIN_SECONDS, n_shards=n_shards,
             train_order=getattr(procedure, "train_order", "fixed"),  # runs saved before it
+            hybrid=getattr(procedure, "hybrid", "off"),
         )  # fmt: skip
         # Workers joining and leaving (elastic executors): who is in the pool, who owns which
         # shards once the pending re-homing steps are taken, and those steps, in order.
@@ -156,6 +160,10 @@ class Driver:
         self._last_mst_on: dict[int, int] = {}  # worker -> MST of its last visit
         self._last_worker_of: dict[int, int] = {}  # MST -> worker of its last visit
         self._in_flight: dict[int, Visit] = {}
+        # Group epochs in flight (hybrid): their rendezvous, and the members' results so far.
+        self._rendezvous: dict[int, str] = {}
+        self._members_done: dict[int, list[tuple[Visit, VisitResult]]] = {}
+        self._group_moved: dict[int, int] = {}  # MST -> state bytes its members were sent
         self._moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
         self._started: list[int] = []  # MSTs whose first visit was sent, not yet marked running
         self._unrecorded: list[FinishedVisit] = []  # accounted for, not yet in the store
@@ -453,6 +461,7 @@ class Driver:
 
     def _idle_workers(self) -> list[int]:
         held = {visit.worker for visit, _ in self._held_back}  # the scheduler's, until settled
+        held.update(v.worker for done in self._members_done.values() for v, _ in done)
         return [w for w in self._pool if w not in self._in_flight and w not in held]
 
     def _assign(self) -> None:
@@ -471,13 +480,64 @@ class Driver:
                 self._n_hops += 1
                 self._hop_bytes += state_nbytes(state)
             self._moved_bytes[visit.worker] = state_nbytes(state) if state is not None else 0
-            task = VisitTask(mst.id, mst.params, mst.seed, visit.steps, source, state, init)
+            task = VisitTask(
+                mst.id, mst.params, mst.seed, visit.steps, source, state, init,
+                self._group_spec(visit),
+            )  # fmt: skip
             self._executor.submit(visit.worker, task)
             self._in_flight[visit.worker] = visit
             self._n_visits += 1
             if tracked.status is MSTStatus.PENDING:
                 tracked.status = MSTStatus.RUNNING
                 self._started.append(mst.id)  # written after the dispatch, off the critical path
+
+    def _group_spec(self, visit: Visit) -> GroupSpec | None:
+        """A group member's place in its group (the members meet at one rendezvous)."""
+        if not visit.group:
+            return None
+        if visit.mst_id not in self._rendezvous:
+            self._rendezvous[visit.mst_id] = self._executor.group_rendezvous()
+        rank = visit.group.index(visit.worker)
+        return GroupSpec(visit.group, rank, self._rendezvous[visit.mst_id])
+
+    def _join_group(
+        self, visit: Visit, result: VisitResult
+    ) -> tuple[Visit, VisitResult, dict[Step, int]] | None:
+        """A group member's visit ended: None until the group's last has, then the
+        group's visits as one on the leader (the worker that ran each step beside them).
+        Any member that crashed makes the group's epoch run again; otherwise any error
+        fails the MST, with the error that is not a member's lost connection."""
+        done = self._members_done.setdefault(visit.mst_id, [])
+        done.append((visit, result))
+        if len(done) < len(visit.group):
+            if result.crashed or result.error is not None:  # the others may wait for it
+                self._executor.abort_group(self._rendezvous[visit.mst_id])
+            return None
+        del self._members_done[visit.mst_id]
+        del self._rendezvous[visit.mst_id]
+        results = {v.worker: r for v, r in done}
+        for worker, member in results.items():
+            if member.crashed:
+                self._last_mst_on.pop(worker, None)
+            else:  # it ran the MST; only the leader's copy counts as the latest (_holds_latest)
+                self._last_mst_on[worker] = visit.mst_id
+        crashed = any(r.crashed for r in results.values())
+        failed = [r for r in results.values() if r.error is not None]
+        failed.sort(key=lambda r: "gloo" in (r.error or "") or "Connection" in (r.error or ""))
+        leader = results[visit.group[0]]
+        outcomes = sorted((o for r in results.values() for o in r.outcomes),
+                          key=lambda o: plan_order(o.step))  # fmt: skip
+        joined = dataclasses.replace(
+            leader, outcomes=tuple(outcomes), crashed=crashed,
+            state_lost=any(r.state_lost for r in results.values()),
+            error=None if crashed or not failed else failed[0].error,
+            traceback=None if crashed or not failed else failed[0].traceback,
+            state=None if crashed or failed else leader.state,
+            busy_seconds=max(r.busy_seconds for r in results.values()),
+        )  # fmt: skip
+        steps = tuple(sorted((s for v, _ in done for s in v.steps), key=plan_order))
+        workers = {s: v.worker for v, _ in done for s in v.steps}
+        return Visit(visit.mst_id, visit.group[0], steps, visit.group), joined, workers
 
     def _mark_started(self) -> None:
         if not self._started:
@@ -508,6 +568,14 @@ class Driver:
     def _accept(self, result: VisitResult) -> FinishedVisit | None:
         """Account for a finished visit in memory (no I/O); None if it needs no record."""
         visit = self._in_flight.pop(result.worker)
+        workers: dict[Step, int] = {}  # group epochs: the member that ran each step
+        if visit.group:
+            moved = self._moved_bytes.pop(visit.worker, 0)
+            self._group_moved[visit.mst_id] = self._group_moved.get(visit.mst_id, 0) + moved
+            if (joined := self._join_group(visit, result)) is None:
+                return None
+            visit, result, workers = joined
+            self._moved_bytes[visit.worker] = self._group_moved.pop(visit.mst_id)
         if result.crashed:
             self._last_mst_on.pop(result.worker, None)  # the new process holds no state
         else:
@@ -520,18 +588,22 @@ class Driver:
                 self._settle(visit, result)
             return None
         seconds = [o.result.seconds for o in result.outcomes]
-        self._scheduler.complete(visit, seconds)
+        waited = float(result.extra.get("allreduce_seconds", 0.0))
+        self._scheduler.complete(visit, seconds, allreduce_seconds=waited)
         self._n_steps += len(visit.steps)
         self._compute_seconds += sum(seconds)
-        key = (visit.mst_id, visit.worker)
-        self._work[key] = self._work.get(key, 0.0) + sum(seconds)
+        for outcome in result.outcomes:
+            key = (visit.mst_id, workers.get(outcome.step, visit.worker))
+            self._work[key] = self._work.get(key, 0.0) + outcome.result.seconds
         epochs = self._recorder.add_outcomes(visit.mst_id, result.outcomes)
         if epochs and self._decides:  # no further visit before the procedure has decided
             self._scheduler.hold(visit.mst_id)
         self._states[visit.mst_id] = result.state
         self._bar.update(len(visit.steps), self._remaining)
         moved = self._moved_bytes.pop(visit.worker, 0)  # the dashboard's timeline shows hops
-        return FinishedVisit(visit, result, result.state, epochs, moved, time.monotonic())
+        return FinishedVisit(
+            visit, result, result.state, epochs, moved, time.monotonic(), workers=workers
+        )
 
     def _record(self, *, serve: bool = False) -> None:
         """Checkpoints, then one store transaction for all unrecorded visits, then the

@@ -50,6 +50,7 @@ class FinishedVisit:
     # When its steps finished (their result arrived), recorded as such: the commit may
     # come a little later, and "finished" must not mean "committed".
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    workers: Mapping[Step, int] = field(default_factory=dict)  # a group's: who ran each step
 
     @property
     def trains(self) -> bool:
@@ -199,13 +200,16 @@ class Recorder:
             mst.latest = str(self._files.write(visit.mst_id, name, state))
         earlier = dict(finished.result.epoch_states)  # a chained visit's earlier epochs
         steps = [
-            _to_record(visit.mst_id, visit.worker, o.step, o.result, finished.finished_at)
+            _to_record(visit.mst_id, finished.workers.get(o.step, visit.worker), o.step,
+                       o.result, finished.finished_at)
             for o in finished.result.outcomes
-        ]
+        ]  # fmt: skip
         events: list[tuple[EventKind, dict[str, Any]]] = [
             (EventKind.HOPPED, {"worker": visit.worker, "steps": len(visit.steps),
                                 "hop": finished.moved > 0, "bytes": finished.moved})
         ]  # fmt: skip
+        if visit.group:
+            events.append((EventKind.GROUP_EPOCH, _group_detail(finished)))
         for record in finished.epochs:
             improves = self._improves(visit.mst_id, record.metrics)
             if record.epoch in earlier and (improves or keep_all):
@@ -253,6 +257,23 @@ class Recorder:
             return False
         mst.best_value = value
         return True
+
+
+def _group_detail(finished: FinishedVisit) -> dict[str, Any]:
+    """What a group epoch's record says: its members, the shards each trained on, and
+    the global batches (each takes rows / steps of every shard's rows, within one)."""
+    visit, result = finished.visit, finished.result
+    train = [o for o in result.outcomes if o.step.kind is StepKind.TRAIN]
+    shards: dict[str, list[int]] = {str(w): [] for w in visit.group}
+    for outcome in train:
+        shards[str(finished.workers[outcome.step])].append(outcome.step.shard)
+    return {
+        "mode": "group", "epoch": train[0].step.epoch if train else None,
+        "workers": list(visit.group), "shards": shards,
+        "rows": {str(o.step.shard): o.result.n for o in train},
+        "steps": result.extra.get("group_steps"),
+        "allreduce_seconds": result.extra.get("allreduce_seconds"),
+    }  # fmt: skip
 
 
 def _to_record(

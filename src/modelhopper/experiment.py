@@ -190,6 +190,7 @@ def run_search(
     name = new_run_name(procedure) if run_name is None else check_run_name(run_name)
     executor = resolve_executor(executor)
     executor.check_layout(n_workers, n_shards)
+    executor.check_hybrid(getattr(procedure, "hybrid", "off"))
     executor.prepare(n_workers)  # workers that take long to start begin now, beside sharding
     retention = CheckpointManager(".", checkpoints).retention  # validates the value
     saved, modules = dump_procedure(procedure)  # what resume needs, from any folder
@@ -350,6 +351,7 @@ def resume(
     executor = resolve_executor(executor)
     executor.check_layout(workers, n_shards)
     procedure = _load_procedure(directory)
+    executor.check_hybrid(getattr(procedure, "hybrid", "off"))
     shards = _load_shards(directory, n_shards)
     db.set_experiment_status(run_name, RunStatus.RUNNING)
     db.add_event(run_name, EventKind.RESUMED, detail={"n_workers": workers})

@@ -66,8 +66,10 @@ __all__ = [
     "Visit",
     "SchedulingPolicy",
     "TrainOrder",
+    "Hybrid",
     "MOPScheduler",
     "epoch_plan",
+    "plan_order",
     "check_n_shards",
     "home_holdings",
     "PoolChange",
@@ -86,11 +88,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Visit:
-    """Steps an MST runs on one worker before it hops on."""
+    """Steps an MST runs on one worker before it hops on. In a group epoch (hybrid mode)
+    each member gets a visit naming the ``group`` (its members, leader first); the
+    driver reports the group's visits back as one, on the leader, with all their steps."""
 
     mst_id: int
     worker: int
     steps: tuple[Step, ...]
+    group: tuple[int, ...] = ()
+
+
+class Hybrid(StrEnum):
+    """When an MST trains an epoch data-parallel on a group of workers (``_take_group``)."""
+
+    OFF = "off"  # MOP only: one worker at a time per MST
+    # At an epoch's start, when fewer MSTs can run than half the workers, unless the MST's
+    # last group epoch was measured slower than one worker would have been.
+    AUTO = "auto"
+    ON = "on"  # every epoch of every MST (a run whose results depend on nothing timed)
 
 
 class TrainOrder(StrEnum):
@@ -154,6 +169,7 @@ class _MSTState:
     stopped: bool = False
     held: bool = False  # waiting for a decision on its last epoch
     parked: tuple[int, ...] = ()  # the workers whose waiting sets hold it
+    group_slower: bool = False  # its last group epoch was slower than one worker's (auto)
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -174,6 +190,9 @@ class MOPScheduler:
     has only evaluated (see ``_chains``).
     ``train_order="any"`` lets each epoch's training take its shards in the order
     workers come free (see the module).
+    ``hybrid`` (``Hybrid``) lets an MST train a whole epoch on a group of every worker
+    that holds shards, data-parallel (``_take_group``); while an MST waits for its
+    group, the idle workers wait with it.
     """
 
     def __init__(
@@ -186,9 +205,11 @@ class MOPScheduler:
         chain_seconds: float = 0.0,
         n_shards: int | None = None,
         train_order: TrainOrder | str = TrainOrder.FIXED,
+        hybrid: Hybrid | str = Hybrid.OFF,
     ) -> None:
         check_int("n_workers", n_workers, example="n_workers=2")
         self.train_order = parse_train_order(train_order)
+        self.hybrid = parse_hybrid(hybrid)
         self.n_workers = n_workers
         self.n_shards = check_n_shards(n_shards, n_workers)
         self.chain_seconds = float(chain_seconds)
@@ -319,10 +340,14 @@ class MOPScheduler:
     # -- the scheduling step ----------------------------------------------
     def assign(self, idle_workers: Iterable[int]) -> list[Visit]:
         """Pick at most one visit for each idle worker (in worker order)."""
-        visits = []
-        for worker in sorted(set(idle_workers)):
+        idle = sorted(set(idle_workers))
+        for worker in idle:
             if worker in self._busy:
                 raise ConfigError(f"worker {worker} is busy with MST {self._busy[worker]}")
+        visits: list[Visit] = []
+        if self.hybrid is not Hybrid.OFF:
+            visits, idle = self._assign_group(idle)
+        for worker in idle:
             chosen = self._choose(worker)
             if chosen is None:
                 continue
@@ -333,10 +358,19 @@ class MOPScheduler:
             self.n_decisions += 1
         return visits
 
-    def complete(self, visit: Visit, step_seconds: Sequence[float] | None = None) -> None:
-        """Record that a visit finished (with the seconds each of its steps took)."""
+    def complete(
+        self,
+        visit: Visit,
+        step_seconds: Sequence[float] | None = None,
+        *,
+        allreduce_seconds: float = 0.0,
+    ) -> None:
+        """Record that a visit finished (with the seconds each of its steps took; a group's:
+        its members' shares, and the seconds the leader waited in all-reduce)."""
         state = self._release(visit)
-        if step_seconds is not None:
+        if visit.group and step_seconds is not None:
+            self._measure_group(state, visit, step_seconds, allreduce_seconds)
+        elif step_seconds is not None:
             for step, seconds in zip(visit.steps, step_seconds, strict=True):
                 state.sum_seconds[step.kind] += float(seconds)
                 state.n_seconds[step.kind] += 1
@@ -347,7 +381,8 @@ class MOPScheduler:
     def requeue(self, visit: Visit) -> None:
         """Put an interrupted visit's steps back at the front of its MST's plan."""
         state = self._release(visit)
-        state.pending.extendleft(reversed(visit.steps))
+        steps = sorted(visit.steps, key=plan_order) if visit.group else visit.steps
+        state.pending.extendleft(reversed(steps))
         for step in visit.steps:
             state.n_pending[step.kind] += 1
         self._park(state)
@@ -481,9 +516,11 @@ class MOPScheduler:
             yield step
 
     def _release(self, visit: Visit) -> _MSTState:
-        if self._busy.get(visit.worker) != visit.mst_id:
-            raise ConfigError(f"MST {visit.mst_id} is not running on worker {visit.worker}")
-        del self._busy[visit.worker]
+        for worker in visit.group or (visit.worker,):
+            if self._busy.get(worker) != visit.mst_id:
+                raise ConfigError(f"MST {visit.mst_id} is not running on worker {worker}")
+        for worker in visit.group or (visit.worker,):
+            del self._busy[worker]
         state = self._msts[visit.mst_id]
         state.running = False
         return state
@@ -492,15 +529,7 @@ class MOPScheduler:
         waiting = self._waiting[worker]
         if not waiting:
             return None
-        eligible = [self._msts[i] for i in sorted(waiting)]
-        top = max(s.priority for s in eligible)
-        eligible = [s for s in eligible if s.priority == top]
-        if self.policy is SchedulingPolicy.RANDOM:
-            return eligible[int(self._rng.integers(len(eligible)))]
-        if self.policy is SchedulingPolicy.OLDEST_FIRST:
-            return eligible[0]  # sorted by id: the first added
-        # Longest remaining work first (LRW); ties go to the lower id.
-        return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
+        return self._pick([self._msts[i] for i in sorted(waiting)])
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
         held = self._held[worker]
@@ -523,6 +552,82 @@ class MOPScheduler:
                     break  # the epoch is evaluated: the procedure decides before more training
                 self._train_here_first(state, held)
         return Visit(state.mst_id, worker, tuple(steps))
+
+    # -- data-parallel groups (hybrid) ----------------------------------------------------
+    def _assign_group(self, idle: list[int]) -> tuple[list[Visit], list[int]]:
+        """A group epoch for the MST due one that the policy picks, if its group (every
+        worker holding shards) is idle; the workers left for MOP visits. While one is due,
+        no idle member takes a MOP visit: the group would wait for it to end."""
+        pool = [w for w in range(self.n_workers) if self._held[w]]
+        if len(pool) < 2:
+            return [], idle
+        runnable = sum(1 for m in self._msts.values() if m.pending and not m.stopped)
+        due = [m for m in self._msts.values() if self._due_group(m, runnable, len(pool))]
+        if not due:
+            return [], idle
+        rest = [w for w in idle if w not in pool]
+        if len(rest) + len(pool) != len(idle):
+            return [], rest  # some members are busy: the others keep themselves for it
+        chosen = self._pick(sorted(due, key=lambda m: m.mst_id))
+        self._unpark(chosen)
+        visits = self._take_group(chosen, pool)
+        chosen.running = True
+        for visit in visits:
+            self._busy[visit.worker] = chosen.mst_id
+        self.n_decisions += 1
+        return visits, rest
+
+    def _due_group(self, state: _MSTState, runnable: int, n_pool: int) -> bool:
+        """Whether the MST's next epoch, not begun, trains in a group."""
+        if state.running or state.stopped or state.held or not state.pending:
+            return False
+        first = state.pending[0]
+        if first.kind is not StepKind.TRAIN or first.position != 0:
+            return False
+        if self.hybrid is Hybrid.ON:
+            return True
+        return not state.group_slower and 2 * runnable <= n_pool
+
+    def _take_group(self, state: _MSTState, pool: list[int]) -> list[Visit]:
+        """One visit per member: the epoch's training and evaluation on the shards it is
+        given (each shard to the member holding it with the fewest so far)."""
+        epoch = state.pending[0].epoch
+        steps = []
+        while state.pending and state.pending[0].epoch == epoch:
+            step = state.pending.popleft()
+            state.n_pending[step.kind] -= 1
+            steps.append(step)
+        given: dict[int, list[int]] = {w: [] for w in pool}
+        for shard in range(self.n_shards):
+            holders = [w for w in self._holders[shard] if w in given]
+            given[min(holders, key=lambda w: (len(given[w]), w))].append(shard)
+        members = tuple(w for w in pool if given[w])
+        return [
+            Visit(state.mst_id, w, tuple(s for s in steps if s.shard in given[w]), members)
+            for w in members
+        ]
+
+    def _measure_group(
+        self, state: _MSTState, visit: Visit, step_seconds: Sequence[float], waited: float
+    ) -> None:
+        """Auto: keep an MST off groups once a group epoch took as long as one worker would
+        have (its members' compute, without the all-reduce waits, added up)."""
+        k = len(visit.group)
+        train = [t for step, t in zip(visit.steps, step_seconds, strict=True)
+                 if step.kind is StepKind.TRAIN]  # fmt: skip
+        wall = sum(train) / k  # each member's steps share out its time in the pass
+        state.group_slower = wall >= k * max(wall - waited, 0.0)
+
+    def _pick(self, eligible: list[_MSTState]) -> _MSTState:
+        """The MST the policy runs first among ``eligible`` (sorted by id)."""
+        top = max(s.priority for s in eligible)
+        eligible = [s for s in eligible if s.priority == top]
+        if self.policy is SchedulingPolicy.RANDOM:
+            return eligible[int(self._rng.integers(len(eligible)))]
+        if self.policy is SchedulingPolicy.OLDEST_FIRST:
+            return eligible[0]  # sorted by id: the first added
+        # Longest remaining work first (LRW); ties go to the lower id.
+        return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
     def _chains(self, steps: list[Step], seconds: float, held: frozenset[int]) -> bool:
         """Whether a visit that has just evaluated an epoch goes on into the next (only
@@ -724,6 +829,22 @@ def parse_train_order(order: TrainOrder | str) -> TrainOrder:
             f"train_order must be 'fixed' (drawn from the seed; results do not depend on "
             f"timing) or 'any' (whichever untrained shard's worker is free), got {order!r}"
         ) from None
+
+
+def parse_hybrid(hybrid: Hybrid | str) -> Hybrid:
+    try:
+        return Hybrid(hybrid)
+    except ValueError:
+        raise ConfigError(
+            f"hybrid must be 'off' (MOP only), 'auto' (an MST trains an epoch data-parallel "
+            f"on every worker when fewer MSTs can run than half the workers) or 'on' (every "
+            f"epoch), got {hybrid!r}"
+        ) from None
+
+
+def plan_order(step: Step) -> tuple[int, bool, int]:
+    """A step's place in its MST's plan: by epoch, training before evaluation, position."""
+    return step.epoch, step.kind is not StepKind.TRAIN, step.position
 
 
 def _parse_policy(policy: SchedulingPolicy | str) -> SchedulingPolicy:

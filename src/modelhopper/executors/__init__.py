@@ -16,10 +16,12 @@ from modelhopper.executors._base import (
     state_bytes,
     state_nbytes,
 )
+from modelhopper.executors._group import GroupSpec
 from modelhopper.executors._local import LocalExecutor
 
 __all__ = [
     "BaseExecutor",
+    "GroupSpec",
     "LocalExecutor",
     "RayExecutor",
     "State",

@@ -12,6 +12,7 @@ from modelhopper._vocabulary import Step
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.estimator import PassResult
+from modelhopper.executors._group import GroupSpec
 from modelhopper.scheduling import home_holdings
 
 __all__ = [
@@ -75,6 +76,9 @@ class VisitTask:
     source: StateSource
     state: State | None = None
     init_state: State | None = None  # a fresh MST's starting weights (a warm-started clone)
+    # Set when the visit is one member's share of a data-parallel group epoch (hybrid mode):
+    # its training steps are the shards this member trains on, all in one epoch.
+    group: GroupSpec | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None and self.source is not StateSource.SENT:
@@ -126,6 +130,30 @@ class BaseExecutor(ABC):
     def check_layout(self, n_workers: int, n_shards: int) -> None:  # noqa: B027 - most run any
         """Raise a ConfigError, before anything starts, if this executor cannot run
         ``n_workers`` workers over ``n_shards`` shards (``n_shards >= n_workers``)."""
+
+    # -- data-parallel groups (hybrid mode) ---------------------------------------------
+    groups: bool = False  # whether visits may carry a GroupSpec
+
+    def check_hybrid(self, hybrid: str) -> None:
+        """Raise a ConfigError, before anything starts, if the run wants groups
+        (``hybrid`` not 'off') and this executor cannot run them."""
+        if hybrid != "off" and not self.groups:
+            raise self._no_groups()
+
+    def group_rendezvous(self) -> str:
+        """A new rendezvous for one group visit's members (a file they can all reach)."""
+        raise self._no_groups()
+
+    def abort_group(self, rendezvous: str) -> None:
+        """A member of the group meeting at ``rendezvous`` was lost: members still waiting
+        for it to join give up (those already joined fail at their next all-reduce)."""
+        raise self._no_groups()
+
+    def _no_groups(self) -> ConfigError:
+        return ConfigError(
+            f"{type(self).__name__} cannot train an MST data-parallel on a group of workers "
+            "(hybrid='auto' or 'on'); use LocalExecutor, or hybrid='off'"
+        )
 
     # -- workers joining and leaving a running run (elastic executors) -------------------
     elastic: bool = False  # whether add_worker / rehome / remove_worker work

@@ -15,7 +15,9 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -27,6 +29,7 @@ from modelhopper._checks import check_int
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
+from modelhopper.executors._group import abort
 from modelhopper.executors._host import Rehome, WorkerSpec, detach_from_parent, serve
 from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.executors._shm import ShmFolder, shm_root
@@ -205,6 +208,8 @@ class LocalExecutor(BaseExecutor):
         self._resident: list[int] = []
         self._budget = RestartBudget(0, max_restarts, restart_window)
         self.start_methods: list[str] = []  # how each worker process was started, for tests
+        self._group_folder: str | None = None  # the rendezvous files of group visits
+        self._n_groups = 0
 
     @property
     def n_workers(self) -> int:
@@ -269,6 +274,18 @@ class LocalExecutor(BaseExecutor):
         for worker in range(n):
             self._launch(worker)
         self._resident = [self._ready(worker) for worker in range(n)]
+
+    # -- data-parallel groups: the members meet through a file ------------------------------
+    groups = True
+
+    def group_rendezvous(self) -> str:
+        if self._group_folder is None:
+            self._group_folder = tempfile.mkdtemp(prefix="modelhopper-groups-")
+        self._n_groups += 1
+        return os.path.join(self._group_folder, f"group-{self._n_groups}")
+
+    def abort_group(self, rendezvous: str) -> None:
+        abort(rendezvous)
 
     # -- workers joining and leaving -------------------------------------------------------
     elastic = True
@@ -502,6 +519,9 @@ class LocalExecutor(BaseExecutor):
         if self._states is not None:
             self._states.remove()
             self._states = None
+        if self._group_folder is not None:
+            shutil.rmtree(self._group_folder, ignore_errors=True)
+            self._group_folder = None
 
 
 def _fork_from_zygote(timeout: float) -> _Process:

@@ -21,13 +21,16 @@ from typing import Any
 
 import torch
 
+from modelhopper._data_parallel import ShardPart, group_train_pass, n_global_batches
 from modelhopper._vocabulary import StepKind
 from modelhopper.data._encoded import EncodedColumn
 from modelhopper.data._sharding import ShardData
 from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
+    Estimator,
     Trainable,
     build_estimator,
+    derive_seed,
     state_from_bytes,
     state_to_bytes,
 )
@@ -38,9 +41,12 @@ from modelhopper.executors._base import (
     VisitTask,
     state_bytes,
 )
+from modelhopper.executors._group import GroupSpec, group_channel
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 
 __all__ = ["ShardWorker", "warm_up_torch"]
+
+_GROUP_SALT = 3  # seeds a group member's own random draws (dropout) in a group epoch
 
 
 def warm_up_torch() -> None:
@@ -124,10 +130,16 @@ class ShardWorker:
         estimator, rng = self._estimator_for(task)
         inputs = {}  # shard -> what the model reads there, looked up once per visit
         torch.set_rng_state(rng)
-        outcomes = []
+        outcomes: list[StepOutcome] = []
+        steps = task.steps
+        group: dict[str, Any] = {}
+        if task.group is not None:  # the epoch's training, data-parallel with the group
+            outcomes, group = self._train_in_group(estimator, task, task.group)
+            steps = tuple(step for step in steps if step.kind is StepKind.EVAL)
         epoch_states = []
-        trained = False
-        for step in task.steps:
+        trained = bool(outcomes)
+        extra: dict[str, Any] = {}
+        for step in steps:
             if step.shard not in inputs:
                 inputs[step.shard] = self._inputs(estimator, step.shard)
             train_x, val_x, transform, extra = inputs[step.shard]
@@ -161,9 +173,43 @@ class ShardWorker:
         state = self._state_bytes(estimator)
         self._remember(task.mst_id, estimator, rng)
         return VisitResult(
-            self.worker, task.mst_id, tuple(outcomes), state, extra=extra,
+            self.worker, task.mst_id, tuple(outcomes), state, extra={**extra, **group},
             epoch_states=tuple(epoch_states),
         )  # fmt: skip
+
+    def _train_in_group(
+        self, estimator: Trainable, task: VisitTask, spec: GroupSpec
+    ) -> tuple[list[StepOutcome], dict[str, Any]]:
+        """This member's share of a group epoch (``_data_parallel``): the task's training
+        steps, on shards this worker holds, all of one epoch; the epoch's global batches
+        and the seconds spent in all-reduce."""
+        if not isinstance(estimator, Estimator):
+            raise MSTFailedError(
+                f"a data-parallel group trains PyTorch Estimators only; this MST's is a "
+                f"{type(estimator).__name__}: run it with hybrid='off'"
+            )
+        train = [step for step in task.steps if step.kind is StepKind.TRAIN]
+        epoch = train[0].epoch
+        if spec.rank:  # the leader's draws go on with the MST; the others' start from the seed
+            torch.manual_seed(derive_seed(task.seed, epoch, spec.rank, _GROUP_SALT))
+        parts = []
+        for step in train:
+            x, _, transform, _ = self._inputs(estimator, step.shard)
+            parts.append(ShardPart(step.shard, x, self.shards[step.shard].train_y, transform))
+        with group_channel(spec) as channel:
+            rows = torch.tensor([float(sum(len(part.y) for part in parts))], dtype=torch.float64)
+            channel.all_reduce(rows)  # the group's rows, hence its number of global batches
+            n_rows = int(rows.item())
+            results = group_train_pass(
+                estimator, parts, seed=task.seed, epoch=epoch, n_rows=n_rows,
+                all_reduce=channel.all_reduce,
+            )  # fmt: skip
+        estimator.end_epoch()  # every member: their schedules stay equal
+        info = {
+            "group_steps": n_global_batches(n_rows, estimator.batch_size),
+            "allreduce_seconds": channel.seconds,
+        }
+        return [StepOutcome(step, results[step.shard]) for step in train], info
 
     def _state_bytes(self, estimator: Trainable) -> bytes:
         """The MST's state as it is now, the worker's RNG included (what hops on)."""

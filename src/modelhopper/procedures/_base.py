@@ -21,9 +21,11 @@ from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Train
 from modelhopper.errors import ConfigError, SpaceError
 from modelhopper.estimator import Estimator, derive_seed
 from modelhopper.scheduling import (
+    Hybrid,
     SchedulingPolicy,
     TrainOrder,
     _parse_policy,
+    parse_hybrid,
     parse_train_order,
 )
 from modelhopper.space import Space
@@ -90,6 +92,7 @@ class BaseProcedure:
         seed: int = 0,
         policy: SchedulingPolicy | str = SchedulingPolicy.LONGEST_REMAINING,
         train_order: TrainOrder | str = TrainOrder.FIXED,
+        hybrid: Hybrid | str = Hybrid.OFF,
     ) -> None:
         """``metric`` (default 'val_loss') and ``direction`` (default 'minimize') name what
         to optimise; or ``objectives`` names several metrics with their directions (MSTs
@@ -99,7 +102,10 @@ class BaseProcedure:
         (default) draws each epoch's shard order from the seed, so results do not depend
         on timing; "any" trains on whichever not-yet-visited shard's worker is free first
         (fewer waits with one copy of the data on many workers; results then depend on
-        timing, and each step records the shard it ran on)."""
+        timing, and each step records the shard it ran on). ``hybrid``: "off" (default,
+        MOP only), "auto" (an epoch trains data-parallel on every worker when fewer MSTs
+        can run than half the workers and that was measured faster) or "on" (every
+        epoch); see docs/hybrid.md."""
         if not callable(make_estimator):
             raise ConfigError(
                 f"make_estimator must be a function params -> Estimator, got {make_estimator!r}"
@@ -122,6 +128,7 @@ class BaseProcedure:
         self.seed = check_int("seed", seed, minimum=0)
         self.policy = _parse_policy(policy)
         self.train_order = parse_train_order(train_order)
+        self.hybrid = parse_hybrid(hybrid)
 
     @property
     def maximize(self) -> bool:
@@ -138,6 +145,7 @@ class BaseProcedure:
             "seed": self.seed,
             "policy": self.policy.value,
             "train_order": self.train_order.value,
+            "hybrid": self.hybrid.value,
         }
 
     def propose(self) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ class EventKind(StrEnum):
     WORKER_RESTARTED = "worker_restarted"
     WORKERS_CHANGED = "workers_changed"  # workers joined or left; shards were re-homed
     EPOCH_DECIDED = "epoch_decided"  # the procedure's decision on an epoch is committed
+    GROUP_EPOCH = "group_epoch"  # an epoch trained data-parallel by a group (hybrid mode)
     COMMAND = "command"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -1,0 +1,304 @@
+"""Hybrid mode: an MST's epoch trained data-parallel by a group of workers.
+
+The oracle is plain PyTorch written apart from the engine, sharing only the documented
+contract (``modelhopper._data_parallel``): global batch ``k`` of an epoch is part ``k``
+of every shard's shuffled rows, each shard cut into ``ceil(rows / batch_size)`` parts;
+the step is SGD on the mean loss over that batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper._data_parallel import ShardPart, group_train_pass, n_global_batches, shard_parts
+from modelhopper.data._sharding import shard_splits
+from modelhopper.errors import ConfigError
+from modelhopper.estimator import denormals_flushed, state_from_bytes
+from modelhopper.executors import GroupSpec
+from modelhopper.executors._group import group_channel
+from modelhopper.scheduling import Hybrid, MOPScheduler, StepKind, Visit
+from modelhopper.store import EventKind, open_store
+
+SEED = 5
+
+
+def make_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    return mh.Estimator(
+        model, optimizer, nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=32,
+        lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+    )  # fmt: skip
+
+
+def _sgd_over_global_batches(estimator, shards, *, seed, epochs):
+    """Plain PyTorch: each epoch's global batches, one step each, in one process."""
+    n_rows = sum(len(y) for _, y in shards.values())
+    for epoch in range(epochs):
+        n_steps = n_global_batches(n_rows, estimator.batch_size)
+        parts = {
+            s: shard_parts(len(y), n_steps, seed=seed, epoch=epoch, shard=s)
+            for s, (_, y) in shards.items()
+        }
+        estimator.model.train()
+        for k in range(n_steps):
+            x = np.concatenate([shards[s][0][parts[s][k]] for s in sorted(shards)])
+            y = np.concatenate([shards[s][1][parts[s][k]] for s in sorted(shards)])
+            estimator.optimizer.zero_grad()
+            estimator.loss(estimator.model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+            estimator.optimizer.step()
+        if estimator.lr_scheduler is not None:
+            estimator.lr_scheduler.step()
+    return estimator
+
+
+def _digits_shards(n_shards):
+    data = mh.datasets.digits(seed=0)
+    x, y = data.train.x, data.train.y
+    return {s: (x[s::n_shards], y[s::n_shards]) for s in range(n_shards)}
+
+
+@pytest.mark.parametrize("assignment", [[[0, 2], [1, 3]], [[0], [1, 2], [3]], [[0, 1, 2, 3]]])
+def test_a_group_epoch_is_sgd_over_the_global_batches(assignment, tmp_path):
+    """Members in threads (gloo through a file), against the plain loop: equal to float
+    tolerance whatever the members hold, members bit-identical, per-shard sums right."""
+    shards = _digits_shards(4)
+    n_rows = sum(len(y) for _, y in shards.values())
+    torch.manual_seed(0)
+    members = [make_estimator({"lr": 0.01}) for _ in assignment]
+    for member in members[1:]:
+        member.model.load_state_dict(members[0].model.state_dict())
+    results = {}
+
+    def member(rank):
+        spec = GroupSpec(tuple(range(len(assignment))), rank, str(tmp_path / "rendezvous"))
+        with group_channel(spec) as channel:
+            for epoch in range(2):
+                parts = [ShardPart(s, *shards[s]) for s in assignment[rank]]
+                results[rank, epoch] = group_train_pass(
+                    members[rank], parts, seed=SEED, epoch=epoch, n_rows=n_rows,
+                    all_reduce=channel.all_reduce,
+                )  # fmt: skip
+                members[rank].end_epoch()
+
+    threads = [threading.Thread(target=member, args=(r,)) for r in range(len(assignment))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == 2 * len(assignment), "a member did not finish"
+    torch.manual_seed(0)
+    reference = _sgd_over_global_batches(make_estimator({"lr": 0.01}), shards, seed=SEED, epochs=2)
+    for name, tensor in reference.model.state_dict().items():
+        for member in members:
+            torch.testing.assert_close(member.model.state_dict()[name], tensor, atol=2e-6, rtol=0)
+        for member in members[1:]:
+            assert torch.equal(member.model.state_dict()[name], members[0].model.state_dict()[name])
+    for rank, owned in enumerate(assignment):
+        rows = {s: r.n for s, r in results[rank, 0].items()}
+        assert rows == {s: len(shards[s][1]) for s in owned}
+        assert all(math.isfinite(r.loss_sum) and r.loss_sum > 0 for r in results[rank, 1].values())
+
+
+def test_global_batches_take_every_row_once_in_near_equal_parts():
+    parts = shard_parts(101, 7, seed=1, epoch=2, shard=3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(101))
+    assert {len(p) for p in parts} == {14, 15}
+    assert n_global_batches(1797, 32) == 57
+    assert [p.tolist() for p in parts] != [
+        p.tolist() for p in shard_parts(101, 7, seed=1, epoch=3, shard=3)
+    ]
+
+
+# -- the scheduler ---------------------------------------------------------------------------
+def _steps(visits):
+    return sorted((s.kind.value, s.shard) for v in visits for s in v.steps)
+
+
+def test_a_group_visit_gives_each_member_its_shards_training_and_evaluation():
+    scheduler = MOPScheduler(2, n_shards=4, hybrid="on", seed=3)
+    scheduler.add_mst(0, 2)
+    visits = scheduler.assign([0, 1])
+    assert [v.worker for v in visits] == [0, 1]
+    assert all(v.group == (0, 1) for v in visits)
+    for v in visits:  # worker w owns shards w, w + 2
+        assert {s.shard for s in v.steps} == {v.worker, v.worker + 2}
+        assert [s.kind for s in v.steps].count(StepKind.TRAIN) == 2
+        assert {s.epoch for s in v.steps} == {0}
+    assert len(_steps(visits)) == 8
+    assert scheduler.is_busy(0) and scheduler.is_busy(1)
+    joined = Visit(0, 0, tuple(s for v in visits for s in v.steps), (0, 1))
+    scheduler.complete(joined, [0.1] * 8)
+    assert not scheduler.is_busy(1)
+    assert {v.steps[0].epoch for v in scheduler.assign([0, 1])} == {1}
+
+
+def test_a_requeued_group_epoch_runs_again_in_plan_order():
+    scheduler = MOPScheduler(2, hybrid="on", seed=3)
+    scheduler.add_mst(0, 1)
+    planned = list(scheduler._state(0).pending)
+    visits = scheduler.assign([0, 1])
+    joined = Visit(0, 0, tuple(s for v in reversed(visits) for s in v.steps), (0, 1))
+    scheduler.requeue(joined)
+    assert list(scheduler._state(0).pending) == planned
+    scheduler.fail(Visit(0, 0, tuple(s for v in scheduler.assign([0, 1]) for s in v.steps), (0, 1)))
+    assert scheduler.finished
+
+
+def test_a_group_waits_for_its_busy_members_and_keeps_the_idle_ones():
+    scheduler = MOPScheduler(2, hybrid="on", seed=3)
+    scheduler.add_mst(0, 1)
+    scheduler.add_mst(1, 1)
+    first = scheduler.assign([0, 1])
+    assert {v.mst_id for v in first} == {0} and len(first) == 2
+    joined = Visit(0, 0, tuple(s for v in first for s in v.steps), (0, 1))
+    scheduler.complete(joined, [0.1] * len(joined.steps))
+    assert {v.mst_id for v in scheduler.assign([0, 1])} == {1}
+
+
+def test_auto_groups_only_when_few_msts_can_run_and_not_after_a_slower_group():
+    few = MOPScheduler(4, hybrid="auto", seed=3)
+    few.add_mst(0, 3)
+    few.add_mst(1, 3)
+    assert all(v.group for v in few.assign([0, 1, 2, 3]))
+    many = MOPScheduler(4, hybrid="auto", seed=3)
+    for mst in range(3):
+        many.add_mst(mst, 3)
+    assert not any(v.group for v in many.assign([0, 1, 2, 3]))
+    # One worker would have needed 2 x (1.0 - 0.6) s for what the group did in 1.0 s.
+    alone = MOPScheduler(2, hybrid="auto", seed=3)
+    alone.add_mst(0, 3)
+    visits = alone.assign([0, 1])
+    joined = Visit(0, 0, tuple(s for v in visits for s in v.steps), (0, 1))
+    seconds = [1.0 if s.kind is StepKind.TRAIN else 0.01 for s in joined.steps]
+    alone.complete(joined, seconds, allreduce_seconds=0.6)
+    assert not any(v.group for v in alone.assign([0, 1]))
+
+
+def test_bad_hybrid_values_are_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="hybrid must be 'off'.*'auto'.*'on'.*got 'yes'"):
+        MOPScheduler(2, hybrid="yes")
+    with pytest.raises(ConfigError, match="hybrid must be"):
+        mh.GridSearch(make_estimator, {"lr": 0.01}, epochs=1, hybrid=True)
+    assert MOPScheduler(2).hybrid is Hybrid.OFF
+
+
+# -- real runs ---------------------------------------------------------------------------------
+def _fit(
+    tmp_path, name, hybrid, lrs=(0.01, 0.003), epochs=2, factory=make_estimator, executor=None
+):
+    search = mh.GridSearch(
+        factory, {"lr": mh.grid(list(lrs))}, epochs=epochs, seed=11, hybrid=hybrid
+    )
+    return search.fit(
+        mh.datasets.digits(seed=0), n_workers=2, run_name=name, run_dir=tmp_path / name,
+        store=f"sqlite:///{tmp_path / 'runs.db'}",
+        executor=executor or mh.LocalExecutor(threads_per_worker=1, replicas=1),
+    )  # fmt: skip
+
+
+def _untimed(history):
+    return [{k: v for k, v in row.items() if not k.endswith("_seconds")} for row in history]
+
+
+@pytest.fixture(scope="module")
+def hybrid_runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("hybrid")
+    return tmp_path, _fit(tmp_path, "on-a", "on"), _fit(tmp_path, "on-b", "on")
+
+
+def test_a_hybrid_run_is_sgd_over_global_batches_and_reproducible(hybrid_runs):
+    _, first, second = hybrid_runs
+    digits = mh.datasets.digits(seed=0)
+    shards = {s: (split[0].x, split[0].y) for s, split in enumerate(shard_splits(digits, 2, 11))}
+    for record, again in zip(first.msts, second.msts, strict=True):
+        assert record.status is mh.MSTStatus.COMPLETED
+        assert _untimed(record.history) == _untimed(again.history)  # the same run, bit for bit
+        torch.set_num_threads(1)
+        torch.manual_seed(record.seed)
+        with denormals_flushed():  # as in the workers
+            reference = _sgd_over_global_batches(
+                make_estimator(record.params), shards, seed=record.seed, epochs=2
+            )
+        state = state_from_bytes(Path(record.checkpoint).read_bytes())
+        for name, tensor in reference.model.state_dict().items():
+            torch.testing.assert_close(state["model"][name], tensor, atol=2e-6, rtol=0)
+
+
+def test_a_group_epoch_whose_member_is_killed_runs_again_to_the_same_result(hybrid_runs):
+    """Members killed as they get their share of a group epoch (the others wait for them
+    to join, then give up when the driver aborts the group): each such epoch runs again
+    from the MST's last state, and the run ends as the undisturbed one."""
+    from modelhopper.testing import ChaosExecutor, KillPlan
+
+    tmp_path, undisturbed, _ = hybrid_runs
+    plan = KillPlan(running={2: False, 5: False})
+    executor = ChaosExecutor(plan, threads_per_worker=1, max_restarts=4, replicas=1)
+    killed = _fit(tmp_path, "killed", "on", executor=executor)
+    assert len(executor.kills) == 2 and sum(executor.restarts) == 2
+    for record, reference in zip(killed.msts, undisturbed.msts, strict=True):
+        assert record.status is mh.MSTStatus.COMPLETED
+        assert _untimed(record.history) == _untimed(reference.history)
+
+
+def test_the_store_records_each_group_epoch_and_who_ran_each_step(hybrid_runs):
+    tmp_path, first, _ = hybrid_runs
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    events = [e for e in store.list_events("on-a") if e.kind == EventKind.GROUP_EPOCH]
+    assert len(events) == 2 * 2  # 2 MSTs x 2 epochs
+    for event in events:
+        detail = event.detail if isinstance(event.detail, dict) else json.loads(event.detail)
+        assert detail["workers"] == [0, 1] and detail["shards"] == {"0": [0], "1": [1]}
+        assert detail["steps"] == math.ceil(sum(detail["rows"].values()) / 32)
+    for record in first.msts:
+        for step in store.list_steps("on-a", record.id):
+            assert step.worker == step.shard  # one copy: each shard's holder ran its steps
+
+
+def test_auto_trains_a_lone_mst_in_a_group_and_many_msts_on_mop(tmp_path):
+    lone = _fit(tmp_path, "auto-one", "auto", lrs=(0.01,), epochs=1)
+    many = _fit(tmp_path, "auto-many", "auto", lrs=(0.01, 0.003, 0.001), epochs=1)
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    grouped = {
+        name: sum(e.kind == EventKind.GROUP_EPOCH for e in store.list_events(name))
+        for name in ("auto-one", "auto-many")
+    }
+    assert grouped == {"auto-one": 1, "auto-many": 0}
+    assert lone.msts[0].status is many.msts[0].status is mh.MSTStatus.COMPLETED
+
+
+def _sgd_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"])
+    return mh.Estimator(model, optimizer, nn.CrossEntropyLoss(), batch_size=32)
+
+
+def test_a_diverging_group_mst_fails_alone(tmp_path):
+    with pytest.warns(UserWarning, match="failed: the gradient became NaN or infinite"):
+        result = _fit(tmp_path, "nan", "on", lrs=(0.01, 1e12), factory=_sgd_estimator)
+    status = {r.params["lr"]: r.status for r in result.msts}
+    assert status == {0.01: mh.MSTStatus.COMPLETED, 1e12: mh.MSTStatus.FAILED}
+
+
+class _NoGroups(mh.LocalExecutor):
+    groups = False  # as RayExecutor
+
+
+def test_an_executor_without_groups_refuses_hybrid_before_anything_starts(tmp_path):
+    search = mh.GridSearch(make_estimator, {"lr": 0.01}, epochs=1, hybrid="auto")
+    with pytest.raises(ConfigError, match="_NoGroups cannot train an MST data-parallel.*'off'"):
+        search.fit(
+            mh.datasets.digits(seed=0), n_workers=2, run_dir=tmp_path / "r",
+            store=f"sqlite:///{tmp_path / 'runs.db'}", executor=_NoGroups(),
+        )  # fmt: skip
+    assert not (tmp_path / "r" / "shards").exists()
+    assert mh.RayExecutor.groups is False
