@@ -67,9 +67,10 @@ def _digits_shards(n_shards):
     return {s: (x[s::n_shards], y[s::n_shards]) for s in range(n_shards)}
 
 
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-memory", "gloo"])
 @pytest.mark.parametrize("assignment", [[[0, 2], [1, 3]], [[0], [1, 2], [3]], [[0, 1, 2, 3]]])
-def test_a_group_epoch_is_sgd_over_the_global_batches(assignment, tmp_path):
-    """Members in threads (gloo through a file), against the plain loop: equal to float
+def test_a_group_epoch_is_sgd_over_the_global_batches(assignment, shared_memory, tmp_path):
+    """Members in threads (meeting through files), against the plain loop: equal to float
     tolerance whatever the members hold, members bit-identical, per-shard sums right."""
     shards = _digits_shards(4)
     n_rows = sum(len(y) for _, y in shards.values())
@@ -80,7 +81,8 @@ def test_a_group_epoch_is_sgd_over_the_global_batches(assignment, tmp_path):
     results = {}
 
     def member(rank):
-        spec = GroupSpec(tuple(range(len(assignment))), rank, str(tmp_path / "rendezvous"))
+        ranks = tuple(range(len(assignment)))
+        spec = GroupSpec(ranks, rank, str(tmp_path / "rendezvous"), shared_memory=shared_memory)
         with group_channel(spec) as channel:
             for epoch in range(2):
                 parts = [ShardPart(s, *shards[s]) for s in assignment[rank]]
@@ -302,3 +304,24 @@ def test_an_executor_without_groups_refuses_hybrid_before_anything_starts(tmp_pa
         )  # fmt: skip
     assert not (tmp_path / "r" / "shards").exists()
     assert mh.RayExecutor.groups is False
+
+
+def test_auto_compares_a_group_epoch_with_the_msts_own_epochs_on_one_worker():
+    """An MST that trained on one worker first is judged against those epochs: 0.3 s per
+    sub-epoch on 2 shards (0.6 s alone) against a group epoch of 0.7 s."""
+    scheduler = MOPScheduler(2, hybrid="auto", seed=3)
+    scheduler.add_mst(0, 8)
+    scheduler.add_mst(1, 1)
+    scheduler.add_mst(2, 1)
+    for _ in range(50):  # MSTs 1 and 2 end after one epoch; then MST 0 is alone
+        visits = scheduler.assign([0, 1])
+        if visits[0].group:
+            break
+        for visit in visits:
+            scheduler.complete(visit, [0.3 if s.kind is StepKind.TRAIN else 0.01
+                                       for s in visit.steps])  # fmt: skip
+    assert visits[0].mst_id == 0
+    joined = Visit(0, 0, tuple(s for v in visits for s in v.steps), (0, 1))
+    seconds = [0.7 if s.kind is StepKind.TRAIN else 0.01 for s in joined.steps]
+    scheduler.complete(joined, seconds, allreduce_seconds=0.0)  # 0.7 s: slower than 0.6 s
+    assert not any(v.group for v in scheduler.assign([0, 1]))

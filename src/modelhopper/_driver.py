@@ -498,7 +498,10 @@ class Driver:
         if visit.mst_id not in self._rendezvous:
             self._rendezvous[visit.mst_id] = self._executor.group_rendezvous()
         rank = visit.group.index(visit.worker)
-        return GroupSpec(visit.group, rank, self._rendezvous[visit.mst_id])
+        return GroupSpec(
+            visit.group, rank, self._rendezvous[visit.mst_id],
+            shared_memory=self._executor.group_shared_memory,
+        )  # fmt: skip
 
     def _join_group(
         self, visit: Visit, result: VisitResult

@@ -611,12 +611,17 @@ class MOPScheduler:
         self, state: _MSTState, visit: Visit, step_seconds: Sequence[float], waited: float
     ) -> None:
         """Auto: keep an MST off groups once a group epoch took as long as one worker would
-        have (its members' compute, without the all-reduce waits, added up)."""
+        have: its epochs on one worker, if it had any (measured sub-epochs), else its
+        members' compute without the all-reduce waits, added up."""
         k = len(visit.group)
         train = [t for step, t in zip(visit.steps, step_seconds, strict=True)
                  if step.kind is StepKind.TRAIN]  # fmt: skip
         wall = sum(train) / k  # each member's steps share out its time in the pass
-        state.group_slower = wall >= k * max(wall - waited, 0.0)
+        if state.n_seconds[StepKind.TRAIN]:
+            alone = self._estimate(state, StepKind.TRAIN) * self.n_shards
+        else:
+            alone = k * max(wall - waited, 0.0)
+        state.group_slower = wall >= alone
 
     def _pick(self, eligible: list[_MSTState]) -> _MSTState:
         """The MST the policy runs first among ``eligible`` (sorted by id)."""

@@ -134,6 +134,11 @@ class BaseExecutor(ABC):
     # -- data-parallel groups (hybrid mode) ---------------------------------------------
     groups: bool = False  # whether visits may carry a GroupSpec
 
+    @property
+    def group_shared_memory(self) -> bool:
+        """Whether a group's members share this host's memory (see ``_group``)."""
+        return False
+
     def check_hybrid(self, hybrid: str) -> None:
         """Raise a ConfigError, before anything starts, if the run wants groups
         (``hybrid`` not 'off') and this executor cannot run them."""

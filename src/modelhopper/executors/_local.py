@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -278,9 +279,15 @@ class LocalExecutor(BaseExecutor):
     # -- data-parallel groups: the members meet through a file ------------------------------
     groups = True
 
+    @property
+    def group_shared_memory(self) -> bool:
+        """Members sum through /dev/shm, on x86 (see ``_group``); else through gloo."""
+        return shm_root() is not None and platform.machine() in ("x86_64", "AMD64")
+
     def group_rendezvous(self) -> str:
         if self._group_folder is None:
-            self._group_folder = tempfile.mkdtemp(prefix="modelhopper-groups-")
+            root = shm_root() if self.group_shared_memory else None
+            self._group_folder = tempfile.mkdtemp(prefix="modelhopper-groups-", dir=root)
         self._n_groups += 1
         return os.path.join(self._group_folder, f"group-{self._n_groups}")
 

@@ -1,0 +1,203 @@
+"""Hybrid mode (an MST's epoch data-parallel on every worker) vs MOP alone, real training.
+
+    python bench/hybrid.py [--smoke-test] [--out DIR]
+
+(a) One MST, the small CNN of bench/mop_efficiency.py (Adam, lr 1e-3), x 6 epochs on
+Fashion-MNIST (50,000 train / 10,000 validation), 2 workers, one copy of the data, one
+thread per worker, at batch sizes 64 and 128: MOP alone can use one worker at a time.
+Each batch size runs with ``hybrid="off"`` and ``hybrid="auto"`` one after another in
+this process; reported: wall time of ``fit``, their ratio (target: hybrid >= 1.6x
+faster), the epochs trained in groups, and validation accuracy per epoch. With
+``hybrid="off"`` the MST's training is sequential SGD over its shard order (the engine's
+invariant 2, tests/test_equivalence.py); a group epoch is SGD over global batches that
+take every shard's rows in proportion (tests/test_hybrid.py), so accuracy may differ by
+the noise of a different batch order.
+
+(b) ASHA as in bench/procedures.py (27 MLPs, at most 9 epochs, 20,000 / 5,000 examples,
+2 workers), ``hybrid="off"`` vs ``"auto"``: wall time, worker utilisation (step seconds
+/ (wall x workers); a group member's seconds include its all-reduce waits), epochs
+trained in groups, best validation accuracy (target utilisation with hybrid >= 0.95).
+
+Results: bench/results/hybrid.{json,md} (``--smoke-test``: digits-sized, hybrid_smoke.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelhopper as mh
+from modelhopper.store import EventKind, open_store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from procedures import SPACE as ASHA_SPACE  # noqa: E402
+from procedures import make_estimator as asha_estimator  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MODES = ("off", "auto")
+
+
+def cnn(p: dict[str, Any]) -> mh.Estimator:
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+    return mh.Estimator(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+        loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=p["batch_size"],
+    )  # fmt: skip
+
+
+def _group_epochs(url: str, name: str) -> int:
+    store = open_store(url)
+    try:
+        return sum(e.kind is EventKind.GROUP_EPOCH for e in store.list_events(name))
+    finally:
+        store.close()
+
+
+def _fit(
+    procedure: mh.BaseProcedure, data: mh.Dataset, folder: Path, name: str, **executor: Any
+) -> tuple[mh.Result, float, int]:
+    url = f"sqlite:///{folder}/runs.db"
+    started = time.perf_counter()
+    result = procedure.fit(
+        data, n_workers=2, run_name=name, store=url, run_dir=folder / name,
+        executor=mh.LocalExecutor(replicas=1, **executor),
+    )  # fmt: skip
+    return result, time.perf_counter() - started, _group_epochs(url, name)
+
+
+def lone_cnn(data: mh.Dataset, batch_size: int, epochs: int, folder: Path) -> dict[str, Any]:
+    """(a): one CNN, MOP alone and hybrid, one after another."""
+    row: dict[str, Any] = {"batch_size": batch_size}
+    for mode in MODES:
+        search = mh.GridSearch(
+            cnn, {"batch_size": batch_size}, epochs=epochs, metric="val_accuracy",
+            direction="maximize", seed=0, hybrid=mode,
+        )  # fmt: skip
+        name = f"cnn-{batch_size}-{mode}"
+        result, wall, grouped = _fit(search, data, folder, name, threads_per_worker=1)
+        history = result.msts[0].history
+        row[mode] = {
+            "wall_seconds": round(wall, 2), "group_epochs": grouped,
+            "val_accuracy": [round(h["val_accuracy"], 4) for h in history],
+        }  # fmt: skip
+        print(f"(a) batch {batch_size} hybrid={mode}: {wall:.1f} s, {grouped} group epochs",
+              flush=True)  # fmt: skip
+    row["speedup"] = round(row["off"]["wall_seconds"] / row["auto"]["wall_seconds"], 3)
+    row["final_accuracy_difference"] = round(
+        row["auto"]["val_accuracy"][-1] - row["off"]["val_accuracy"][-1], 4
+    )
+    return row
+
+
+def asha(data: mh.Dataset, n_msts: int, max_epochs: int, folder: Path) -> list[dict[str, Any]]:
+    """(b): ASHA's whole run, MOP alone and hybrid."""
+    rows = []
+    for mode in MODES:
+        procedure = mh.ASHA(
+            asha_estimator, ASHA_SPACE, min_epochs=1, max_epochs=max_epochs,
+            reduction_factor=3, n_msts=n_msts, metric="val_accuracy", direction="maximize",
+            seed=0, hybrid=mode,
+        )  # fmt: skip
+        result, wall, grouped = _fit(procedure, data, folder, f"asha-{mode}")
+        rows.append({
+            "hybrid": mode, "wall_seconds": round(wall, 2), "group_epochs": grouped,
+            "utilisation": round(result.stats.efficiency, 3),
+            "epochs_trained": sum(m.epochs_done for m in result.msts),
+            "best_val_accuracy": round(max(h["val_accuracy"] for m in result.msts
+                                           for h in m.history), 4),
+        })  # fmt: skip
+        print(f"(b) ASHA hybrid={mode}: {wall:.1f} s, utilisation {rows[-1]['utilisation']}",
+              flush=True)  # fmt: skip
+    return rows
+
+
+def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], meta: dict) -> str:
+    lines = [
+        "# Hybrid mode: data-parallel group epochs vs MOP alone",
+        "",
+        f"{meta['machine']}, torch {meta['torch']}; `python bench/hybrid.py`, {meta['date']}. "
+        "2 workers, one copy of the data.",
+        "",
+        f"## (a) One MST: {meta['cnn']}",
+        "",
+        "| batch | MOP alone s | hybrid s | speedup (target >= 1.6) | group epochs | "
+        "val accuracy per epoch, MOP alone | hybrid | final difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cnn_rows:
+        lines.append(
+            f"| {r['batch_size']} | {r['off']['wall_seconds']} | {r['auto']['wall_seconds']} | "
+            f"**{r['speedup']}** | {r['auto']['group_epochs']} | {r['off']['val_accuracy']} | "
+            f"{r['auto']['val_accuracy']} | {r['final_accuracy_difference']:+.4f} |"
+        )
+    lines += [
+        "",
+        f"## (b) ASHA: {meta['asha']}",
+        "",
+        "| hybrid | wall s | utilisation (target >= 0.95) | group epochs | epochs trained | "
+        "best val acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in asha_rows:
+        lines.append(
+            f"| {r['hybrid']} | {r['wall_seconds']} | **{r['utilisation']}** | "
+            f"{r['group_epochs']} | {r['epochs_trained']} | {r['best_val_accuracy']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _head(data: mh.Dataset, n_train: int, n_val: int) -> mh.Dataset:
+    """The first examples of each split."""
+    train, val = data.train, data.validation
+    return mh.Dataset.from_numpy(train.x[:n_train], train.y[:n_train], val.x[:n_val], val.y[:n_val])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true", help="tiny size, for CI")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    smoke = args.smoke_test
+    images = mh.datasets.fashion_mnist(seed=0, n_train=2000 if smoke else 50_000)
+    if smoke:
+        images = _head(images, len(images.train), 500)
+    n_train, n_val, n_msts, max_epochs = (2000, 500, 4, 3) if smoke else (20000, 5000, 27, 9)
+    mlp_data = _head(mh.datasets.fashion_mnist(seed=0, flatten=True), n_train, n_val)
+    epochs = 2 if smoke else 6
+    with tempfile.TemporaryDirectory() as tmp:
+        cnn_rows = [lone_cnn(images, b, epochs, Path(tmp)) for b in (64, 128)]
+        asha_rows = asha(mlp_data, n_msts, max_epochs, Path(tmp))
+    meta = {
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "smoke": smoke,
+        "cnn": f"the small CNN (2 conv + 2 dense, Adam 1e-3) x {epochs} epochs on "
+               f"Fashion-MNIST {len(images.train)} / {len(images.validation)}, one thread per "
+               "worker",
+        "asha": f"{n_msts} MLPs, 1-{max_epochs} epochs, reduction factor 3, Fashion-MNIST "
+                f"{n_train} / {n_val} (bench/procedures.py's space), default threads",
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "hybrid_smoke" if smoke else "hybrid"
+    payload = {"meta": meta, "lone_cnn": cnn_rows, "asha": asha_rows}
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (args.out / f"{stem}.md").write_text(_markdown(cnn_rows, asha_rows, meta))
+    print(_markdown(cnn_rows, asha_rows, meta))
+
+
+if __name__ == "__main__":
+    main()
