@@ -164,3 +164,15 @@ def test_anytime_multi_objective_smoke(tmp_path):
         assert 0 <= row["2"]["mean"] < 1, method  # every method's front covers some area
     assert len(data["verdicts"]) == 2
     assert (tmp_path / "anytime_mo_smoke.png").stat().st_size > 0
+
+
+def test_hybrid_smoke(tmp_path):
+    _run("hybrid.py", tmp_path)
+    payload = json.loads((tmp_path / "hybrid_smoke.json").read_text())
+    for row in payload["lone_cnn"]:  # one MST on two workers: every epoch in a group
+        assert row["off"]["group_epochs"] == 0
+        assert row["auto"]["group_epochs"] == len(row["auto"]["val_accuracy"]) == 2
+        assert row["speedup"] > 0
+    assert [r["hybrid"] for r in payload["asha"]] == ["off", "auto"]
+    assert payload["asha"][0]["group_epochs"] == 0
+    assert "## (b) ASHA" in (tmp_path / "hybrid_smoke.md").read_text()
