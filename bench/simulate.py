@@ -13,7 +13,13 @@ utilisation, the number of scheduling decisions and microseconds per decision.
 A second table runs the spread workloads with and without a 2x straggler when
 each shard lives on r workers (``replicas``: 1, 2, and every worker), the
 scheduler free to use any holder, against the capacity bound (total work / the
-workers' summed speeds, or the longest MST at full speed).
+workers' summed speeds, or the longest MST at full speed). A third table changes the
+pool mid-run. A fourth runs hybrid mode (``hybrid="auto"``: an MST's epoch on a group
+of every worker when fewer MSTs can run than half the workers) against MOP alone, on
+workloads with fewer MSTs than workers and on ASHA-shaped ones (most MSTs train 1
+epoch, a third 3, a ninth 9, a 27th 27), against the capacity bound (total compute /
+workers), with an all-reduce costing ``ALLREDUCE_FRACTION`` of the epoch's one-worker
+compute times 2(k - 1)/k (a ring over k members).
 Everything is seeded and deterministic except the timings (µs, wall seconds).
 
 Writes simulate.json, simulate.md and simulate_ratio.png /
@@ -55,6 +61,8 @@ STRAGGLER_SPEED = 0.5  # worker 0 runs 2x slower in straggler scenarios
 LOGICAL_SHARDS_PER_WORKER = 4  # the replica table's logical-shard rows: 4p shards
 BALANCED_TARGET = 1.05  # longest_remaining within 5% of the bound on balanced work
 SPREAD_TARGET = 1.15  # ... and within 15% with a 10x spread (and a straggler)
+ALLREDUCE_FRACTION = 0.03  # a group epoch's all-reduce, of its one-worker compute (the CNN of
+# bench/hybrid.py: 0.25 s per 9 s epoch through shared memory; more across machines)
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,58 @@ def run_elastic(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[d
     return rows
 
 
+def hybrid_scenarios(smoke: bool) -> list[tuple[str, int, int]]:
+    """(workload, MSTs, workers) of the hybrid table."""
+    if smoke:
+        return [("few", 2, 8), ("asha", 54, 8)]
+    return [("few", 1, 8), ("few", 4, 32), ("few", 16, 256),
+            ("asha", 108, 8), ("asha", 270, 32), ("asha", 1000, 256)]  # fmt: skip
+
+
+def asha_epochs(n_msts: int, seed: int) -> np.ndarray:
+    """Epoch budgets shaped as ASHA's (reduction factor 3, 1 to 27 epochs), in seeded order:
+    2/3 of the MSTs stop after 1 epoch, 2/9 after 3, 2/27 after 9, 1/27 train 27."""
+    ranks = np.arange(n_msts)
+    epochs = np.ones(n_msts, dtype=int)
+    for budget, share in ((3, 1 / 3), (9, 1 / 9), (27, 1 / 27)):
+        epochs[ranks < max(1, round(n_msts * share))] = budget
+    return np.random.default_rng([seed, n_msts]).permutation(epochs)
+
+
+def run_hybrid(workload: str, n_msts: int, n_workers: int, seed: int) -> list[dict]:
+    """MOP alone vs hybrid mode on one workload: makespan against total compute / workers."""
+    rng = np.random.default_rng([seed, n_msts, n_workers])
+    sizes = rng.choice(MODEL_SIZES, size=n_msts)  # train seconds per sub-epoch, as above
+    epochs = asha_epochs(n_msts, seed) if workload == "asha" else np.full(n_msts, 4)
+    cost = _step_cost(sizes)
+    per_epoch = sizes * n_workers  # one worker's training of an epoch: every shard
+    total = float((per_epoch * (1 + EVAL_FRACTION) * epochs).sum())
+    bound = total / n_workers
+
+    def allreduce(mst_id: int, k: int) -> float:
+        return ALLREDUCE_FRACTION * float(per_epoch[mst_id]) * 2 * (k - 1) / k
+
+    rows = []
+    for hybrid in ("off", "auto"):
+        policy = (SchedulingPolicy.OLDEST_FIRST if workload == "asha"
+                  else SchedulingPolicy.LONGEST_REMAINING)  # ASHA's default  # fmt: skip
+        scheduler = MOPScheduler(n_workers, policy=policy, seed=seed, hybrid=hybrid)
+        for mst in range(n_msts):
+            scheduler.add_mst(mst, int(epochs[mst]))
+        started = time.perf_counter()
+        result = simulate(scheduler, cost, allreduce_seconds=allreduce)
+        groups = sum(1 for _, _, v in result.trace if v.group and v.worker == v.group[0])
+        rows.append({
+            "workload": "fewer MSTs than workers" if workload == "few" else "ASHA-shaped",
+            "n_msts": n_msts, "n_workers": n_workers, "hybrid": hybrid,
+            "makespan": round(result.makespan, 2), "capacity_bound": round(bound, 2),
+            "makespan_over_bound": round(result.makespan / bound, 4),
+            "utilisation": round(result.utilisation, 4), "group_epochs": groups,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+        })  # fmt: skip
+    return rows
+
+
 def _capacity_time(total: float, before: int, after: int, at: float) -> float:
     """When ``before`` workers until ``at``, then ``after``, can have done ``total`` work."""
     if total <= before * at:
@@ -313,6 +373,7 @@ def _markdown(rows: Sequence[dict], targets: Sequence[dict], meta: dict) -> str:
         )
     lines += _replica_markdown(meta.get("replicas", []))
     lines += _elastic_markdown(meta.get("elastic", []))
+    lines += _hybrid_markdown(meta.get("hybrid", []))
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for t in targets:
         met = "reported (no threshold)" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -426,6 +487,35 @@ def _elastic_markdown(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _hybrid_markdown(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Hybrid mode: data-parallel group epochs when MSTs are few",
+        "",
+        'Spread costs; `hybrid="auto"` trains an MST\'s epoch on a group of every worker '
+        "when fewer MSTs can run than half the workers (and the group was not measured "
+        "slower); a group epoch ends when its slowest member's share of the training has, "
+        f"plus an all-reduce of {ALLREDUCE_FRACTION:.0%} of the epoch's one-worker compute "
+        "x 2(k - 1)/k. Capacity bound = total compute / workers (what no schedule beats; "
+        "MOP alone is also bounded by its longest MST, which a group is not). Few: every "
+        "MST 4 epochs; ASHA-shaped: budgets of 1, 3, 9 and 27 epochs (2/3, 2/9, 2/27, "
+        "1/27 of the MSTs), oldest first.",
+        "",
+        "| workload | MSTs x workers | hybrid | makespan | capacity bound | makespan / bound | "
+        "utilisation | group epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['n_msts']}x{r['n_workers']} | {r['hybrid']} | "
+            f"{r['makespan']:.1f} | {r['capacity_bound']:.1f} | "
+            f"{r['makespan_over_bound']:.3f} | {r['utilisation']:.3f} | {r['group_epochs']} |"
+        )
+    return lines
+
+
 def _plots(rows: Sequence[dict], out: Path) -> list[Path]:
     import matplotlib
 
@@ -493,6 +583,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 for row in run_replicas(*shape, args.seed)]  # fmt: skip
     elastic = [row for shape in replica_scenarios(args.smoke_test)
                for row in run_elastic(*shape, args.seed)]  # fmt: skip
+    hybrid = [row for shape in hybrid_scenarios(args.smoke_test)
+              for row in run_hybrid(*shape, args.seed)]  # fmt: skip
+    for row in hybrid:
+        print(f"hybrid {row['workload']:<25} {row['n_msts']}x{row['n_workers']} "
+              f"{row['hybrid']:<5} ratio {row['makespan_over_bound']:.3f}", flush=True)  # fmt: skip
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "python": platform.python_version(),
@@ -507,10 +602,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     report = {
         "meta": meta, "targets": targets, "results": rows, "replicas": replicas,
-        "elastic": elastic,
+        "elastic": elastic, "hybrid": hybrid,
     }  # fmt: skip
     (out / "simulate.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    markdown = _markdown(rows, targets, {**meta, "replicas": replicas, "elastic": elastic})
+    markdown = _markdown(
+        rows, targets, {**meta, "replicas": replicas, "elastic": elastic, "hybrid": hybrid}
+    )
     (out / "simulate.md").write_text(markdown)
     _plots(rows, out)
     print(markdown)

@@ -38,7 +38,7 @@ def test_smoke_run_writes_every_output(smoke):
 def test_json_has_every_scenario_and_policy(bench, smoke):
     out, _ = smoke
     report = json.loads((out / "simulate.json").read_text())
-    assert set(report) == {"meta", "targets", "results", "replicas", "elastic"}
+    assert set(report) == {"meta", "targets", "results", "replicas", "elastic", "hybrid"}
     rows = report["results"]
     names = {s.name for s in bench.scenarios(smoke=True)}
     assert {(r["scenario"], r["policy"]) for r in rows} == {

@@ -325,3 +325,26 @@ def test_auto_compares_a_group_epoch_with_the_msts_own_epochs_on_one_worker():
     seconds = [0.7 if s.kind is StepKind.TRAIN else 0.01 for s in joined.steps]
     scheduler.complete(joined, seconds, allreduce_seconds=0.0)  # 0.7 s: slower than 0.6 s
     assert not any(v.group for v in scheduler.assign([0, 1]))
+
+
+# -- the simulator ------------------------------------------------------------------------------
+def _simulated(hybrid, allreduce):
+    from modelhopper.scheduling import simulate
+
+    scheduler = MOPScheduler(4, hybrid=hybrid, seed=1)
+    scheduler.add_mst(0, 4)
+    result = simulate(
+        scheduler, lambda mst, step: 1.0 if step.kind is StepKind.TRAIN else 0.2,
+        allreduce_seconds=lambda mst, k: allreduce,
+    )  # fmt: skip
+    groups = sum(1 for _, _, v in result.trace if v.group and v.worker == v.group[0])
+    return result.makespan, groups
+
+
+def test_the_simulator_runs_group_epochs_and_auto_drops_a_slower_group():
+    alone, _ = _simulated("off", 0.0)
+    assert alone == pytest.approx(4 * 4 * 1.2)  # 4 epochs x 4 shards, one worker at a time
+    grouped, groups = _simulated("auto", 0.1)
+    assert groups == 4 and grouped == pytest.approx(4 * (1.0 + 0.1 + 0.2))
+    slow, groups = _simulated("auto", 10.0)  # the all-reduce outweighs the 3 s it saves
+    assert groups == 1 and slow == pytest.approx(11.2 + 3 * 4 * 1.2)

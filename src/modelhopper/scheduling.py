@@ -898,6 +898,7 @@ def simulate(
     on_epoch_end: Callable[[MOPScheduler, int, int], None] | None = None,
     pool_events: Sequence[PoolEvent] = (),
     replicas: int = 1,
+    allreduce_seconds: Callable[[int, int], float] | None = None,
 ) -> SimulationResult:
     """Run the scheduler against a simulated clock (event-driven, no sleeping).
 
@@ -907,6 +908,10 @@ def simulate(
     procedure would. ``pool_events`` change the pool as the driver does
     (``plan_pool_change``; each step taken once its worker is idle); the workers
     own what they hold at the start, replicated ``replicas`` times after a change.
+    A group epoch (``scheduler.hybrid``) trains on every member at once: its training
+    ends when the slowest member's share of it has, plus ``allreduce_seconds(mst_id,
+    k)`` (the epoch's all-reduce on ``k`` members; default none); then each member
+    evaluates its shards. Members are free once the whole group has finished.
     """
     p = scheduler.n_workers
     speed = list(worker_speed) if worker_speed is not None else [1.0] * p
@@ -920,14 +925,16 @@ def simulate(
     decide_seconds = 0.0
     idle = set(range(p))
     pool = _SimulatedPool(scheduler, speed, busy, idle, pool_events, replicas)
+    members_done: dict[int, list[tuple[Visit, list[float]]]] = {}
+    comm: dict[int, float] = {}  # MST -> the all-reduce seconds of its group epoch in flight
     while True:
         pool.apply_due(clock)
         started = time.perf_counter()
         visits = scheduler.assign(idle)
         decide_seconds += time.perf_counter() - started
-        for visit in visits:
+        timed = [(v, [step_cost(v.mst_id, s) / speed[v.worker] for s in v.steps]) for v in visits]
+        for visit, seconds in _group_seconds(timed, allreduce_seconds, comm):
             idle.discard(visit.worker)
-            seconds = [step_cost(visit.mst_id, s) / speed[visit.worker] for s in visit.steps]
             end = clock + sum(seconds)
             heapq.heappush(events, (end, visit.worker, visit, seconds))
             trace.append((clock, end, visit))
@@ -937,11 +944,24 @@ def simulate(
             clock = pool.next_at()
             continue
         clock, worker, visit, seconds = heapq.heappop(events)
-        scheduler.complete(visit, seconds)
         busy[worker] += sum(seconds)
         key = (visit.mst_id, worker)
         work[key] = work.get(key, 0.0) + sum(seconds)
-        idle.add(worker)
+        if visit.group:  # its members are free once the whole group has finished
+            done = members_done.setdefault(visit.mst_id, [])
+            done.append((visit, seconds))
+            if len(done) < len(visit.group):
+                continue
+            del members_done[visit.mst_id]
+            timed = sorted(((s, t) for v, ts in done for s, t in zip(v.steps, ts, strict=True)),
+                           key=lambda pair: plan_order(pair[0]))  # fmt: skip
+            visit = Visit(visit.mst_id, visit.group[0], tuple(s for s, _ in timed), visit.group)
+            scheduler.complete(visit, [t for _, t in timed],
+                               allreduce_seconds=comm.pop(visit.mst_id))  # fmt: skip
+            idle.update(visit.group)
+        else:
+            scheduler.complete(visit, seconds)
+            idle.add(worker)
         if on_epoch_end is not None:
             for step in visit.steps:
                 if step.is_last(StepKind.EVAL, scheduler.n_shards):
@@ -961,6 +981,35 @@ def simulate(
         trace=tuple(trace),
         pool_seconds=pool.seconds(clock) if pool_events else (),
     )
+
+
+def _group_seconds(
+    timed: list[tuple[Visit, list[float]]],
+    allreduce_seconds: Callable[[int, int], float] | None,
+    comm: dict[int, float],
+) -> list[tuple[Visit, list[float]]]:
+    """Each visit's step seconds; a group member's training steps share out the group's
+    training time (its slowest member's, plus the all-reduce), as a worker reports them."""
+    groups: dict[int, list[tuple[Visit, list[float]]]] = {}
+    out = []
+    for visit, seconds in timed:
+        if visit.group:
+            groups.setdefault(visit.mst_id, []).append((visit, seconds))
+        else:
+            out.append((visit, seconds))
+    for mst_id, members in groups.items():
+        k = len(members)
+        comm[mst_id] = allreduce_seconds(mst_id, k) if allreduce_seconds is not None else 0.0
+        train = max(_training_seconds(*m) for m in members) + comm[mst_id]
+        for visit, seconds in members:
+            n_train = sum(s.kind is StepKind.TRAIN for s in visit.steps)
+            out.append((visit, [train / n_train if s.kind is StepKind.TRAIN else t
+                                for s, t in zip(visit.steps, seconds, strict=True)]))  # fmt: skip
+    return out
+
+
+def _training_seconds(visit: Visit, seconds: list[float]) -> float:
+    return sum(t for s, t in zip(visit.steps, seconds, strict=True) if s.kind is StepKind.TRAIN)
 
 
 class _SimulatedPool:
