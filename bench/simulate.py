@@ -15,7 +15,8 @@ each shard lives on r workers (``replicas``: 1, 2, and every worker), the
 scheduler free to use any holder, against the capacity bound (total work / the
 workers' summed speeds, or the longest MST at full speed). A third table changes the
 pool mid-run. A fourth runs hybrid mode (``hybrid="auto"``: an MST's epoch on a group
-of every worker when fewer MSTs can run than half the workers) against MOP alone, on
+of every worker when fewer MSTs can run than half the workers and than the group's
+measured speed-up) against MOP alone, on
 workloads with fewer MSTs than workers and on ASHA-shaped ones (most MSTs train 1
 epoch, a third 3, a ninth 9, a 27th 27), against the capacity bound (total compute /
 workers), with an all-reduce costing ``ALLREDUCE_FRACTION`` of the epoch's one-worker
@@ -495,7 +496,7 @@ def _hybrid_markdown(rows: Sequence[dict]) -> list[str]:
         "## Hybrid mode: data-parallel group epochs when MSTs are few",
         "",
         'Spread costs; `hybrid="auto"` trains an MST\'s epoch on a group of every worker '
-        "when fewer MSTs can run than half the workers (and the group was not measured "
+        "when fewer MSTs can run than half the workers and than the group's measured "
         "slower); a group epoch ends when its slowest member's share of the training has, "
         f"plus an all-reduce of {ALLREDUCE_FRACTION:.0%} of the epoch's one-worker compute "
         "x 2(k - 1)/k. Capacity bound = total compute / workers (what no schedule beats; "

@@ -517,7 +517,7 @@ class Driver:
                 self._executor.abort_group(self._rendezvous[visit.mst_id])
             return None
         del self._members_done[visit.mst_id]
-        del self._rendezvous[visit.mst_id]
+        self._executor.end_group(self._rendezvous.pop(visit.mst_id))
         results = {v.worker: r for v, r in done}
         for worker, member in results.items():
             if member.crashed:
@@ -526,7 +526,7 @@ class Driver:
                 self._last_mst_on[worker] = visit.mst_id
         crashed = any(r.crashed for r in results.values())
         failed = [r for r in results.values() if r.error is not None]
-        failed.sort(key=lambda r: "gloo" in (r.error or "") or "Connection" in (r.error or ""))
+        failed.sort(key=lambda r: _lost_peer(r.error or ""))  # the cause first
         leader = results[visit.group[0]]
         outcomes = sorted((o for r in results.values() for o in r.outcomes),
                           key=lambda o: plan_order(o.step))  # fmt: skip
@@ -791,3 +791,8 @@ class Driver:
             record_seconds=self._record_seconds,
             dispatch_seconds=self._dispatch_seconds,
         )
+
+
+def _lost_peer(error: str) -> bool:
+    """Whether a group member's error only says another member was lost (not the cause)."""
+    return error.startswith(("GroupAbortedError", "TimeoutError")) or "gloo" in error

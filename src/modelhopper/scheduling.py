@@ -102,8 +102,8 @@ class Hybrid(StrEnum):
     """When an MST trains an epoch data-parallel on a group of workers (``_take_group``)."""
 
     OFF = "off"  # MOP only: one worker at a time per MST
-    # At an epoch's start, when fewer MSTs can run than half the workers, unless the MST's
-    # last group epoch was measured slower than one worker would have been.
+    # At an epoch's start, when fewer MSTs can run than half the workers and fewer than the
+    # MST's last group epoch's measured speed-up over one worker (untried: any).
     AUTO = "auto"
     ON = "on"  # every epoch of every MST (a run whose results depend on nothing timed)
 
@@ -169,7 +169,8 @@ class _MSTState:
     stopped: bool = False
     held: bool = False  # waiting for a decision on its last epoch
     parked: tuple[int, ...] = ()  # the workers whose waiting sets hold it
-    group_slower: bool = False  # its last group epoch was slower than one worker's (auto)
+    # Its last group epoch's speed-up over one worker (auto; None: none measured yet).
+    group_speedup: float | None = None
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -586,7 +587,10 @@ class MOPScheduler:
             return False
         if self.hybrid is Hybrid.ON:
             return True
-        return not state.group_slower and 2 * runnable <= n_pool
+        # A group runs one MST at a time on the pool; MOP runs the others side by side, each
+        # at one worker's speed: the group wins while its speed-up exceeds their number.
+        speedup = math.inf if state.group_speedup is None else state.group_speedup
+        return 2 * runnable <= n_pool and speedup > runnable
 
     def _take_group(self, state: _MSTState, pool: list[int]) -> list[Visit]:
         """One visit per member: the epoch's training and evaluation on the shards it is
@@ -610,9 +614,9 @@ class MOPScheduler:
     def _measure_group(
         self, state: _MSTState, visit: Visit, step_seconds: Sequence[float], waited: float
     ) -> None:
-        """Auto: keep an MST off groups once a group epoch took as long as one worker would
-        have: its epochs on one worker, if it had any (measured sub-epochs), else its
-        members' compute without the all-reduce waits, added up."""
+        """Auto: the group epoch's speed-up over one worker: against the MST's epochs on one
+        worker, if it had any (measured sub-epochs), else its members' compute without the
+        all-reduce waits, added up."""
         k = len(visit.group)
         train = [t for step, t in zip(visit.steps, step_seconds, strict=True)
                  if step.kind is StepKind.TRAIN]  # fmt: skip
@@ -621,7 +625,7 @@ class MOPScheduler:
             alone = self._estimate(state, StepKind.TRAIN) * self.n_shards
         else:
             alone = k * max(wall - waited, 0.0)
-        state.group_slower = wall >= alone
+        state.group_speedup = alone / wall if wall > 0 else math.inf
 
     def _pick(self, eligible: list[_MSTState]) -> _MSTState:
         """The MST the policy runs first among ``eligible`` (sorted by id)."""
@@ -953,10 +957,10 @@ def simulate(
             if len(done) < len(visit.group):
                 continue
             del members_done[visit.mst_id]
-            timed = sorted(((s, t) for v, ts in done for s, t in zip(v.steps, ts, strict=True)),
-                           key=lambda pair: plan_order(pair[0]))  # fmt: skip
-            visit = Visit(visit.mst_id, visit.group[0], tuple(s for s, _ in timed), visit.group)
-            scheduler.complete(visit, [t for _, t in timed],
+            ran = sorted(((s, t) for v, ts in done for s, t in zip(v.steps, ts, strict=True)),
+                         key=lambda pair: plan_order(pair[0]))  # fmt: skip
+            visit = Visit(visit.mst_id, visit.group[0], tuple(s for s, _ in ran), visit.group)
+            scheduler.complete(visit, [t for _, t in ran],
                                allreduce_seconds=comm.pop(visit.mst_id))  # fmt: skip
             idle.update(visit.group)
         else:

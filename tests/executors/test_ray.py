@@ -222,3 +222,33 @@ def test_a_shard_build_whose_process_dies_runs_again_on_the_cluster(tmp_path):
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert pids is not None and os.path.exists(marker)  # built by Ray, after one death
     assert os.getpid() not in pids
+
+
+def test_ray_trains_group_epochs_like_local(tmp_path):
+    """Hybrid mode on Ray: the members meet through a store the driver serves and sum
+    through gloo; two members add in either order to the same bits, so the run equals
+    LocalExecutor's (whose members sum through shared memory)."""
+    from modelhopper.store import EventKind, open_store
+
+    data = mh.datasets.digits(seed=0)
+    space = {"hidden": mh.grid([16]), "lr": mh.grid([1e-2])}
+
+    def search():
+        return mh.GridSearch(make_estimator_without_dropout, space, epochs=2, seed=11,
+                             hybrid="on")  # fmt: skip
+
+    local = search().fit(data, n_workers=2, run_dir=tmp_path / "local", progress=False,
+                         executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'ray.db'}"
+    executor = mh.RayExecutor(threads_per_worker=1, start_timeout=START_TIMEOUT)
+    on_ray = search().fit(data, n_workers=2, run_dir=tmp_path / "ray", progress=False,
+                          executor=executor, store=url, run_name="ray-groups")  # fmt: skip
+    _assert_same_training(on_ray, local)
+    events = open_store(url).list_events("ray-groups")
+    assert sum(e.kind is EventKind.GROUP_EPOCH for e in events) == 2
+
+
+def make_estimator_without_dropout(p):
+    model = nn.Sequential(nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10))
+    return mh.Estimator(model, torch.optim.Adam(model.parameters(), lr=p["lr"]),
+                        nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=32)  # fmt: skip

@@ -154,6 +154,9 @@ class BaseExecutor(ABC):
         for it to join give up (those already joined fail at their next all-reduce)."""
         raise self._no_groups()
 
+    def end_group(self, rendezvous: str) -> None:  # noqa: B027 - most keep nothing per group
+        """Every member of the group meeting at ``rendezvous`` has reported: release it."""
+
     def _no_groups(self) -> ConfigError:
         return ConfigError(
             f"{type(self).__name__} cannot train an MST data-parallel on a group of workers "

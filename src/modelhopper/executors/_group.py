@@ -8,11 +8,14 @@ every member gets the same bits (0.1 ms for 100,000 floats between two busy proc
 where gloo's loopback TCP takes 1.3 ms: measured, 2 cores). Otherwise a
 ``torch.distributed`` gloo process group.
 
-A member that dies or fails mid-epoch closes its connections: the others' next
-all-reduce fails at once. One that dies or fails before it joins would leave the others
-waiting: they first check in through the file and wait, polling, until every member
-has, or until the driver, told of the loss, writes the group's abort file (``abort``).
-Either wait ends at ``timeout_seconds``.
+The rendezvous is a file every member can reach (LocalExecutor: ``torch.distributed``'s
+FileStore), or ``tcp://host:port``, a TCPStore the driver serves (``GroupHost``; Ray,
+whose members may be on other machines). A member that dies or fails mid-epoch closes
+its connections (gloo): the others' next all-reduce fails at once. One that dies or
+fails before it joins, or while others wait on its slot in shared memory, would leave
+them waiting: they poll until every member has arrived, or until the driver, told of
+the loss, aborts the group (``abort``: a file beside the rendezvous, or a key in the
+served store). Any wait ends at ``timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["GroupAbortedError", "GroupSpec", "abort", "group_channel"]
+__all__ = ["GroupAbortedError", "GroupHost", "GroupSpec", "abort", "group_channel"]
 
 _POLL_SECONDS = 0.005
+_TCP = "tcp://"
+_ABORT = "abort"
 
 
 class GroupAbortedError(RuntimeError):
@@ -39,9 +44,22 @@ class GroupAbortedError(RuntimeError):
 
 
 def abort(rendezvous: str) -> None:
-    """Tell the members still waiting to join a group that it will not form."""
+    """Tell the members of a group meeting through a file that it will not go on."""
     with open(f"{rendezvous}.abort", "w"):
         pass
+
+
+class GroupHost:
+    """The store a group's members meet through over TCP, served by the driver."""
+
+    def __init__(self, host: str, timeout_seconds: float = 300.0) -> None:
+        timeout = datetime.timedelta(seconds=timeout_seconds)
+        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
+                                    timeout=timeout)  # fmt: skip
+        self.rendezvous = f"{_TCP}{host}:{self._store.port}"
+
+    def abort(self) -> None:
+        self._store.set(_ABORT, "1")
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,7 @@ class _SharedMemoryChannel:
         while not ready():
             spins += 1
             if spins % 1024 == 0:
-                _check_not_aborted(self._spec, deadline)
+                _check_not_aborted(self._store, self._spec, deadline)
             os.sched_yield()
 
 
@@ -161,7 +179,7 @@ def _halves(path: str, like: torch.Tensor) -> list[torch.Tensor]:
 @contextlib.contextmanager
 def group_channel(spec: GroupSpec) -> Iterator[_GlooChannel | _SharedMemoryChannel]:
     """Join the group (every member must, within the timeout) for the block's duration."""
-    store = dist.FileStore(spec.rendezvous, spec.size)
+    store = _open_store(spec)
     _check_in(store, spec)
     if spec.shared_memory:
         local = _SharedMemoryChannel(store, spec)
@@ -184,12 +202,26 @@ def _check_in(store: dist.Store, spec: GroupSpec) -> None:
     store.add("arrived", 1)
     deadline = time.monotonic() + spec.timeout_seconds
     while store.add("arrived", 0) < spec.size:
-        _check_not_aborted(spec, deadline)
+        _check_not_aborted(store, spec, deadline)
         time.sleep(_POLL_SECONDS)
 
 
-def _check_not_aborted(spec: GroupSpec, deadline: float) -> None:
-    if os.path.exists(f"{spec.rendezvous}.abort"):
+def _open_store(spec: GroupSpec) -> dist.Store:
+    if not spec.rendezvous.startswith(_TCP):
+        return dist.FileStore(spec.rendezvous, spec.size)
+    host, port = spec.rendezvous.removeprefix(_TCP).rsplit(":", 1)
+    timeout = datetime.timedelta(seconds=spec.timeout_seconds)
+    return dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+
+
+def _aborted(store: dist.Store, spec: GroupSpec) -> bool:
+    if spec.rendezvous.startswith(_TCP):
+        return store.check([_ABORT])
+    return os.path.exists(f"{spec.rendezvous}.abort")
+
+
+def _check_not_aborted(store: dist.Store, spec: GroupSpec, deadline: float) -> None:
+    if _aborted(store, spec):
         raise GroupAbortedError("a member of the data-parallel group was lost")
     if time.monotonic() > deadline:
         raise TimeoutError(

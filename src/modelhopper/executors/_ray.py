@@ -35,6 +35,7 @@ import cloudpickle
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
+from modelhopper.executors._group import GroupHost
 from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.representations._store import MaterialiseBudget
 
@@ -287,6 +288,7 @@ class RayExecutor(BaseExecutor):
         self._builds: dict[int, bytes] = {}  # worker -> its shard's build, to build it again
         self.build_nodes: list[str] = []  # where each shard build ran (node ids)
         self.rebuilt_shards = 0  # shards built again on a node that lacked them
+        self._group_hosts: dict[str, GroupHost] = {}  # rendezvous -> its store, while it runs
 
     # -- what the run reports ------------------------------------------------------
     @property
@@ -384,6 +386,21 @@ class RayExecutor(BaseExecutor):
         done = [self._actors[w].discard.remote(p) for w, p in paths.items()]
         with contextlib.suppress(Exception):  # a dead actor's node lost its copy already
             ray.wait(done, num_returns=len(done), timeout=30)
+
+    # -- data-parallel groups: the members meet through a store the driver serves ---------
+    groups = True
+
+    def group_rendezvous(self) -> str:
+        host = GroupHost(import_ray().util.get_node_ip_address())
+        self._group_hosts[host.rendezvous] = host
+        return host.rendezvous
+
+    def abort_group(self, rendezvous: str) -> None:
+        if (host := self._group_hosts.get(rendezvous)) is not None:
+            host.abort()
+
+    def end_group(self, rendezvous: str) -> None:
+        self._group_hosts.pop(rendezvous, None)
 
     def check_layout(self, n_workers: int, n_shards: int) -> None:
         if n_shards != n_workers:
@@ -593,6 +610,7 @@ class RayExecutor(BaseExecutor):
                     pass
         self._actors = []
         self._busy.clear()
+        self._group_hosts.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
