@@ -15,8 +15,8 @@ each shard lives on r workers (``replicas``: 1, 2, and every worker), the
 scheduler free to use any holder, against the capacity bound (total work / the
 workers' summed speeds, or the longest MST at full speed). A third table changes the
 pool mid-run. A fourth runs hybrid mode (``hybrid="auto"``: an MST's epoch on a group
-of every worker when fewer MSTs can run than half the workers and than the group's
-measured speed-up) against MOP alone, on
+of every worker when fewer MSTs can run than half the workers and than twice the
+group's measured speed-up) against MOP alone, on
 workloads with fewer MSTs than workers and on ASHA-shaped ones (most MSTs train 1
 epoch, a third 3, a ninth 9, a 27th 27), against the capacity bound (total compute /
 workers), with an all-reduce costing ``ALLREDUCE_FRACTION`` of the epoch's one-worker

@@ -104,7 +104,7 @@ class BaseProcedure:
         (fewer waits with one copy of the data on many workers; results then depend on
         timing, and each step records the shard it ran on). ``hybrid``: "off" (default,
         MOP only), "auto" (an epoch trains data-parallel on every worker when fewer MSTs
-        can run than half the workers, while that was measured faster than MOP) or "on"
+        can run than half the workers, while that is measured to pay) or "on"
         (every epoch); see docs/hybrid.md."""
         if not callable(make_estimator):
             raise ConfigError(
