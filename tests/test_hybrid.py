@@ -426,3 +426,31 @@ def test_auto_keeps_groups_only_while_their_speedup_is_over_half_the_msts_that_c
     assert order == [0, 1, 2, 3, 1, 1]
     visits = scheduler.assign(range(8))
     assert visits and not any(v.group for v in visits)
+
+
+class _NotAnEstimator:
+    """A Trainable that is not a PyTorch ``Estimator`` (as ``KerasEstimator`` is not)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.model, self.batch_size = inner.model, inner.batch_size
+        self.metrics, self.representation = inner.metrics, inner.representation
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _not_an_estimator(p):
+    return _NotAnEstimator(make_estimator(p))
+
+
+def test_auto_trains_an_mst_that_cannot_group_on_one_worker_and_on_refuses_it(tmp_path):
+    alone = _fit(tmp_path, "wrapped-off", "off", lrs=(0.01,), factory=_not_an_estimator)
+    auto = _fit(tmp_path, "wrapped-auto", "auto", lrs=(0.01,), factory=_not_an_estimator)
+    assert auto.msts[0].status is mh.MSTStatus.COMPLETED
+    assert _untimed(auto.msts[0].history) == _untimed(alone.msts[0].history)
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    assert not any(e.kind is EventKind.GROUP_EPOCH for e in store.list_events("wrapped-auto"))
+    refused = "group trains PyTorch Estimators only; this MST's is a _NotAnEstimator"
+    with pytest.raises(mh.AllMSTsFailedError, match=refused), pytest.warns(UserWarning):
+        _fit(tmp_path, "wrapped-on", "on", lrs=(0.01,), factory=_not_an_estimator)

@@ -47,6 +47,7 @@ from modelhopper._vocabulary import (
 from modelhopper.commands import apply_pending
 from modelhopper.errors import AllMSTsFailedError, ConfigError
 from modelhopper.executors import (
+    GROUP_UNSUPPORTED,
     BaseExecutor,
     GroupSpec,
     State,
@@ -56,6 +57,7 @@ from modelhopper.executors import (
     state_nbytes,
 )
 from modelhopper.scheduling import (
+    Hybrid,
     MOPScheduler,
     PoolStep,
     Visit,
@@ -542,6 +544,15 @@ class Driver:
         workers = {s: v.worker for v, _ in done for s in v.steps}
         return Visit(visit.mst_id, visit.group[0], steps, visit.group), joined, workers
 
+    def _train_alone(self, visit: Visit) -> None:
+        """Auto: the MST's estimator cannot train in a group (its members built it and
+        trained nothing): its epoch runs again on MOP, as every later one."""
+        for worker in visit.group:
+            self._last_mst_on.pop(worker, None)  # the failed build left no estimator there
+        self._moved_bytes.pop(visit.worker, None)
+        self._scheduler.requeue(visit)
+        self._scheduler.keep_off_groups(visit.mst_id)
+
     def _mark_started(self) -> None:
         if not self._started:
             return
@@ -579,6 +590,9 @@ class Driver:
                 return None
             visit, result, workers = joined
             self._moved_bytes[visit.worker] = self._group_moved.pop(visit.mst_id)
+            if result.extra.get(GROUP_UNSUPPORTED) and self._scheduler.hybrid is Hybrid.AUTO:
+                self._train_alone(visit)
+                return None
         if result.crashed:
             self._last_mst_on.pop(result.worker, None)  # the new process holds no state
         else:

@@ -289,6 +289,10 @@ class MOPScheduler:
         state.stopped = False
         self._park(state)
 
+    def keep_off_groups(self, mst_id: int) -> None:
+        """Hybrid "auto": the MST trains on one worker from now on (it cannot in a group)."""
+        self._state(mst_id).group_speedup = 0.0
+
     def set_priority(self, mst_id: int, priority: int) -> None:
         self._state(mst_id).priority = priority
 

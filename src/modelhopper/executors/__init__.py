@@ -16,10 +16,11 @@ from modelhopper.executors._base import (
     state_bytes,
     state_nbytes,
 )
-from modelhopper.executors._group import GroupSpec
+from modelhopper.executors._group import GROUP_UNSUPPORTED, GroupSpec
 from modelhopper.executors._local import LocalExecutor
 
 __all__ = [
+    "GROUP_UNSUPPORTED",
     "BaseExecutor",
     "GroupSpec",
     "LocalExecutor",

@@ -32,7 +32,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["GroupAbortedError", "GroupHost", "GroupSpec", "abort", "group_channel"]
+from modelhopper.errors import MSTFailedError
+
+__all__ = [
+    "GROUP_UNSUPPORTED",
+    "GroupAbortedError",
+    "GroupHost",
+    "GroupSpec",
+    "GroupUnsupportedError",
+    "abort",
+    "group_channel",
+]
+
+# A failed visit's ``extra`` key: its MST's estimator cannot train in a group at all.
+GROUP_UNSUPPORTED = "group_unsupported"
 
 _POLL_SECONDS = 0.005
 _TCP = "tcp://"
@@ -41,6 +54,10 @@ _ABORT = "abort"
 
 class GroupAbortedError(RuntimeError):
     """A member of the group was lost before every member had joined."""
+
+
+class GroupUnsupportedError(MSTFailedError):
+    """The MST's estimator cannot train in a data-parallel group (not a PyTorch Estimator)."""
 
 
 def abort(rendezvous: str) -> None:

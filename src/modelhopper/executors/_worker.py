@@ -41,7 +41,12 @@ from modelhopper.executors._base import (
     VisitTask,
     state_bytes,
 )
-from modelhopper.executors._group import GroupSpec, group_channel
+from modelhopper.executors._group import (
+    GROUP_UNSUPPORTED,
+    GroupSpec,
+    GroupUnsupportedError,
+    group_channel,
+)
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 
 __all__ = ["ShardWorker", "warm_up_torch"]
@@ -115,6 +120,9 @@ class ShardWorker:
     def _run_isolated(self, task: VisitTask) -> VisitResult:
         try:
             return self._run(task)
+        except GroupUnsupportedError as e:  # auto mode trains the MST on one worker instead
+            failure = self._failure(task, str(e))
+            return dataclasses.replace(failure, extra={GROUP_UNSUPPORTED: True})
         except MSTFailedError as e:
             return self._failure(task, str(e))
         except (MemoryError, torch.OutOfMemoryError) as e:
@@ -184,9 +192,10 @@ class ShardWorker:
         steps, on shards this worker holds, all of one epoch; the epoch's global batches
         and the seconds spent in all-reduce."""
         if not isinstance(estimator, Estimator):
-            raise MSTFailedError(
+            raise GroupUnsupportedError(
                 f"a data-parallel group trains PyTorch Estimators only; this MST's is a "
-                f"{type(estimator).__name__}: run it with hybrid='off'"
+                f"{type(estimator).__name__}: use hybrid='auto' (it trains such MSTs on one "
+                "worker) or 'off'"
             )
         train = [step for step in task.steps if step.kind is StepKind.TRAIN]
         epoch = train[0].epoch
