@@ -34,29 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import modelhopper as mh
 from modelhopper.store import EventKind, open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
+from mop_efficiency import cnn  # noqa: E402  (the small CNN; Adam with the params' lr and l2)
+
 from procedures import SPACE as ASHA_SPACE  # noqa: E402
 from procedures import make_estimator as asha_estimator  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("off", "auto")
-
-
-def cnn(p: dict[str, Any]) -> mh.Estimator:
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
-    )  # fmt: skip
-    return mh.Estimator(
-        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-        loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=p["batch_size"],
-    )  # fmt: skip
 
 
 def _group_epochs(url: str, name: str) -> int:
@@ -84,7 +73,8 @@ def lone_cnn(data: mh.Dataset, batch_size: int, epochs: int, folder: Path) -> di
     row: dict[str, Any] = {"batch_size": batch_size}
     for mode in MODES:
         search = mh.GridSearch(
-            cnn, {"batch_size": batch_size}, epochs=epochs, metric="val_accuracy",
+            cnn, {"batch_size": batch_size, "lr": 1e-3, "l2": 0.0}, epochs=epochs,
+            metric="val_accuracy",
             direction="maximize", seed=0, hybrid=mode,
         )  # fmt: skip
         name = f"cnn-{batch_size}-{mode}"
