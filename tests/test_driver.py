@@ -413,3 +413,72 @@ def test_checkpoint_folders_are_flushed_before_the_records_that_name_them_commit
     monkeypatch.setattr(run.store, "record_visits", record_visits)
     run.start(shards)
     assert len(named) >= 8  # latest and best of 4 MSTs at least
+
+
+class InProcessGroups(InProcessExecutor):
+    """``InProcessExecutor`` that also runs group visits (hybrid mode): once every member's
+    task is in, the members run in threads, meeting through a file, as worker processes
+    would; a member that fails first aborts the group for the others, as the driver does."""
+
+    groups = True
+
+    def __init__(self, folder: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._folder, self._n_groups = folder, 0
+        self._members: dict[int, list[tuple[int, VisitTask]]] = {}
+
+    def group_rendezvous(self) -> str:
+        self._n_groups += 1
+        return str(self._folder / f"group-{self._n_groups}")
+
+    def abort_group(self, rendezvous: str) -> None:
+        pass  # the members ran to their end in submit: nobody waits any more
+
+    def submit(self, worker: int, task: VisitTask) -> None:
+        if task.group is None:
+            return super().submit(worker, task)
+        self.n_submitted += 1
+        self.sources.append(task.source)
+        self.tasks.append(task)
+        members = self._members.setdefault(task.mst_id, [])
+        members.append((worker, task))
+        if len(members) == task.group.size:
+            del self._members[task.mst_id]
+            self._done += _run_members(self._workers, members)
+
+
+def _run_members(workers: list[ShardWorker], members: list[tuple[int, VisitTask]]):
+    import threading
+
+    from modelhopper.executors._group import abort
+
+    results: dict[int, VisitResult] = {}
+
+    def run(worker: int, task: VisitTask) -> None:
+        results[worker] = workers[worker].run(task)
+        if results[worker].error is not None:
+            assert task.group is not None
+            abort(task.group.rendezvous)
+
+    threads = [threading.Thread(target=run, args=member) for member in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return [results[worker] for worker, _ in members]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_group_that_fails_while_the_driver_records_frees_every_member(shards, tmp_path, seed):
+    """Results arrive while the driver records (``polls``): a failed group epoch waits
+    for that record to end before it settles, and until then none of its members is
+    idle (the scheduler still has them all busy)."""
+    space = {"hidden": 4, "lr": 0.05, "fail": mh.grid([False, True])}
+    procedure = _DecidingGrid(estimator, space, epochs=2, hybrid="on")
+    executor = InProcessGroups(tmp_path, seed=seed, polls=True)
+    run = Run(procedure, tmp_path, executor)
+    with pytest.warns(UserWarning, match="this MST is meant to fail"):
+        run.start(shards)
+    assert run.statuses() == {0: "completed", 1: "failed"}
+    assert all(task.group is not None for task in executor.tasks)
+    assert len(run.events(EventKind.GROUP_EPOCH)) == 2  # MST 0's two epochs

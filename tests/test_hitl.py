@@ -129,7 +129,9 @@ def make_estimator(p):
 
 
 def test_a_run_handle_steers_a_run_from_python(tmp_path):
-    search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.01, 0.02])}, epochs=8)
+    # 30 epochs: MST 1 must still be running when the stop below is applied (8 epochs of
+    # digits once ended first on a loaded CI machine, and the stop was rejected).
+    search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.01, 0.02])}, epochs=30)
     run = search.start(
         mh.datasets.digits(),
         n_workers=2,
@@ -157,4 +159,4 @@ def test_a_run_handle_steers_a_run_from_python(tmp_path):
     assert run.done
     statuses = {m.id: m.status for m in result.msts}
     assert statuses == {0: "completed", 1: "completed", keeper: "stopped", short: "completed"}
-    assert len(result.msts[1].history) == 8  # resumed after its stop, it finished its epochs
+    assert len(result.msts[1].history) == 30  # resumed after its stop, it finished its epochs

@@ -462,7 +462,8 @@ class Driver:
         self._mark_started()
 
     def _idle_workers(self) -> list[int]:
-        held = {visit.worker for visit, _ in self._held_back}  # the scheduler's, until settled
+        # The scheduler's until settled (a group's: every member).
+        held = {w for visit, _ in self._held_back for w in visit.group or (visit.worker,)}
         held.update(v.worker for done in self._members_done.values() for v, _ in done)
         return [w for w in self._pool if w not in self._in_flight and w not in held]
 
