@@ -165,7 +165,6 @@ class Driver:
         # Group epochs in flight (hybrid): their rendezvous, and the members' results so far.
         self._rendezvous: dict[int, str] = {}
         self._members_done: dict[int, list[tuple[Visit, VisitResult]]] = {}
-        self._group_moved: dict[int, int] = {}  # MST -> state bytes its members were sent
         self._moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
         self._started: list[int] = []  # MSTs whose first visit was sent, not yet marked running
         self._unrecorded: list[FinishedVisit] = []  # accounted for, not yet in the store
@@ -585,12 +584,12 @@ class Driver:
         visit = self._in_flight.pop(result.worker)
         workers: dict[Step, int] = {}  # group epochs: the member that ran each step
         if visit.group:
-            moved = self._moved_bytes.pop(visit.worker, 0)
-            self._group_moved[visit.mst_id] = self._group_moved.get(visit.mst_id, 0) + moved
             if (joined := self._join_group(visit, result)) is None:
                 return None
             visit, result, workers = joined
-            self._moved_bytes[visit.worker] = self._group_moved.pop(visit.mst_id)
+            # A member that reported waits, busy, for the others: its entry is still there.
+            moved = sum(self._moved_bytes.pop(w, 0) for w in visit.group)
+            self._moved_bytes[visit.worker] = moved
             if result.extra.get(GROUP_UNSUPPORTED) and self._scheduler.hybrid is Hybrid.AUTO:
                 self._train_alone(visit)
                 return None
