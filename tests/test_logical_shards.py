@@ -129,12 +129,6 @@ def test_too_many_shards_for_the_data_is_a_clear_error(tmp_path, load_search):
                    store=f"sqlite:///{tmp_path}/db.sqlite")  # fmt: skip
 
 
-def test_ray_refuses_logical_shards_before_anything_starts():
-    with pytest.raises(mh.ConfigError, match="one shard per worker.*executor='local'"):
-        mh.RayExecutor().check_layout(2, 4)
-    mh.RayExecutor().check_layout(3, 3)
-
-
 def test_the_surrogate_executor_runs_logical_shards(tmp_path):
     def run(n_shards: int) -> tuple[dict, list[int]]:
         executor = SurrogateExecutor(task=3945)

@@ -45,7 +45,7 @@ from modelhopper._vocabulary import (
     Step,
 )
 from modelhopper.commands import apply_pending
-from modelhopper.errors import AllMSTsFailedError, ConfigError
+from modelhopper.errors import AllMSTsFailedError, ConfigError, ExecutorError
 from modelhopper.executors import (
     GROUP_UNSUPPORTED,
     BaseExecutor,
@@ -80,6 +80,7 @@ __all__ = [
 ]
 
 COMMAND_POLL_SECONDS = 0.1  # how often the loop looks for human-in-the-loop commands
+POOL_POLL_SECONDS = 1.0  # how often it asks the executor whether its pool changed
 # Results of short visits wait at most this long to share one store transaction.
 RECORD_INTERVAL_SECONDS = 0.1
 # A procedure that decides nothing from an epoch's metrics lets a worker holding every
@@ -171,6 +172,7 @@ class Driver:
         self._recording = False  # inside _record: crashes and failures wait for its end
         self._held_back: list[tuple[Visit, VisitResult]] = []  # those, in arrival order
         self._commands_due = 0.0  # when to look for human-in-the-loop commands next
+        self._pool_due = 0.0  # when to ask the executor whether its pool changed next
         self._work: dict[tuple[int, int], float] = {}  # (MST, worker) -> compute seconds
         self._compute_seconds = self._record_seconds = self._dispatch_seconds = 0.0
         self._n_steps = self._n_visits = self._n_hops = self._hop_bytes = 0
@@ -288,11 +290,28 @@ class Driver:
             raise ConfigError(f"worker {worker} is the last one; a run needs at least one")
         self._change_pool([w for w in self._pool if w != worker])
 
+    def _follow_pool(self) -> None:
+        """Workers the executor lost for good leave the run (their shards re-homed), and
+        room that appeared gets workers (``BaseExecutor.pool_changes``)."""
+        changes = self._executor.pool_changes()
+        for worker in changes.lost:
+            if worker not in self._pool:
+                continue
+            if len(self._pool) == 1:
+                raise ExecutorError(
+                    f"worker {worker}, the last of the run, was lost with its node; the run "
+                    "can resume (modelhopper resume) once the cluster has room for a worker"
+                )
+            self._change_pool([w for w in self._pool if w != worker], cause="lost")
+        if changes.add:
+            first = self._scheduler.n_workers
+            self._change_pool([*self._pool, *range(first, first + changes.add)], cause="joined")
+
     def _refuse_inelastic(self) -> None:
         if not self._executor.elastic:
             raise self._executor._not_elastic()
 
-    def _change_pool(self, pool: list[int]) -> None:
+    def _change_pool(self, pool: list[int], cause: str = "command") -> None:
         """Move to ``pool`` (``scheduling.plan_pool_change``): joiners start now, holding
         their shards; the other steps are taken as their workers come free. The plan of
         every MST is unchanged: only who runs its steps."""
@@ -311,7 +330,7 @@ class Driver:
         self._leaving.update(leavers)
         self._store.add_event(self._name, EventKind.WORKERS_CHANGED, detail={
             "workers": pool, "joined": list(change.joiners), "leaving": leavers,
-            "homes": {str(w): sorted(s) for w, s in change.homes.items()},
+            "homes": {str(w): sorted(s) for w, s in change.homes.items()}, "cause": cause,
         })  # fmt: skip
 
     def _take_pool_steps(self) -> None:
@@ -404,6 +423,8 @@ class Driver:
             results = self._executor.wait()
             arrived = time.perf_counter()
             self._accept_all(results)
+            if any(result.crashed for result in results):  # its worker may be gone for good
+                self._follow_pool()
             self._assign()  # the freed workers go on before anything is written
             self._dispatch_seconds += time.perf_counter() - arrived
             if self._record_due():
@@ -448,6 +469,9 @@ class Driver:
         if now >= self._commands_due:  # a query per visit would cost more than the visit
             self._commands_due = now + COMMAND_POLL_SECONDS
             apply_pending(self._store, self._name, self)  # between visits
+        if now >= self._pool_due:
+            self._pool_due = now + POOL_POLL_SECONDS
+            self._follow_pool()
         self._assign()
         # Idle workers no waiting MST will take: let the procedure add or promote MSTs
         # for them. A worker idle while MSTs wait for other (busy) workers' shards is

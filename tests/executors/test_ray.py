@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import psutil
 import pytest
@@ -252,3 +253,62 @@ def make_estimator_without_dropout(p):
     model = nn.Sequential(nn.Linear(64, p["hidden"]), nn.ReLU(), nn.Linear(p["hidden"], 10))
     return mh.Estimator(model, torch.optim.Adam(model.parameters(), lr=p["lr"]),
                         nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=32)  # fmt: skip
+
+
+def test_ray_runs_logical_shards_with_replicas_like_local(tmp_path):
+    """4 logical shards on 2 actors, each shard on both (replicas=2): any holder runs a
+    step, and the run equals LocalExecutor's with one copy (the plan does not depend on
+    who holds what)."""
+    data = mh.datasets.digits(seed=0)
+    local = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "local",
+                          progress=False,
+                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+    executor = mh.RayExecutor(threads_per_worker=1, replicas=2, start_timeout=START_TIMEOUT)
+    assert executor.holdings([None] * 4, 2) == ((0, 1, 2, 3),) * 2  # type: ignore[list-item]
+    on_ray = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "ray",
+                           progress=False, executor=executor)  # fmt: skip
+    _assert_same_training(on_ray, local)
+    # Every actor holds the whole dataset: two copies.
+    assert list(on_ray.stats.resident_shard_bytes) == [on_ray.stats.dataset_bytes] * 2
+    assert len(executor.shard_paths) == 8
+
+
+def test_a_ray_executor_adds_rehomes_and_removes_workers(tmp_path):
+    """At the executor: a joiner opens its shards (here from the path every actor reads),
+    a re-homed worker trains on a shard it gained like its first holder and drops one it
+    lost, and a removed worker's actor is gone."""
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.testing._executor import _dataset, _task, _train, make_test_estimator
+
+    shards = write_shards(_dataset(), 4, tmp_path / "shards", seed=3)
+    with mh.RayExecutor(threads_per_worker=1, start_timeout=START_TIMEOUT) as executor:
+        executor.start(shards, make_test_estimator, n_workers=2)
+        assert executor.resident_shard_bytes == [shards[0].nbytes + shards[2].nbytes,
+                                                 shards[1].nbytes + shards[3].nbytes]  # fmt: skip
+        task = _task(1, (_train(0, 1, 0),))
+        executor.submit(1, task)
+        (first,) = executor.wait()
+        assert executor.add_worker([1], [1]) == 2 and executor.n_workers == 3
+        assert executor.resident_shard_bytes[2] == shards[1].nbytes
+        executor.submit(2, task)  # the same visit on the joiner: the same result
+        (joined,) = executor.wait()
+        assert joined.error is None
+        assert joined.outcomes[0].result.loss_sum == first.outcomes[0].result.loss_sum
+        executor.rehome(1, [3], [3])  # worker 1 hands shard 1 to the joiner
+        assert executor.resident_shard_bytes[1] == shards[3].nbytes
+        executor.submit(0, _task(2, (_train(0, 2, 0),)))
+        assert executor.wait()[0].error is None
+        pid = executor.pids[0]
+        executor.remove_worker(0)
+        assert executor.resident_shard_bytes[0] == 0
+        _wait_until_dead(pid)
+        executor.rehome(1, [0, 2, 3], [0, 2, 3])  # its shards go to worker 1
+        executor.submit(1, _task(3, (_train(0, 0, 0), _train(0, 2, 1))))
+        assert executor.wait()[0].error is None
+
+
+def _wait_until_dead(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"the removed worker's process {pid} still runs"
+        time.sleep(0.1)

@@ -146,6 +146,144 @@ def test_each_shard_is_built_on_its_workers_node_and_built_again_where_it_is_los
     assert _metrics(on_ray) == _metrics(local)
 
 
+@pytest.fixture()
+def add_node(cluster):
+    """Adds a 1-CPU worker node to the cluster when called; after the test, those still
+    there are removed as long as the cluster keeps the worker nodes it had before (a test
+    may have removed one of those)."""
+    before = len(cluster.worker_nodes)
+    added = []
+
+    def add():
+        added.append(cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20))
+        cluster.wait_for_nodes()
+        return added[-1]
+
+    yield add
+    for node in added:
+        alive = {n.node_id for n in cluster.worker_nodes}
+        if node.node_id in alive and len(alive) > before:
+            cluster.remove_node(node)
+
+
+def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
+    cluster, add_node, tmp_path, monkeypatch, plan_metrics
+):
+    """4 logical shards on 2 nodes; mid-run a node joins the cluster and a third worker is
+    added (Ray places it there, the only node with room), and worker 0 is removed later: the shards
+    they gain are copied actor to actor (data='ship': no node reads the driver's folder),
+    never sent again by the driver, and every epoch's metrics equal the fixed pool's."""
+    from modelhopper import _driver
+    from modelhopper.commands import submit
+
+    data = mh.datasets.digits(seed=0)
+    fixed = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "fixed",
+                          progress=False,
+                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = SQLStore(url)
+    commits: list[int] = []
+    plan = {1: {"add": 1}, 6: {"remove": 0}}
+    joined, shipped = [], []
+    executor = mh.RayExecutor(data="ship", start_timeout=START_TIMEOUT)
+
+    def steer() -> None:  # commands go in at chosen commits: they land mid-run, whatever the load
+        commits.append(1)
+        if (payload := plan.get(len(commits))) is not None:
+            if "add" in payload:
+                shipped.append(executor.shipped_bytes)
+                joined.append(add_node())
+            submit(store, "elastic", "workers", payload)
+
+    monkeypatch.setitem(_driver.FAULTS, "record_committed", steer)
+    monkeypatch.setattr(_driver, "COMMAND_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(_driver, "RECORD_INTERVAL_SECONDS", 0.0)
+    result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
+                           run_name="elastic", run_dir=tmp_path / "run", progress=False)  # fmt: skip
+    assert plan_metrics(result) == plan_metrics(fixed)
+    assert executor.worker_nodes[2] == joined[0].node_id  # the joiner went to the new node
+    assert executor.resident_shard_bytes[0] == 0  # worker 0 left
+    # The driver shipped the shards at the start only; re-homed ones went actor to actor.
+    assert executor.shipped_bytes == shipped[0] and executor.copied_bytes > 0
+    changes = [e.detail["workers"] for e in store.list_events("elastic")
+               if e.kind is EventKind.WORKERS_CHANGED]  # fmt: skip
+    assert changes == [[0, 1, 2], [1, 2]]
+    assert {s.worker for s in store.list_steps("elastic")} == {0, 1, 2}
+    store.close()
+
+
+def test_the_pool_follows_nodes_that_join_and_leave_and_results_do_not_change(
+    cluster, add_node, tmp_path, monkeypatch, plan_metrics
+):
+    """follow_cluster=True: a node that joins mid-run gets a worker, pinned to it; when
+    that node leaves, its worker leaves the run (not replaced elsewhere) and its shards
+    come back from the source; every epoch's metrics equal the fixed pool's."""
+    from modelhopper import _driver
+
+    data = mh.datasets.digits(seed=0)
+    fixed = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "fixed",
+                          progress=False,
+                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = SQLStore(url)
+    commits: list[int] = []
+    joined: list = []
+    left: list = []
+
+    def steer() -> None:  # at chosen commits: the changes land mid-run, whatever the load
+        commits.append(1)
+        if len(commits) == 1:
+            joined.append(add_node())
+        trained_there = any(s.worker == 2 for s in store.list_steps("follow"))
+        if joined and not left and len(commits) >= 6 and trained_there:
+            cluster.remove_node(joined[0])
+            left.append(joined[0])
+
+    monkeypatch.setitem(_driver.FAULTS, "record_committed", steer)
+    monkeypatch.setattr(_driver, "POOL_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(_driver, "RECORD_INTERVAL_SECONDS", 0.0)
+    executor = mh.RayExecutor(data="ship", follow_cluster=True, start_timeout=START_TIMEOUT)
+    result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
+                           run_name="follow", run_dir=tmp_path / "run", progress=False)  # fmt: skip
+    assert plan_metrics(result) == plan_metrics(fixed)
+    assert left and executor.worker_nodes[2] == joined[0].node_id
+    assert executor.restarts == [0, 0, 0]  # worker 2 left; nobody was started again
+    assert executor.resident_shard_bytes[2] == 0
+    changes = [e.detail for e in store.list_events("follow")
+               if e.kind is EventKind.WORKERS_CHANGED]  # fmt: skip
+    assert [(c["workers"], c["cause"]) for c in changes] == [
+        ([0, 1, 2], "joined"), ([0, 1], "lost")
+    ]  # fmt: skip
+    assert result.stats.n_workers == 3
+    store.close()
+
+
+def test_a_dead_node_with_replicas_loses_no_shard_and_nothing_is_sent_again(
+    cluster, add_node, reference, tmp_path
+):
+    """replicas=2: every shard lives on both workers, so the actor that replaces a dead
+    node's copies its shards from the other holder; the driver sends nothing again."""
+    add_node()  # room for the dead node's worker
+    executor = mh.RayExecutor(data="ship", replicas=2, max_restarts=2,
+                              start_timeout=START_TIMEOUT)  # fmt: skip
+    shipped = []
+
+    def remove_worker_0_node(ex):
+        shipped.append(ex.shipped_bytes)
+        cluster.remove_node(next(n for n in cluster.worker_nodes
+                                 if n.node_id == ex.worker_nodes[0]))  # fmt: skip
+
+    killer = _Killer(executor, f"sqlite:///{tmp_path}/db.sqlite", 8, remove_worker_0_node)
+    killer.start()
+    result, _ = _fit(executor, tmp_path)
+    killer.join(timeout=5)
+    assert killer.done.is_set() and executor.restarts[0] >= 1
+    assert executor.shipped_bytes == shipped[0]  # no shard sent again after the start
+    assert executor.copied_bytes >= result.stats.dataset_bytes  # the new actor's two shards
+    assert list(result.stats.resident_shard_bytes) == [result.stats.dataset_bytes] * 2
+    assert _metrics(result) == _metrics(reference)
+
+
 class _Killer(threading.Thread):
     """Once the run has recorded ``after`` steps, kill worker 0's actor or its whole node."""
 

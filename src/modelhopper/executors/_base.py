@@ -17,6 +17,7 @@ from modelhopper.scheduling import home_holdings
 
 __all__ = [
     "BaseExecutor",
+    "PoolChanges",
     "State",
     "StateSource",
     "StateRef",
@@ -113,6 +114,16 @@ class VisitResult:
     epoch_states: tuple[tuple[int, bytes], ...] = ()
 
 
+@dataclass(frozen=True)
+class PoolChanges:
+    """What changed in an executor's pool outside the run (``BaseExecutor.pool_changes``):
+    ``add`` workers could join (room appeared, e.g. a node joined the cluster), and the
+    workers in ``lost`` are gone for good (their node left) and must leave the run."""
+
+    add: int = 0
+    lost: tuple[int, ...] = ()
+
+
 class BaseExecutor(ABC):
     """Runs visits on ``n_workers`` workers, worker ``w`` owning the shards
     ``home_holdings`` gives it (shard ``w`` when there is one shard per worker)."""
@@ -181,6 +192,12 @@ class BaseExecutor(ABC):
     def remove_worker(self, worker: int) -> None:
         """Stop the idle ``worker``: the run goes on without it."""
         raise self._not_elastic()
+
+    def pool_changes(self) -> PoolChanges:
+        """Workers to add and workers lost since the last call, for an executor whose pool
+        follows something outside the run (RayExecutor(follow_cluster=True): the cluster's
+        nodes). The driver asks between visits and whenever a visit crashed."""
+        return PoolChanges()
 
     def _not_elastic(self) -> ConfigError:
         return ConfigError(

@@ -32,12 +32,20 @@ from typing import Any
 
 import cloudpickle
 
+from modelhopper._checks import check_int
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
-from modelhopper.executors._base import BaseExecutor, StateRef, VisitResult, VisitTask
+from modelhopper.executors._base import (
+    BaseExecutor,
+    PoolChanges,
+    StateRef,
+    VisitResult,
+    VisitTask,
+)
 from modelhopper.executors._group import GroupHost
 from modelhopper.executors._restarts import RestartBudget, check_worker_options
 from modelhopper.representations._store import MaterialiseBudget
+from modelhopper.scheduling import home_holdings, replicated_holdings
 
 __all__ = ["RayExecutor"]
 
@@ -66,7 +74,7 @@ class _RayState(StateRef):
 
 
 class _ShardActor:
-    """The body of a worker actor: hosts a ShardWorker next to its shard."""
+    """The body of a worker actor: hosts a ShardWorker next to the shards it holds."""
 
     def __init__(
         self,
@@ -94,52 +102,79 @@ class _ShardActor:
         # An actor given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES to it).
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
         self.runner: Any = None
-        self.shipped_to: str | None = None  # the local copy of a shipped shard
+        self.paths: dict[int, str] = {}  # shard -> the folder it was opened from, on this node
+        self.copies: set[int] = set()  # shards held as local copies (shipped or copied)
 
     def close(self) -> None:
-        """Delete the local copy of a shipped shard (a shard read in place is left alone)."""
+        """Delete the local copies of shards (a shard read in place is left alone)."""
+        self.runner = None  # closes the shards' memory maps
+        for index in list(self.copies):
+            self._drop_copy(index)
+
+    def _drop_copy(self, index: int) -> None:
         import shutil
 
-        self.runner = None  # closes the shard's memory maps
-        if self.shipped_to is not None:
-            shutil.rmtree(self.shipped_to, ignore_errors=True)
+        self.copies.discard(index)
+        shutil.rmtree(self.paths.pop(index), ignore_errors=True)
 
-    def discard(self, path: str) -> None:
-        """The run is over and its shards are not kept: delete this node's shard."""
+    def discard(self, paths: list[str]) -> None:
+        """The run is over and its shards are not kept: delete these shards of this node."""
         import shutil
 
         self.runner = None
-        shutil.rmtree(path, ignore_errors=True)
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
 
-    def can_read(self, path: str) -> bool:
-        return (Path(path) / "shard.json").is_file()
+    def can_read(self, paths: list[str]) -> list[bool]:
+        return [(Path(path) / "shard.json").is_file() for path in paths]
 
-    def open(
-        self, path: str | None, files: Mapping[str, bytes] | None, build: bytes | None = None
-    ) -> dict[str, Any]:
-        """Open the shard from ``path``; write the shipped ``files`` to local disk first,
-        or run ``build`` (the shard's cloudpickled build) here if ``path`` is not readable."""
+    def shard_files(self, index: int) -> dict[str, bytes]:
+        """The files of a shard this actor holds: another actor copies them (re-homing)."""
+        return _shard_files(self.paths[index])
+
+    def hold(self, sources: list[_Source], home: list[int]) -> dict[str, Any]:
+        """Hold exactly the shards named in ``sources`` from now on (owning ``home``): keep
+        those already open, open the others from their path on this node, from files (a copy
+        from another actor, or shipped by the driver), or by running their build here."""
         import ray
 
         from modelhopper.data._sharding import open_shard
         from modelhopper.executors._worker import ShardWorker
 
-        if files is not None:
-            path = self.shipped_to = _materialise(files, self.worker)
-        assert path is not None  # the executor sends one of the two
-        built = build is not None and not self.can_read(path)
-        if built:  # this node lost the shard built for it, or never had it
-            cloudpickle.loads(build)()
-        shard = open_shard(path, map_in=True)
-        self.runner = ShardWorker(
-            self.worker, {self.worker: shard}, self.n_shards, self.factory,
-            materialise=self.materialise, device=self.device,
-        )  # fmt: skip
+        held = self.runner.shards if self.runner is not None else {}
+        shards, built = {}, 0
+        for source in sources:
+            if source.index in held:
+                shards[source.index] = held[source.index]
+                continue
+            path = source.path
+            if source.files is not None:
+                files = source.files
+                files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+                path = _materialise(files, source.index)
+                self.copies.add(source.index)
+            elif source.build is not None and not (Path(path) / "shard.json").is_file():
+                cloudpickle.loads(source.build)()  # this node lost the shard built for it
+                built += 1
+            self.paths[source.index] = path
+            shards[source.index] = open_shard(path, map_in=True)
+        for index in [i for i in self.paths if i not in shards]:  # dropped: re-homed elsewhere
+            if index in self.copies:
+                self._drop_copy(index)
+            else:
+                del self.paths[index]
+        if self.runner is None:
+            self.runner = ShardWorker(
+                self.worker, shards, self.n_shards, self.factory, materialise=self.materialise,
+                device=self.device, home=home,
+            )  # fmt: skip
+        else:
+            self.runner.hold(shards, home)
         return {
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
-            "nbytes": shard.nbytes,
-            "path": path,
+            "nbytes": self.runner.nbytes,
+            "paths": dict(self.paths),
             "device": self.device or "cpu",
             "built": built,
         }
@@ -155,11 +190,23 @@ class _ShardActor:
         return meta, out
 
 
-def _materialise(files: Mapping[str, bytes], worker: int) -> str:
-    """Write a shipped shard under this node's temp dir, once, and return its folder."""
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where an actor gets one shard it is to hold: its ``path`` on the actor's node, or
+    ``files`` (bytes, or a reference to another actor's copy), or by running ``build``
+    there when the path is not readable."""
+
+    index: int
+    path: str
+    files: Any = None
+    build: bytes | None = None
+
+
+def _materialise(files: Mapping[str, bytes], index: int) -> str:
+    """Write a copied shard under this node's temp dir and return its folder."""
     import tempfile
 
-    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-shard-{worker}"
+    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-shard-{index}"
     folder.mkdir(parents=True, exist_ok=True)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
@@ -194,19 +241,24 @@ def _run_build(blob: bytes) -> tuple[str, Any]:
     return ray.get_runtime_context().get_node_id(), cloudpickle.loads(blob)()
 
 
-def _read_shard_files(path: str) -> dict[str, bytes]:
+def _shard_files(path: str) -> dict[str, bytes]:
     folder = Path(path)
-    if not (folder / "train_y.npy").is_file():  # the driver keeps only shard.json of those
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _read_shard_files(path: str) -> dict[str, bytes]:
+    """The driver's copy of a shard's files, to ship to a node that cannot read them."""
+    if not (Path(path) / "train_y.npy").is_file():  # the driver keeps only shard.json of those
         raise ExecutorError(
             f"shard {path} is neither on the node of its worker nor here to ship: it was "
             "built on a node of the cluster (data='auto'). Resume on the same nodes, put the "
             "run directory on storage every node reads, or start the run again"
         )
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    return _shard_files(path)
 
 
 class RayExecutor(BaseExecutor):
-    """Run MOP on a Ray cluster: one actor per worker, each pinned to the node of its shard.
+    """Run MOP on a Ray cluster: one actor per worker, each pinned to the node of its shards.
 
     Args:
         address: ``None`` starts a new Ray instance on this machine (or uses the
@@ -215,16 +267,23 @@ class RayExecutor(BaseExecutor):
             ``"ray://host:10001"`` uses Ray Client.
         resources_per_worker: Ray resources of each worker actor, e.g.
             ``{"CPU": 1, "GPU": 0}``; torch threads default to its CPUs.
-        data: how actors get their shard. ``"path"``: read the shard folder on
+        data: how actors get their shards. ``"path"``: read the shard folder on
             the actor's node (shared storage, or the same machine); ``"ship"``:
             the driver sends the shard files to the node once; ``"auto"``
             (default): the path when the node can read it, else ship. With
             ``"auto"`` on several nodes, a source that reads any row (image
             folder, Parquet, Hugging Face, torch Dataset) is sharded by Ray
-            tasks, each on the node its worker is then placed on: the source
-            must be readable from the nodes (shared or object storage, or a
-            copy on each), the run directory need not be; if a build fails
+            tasks, each on the node of the worker that owns the shard: the
+            source must be readable from the nodes (shared or object storage, or
+            a copy on each), the run directory need not be; if a build fails
             there, the driver builds the shards and ships them.
+        replicas: how many workers hold each shard (default 1: one copy of the
+            data across the cluster). With more, the scheduler runs a step on
+            any holder (fewer waits on a busy or slow worker) and a worker that
+            leaves or dies loses no shard. A shard a worker newly holds (a
+            replica, or one re-homed when workers join or leave) is read in
+            place where its node can, else copied from an actor holding it,
+            else built again on the node, else shipped by the driver.
         max_restarts: deaths of one worker tolerated within ``restart_window``
             seconds (a rate: deaths further apart never add up); one more fails
             the run as a crash loop.
@@ -234,8 +293,17 @@ class RayExecutor(BaseExecutor):
         init_kwargs: extra keyword arguments for ``ray.init``.
         materialise: bounds each worker's materialised representations
             (default ``MaterialiseBudget()``), as on ``LocalExecutor``.
+        follow_cluster: the pool follows the cluster's nodes. A node that joins
+            gets as many new workers as its resources fit (each pinned to it),
+            and a worker whose node leaves (or dies) leaves the run, its shards
+            re-homed to the others, instead of being started again on another
+            node. Default False: the pool keeps its size, a lost worker is
+            replaced wherever there is room.
 
-    A worker given a GPU (``{"GPU": 1}``) trains its MSTs on it.
+    A worker given a GPU (``{"GPU": 1}``) trains its MSTs on it. Workers may be
+    added to and removed from a running run (``RunHandle.add_workers`` /
+    ``remove_worker``, ``modelhopper workers RUN --add N / --remove W``): a new
+    actor is placed where the cluster has room (a node that just joined).
     """
 
     def __init__(
@@ -245,11 +313,13 @@ class RayExecutor(BaseExecutor):
         resources_per_worker: Mapping[str, float] | None = None,
         threads_per_worker: int | None = None,
         data: str = "auto",
+        replicas: int = 1,
         max_restarts: int = 3,
         restart_window: float = 600.0,
         start_timeout: float = 120.0,
         init_kwargs: Mapping[str, Any] | None = None,
         materialise: MaterialiseBudget | None = None,
+        follow_cluster: bool = False,
     ) -> None:
         resources = dict(resources_per_worker or {"CPU": 1})
         for name, amount in resources.items():
@@ -261,6 +331,7 @@ class RayExecutor(BaseExecutor):
             raise ConfigError(
                 f"data must be one of {', '.join(map(repr, _DATA_MODES))}, got {data!r}"
             )
+        check_int("replicas", replicas, example="replicas=2")
         check_worker_options(
             threads_per_worker=threads_per_worker, max_restarts=max_restarts,
             restart_window=restart_window, start_timeout=start_timeout,
@@ -269,6 +340,7 @@ class RayExecutor(BaseExecutor):
         self.resources = resources
         self.threads_per_worker = threads_per_worker or max(1, int(resources.get("CPU", 1)))
         self.data = data
+        self.replicas = replicas
         self.max_restarts = max_restarts
         self.restart_window = float(restart_window)
         self._budget = RestartBudget(0, max_restarts, restart_window)
@@ -280,15 +352,24 @@ class RayExecutor(BaseExecutor):
         self._actor_class: Any = None
         self._shards: list[ShardInfo] = []
         self._factory_blob = b""
-        self._actors: list[Any] = []
+        self._actors: list[Any] = []  # by worker; None once it left the run
         self._infos: list[dict[str, Any]] = []
+        self._held: list[tuple[int, ...]] = []  # by worker: the shards it holds
+        self._home: list[tuple[int, ...]] = []  # by worker: the shards it owns
+        self._opened_by: dict[int, dict[int, str]] = {}  # worker -> its actor's open shards
         self._busy: dict[int, tuple[int, Any, Any]] = {}  # worker -> (mst, meta ref, state ref)
-        self.shipped_bytes = 0  # shard bytes the driver sent to nodes (data="ship")
-        self._homes: dict[int, str] = {}  # worker -> node its shard was built on
-        self._builds: dict[int, bytes] = {}  # worker -> its shard's build, to build it again
+        self.shipped_bytes = 0  # shard bytes the driver sent to nodes
+        self.copied_bytes = 0  # shard bytes actors copied from one another (re-homing)
+        self._n_planned = 0  # workers the run starts with (``prepare``)
+        self._homes: dict[int, str] = {}  # worker -> node its owned shards were built on
+        self._builds: dict[int, bytes] = {}  # shard -> its build, to build it again
         self.build_nodes: list[str] = []  # where each shard build ran (node ids)
         self.rebuilt_shards = 0  # shards built again on a node that lacked them
         self._group_hosts: dict[str, GroupHost] = {}  # rendezvous -> its store, while it runs
+        self.follow_cluster = bool(follow_cluster)
+        self._known_nodes: set[str] = set()  # nodes seen so far (follow_cluster)
+        self._joining: list[str] = []  # nodes the next added workers are pinned to
+        self._lost: list[int] = []  # workers whose node left, not yet reported
 
     # -- what the run reports ------------------------------------------------------
     @property
@@ -306,13 +387,14 @@ class RayExecutor(BaseExecutor):
 
     @property
     def worker_nodes(self) -> list[str]:
-        """The Ray node id each worker (and so its shard) lives on."""
+        """The Ray node id each worker (and so its shards) lives on (its last, once it left)."""
         return [info["node"] for info in self._infos]
 
     @property
     def shard_paths(self) -> list[str]:
-        """Where each worker opened its shard on its node (a local copy when shipped)."""
-        return [info["path"] for info in self._infos]
+        """Where the workers opened their shards on their nodes (local copies when shipped
+        or copied), worker by worker."""
+        return [path for info in self._infos for _, path in sorted(info["paths"].items())]
 
     @property
     def devices(self) -> list[str]:
@@ -329,25 +411,42 @@ class RayExecutor(BaseExecutor):
             per_node[info["node"]] = per_node.get(info["node"], 0) + info["nbytes"]
         return per_node
 
+    # -- layout --------------------------------------------------------------------
+    def prepare(self, n_workers: int) -> None:
+        self._n_planned = n_workers
+
+    def holdings(
+        self, shards: Sequence[ShardInfo], n_workers: int | None = None
+    ) -> tuple[tuple[int, ...], ...]:
+        n = n_workers or len(shards)
+        return replicated_holdings(n, self.replication(n), len(shards))
+
+    def replication(self, n_workers: int) -> int:
+        return min(self.replicas, n_workers)
+
     # -- life cycle ----------------------------------------------------------------
     def build_shards(self, builds: Sequence[Callable[[], Any]]) -> list[Any] | None:
         """Build the shards as Ray tasks, in parallel across the cluster: anywhere when
         every node reads the run directory (``data="path"``, a one-node cluster), else
-        (``"auto"``, several nodes) shard w on the node worker w will then be placed on."""
+        (``"auto"``, several nodes) each shard on the node its owner will be placed on."""
         if self.data == "ship":
             return None
         self._ray = ray = import_ray()
         self._connect()
-        homes = self._choose_homes(len(builds)) if self.data == "auto" else {}
+        n_workers = self._n_planned or len(builds)
+        homes = self._choose_homes(n_workers) if self.data == "auto" else {}
+        owners = {
+            s: w for w, owned in enumerate(home_holdings(n_workers, len(builds))) for s in owned
+        }
         blobs = [cloudpickle.dumps(build) for build in builds]
         # A task whose process dies (killed, a lost node) runs again: a build rewrites
         # its shard's files from scratch. An exception it raises is not retried.
         task = ray.remote(num_cpus=1, max_retries=_BUILD_RETRIES)(_run_build)
         refs = [
             task.options(
-                scheduling_strategy=self._on(homes[w]) if w in homes else "DEFAULT"
+                scheduling_strategy=self._on(homes[owners[s]]) if homes else "DEFAULT"
             ).remote(blob)
-            for w, blob in enumerate(blobs)
+            for s, blob in enumerate(blobs)
         ]
         try:
             done = ray.get(refs)
@@ -364,9 +463,9 @@ class RayExecutor(BaseExecutor):
             self._homes, self._builds = homes, dict(enumerate(blobs))
         return [result for _, result in done]
 
-    def _choose_homes(self, n_shards: int) -> dict[int, str]:
-        """Nodes for the shards when the cluster has several that can host a worker
-        (round robin over them, in node-id order); none on a one-node cluster."""
+    def _choose_homes(self, n_workers: int) -> dict[int, str]:
+        """Nodes for the workers when the cluster has several that can host one (round
+        robin over them, in node-id order); none on a one-node cluster."""
         need = {"CPU": self.resources.get("CPU", 1), "GPU": self.resources.get("GPU", 0)}
         nodes = sorted(
             n["NodeID"]
@@ -375,15 +474,23 @@ class RayExecutor(BaseExecutor):
         )
         if len(nodes) < 2:
             return {}
-        return {w: nodes[w % len(nodes)] for w in range(n_shards)}
+        return {w: nodes[w % len(nodes)] for w in range(n_workers)}
 
     def release_shards(self) -> None:
-        """Delete the shards built on the nodes (the driver deletes its own folder)."""
+        """Delete the shards built on the nodes (the driver deletes its own folder): each
+        live actor deletes those built on its node."""
         if not self._builds or self._ray is None:
             return
         ray = self._ray
-        paths = {w: str(self._shards[w].path) for w in self._builds if w < len(self._shards)}
-        done = [self._actors[w].discard.remote(p) for w, p in paths.items()]
+        on_node: dict[str, list[str]] = {}
+        for shard in self._builds:
+            node = self.build_nodes[shard] if shard < len(self.build_nodes) else None
+            if node is not None and shard < len(self._shards):
+                on_node.setdefault(node, []).append(str(self._shards[shard].path))
+        done = []
+        for worker, actor in enumerate(self._actors):
+            if actor is not None and (paths := on_node.pop(self._infos[worker]["node"], None)):
+                done.append(actor.discard.remote(paths))
         with contextlib.suppress(Exception):  # a dead actor's node lost its copy already
             ray.wait(done, num_returns=len(done), timeout=30)
 
@@ -402,41 +509,115 @@ class RayExecutor(BaseExecutor):
     def end_group(self, rendezvous: str) -> None:
         self._group_hosts.pop(rendezvous, None)
 
-    def check_layout(self, n_workers: int, n_shards: int) -> None:
-        if n_shards != n_workers:
-            raise ConfigError(
-                f"RayExecutor runs one shard per worker, not n_shards={n_shards} over "
-                f"n_workers={n_workers}; leave n_shards out, or run logical shards on "
-                "executor='local'"
-            )
-
     def start(
         self, shards: Sequence[ShardInfo], factory: Callable[..., Any], n_workers: int | None = None
     ) -> None:
-        self.check_layout(n_workers or len(shards), len(shards))
         self._refuse_second_start(bool(self._actors))
         self._ray = ray = import_ray()
         self._connect()
         self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_ShardActor)
         self._shards = list(shards)
         self._factory_blob = _pickle_factory(factory)
-        self._budget = RestartBudget(len(shards), self.max_restarts, self.restart_window)
+        n = n_workers or len(shards)
+        self._held = list(self.holdings(shards, n))
+        self._home = list(home_holdings(n, len(shards)))
+        self._budget = RestartBudget(n, self.max_restarts, self.restart_window)
         self._infos = []
-        self._actors = [self._create(w, self._placement(w)) for w in range(len(shards))]
-        self._infos = self._start_actors(list(range(len(shards))))
+        self._known_nodes = self._alive_nodes()
+        self._actors = [None] * n
+        for worker in range(n):
+            self._new_actor(worker)
+        self._infos = self._start_actors(list(range(n)))
+
+    # -- workers joining and leaving -------------------------------------------------------
+    elastic = True
+
+    def add_worker(self, held: Sequence[int], home: Sequence[int]) -> int:
+        """A new actor on a node that joined (``pool_changes``), else where the cluster has
+        room, holding ``held``: copied from actors that hold them where its node cannot
+        read them."""
+        worker = len(self._actors)
+        if self._joining:
+            self._homes[worker] = self._joining.pop(0)
+        self._held.append(tuple(sorted(held)))
+        self._home.append(tuple(sorted(home)))
+        self._budget.add_worker()
+        self._actors.append(None)
+        self._new_actor(worker)
+        self._infos.append(self._start_actors([worker])[0])
+        return worker
+
+    def rehome(self, worker: int, held: Sequence[int], home: Sequence[int]) -> None:
+        self._refuse_busy(worker, self._busy[worker][0] if worker in self._busy else None)
+        self._held[worker], self._home[worker] = tuple(sorted(held)), tuple(sorted(home))
+        (info,) = self._hold([worker])
+        if info is None:  # it died: a new actor opens what it now holds
+            self._replace(worker)
+        else:
+            self._infos[worker] = info
+
+    def remove_worker(self, worker: int) -> None:
+        self._refuse_busy(worker, self._busy[worker][0] if worker in self._busy else None)
+        actor = self._actors[worker]
+        self._lose(worker)
+        if actor is None:  # lost with its node: nothing left to stop
+            return
+        with contextlib.suppress(Exception):  # already dead: nothing to clean up
+            self._ray.get(actor.close.remote(), timeout=10)
+        with contextlib.suppress(Exception):
+            self._ray.kill(actor)
+
+    def _lose(self, worker: int) -> None:
+        """The worker holds nothing and has no actor from now on."""
+        self._actors[worker] = None
+        self._held[worker] = self._home[worker] = ()
+        self._opened_by.pop(worker, None)
+        self._infos[worker] = {**self._infos[worker], "nbytes": 0, "paths": {}}
+
+    def pool_changes(self) -> PoolChanges:
+        """With ``follow_cluster``: a worker per resource share of each node that joined
+        since the last call, and the workers whose node left (found here, or by a visit
+        that crashed with it)."""
+        if not self.follow_cluster or self._ray is None:
+            return PoolChanges()
+        nodes = {n["NodeID"]: n for n in self._ray.nodes() if n.get("Alive")}
+        for worker, actor in enumerate(self._actors):
+            gone = actor is not None and self._infos[worker]["node"] not in nodes
+            if gone and worker not in self._busy:  # a busy one reports itself crashed
+                self._lose(worker)
+                self._lost.append(worker)
+        add = 0
+        for node_id in sorted(set(nodes) - self._known_nodes):
+            self._known_nodes.add(node_id)
+            fits = self._fits(nodes[node_id]["Resources"])
+            self._joining += [node_id] * fits
+            add += fits
+        lost, self._lost = tuple(self._lost), []
+        return PoolChanges(add, lost)
+
+    def _fits(self, resources: Mapping[str, float]) -> int:
+        """How many workers a node with these resources hosts."""
+        need = {"CPU": 1.0, **{k: float(v) for k, v in self.resources.items()}}
+        return min(
+            (int(resources.get(name, 0.0) // amount) for name, amount in need.items() if amount),
+            default=0,
+        )
+
+    def _alive_nodes(self) -> set[str]:
+        return {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
 
     def _start_actors(self, workers: list[int], mst_id: int | None = None) -> list[dict[str, Any]]:
-        """Each new actor opens its shard; one that dies meanwhile is created again, within its
-        restart budget, on the node its predecessor was placed by."""
+        """Each new actor opens its shards; one that dies meanwhile is created again, within
+        its restart budget, on the node its predecessor was placed by."""
         infos: dict[int, dict[str, Any]] = {}
         pending = workers
         while pending:
-            opened = self._open(pending)
+            opened = self._hold(pending)
             infos.update((w, info) for w, info in zip(pending, opened, strict=True) if info)
             pending = [w for w, info in zip(pending, opened, strict=True) if info is None]
             for worker in pending:  # it died while starting
                 self._count_death(worker, mst_id)
-                self._actors[worker] = self._create(worker, self._placement(worker))
+                self._new_actor(worker)
         return [infos[w] for w in workers]
 
     def _connect(self) -> None:
@@ -463,6 +644,11 @@ class RayExecutor(BaseExecutor):
             ) from e
         self._owns_ray = True
 
+    def _new_actor(self, worker: int) -> None:
+        """A new actor for ``worker`` (it has no shard open yet), placed by ``_placement``."""
+        self._actors[worker] = self._create(worker, self._placement(worker))
+        self._opened_by[worker] = {}
+
     def _create(self, worker: int, strategy: Any) -> Any:
         resources = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU")}
         return self._actor_class.options(
@@ -476,34 +662,67 @@ class RayExecutor(BaseExecutor):
             self.materialise,
         )  # fmt: skip
 
-    def _open(self, workers: list[int]) -> list[dict[str, Any] | None]:
-        """Each actor opens its shard on its node; shipped only where the path is unreadable."""
-        ray = self._ray
-        paths = [str(self._shards[w].path) for w in workers]
-        if self.data == "path":
-            readable = [True] * len(workers)
-        elif self.data == "ship":
-            readable = [False] * len(workers)
-        else:
-            checks = [
-                self._actors[w].can_read.remote(p) for w, p in zip(workers, paths, strict=True)
-            ]
-            readable = self._get(checks, "check their shard paths")
-        refs: list[Any] = []
-        for w, path, ok in zip(workers, paths, readable, strict=True):
-            if ok is None:  # the actor is dead
-                refs.append(None)
-            elif ok:
-                refs.append(self._actors[w].open.remote(path, None))
-            elif w in self._builds:  # built for a node that is gone: build it there
-                refs.append(self._actors[w].open.remote(path, None, self._builds[w]))
+    def _hold(self, workers: list[int]) -> list[dict[str, Any] | None]:
+        """Each worker's actor holds the shards ``_held`` names (see ``_sources``); None
+        for an actor that died meanwhile."""
+        readable = self._readable(workers)
+        asked = [w for w in workers if readable[w] is not None]  # the others' actors are dead
+        refs = [
+            self._actors[w].hold.remote(self._sources(w, readable[w] or {}), list(self._home[w]))
+            for w in asked
+        ]
+        opened = dict(zip(asked, self._get(refs, "open their shards"), strict=True))
+        for worker, info in opened.items():
+            if info is not None:
+                self._opened_by[worker] = info["paths"]
+                self.rebuilt_shards += info["built"]
+        return [opened.get(w) for w in workers]
+
+    def _readable(self, workers: list[int]) -> dict[int, dict[int, bool] | None]:
+        """Which of its shards each worker's node reads in place (None: the actor is dead)."""
+        wanted = {w: [s for s in self._held[w] if s not in self._opened_by[w]] for w in workers}
+        if self.data != "auto":
+            return {w: {s: self.data == "path" for s in wanted[w]} for w in workers}
+        checks = [
+            self._actors[w].can_read.remote([str(self._shards[s].path) for s in wanted[w]])
+            for w in workers
+        ]
+        answers = self._get(checks, "check their shard paths")
+        return {
+            w: None if ok is None else dict(zip(wanted[w], ok, strict=True))
+            for w, ok in zip(workers, answers, strict=True)
+        }
+
+    def _holder(self, shard: int, worker: int) -> Any:
+        """A live actor other than ``worker``'s that has ``shard`` open (an idle one if
+        any: a busy one copies it once its visit ends), or None."""
+        holders = [
+            w for w, opened in self._opened_by.items()
+            if w != worker and shard in opened and self._actors[w] is not None
+        ]  # fmt: skip
+        holders.sort(key=lambda w: (w in self._busy, w))
+        return self._actors[holders[0]] if holders else None
+
+    def _sources(self, worker: int, readable: dict[int, bool]) -> list[_Source]:
+        """Where the worker's actor gets each shard it holds: open already, its path on the
+        node, a copy from another actor holding it, its build (run there), or the driver's
+        files, in that order of preference."""
+        sources = []
+        for shard in self._held[worker]:
+            path = str(self._shards[shard].path)
+            if shard in self._opened_by[worker] or readable.get(shard):
+                sources.append(_Source(shard, path))
+            elif (holder := self._holder(shard, worker)) is not None:
+                nbytes = self._shards[shard].nbytes
+                self.copied_bytes += nbytes
+                sources.append(_Source(shard, path, files=holder.shard_files.remote(shard)))
+            elif shard in self._builds:  # built for a node that is gone: build it there
+                sources.append(_Source(shard, path, build=self._builds[shard]))
             else:
                 files = _read_shard_files(path)
                 self.shipped_bytes += sum(len(b) for b in files.values())
-                refs.append(self._actors[w].open.remote(None, ray.put(files)))
-        opened = self._get([r for r in refs if r is not None], "open their shards")
-        self.rebuilt_shards += sum(1 for info in opened if info and info.get("built"))
-        return [None if r is None else opened.pop(0) for r in refs]
+                sources.append(_Source(shard, path, files=self._ray.put(files)))
+        return sources
 
     def _get(self, refs: list[Any], doing: str) -> list[Any]:
         """The values of refs made by new actors; None for an actor that died meanwhile."""
@@ -565,9 +784,14 @@ class RayExecutor(BaseExecutor):
         return dataclasses.replace(meta, state=_RayState(state_ref, meta.state_nbytes))
 
     def _replace(self, worker: int, mst_id: int | None = None) -> None:
-        """A new actor for a dead one: on the same node if it is alive, else anywhere."""
+        """A new actor for a dead one: on the same node if it is alive, else anywhere (with
+        ``follow_cluster``: none, the worker leaves with its node)."""
+        if self.follow_cluster and self._infos[worker]["node"] not in self._alive_nodes():
+            self._lose(worker)
+            self._lost.append(worker)
+            return
         self._count_death(worker, mst_id)
-        self._actors[worker] = self._create(worker, self._placement(worker))
+        self._new_actor(worker)
         self._infos[worker] = self._start_actors([worker], mst_id)[0]
 
     def _count_death(self, worker: int, mst_id: int | None) -> None:
@@ -579,15 +803,15 @@ class RayExecutor(BaseExecutor):
             )
 
     def _placement(self, worker: int) -> Any:
-        """The node of the worker's last actor (before it has one: the node its shard was
-        built on, if any) while that node is alive, else any node."""
+        """The node of the worker's last actor (before it has one: the node its shards were
+        built on, if any) while that node is alive, else any node with room."""
         if worker < len(self._infos):
             node: str | None = self._infos[worker]["node"]
         else:  # starting: never placed yet
             node = self._homes.get(worker)
-        if node is not None and node in {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}:
+        if node is not None and node in self._alive_nodes():
             return self._on(node)
-        return "SPREAD"  # no home, or it is gone: re-materialise the shard elsewhere
+        return "SPREAD"  # no home, or it is gone: re-materialise the shards elsewhere
 
     @staticmethod
     def _on(node: str) -> Any:
@@ -599,16 +823,18 @@ class RayExecutor(BaseExecutor):
         ray = self._ray
         if ray is None:
             return
+        actors = [actor for actor in self._actors if actor is not None]
         if ray.is_initialized():
-            closing = [actor.close.remote() for actor in self._actors]
+            closing = [actor.close.remote() for actor in actors]
             with contextlib.suppress(Exception):  # a dead actor has nothing to clean up
                 ray.wait(closing, num_returns=len(closing), timeout=10)
-            for actor in self._actors:
+            for actor in actors:
                 try:
                     ray.kill(actor)
                 except Exception:  # already dead: nothing to stop
                     pass
         self._actors = []
+        self._opened_by.clear()
         self._busy.clear()
         self._group_hosts.clear()
         if self._owns_ray and ray.is_initialized():
