@@ -67,6 +67,7 @@ bench: venv data
 	$(PY) bench/adapters.py
 	$(PY) bench/keras_grid.py
 	$(PY) bench/elastic.py
+	$(PY) bench/ray_elastic.py
 	$(PY) bench/hybrid.py
 	$(PY) bench/data_scale.py
 	$(PY) bench/chaos.py

@@ -176,3 +176,18 @@ def test_hybrid_smoke(tmp_path):
     assert [r["hybrid"] for r in payload["asha"]] == ["off", "auto"]
     assert payload["asha"][0]["group_epochs"] == 0
     assert "## (b) ASHA" in (tmp_path / "hybrid_smoke.md").read_text()
+
+
+def test_ray_elastic_smoke(tmp_path, ray_lock):
+    """Benchmark 5(c) in its smoke size: a node joins a loopback cluster mid-run and gets a
+    worker, worker 0's node leaves and its worker with it; the metrics equal the fixed pool's."""
+    with ray_lock():
+        _run("ray_elastic.py", tmp_path)
+    fixed, moved = json.loads((tmp_path / "ray_elastic_smoke.json").read_text())["results"]
+    assert fixed["layout"] == "fixed" and fixed["changes"] == []
+    assert [(workers, cause) for workers, cause, _ in moved["changes"]] == [
+        ([0, 1, 2], "joined"), ([1, 2], "lost")
+    ]  # fmt: skip
+    assert moved["workers_that_trained"] == [0, 1, 2] and moved["copied_mb"] > 0
+    assert fixed["max_accuracy_difference"] == moved["max_accuracy_difference"] == 0
+    assert "# Nodes joining and leaving" in (tmp_path / "ray_elastic_smoke.md").read_text()
