@@ -18,10 +18,11 @@ copies, as on separate machines):
 
 Reported per run: wall time of ``fit``, when each change was made and when the
 run had applied it, the pools, the shard bytes shipped by the driver and copied
-actor to actor, visits, and the largest difference of any epoch's validation
-accuracy from the fixed pool's (the plan does not depend on the workers: it
-must be 0). Results: bench/results/ray_elastic.{json,md} (``--smoke-test``:
-digits, 12 epochs, ray_elastic_smoke.*).
+actor to actor, visits (and those run again: crashed with the lost node), and
+the largest difference of any epoch's validation accuracy from the fixed pool's
+(the plan does not depend on the workers: it must be 0). Results:
+bench/results/ray_elastic.{json,md} (``--smoke-test``: digits, 12 epochs,
+ray_elastic_smoke.*).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def run_layout(layout: str, cluster: Any, data: mh.Dataset, smoke: bool, folder:
         (e.detail["workers"], e.detail["cause"], round(e.time.timestamp() - epoch_started, 2))
         for e in events if e.kind is EventKind.WORKERS_CHANGED
     ]  # fmt: skip
+    rerun = sum(e.kind is EventKind.WORKER_RESTARTED for e in events)
     steps = store.list_steps(name)
     store.close()
     accuracy = {(row["mst_id"], row["epoch"]): row["val_accuracy"]
@@ -129,7 +131,7 @@ def run_layout(layout: str, cluster: Any, data: mh.Dataset, smoke: bool, folder:
         "changes": changes, "workers_that_trained": sorted({s.worker for s in steps}),
         "shipped_mb": round(executor.shipped_bytes / 2**20, 1),
         "copied_mb": round(executor.copied_bytes / 2**20, 1),
-        "restarts": executor.restarts, "n_visits": result.stats.n_visits,
+        "restarts": executor.restarts, "n_visits": result.stats.n_visits, "visits_rerun": rerun,
         "best_val_accuracy": result.best.history[-1]["val_accuracy"], "accuracy": accuracy,
     }  # fmt: skip
 
@@ -146,7 +148,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"`python bench/ray_elastic.py`, {meta['date']}.",
         "",
         "| run | wall s | node joined / left at s | pools (cause, applied at s) | workers that "
-        "trained | shipped MB | copied MB | visits | largest val accuracy difference vs fixed |",
+        "trained | shipped MB | copied MB | visits (re-run) | largest val accuracy difference "
+        "vs fixed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -156,7 +159,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['layout']} | {r['wall_seconds']:.1f} | {at} | {pools} | "
             f"{r['workers_that_trained']} | {r['shipped_mb']} | {r['copied_mb']} | "
-            f"{r['n_visits']} | {r['max_accuracy_difference']:.1e} |"
+            f"{r['n_visits']} ({r['visits_rerun']}) | {r['max_accuracy_difference']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
