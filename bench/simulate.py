@@ -252,12 +252,15 @@ def run_elastic(n_msts: int, n_workers: int, n_epochs: int, seed: int) -> list[d
     return rows
 
 
-def hybrid_scenarios(smoke: bool) -> list[tuple[str, int, int]]:
-    """(workload, MSTs, workers) of the hybrid table."""
+def hybrid_scenarios(smoke: bool) -> list[tuple[str, int, int, int]]:
+    """(workload, MSTs, workers, replicas) of the hybrid table: with one copy a group is
+    the whole pool; with each shard on r workers, p / r of them hold every shard, so
+    groups that small can train side by side."""
     if smoke:
-        return [("few", 2, 8), ("asha", 54, 8)]
-    return [("few", 1, 8), ("few", 4, 32), ("few", 16, 256),
-            ("asha", 108, 8), ("asha", 270, 32), ("asha", 1000, 256)]  # fmt: skip
+        return [("few", 2, 8, 1), ("few", 2, 8, 4), ("asha", 54, 8, 1)]
+    return [("few", 1, 8, 1), ("few", 4, 32, 1), ("few", 4, 32, 8), ("few", 16, 256, 1),
+            ("few", 16, 256, 16), ("asha", 108, 8, 1), ("asha", 270, 32, 1),
+            ("asha", 1000, 256, 1)]  # fmt: skip
 
 
 def asha_epochs(n_msts: int, seed: int) -> np.ndarray:
@@ -270,7 +273,7 @@ def asha_epochs(n_msts: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, n_msts]).permutation(epochs)
 
 
-def run_hybrid(workload: str, n_msts: int, n_workers: int, seed: int) -> list[dict]:
+def run_hybrid(workload: str, n_msts: int, n_workers: int, replicas: int, seed: int) -> list[dict]:
     """MOP alone vs hybrid mode on one workload: makespan against total compute / workers."""
     rng = np.random.default_rng([seed, n_msts, n_workers])
     sizes = rng.choice(MODEL_SIZES, size=n_msts)  # train seconds per sub-epoch, as above
@@ -287,7 +290,10 @@ def run_hybrid(workload: str, n_msts: int, n_workers: int, seed: int) -> list[di
     for hybrid in ("off", "auto"):
         policy = (SchedulingPolicy.OLDEST_FIRST if workload == "asha"
                   else SchedulingPolicy.LONGEST_REMAINING)  # ASHA's default  # fmt: skip
-        scheduler = MOPScheduler(n_workers, policy=policy, seed=seed, hybrid=hybrid)
+        scheduler = MOPScheduler(
+            n_workers, policy=policy, seed=seed, hybrid=hybrid,
+            holdings=replicated_holdings(n_workers, replicas),
+        )  # fmt: skip
         for mst in range(n_msts):
             scheduler.add_mst(mst, int(epochs[mst]))
         started = time.perf_counter()
@@ -295,7 +301,7 @@ def run_hybrid(workload: str, n_msts: int, n_workers: int, seed: int) -> list[di
         groups = sum(1 for _, _, v in result.trace if v.group and v.worker == v.group[0])
         rows.append({
             "workload": "fewer MSTs than workers" if workload == "few" else "ASHA-shaped",
-            "n_msts": n_msts, "n_workers": n_workers, "hybrid": hybrid,
+            "n_msts": n_msts, "n_workers": n_workers, "replicas": replicas, "hybrid": hybrid,
             "makespan": round(result.makespan, 2), "capacity_bound": round(bound, 2),
             "makespan_over_bound": round(result.makespan / bound, 4),
             "utilisation": round(result.utilisation, 4), "group_epochs": groups,
@@ -495,22 +501,27 @@ def _hybrid_markdown(rows: Sequence[dict]) -> list[str]:
         "",
         "## Hybrid mode: data-parallel group epochs when MSTs are few",
         "",
-        'Spread costs; `hybrid="auto"` trains an MST\'s epoch on a group of every worker '
-        "when fewer MSTs can run than half the workers and than the group's measured "
-        "slower); a group epoch ends when its slowest member's share of the training has, "
+        'Spread costs; `hybrid="auto"` trains an MST\'s epoch on a group of workers that '
+        "together hold every shard (the whole pool with one copy; with each shard on r "
+        "workers, groups of p / r and more, side by side, the pool shared out among the MSTs "
+        "that can run) when at most half the workers could be used by MOP and the MST's "
+        "predicted speed-up is over 1 and over half the MSTs that can run per group (untried: "
+        "any; then sized and predicted from its measured compute and all-reduce); a group "
+        "epoch ends when its slowest member's share of the training has, "
         f"plus an all-reduce of {ALLREDUCE_FRACTION:.0%} of the epoch's one-worker compute "
         "x 2(k - 1)/k. Capacity bound = total compute / workers (what no schedule beats; "
         "MOP alone is also bounded by its longest MST, which a group is not). Few: every "
         "MST 4 epochs; ASHA-shaped: budgets of 1, 3, 9 and 27 epochs (2/3, 2/9, 2/27, "
         "1/27 of the MSTs), oldest first.",
         "",
-        "| workload | MSTs x workers | hybrid | makespan | capacity bound | makespan / bound | "
-        "utilisation | group epochs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | MSTs x workers | replicas | hybrid | makespan | capacity bound | "
+        "makespan / bound | utilisation | group epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workload']} | {r['n_msts']}x{r['n_workers']} | {r['hybrid']} | "
+            f"| {r['workload']} | {r['n_msts']}x{r['n_workers']} | {r.get('replicas', 1)} | "
+            f"{r['hybrid']} | "
             f"{r['makespan']:.1f} | {r['capacity_bound']:.1f} | "
             f"{r['makespan_over_bound']:.3f} | {r['utilisation']:.3f} | {r['group_epochs']} |"
         )

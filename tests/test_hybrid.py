@@ -25,7 +25,7 @@ from modelhopper.errors import ConfigError
 from modelhopper.estimator import denormals_flushed, state_from_bytes
 from modelhopper.executors import GroupSpec
 from modelhopper.executors._group import group_channel
-from modelhopper.scheduling import Hybrid, MOPScheduler, StepKind, Visit
+from modelhopper.scheduling import Hybrid, MOPScheduler, StepKind, Visit, replicated_holdings
 from modelhopper.store import EventKind, open_store
 
 SEED = 5
@@ -186,6 +186,62 @@ def test_auto_groups_only_when_few_msts_can_run_and_not_after_a_slower_group():
     assert not any(v.group for v in alone.assign([0, 1]))
 
 
+def _groups(visits):
+    return {v.mst_id: v.group for v in visits}
+
+
+def _epoch_shards(visits, mst_id):
+    return sorted(s.shard for v in visits if v.mst_id == mst_id for s in v.steps
+                  if s.kind is StepKind.TRAIN)  # fmt: skip
+
+
+@pytest.mark.parametrize(("replicas", "n_msts", "size"), [(2, 2, 4), (8, 4, 2), (8, 1, 8)])
+def test_groups_smaller_than_the_pool_share_it_when_replicas_let_them_hold_every_shard(
+    replicas, n_msts, size
+):
+    """8 workers: with each shard on 2 of them, 4 workers hold them all, so 2 MSTs train in
+    2 groups of 4 at once; with every worker holding everything, 4 MSTs in 4 groups of 2; a
+    lone MST gets the whole pool."""
+    scheduler = MOPScheduler(8, n_shards=8, hybrid="on", seed=3,
+                             holdings=replicated_holdings(8, replicas, 8))  # fmt: skip
+    for mst in range(n_msts):
+        scheduler.add_mst(mst, 2)
+    visits = scheduler.assign(range(8))
+    groups = _groups(visits)
+    assert sorted(groups) == list(range(n_msts)) and {len(g) for g in groups.values()} == {size}
+    assert sorted(w for g in groups.values() for w in g) == sorted({v.worker for v in visits})
+    for mst, group in groups.items():
+        assert _epoch_shards(visits, mst) == list(range(8))  # every shard once, in the group
+        for v in visits:
+            if v.mst_id == mst:
+                assert v.worker in group
+                assert all(s.shard in scheduler.holdings()[v.worker] for s in v.steps)
+
+
+def _complete_group(scheduler, visits, train_seconds, allreduce_seconds):
+    joined = Visit(0, visits[0].group[0], tuple(s for v in visits for s in v.steps),
+                   visits[0].group)  # fmt: skip
+    seconds = [train_seconds if s.kind is StepKind.TRAIN else 0.0 for s in joined.steps]
+    scheduler.complete(joined, seconds, allreduce_seconds=allreduce_seconds)
+
+
+@pytest.mark.parametrize(("allreduce", "size"), [(0.01, 8), (0.78, 4), (0.99, 0)])
+def test_auto_sizes_a_group_from_its_measured_compute_and_allreduce(allreduce, size):
+    """A lone MST on 8 workers that all hold every shard: untried, it gets all 8; then the
+    size whose predicted epoch time is least (compute / k + all-reduce growing with k - 1):
+    cheap all-reduce keeps 8, dearer picks fewer, one that costs more than it saves goes
+    back to one worker (size 0 here: no group)."""
+    scheduler = MOPScheduler(8, n_shards=8, hybrid="auto", seed=3,
+                             holdings=replicated_holdings(8, 8, 8))  # fmt: skip
+    scheduler.add_mst(0, 3)
+    first = scheduler.assign(range(8))
+    assert len(first) == 8 and len(first[0].group) == 8
+    # Each member's share of the pass: 1 s of which `allreduce` waiting on the others.
+    _complete_group(scheduler, first, 1.0, allreduce)
+    visits = scheduler.assign(range(8))
+    assert (len(visits[0].group) if visits[0].group else 0) == size
+
+
 def test_bad_hybrid_values_are_refused_with_the_choices():
     with pytest.raises(ConfigError, match="hybrid must be 'off'.*'auto'.*'on'.*got 'yes'"):
         MOPScheduler(2, hybrid="yes")
@@ -316,6 +372,35 @@ def test_the_store_records_each_group_epoch_and_who_ran_each_step(hybrid_runs):
     for record in first.msts:
         for step in store.list_steps("on-a", record.id):
             assert step.worker == step.shard  # one copy: each shard's holder ran its steps
+
+
+def test_two_groups_of_two_train_side_by_side_on_four_workers_as_sgd_over_global_batches(
+    tmp_path,
+):
+    """4 workers that all hold the (small) data: 2 MSTs train in 2 groups of 2 at once, and
+    each MST's weights are still SGD over its global batches."""
+    digits = mh.datasets.digits(seed=0)
+    search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.01, 0.003])}, epochs=2, seed=11,
+                           hybrid="on")  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    result = search.fit(digits, n_workers=4, n_shards=4, run_name="pairs", store=url,
+                        run_dir=tmp_path / "pairs",
+                        executor=mh.LocalExecutor(threads_per_worker=1, replicas=4))  # fmt: skip
+    events = [e.detail for e in open_store(url).list_events("pairs")
+              if e.kind == EventKind.GROUP_EPOCH]  # fmt: skip
+    assert len(events) == 2 * 2 and all(len(e["workers"]) == 2 for e in events)
+    assert {tuple(e["workers"]) for e in events} == {(0, 1), (2, 3)}  # side by side
+    shards = {s: (split[0].x, split[0].y) for s, split in enumerate(shard_splits(digits, 4, 11))}
+    for record in result.msts:
+        torch.set_num_threads(1)
+        torch.manual_seed(record.seed)
+        with denormals_flushed():
+            reference = _sgd_over_global_batches(
+                make_estimator(record.params), shards, seed=record.seed, epochs=2
+            )
+        state = state_from_bytes(Path(record.checkpoint).read_bytes())
+        for name, tensor in reference.model.state_dict().items():
+            torch.testing.assert_close(state["model"][name], tensor, atol=2e-6, rtol=0)
 
 
 def test_auto_trains_a_lone_mst_in_a_group_and_many_msts_on_mop(tmp_path):

@@ -159,6 +159,25 @@ def makespan_lower_bound(work: np.ndarray) -> float:
     return float(max(work.sum() / n_workers, work.sum(axis=1).max(), work.sum(axis=0).max()))
 
 
+@dataclass(frozen=True)
+class _GroupCost:
+    """A group epoch's measured costs: ``alone``, the epoch's seconds on one worker (its
+    own sub-epochs, else the members' compute added up), ``compute`` the members' compute
+    added up, ``waited`` the leader's all-reduce seconds, on a group of ``k``."""
+
+    alone: float
+    compute: float
+    waited: float
+    k: int
+
+    def seconds(self, k: int) -> float:
+        """The epoch's predicted wall time on a group of ``k``: compute shared out, and
+        all-reduce growing with the other members (in shared memory each member reads
+        every other's gradients; a ring's latency steps grow as 2(k-1)): the size that
+        minimises it is about sqrt(compute x (k-1) / waited) for the measured k."""
+        return self.compute / k + self.waited * (k - 1) / (self.k - 1)
+
+
 @dataclass
 class _MSTState:
     mst_id: int
@@ -172,6 +191,8 @@ class _MSTState:
     parked: tuple[int, ...] = ()  # the workers whose waiting sets hold it
     # Its last group epoch's speed-up over one worker (auto; None: none measured yet).
     group_speedup: float | None = None
+    # What that epoch measured, to size the next group (``_group_plan``); None: untried.
+    group_cost: _GroupCost | None = None
     # Running sums keep estimates O(1) per decision, even with 1,000s of MSTs.
     n_pending: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
     sum_seconds: dict[StepKind, float] = field(default_factory=lambda: dict.fromkeys(StepKind, 0.0))
@@ -216,6 +237,8 @@ class MOPScheduler:
         self.n_shards = check_n_shards(n_shards, n_workers)
         self.chain_seconds = float(chain_seconds)
         self._held = _check_holdings(holdings, n_workers, self.n_shards)
+        self._cover_of: object = None  # the holdings ``_cover`` was computed for
+        self._cover: tuple[list[int], int] = ([], 2)
         self._holders = self._holders_of_shards()
         self.policy = _parse_policy(policy)
         self.seed = seed
@@ -291,7 +314,8 @@ class MOPScheduler:
 
     def keep_off_groups(self, mst_id: int) -> None:
         """Hybrid "auto": the MST trains on one worker from now on (it cannot in a group)."""
-        self._state(mst_id).group_speedup = 0.0
+        state = self._state(mst_id)
+        state.group_speedup, state.group_cost = 0.0, None
 
     def set_priority(self, mst_id: int, priority: int) -> None:
         self._state(mst_id).priority = priority
@@ -561,47 +585,89 @@ class MOPScheduler:
 
     # -- data-parallel groups (hybrid) ----------------------------------------------------
     def _assign_group(self, idle: list[int]) -> tuple[list[Visit], list[int]]:
-        """A group epoch for the MST due one that the policy picks, if its group (every
-        worker holding shards) is idle; the workers left for MOP visits. While one is due,
-        no idle member takes a MOP visit: the group would wait for it to end."""
-        pool = [w for w in range(self.n_workers) if self._held[w]]
+        """Group epochs for the MSTs due one, in the policy's order, each on idle workers
+        that together hold every shard (``covering_group``: the whole pool with one copy
+        of the data; fewer with replicas); the workers left for MOP visits. While an MST
+        is due a group it cannot have yet, no idle worker of the pool takes a MOP visit:
+        the group would wait for it to end."""
+        pool, k_min = self._pool_and_smallest_group()
         if len(pool) < 2:
             return [], idle
-        runnable = sum(1 for m in self._msts.values() if m.pending and not m.stopped)
-        due = [m for m in self._msts.values() if self._due_group(m, runnable, len(pool))]
-        if not due:
-            return [], idle
-        rest = [w for w in idle if w not in pool]
-        if len(rest) + len(pool) != len(idle):
-            return [], rest  # some members are busy: the others keep themselves for it
-        chosen = self._pick(sorted(due, key=lambda m: m.mst_id))
-        self._unpark(chosen)
-        visits = self._take_group(chosen, pool)
-        chosen.running = True
-        for visit in visits:
-            self._busy[visit.worker] = chosen.mst_id
-        self.n_decisions += 1
-        return visits, rest
+        runnable = self.n_runnable
+        plans = {m.mst_id: self._group_plan(m, runnable, len(pool), k_min)
+                 for m in self._msts.values() if self._epoch_starts(m)}  # fmt: skip
+        due = sorted((self._msts[i] for i, (_, ok) in plans.items() if ok), key=lambda m: m.mst_id)
+        visits: list[Visit] = []
+        free = [w for w in idle if self._held[w]]
+        while due:
+            chosen = self._pick(due)
+            due.remove(chosen)
+            members = covering_group(free, self._held, self.n_shards, plans[chosen.mst_id][0])
+            if members is None or len(members) < 2:
+                # Its group is busy: the free workers keep themselves for it.
+                return visits, [w for w in idle if not self._held[w]]
+            self._unpark(chosen)
+            group = self._take_group(chosen, members)
+            chosen.running = True
+            for visit in group:
+                self._busy[visit.worker] = chosen.mst_id
+            visits += group
+            free = [w for w in free if w not in self._busy]
+            self.n_decisions += 1
+        return visits, [w for w in idle if w not in self._busy]
 
-    def _due_group(self, state: _MSTState, runnable: int, n_pool: int) -> bool:
-        """Whether the MST's next epoch, not begun, trains in a group."""
+    def _pool_and_smallest_group(self) -> tuple[list[int], int]:
+        """The workers holding shards, and the fewest of them (at least 2) that hold every
+        shard; computed again only when holdings change."""
+        if self._cover_of is not self._held:
+            pool = [w for w in range(self.n_workers) if self._held[w]]
+            smallest = covering_group(pool, self._held, self.n_shards) or pool
+            self._cover_of, self._cover = self._held, (pool, max(2, len(smallest)))
+        return self._cover
+
+    @property
+    def n_runnable(self) -> int:
+        """MSTs with steps left, not stopped."""
+        return sum(1 for m in self._msts.values() if m.pending and not m.stopped)
+
+    def _epoch_starts(self, state: _MSTState) -> bool:
+        """Whether the MST can start an epoch now (it changes mode only there)."""
         if state.running or state.stopped or state.held or not state.pending:
             return False
         first = state.pending[0]
-        if first.kind is not StepKind.TRAIN or first.position != 0:
-            return False
-        if self.hybrid is Hybrid.ON:
-            return True
-        # A group runs one MST at a time on the pool; MOP runs the others side by side, each
-        # at one worker's speed at most (with one copy of the data they wait for each
-        # other's shards), and a switch between modes idles workers while visits drain:
-        # a group goes on while it is faster than one worker and its speed-up is over half
-        # their number (simulated, 16 MSTs on 256 workers: 13.8x the bound at half, 23.5x
-        # at their number; bench/simulate.py).
-        speedup = math.inf if state.group_speedup is None else state.group_speedup
-        return 2 * runnable <= n_pool and speedup > max(1.0, runnable / 2)
+        return first.kind is StepKind.TRAIN and first.position == 0
 
-    def _take_group(self, state: _MSTState, pool: list[int]) -> list[Visit]:
+    def _group_plan(
+        self, state: _MSTState, runnable: int, n_pool: int, k_min: int
+    ) -> tuple[int, bool]:
+        """The size of the MST's next group and whether its next epoch trains in one.
+
+        The pool is shared out among the MSTs that can run (at least ``k_min``, the fewest
+        workers holding every shard); within that, the size whose predicted epoch time is
+        least, from the MST's last group epoch (compute shared out, all-reduce growing with
+        the group: a model whose all-reduce costs more than it saves gets a smaller group).
+        A group runs one MST; MOP runs the others side by side, each at one worker's speed
+        at most, and a switch between modes idles workers while visits drain: under auto,
+        an MST trains in a group when at most half the workers could be used by MOP and its
+        predicted speed-up is over 1 and over half the MSTs that can run per group that
+        fits in the pool (simulated, 16 MSTs on 256 workers with one copy: 13.8x the bound
+        at half, 23.5x at their number; bench/simulate.py). Untried: any speed-up.
+        """
+        share = max(k_min, min(n_pool // max(runnable, 1), self.n_shards))
+        cost = state.group_cost
+        size = share
+        if cost is not None:
+            size = min(range(k_min, share + 1), key=lambda k: (cost.seconds(k), k))
+        if self.hybrid is Hybrid.ON:
+            return size, True
+        if cost is not None:
+            speedup = cost.alone / max(cost.seconds(size), 1e-12)
+        else:
+            speedup = math.inf if state.group_speedup is None else state.group_speedup
+        n_groups = n_pool // k_min
+        return size, 2 * runnable <= n_pool and speedup > max(1.0, runnable / (2 * n_groups))
+
+    def _take_group(self, state: _MSTState, pool: Sequence[int]) -> list[Visit]:
         """One visit per member: the epoch's training and evaluation on the shards it is
         given (each shard to the member holding it with the fewest so far)."""
         epoch = state.pending[0].epoch
@@ -630,11 +696,13 @@ class MOPScheduler:
         train = [t for step, t in zip(visit.steps, step_seconds, strict=True)
                  if step.kind is StepKind.TRAIN]  # fmt: skip
         wall = sum(train) / k  # each member's steps share out its time in the pass
+        compute = k * max(wall - waited, 0.0)
         if state.n_seconds[StepKind.TRAIN]:
             alone = self._estimate(state, StepKind.TRAIN) * self.n_shards
         else:
-            alone = k * max(wall - waited, 0.0)
+            alone = compute
         state.group_speedup = alone / wall if wall > 0 else math.inf
+        state.group_cost = _GroupCost(alone, compute, waited, k) if k > 1 else None
 
     def _pick(self, eligible: list[_MSTState]) -> _MSTState:
         """The MST the policy runs first among ``eligible`` (sorted by id)."""
@@ -819,6 +887,50 @@ def _check_holdings(
     if orphans:
         raise ConfigError(f"no worker holds shard(s) {sorted(orphans)}: every shard needs a holder")
     return held
+
+
+def covering_group(
+    candidates: Sequence[int],
+    held: Sequence[Iterable[int]],
+    n_shards: int,
+    size: int = 0,
+) -> tuple[int, ...] | None:
+    """Workers among ``candidates`` that together hold every shard (``held[w]``: worker
+    w's shards), None if they cannot: a greedy cover (most shards not yet covered first,
+    then the lower number), then, up to ``size``, more covers drawn the same way from the
+    rest. Members that each cover the shards again split them evenly, and leave workers
+    spread over the shards for the next group (with each shard on r consecutive workers,
+    every (p/r)-th worker)."""
+    rest = sorted(candidates)
+    if size >= len(rest):  # all of them, if they cover: no choice to make
+        covered = set().union(*(held[w] for w in rest))
+        return tuple(rest) if covered >= set(range(n_shards)) else None
+    members = _greedy_cover(rest, held, n_shards, len(rest), complete=True)
+    if members is None:
+        return None
+    while len(members) < size and rest:
+        members += _greedy_cover(rest, held, n_shards, size - len(members), complete=False) or []
+    return tuple(sorted(members))
+
+
+def _greedy_cover(
+    rest: list[int], held: Sequence[Iterable[int]], n_shards: int, most: int, *, complete: bool
+) -> list[int] | None:
+    """Take up to ``most`` workers out of ``rest`` covering as many shards as they can, each
+    the one adding most (then the lower number); None if ``complete`` and they cannot
+    cover every shard."""
+    uncovered = set(range(n_shards))
+    members: list[int] = []
+    while uncovered and rest and len(members) < most:
+        best = max(rest, key=lambda w: (len(uncovered.intersection(held[w])), -w))
+        if not uncovered.intersection(held[best]):
+            break
+        members.append(best)
+        rest.remove(best)
+        uncovered.difference_update(held[best])
+    if complete and uncovered:
+        return None
+    return members
 
 
 def replicated_holdings(
