@@ -27,6 +27,7 @@ from modelhopper.executors import GroupSpec
 from modelhopper.executors._group import group_channel
 from modelhopper.scheduling import Hybrid, MOPScheduler, StepKind, Visit, replicated_holdings
 from modelhopper.store import EventKind, open_store
+from modelhopper.store._timeline import visits_of
 
 SEED = 5
 
@@ -372,6 +373,11 @@ def test_the_store_records_each_group_epoch_and_who_ran_each_step(hybrid_runs):
     for record in first.msts:
         for step in store.list_steps("on-a", record.id):
             assert step.worker == step.shard  # one copy: each shard's holder ran its steps
+    # The timeline (dashboard, Result.plot) shows each group epoch as a visit per member.
+    visits = visits_of(store.list_steps("on-a"))
+    assert sorted((v["mst_id"], v["epoch"], v["worker"], v["steps"]) for v in visits) == [
+        (mst, epoch, worker, 2) for mst in (0, 1) for epoch in (0, 1) for worker in (0, 1)
+    ]  # fmt: skip
 
 
 def test_two_groups_of_two_train_side_by_side_on_four_workers_as_sgd_over_global_batches(

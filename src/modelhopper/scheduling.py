@@ -79,6 +79,7 @@ __all__ = [
     "rehome",
     "take_pool_step",
     "replicated_holdings",
+    "covering_group",
     "weighted_holdings",
     "makespan_lower_bound",
     "SimulationResult",

@@ -199,7 +199,8 @@ def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
     monkeypatch.setattr(_driver, "COMMAND_POLL_SECONDS", 0.0)
     monkeypatch.setattr(_driver, "RECORD_INTERVAL_SECONDS", 0.0)
     result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
-                           run_name="elastic", run_dir=tmp_path / "run", progress=False)  # fmt: skip
+                           run_name="elastic", run_dir=tmp_path / "run",
+                           progress=False)  # fmt: skip
     assert plan_metrics(result) == plan_metrics(fixed)
     assert executor.worker_nodes[2] == joined[0].node_id  # the joiner went to the new node
     assert executor.resident_shard_bytes[0] == 0  # worker 0 left
@@ -244,7 +245,8 @@ def test_the_pool_follows_nodes_that_join_and_leave_and_results_do_not_change(
     monkeypatch.setattr(_driver, "RECORD_INTERVAL_SECONDS", 0.0)
     executor = mh.RayExecutor(data="ship", follow_cluster=True, start_timeout=START_TIMEOUT)
     result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
-                           run_name="follow", run_dir=tmp_path / "run", progress=False)  # fmt: skip
+                           run_name="follow", run_dir=tmp_path / "run",
+                           progress=False)  # fmt: skip
     assert plan_metrics(result) == plan_metrics(fixed)
     assert left and executor.worker_nodes[2] == joined[0].node_id
     assert executor.restarts == [0, 0, 0]  # worker 2 left; nobody was started again

@@ -7,6 +7,7 @@ from typing import Any
 from modelhopper.errors import ConfigError
 from modelhopper.executors._base import (
     BaseExecutor,
+    PoolChanges,
     State,
     StateRef,
     StateSource,
@@ -24,6 +25,7 @@ __all__ = [
     "BaseExecutor",
     "GroupSpec",
     "LocalExecutor",
+    "PoolChanges",
     "RayExecutor",
     "State",
     "StateRef",

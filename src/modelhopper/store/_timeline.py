@@ -18,23 +18,21 @@ __all__ = ["derive_hops", "relative", "seconds_between", "visits_of"]
 
 
 def visits_of(steps: Iterable[Any]) -> list[dict[str, Any]]:
-    """Steps (oldest first) grouped into visits: one MST on one worker, recorded at once."""
-    found: list[dict[str, Any]] = []
+    """Steps (oldest first) grouped into visits: one MST on one worker, recorded at once.
+    A group epoch (hybrid mode) is one visit per member: its steps, recorded together,
+    name the member that ran each."""
+    found: dict[tuple[int, int, datetime], dict[str, Any]] = {}
     for step in steps:
         end = as_utc(step.finished_at)
         seconds = step.seconds if math.isfinite(step.seconds) else 0.0
-        current = found[-1] if found else None
-        if current and (current["mst_id"], current["worker"], current["end"]) == (
-            step.mst_id, step.worker, end
-        ):  # fmt: skip
+        key = (step.mst_id, step.worker, end)
+        if (current := found.get(key)) is not None:
             current["seconds"] += seconds
             current["steps"] += 1
             continue
-        found.append(
-            {"mst_id": step.mst_id, "worker": step.worker, "end": end, "seconds": seconds,
-             "steps": 1, "epoch": step.epoch, "hop": None}
-        )  # fmt: skip
-    return found
+        found[key] = {"mst_id": step.mst_id, "worker": step.worker, "end": end,
+                      "seconds": seconds, "steps": 1, "epoch": step.epoch, "hop": None}  # fmt: skip
+    return list(found.values())
 
 
 def derive_hops(visits: list[dict[str, Any]]) -> None:
