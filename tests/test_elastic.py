@@ -3,13 +3,20 @@ change."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
 import modelhopper as mh
@@ -230,3 +237,87 @@ def test_a_local_executor_adds_rehomes_and_removes_workers(tmp_path):
         pid = executor.pids[0]
         executor.remove_worker(0)
         assert pid not in executor.pids and len(executor.pids) == 1
+
+
+# -- shards in proportion to measured speeds -------------------------------------------------
+def test_shares_move_the_fewest_shards_to_match_them():
+    homes, held = rehome({0: {0, 2, 4, 6}, 1: {1, 3, 5, 7}}, [0, 1], shares={0: 6, 1: 2})
+    assert len(homes[0]) == 6 and homes[1] <= {1, 3, 5, 7} and held == homes
+    assert set().union(*homes.values()) == set(range(8))
+
+
+def test_the_scheduler_measures_a_worker_three_times_slower():
+    scheduler = MOPScheduler(2, n_shards=8, seed=1)
+    for mst in range(4):
+        scheduler.add_mst(mst, 2)
+    assert scheduler.worker_speeds([0, 1]) is None  # nothing timed yet
+    simulate(scheduler, lambda mst, step: 1.0 + 0.5 * mst, worker_speed=[1.0, 1 / 3])
+    fast, slow = scheduler.worker_speeds([0, 1])
+    assert 2.0 < fast / slow < 4.5
+    scheduler.reset_worker_speeds()
+    assert scheduler.worker_speeds([0, 1]) is None
+
+
+class _DutyCycle(threading.Thread):
+    """Stops a worker process 2/3 of the time (SIGSTOP / SIGCONT): three times slower,
+    as a worker on a busier machine would be."""
+
+    def __init__(self, executor):
+        super().__init__(daemon=True)
+        self.executor, self.halt = executor, threading.Event()
+
+    def run(self):
+        while len(self.executor.pids) < 2 and not self.halt.is_set():
+            time.sleep(0.01)
+        pid = self.executor.pids[1]
+        try:
+            while not self.halt.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.02)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.01)
+        except ProcessLookupError:
+            pass  # the run ended
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def make_wide_estimator(p):
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    return mh.Estimator(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=p["lr"]),
+                        loss=nn.CrossEntropyLoss(), metrics=["accuracy"],
+                        batch_size=16)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_slower_worker_gets_fewer_shards_and_results_do_not_change(
+    tmp_path, monkeypatch, plan_metrics
+):
+    search = mh.GridSearch(make_wide_estimator, {"lr": mh.grid([0.02, 0.05, 0.1])}, epochs=4,
+                           metric="val_accuracy", direction="maximize", seed=6)  # fmt: skip
+    data = mh.datasets.digits(seed=0)
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    fixed = search.fit(data, n_workers=2, n_shards=8, store=url, run_dir=tmp_path / "fixed",
+                       executor=mh.LocalExecutor(replicas=1, threads_per_worker=1))  # fmt: skip
+    monkeypatch.setattr(_driver, "POOL_POLL_SECONDS", 0.0)
+    executor = mh.LocalExecutor(replicas=1, threads_per_worker=1, rebalance=True)
+    slow = _DutyCycle(executor)
+    slow.start()
+    try:
+        result = search.fit(data, n_workers=2, n_shards=8, store=url, run_name="balanced",
+                            run_dir=tmp_path / "balanced", executor=executor)  # fmt: skip
+    finally:
+        slow.halt.set()
+        slow.join(timeout=10)
+    assert plan_metrics(result) == plan_metrics(fixed)
+    store = SQLStore(url)
+    changes = [e.detail for e in store.list_events("balanced")
+               if e.kind is EventKind.WORKERS_CHANGED]  # fmt: skip
+    assert changes and changes[0]["cause"] == "rebalanced" and changes[0]["workers"] == [0, 1]
+    homes = changes[0]["homes"]
+    assert len(homes["0"]) > len(homes["1"])  # the fast worker owns more shards
+    steps = store.list_steps("balanced")
+    later = steps[len(steps) // 2 :]  # once rebalanced, the fast worker runs most steps
+    assert sum(s.worker == 0 for s in later) > sum(s.worker == 1 for s in later)
+    store.close()

@@ -67,6 +67,7 @@ from modelhopper.scheduling import (
     plan_order,
     plan_pool_change,
     take_pool_step,
+    weighted_holdings,
 )
 from modelhopper.store import BaseStore, EpochRecord, EventKind, MSTRecord, StepRecord
 from modelhopper.store._checkpoints import CheckpointManager
@@ -81,6 +82,9 @@ __all__ = [
 
 COMMAND_POLL_SECONDS = 0.1  # how often the loop looks for human-in-the-loop commands
 POOL_POLL_SECONDS = 1.0  # how often it asks the executor whether its pool changed
+# Shards move to match measured worker speeds only when the slowest worker's share of an
+# epoch would shrink to this fraction or less (noise in the timings moves nothing).
+REBALANCE_GAIN = 0.8
 # Results of short visits wait at most this long to share one store transaction.
 RECORD_INTERVAL_SECONDS = 0.1
 # A procedure that decides nothing from an epoch's metrics lets a worker holding every
@@ -307,16 +311,37 @@ class Driver:
             first = self._scheduler.n_workers
             self._change_pool([*self._pool, *range(first, first + changes.add)], cause="joined")
 
+    def _rebalance(self) -> None:
+        """With an executor that rebalances (``rebalance=True``): once every worker has
+        timed steps, give each a share of the shards in proportion to its measured speed
+        (``weighted_holdings``), if that shortens the slowest worker's part of an epoch
+        enough; the plan does not change, only who owns which shards."""
+        if not self._executor.rebalance or self._pool_steps or self._leaving:
+            return
+        speeds = self._scheduler.worker_speeds(self._pool)
+        n_shards = self._scheduler.n_shards
+        if speeds is None or n_shards <= len(self._pool):
+            return
+        counts = [len(owned) for owned in weighted_holdings(speeds, n_shards)]
+        shares = dict(zip(self._pool, counts, strict=True))
+        now = max(len(self._homes[w]) / s for w, s in zip(self._pool, speeds, strict=True))
+        then = max(shares[w] / s for w, s in zip(self._pool, speeds, strict=True))
+        if then <= REBALANCE_GAIN * now:
+            self._change_pool(list(self._pool), cause="rebalanced", shares=shares)
+        self._scheduler.reset_worker_speeds()
+
     def _refuse_inelastic(self) -> None:
         if not self._executor.elastic:
             raise self._executor._not_elastic()
 
-    def _change_pool(self, pool: list[int], cause: str = "command") -> None:
+    def _change_pool(
+        self, pool: list[int], cause: str = "command", shares: dict[int, int] | None = None
+    ) -> None:
         """Move to ``pool`` (``scheduling.plan_pool_change``): joiners start now, holding
         their shards; the other steps are taken as their workers come free. The plan of
         every MST is unchanged: only who runs its steps."""
         change = plan_pool_change(
-            self._homes, self._target, pool, self._executor.replication(len(pool))
+            self._homes, self._target, pool, self._executor.replication(len(pool)), shares
         )
         for worker in change.joiners:
             held, home = sorted(change.target[worker]), sorted(change.homes[worker])
@@ -472,6 +497,7 @@ class Driver:
         if now >= self._pool_due:
             self._pool_due = now + POOL_POLL_SECONDS
             self._follow_pool()
+            self._rebalance()
         self._assign()
         # Idle workers no waiting MST will take: let the procedure add or promote MSTs
         # for them. A worker idle while MSTs wait for other (busy) workers' shards is

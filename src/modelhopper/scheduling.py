@@ -251,6 +251,8 @@ class MOPScheduler:
         self._n_parked = 0  # MSTs in some waiting set
         self._sum_seconds = dict.fromkeys(StepKind, 0.0)
         self._n_seconds = dict.fromkeys(StepKind, 0)
+        # worker -> [sum over its training steps of seconds / the MST's mean so far, steps]
+        self._worker_pace: dict[int, list[float]] = {}
         self.n_decisions = 0
 
     # -- registering work -------------------------------------------------
@@ -403,11 +405,33 @@ class MOPScheduler:
             self._measure_group(state, visit, step_seconds, allreduce_seconds)
         elif step_seconds is not None:
             for step, seconds in zip(visit.steps, step_seconds, strict=True):
+                self._time_worker(visit.worker, state, step.kind, float(seconds))
                 state.sum_seconds[step.kind] += float(seconds)
                 state.n_seconds[step.kind] += 1
                 self._sum_seconds[step.kind] += float(seconds)
                 self._n_seconds[step.kind] += 1
         self._park(state)
+
+    def _time_worker(self, worker: int, state: _MSTState, kind: StepKind, seconds: float) -> None:
+        """A training step's seconds against its MST's mean so far (on every worker that
+        trained it: in MOP an MST visits them all): the worker's pace."""
+        if kind is StepKind.TRAIN and state.n_seconds[kind] and state.sum_seconds[kind] > 0:
+            pace = self._worker_pace.setdefault(worker, [0.0, 0])
+            pace[0] += seconds / (state.sum_seconds[kind] / state.n_seconds[kind])
+            pace[1] += 1
+
+    def worker_speeds(self, workers: Sequence[int], min_steps: int = 8) -> list[float] | None:
+        """Each of ``workers``' measured speed (1 / its mean pace: a worker twice as slow as
+        the others measures about half theirs), None until each has ``min_steps`` timed
+        training steps since ``reset_worker_speeds``."""
+        paces = [self._worker_pace.get(w, [0.0, 0]) for w in workers]
+        if any(n < min_steps or total <= 0 for total, n in paces):
+            return None
+        return [n / total for total, n in paces]
+
+    def reset_worker_speeds(self) -> None:
+        """Measure afresh (after shards moved to match the speeds measured so far)."""
+        self._worker_pace.clear()
 
     def requeue(self, visit: Visit) -> None:
         """Put an interrupted visit's steps back at the front of its MST's plan."""
@@ -776,7 +800,10 @@ def weighted_holdings(speeds: Sequence[float], n_shards: int) -> tuple[tuple[int
 
 
 def rehome(
-    homes: Mapping[int, Iterable[int]], workers: Sequence[int], replicas: int = 1
+    homes: Mapping[int, Iterable[int]],
+    workers: Sequence[int],
+    replicas: int = 1,
+    shares: Mapping[int, int] | None = None,
 ) -> tuple[dict[int, frozenset[int]], dict[int, frozenset[int]]]:
     """Who owns and who holds each shard once the pool becomes ``workers``.
 
@@ -785,7 +812,8 @@ def rehome(
     joins takes shards from those owning most, until counts differ by at most one: the
     fewest shards move. Each worker then holds its own shards and those of the
     ``replicas - 1`` workers before it in ``workers`` (as ``replicated_holdings``).
-    Returns ``(homes, holdings)`` for ``workers``.
+    ``shares`` (how many shards each worker is to own, e.g. in proportion to its speed)
+    replaces "counts differ by at most one". Returns ``(homes, holdings)`` for ``workers``.
     """
     if not workers:
         raise ConfigError("a run needs at least one worker; keep one")
@@ -794,10 +822,16 @@ def rehome(
         for shard in sorted(shards) if w not in owned else ():
             owned[min(workers, key=lambda v: (len(owned[v]), v))].add(shard)
     while True:
-        most = max(workers, key=lambda v: (len(owned[v]), -v))
-        fewest = min(workers, key=lambda v: (len(owned[v]), v))
-        if len(owned[most]) - len(owned[fewest]) <= 1:
-            break
+        if shares is None:
+            most = max(workers, key=lambda v: (len(owned[v]), -v))
+            fewest = min(workers, key=lambda v: (len(owned[v]), v))
+            if len(owned[most]) - len(owned[fewest]) <= 1:
+                break
+        else:
+            most = max(workers, key=lambda v: (len(owned[v]) - shares[v], -v))
+            fewest = min(workers, key=lambda v: (len(owned[v]) - shares[v], v))
+            if len(owned[most]) <= shares[most] or len(owned[fewest]) >= shares[fewest]:
+                break
         shard = max(owned[most])
         owned[most].discard(shard)
         owned[fewest].add(shard)
@@ -835,12 +869,13 @@ def plan_pool_change(
     target: Mapping[int, frozenset[int]],
     pool: Sequence[int],
     replicas: int = 1,
+    shares: Mapping[int, int] | None = None,
 ) -> PoolChange:
     """Steps from the current pool (``homes``' workers, holding ``target`` once earlier
     steps are taken) to ``pool``: every gain first (a worker opens the shard before any
     step may go there), then every loss (no step goes there any more, then it drops
     it), then leavers stop. So every shard keeps a holder throughout."""
-    new_homes, held = rehome(homes, pool, replicas)
+    new_homes, held = rehome(homes, pool, replicas, shares)
     joiners = tuple(w for w in pool if w not in homes)
     stay = [w for w in pool if w in homes]
     steps = [PoolStep(w, target[w] | held[w], new_homes[w] | homes[w])

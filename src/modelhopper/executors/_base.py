@@ -176,6 +176,9 @@ class BaseExecutor(ABC):
 
     # -- workers joining and leaving a running run (elastic executors) -------------------
     elastic: bool = False  # whether add_worker / rehome / remove_worker work
+    # Whether the driver moves shards to match measured worker speeds (logical shards,
+    # an elastic executor): the executor's ``rebalance=True``.
+    rebalance: bool = False
 
     def replication(self, n_workers: int) -> int:
         """How many of ``n_workers`` workers hold each shard (``holdings``' rule)."""

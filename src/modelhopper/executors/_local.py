@@ -157,6 +157,9 @@ class LocalExecutor(BaseExecutor):
     so small runs are not dominated by a fixed cost per visit; larger data keeps
     one copy (``replicas=1``). The results are the same either way: every MST
     still trains on the shards in its planned order (``scheduling.py``).
+    ``rebalance``: with logical shards (``n_shards`` > workers), move shards between
+    workers in proportion to their measured speeds, so that a worker twice as slow
+    (a busier or older machine) owns half as many; the results do not change.
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class LocalExecutor(BaseExecutor):
         start_timeout: float = 300.0,
         shared_memory: bool = True,
         replicas: int | str = "auto",
+        rebalance: bool = False,
     ):
         check_worker_options(
             threads_per_worker=threads_per_worker, max_restarts=max_restarts,
@@ -192,6 +196,7 @@ class LocalExecutor(BaseExecutor):
         if replicas != "auto":
             check_int("replicas", replicas, example="replicas=2, or 'auto'")
         self.replicas = replicas
+        self.rebalance = bool(rebalance)
         self.threads_per_worker = threads_per_worker
         self.max_restarts = max_restarts
         self.restart_window = float(restart_window)

@@ -299,6 +299,9 @@ class RayExecutor(BaseExecutor):
             re-homed to the others, instead of being started again on another
             node. Default False: the pool keeps its size, a lost worker is
             replaced wherever there is room.
+        rebalance: with logical shards, move shards between workers in proportion
+            to their measured speeds (a node twice as slow owns half as many
+            shards); the results do not change.
 
     A worker given a GPU (``{"GPU": 1}``) trains its MSTs on it. Workers may be
     added to and removed from a running run (``RunHandle.add_workers`` /
@@ -320,6 +323,7 @@ class RayExecutor(BaseExecutor):
         init_kwargs: Mapping[str, Any] | None = None,
         materialise: MaterialiseBudget | None = None,
         follow_cluster: bool = False,
+        rebalance: bool = False,
     ) -> None:
         resources = dict(resources_per_worker or {"CPU": 1})
         for name, amount in resources.items():
@@ -367,6 +371,7 @@ class RayExecutor(BaseExecutor):
         self.rebuilt_shards = 0  # shards built again on a node that lacked them
         self._group_hosts: dict[str, GroupHost] = {}  # rendezvous -> its store, while it runs
         self.follow_cluster = bool(follow_cluster)
+        self.rebalance = bool(rebalance)
         self._known_nodes: set[str] = set()  # nodes seen so far (follow_cluster)
         self._joining: list[str] = []  # nodes the next added workers are pinned to
         self._lost: list[int] = []  # workers whose node left, not yet reported
