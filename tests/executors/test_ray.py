@@ -312,3 +312,23 @@ def _wait_until_dead(pid: int, timeout: float = 60.0) -> None:
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, f"the removed worker's process {pid} still runs"
         time.sleep(0.1)
+
+
+def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
+    """data='ship': worker 2 takes shard 0, held only by worker 0, whose actor was killed:
+    the copy from it fails, and the shard comes from the driver's files instead."""
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.testing._executor import _dataset, _task, _train, make_test_estimator
+
+    shards = write_shards(_dataset(), 3, tmp_path / "shards", seed=3)
+    with mh.RayExecutor(data="ship", threads_per_worker=1, start_timeout=START_TIMEOUT) as ex:
+        ex.start(shards, make_test_estimator, n_workers=3)
+        shipped = ex.shipped_bytes
+        pid = ex.pids[0]
+        os.kill(pid, signal.SIGKILL)
+        _wait_until_dead(pid)
+        ex.rehome(2, [0, 2], [0, 2])
+        assert ex.copied_bytes == 0 and ex.shipped_bytes > shipped  # sent again, by the driver
+        assert ex.resident_shard_bytes[2] == shards[0].nbytes + shards[2].nbytes
+        ex.submit(2, _task(1, (_train(0, 0, 0), _train(0, 2, 1))))
+        assert ex.wait()[0].error is None

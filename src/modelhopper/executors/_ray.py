@@ -142,7 +142,7 @@ class _ShardActor:
         from modelhopper.executors._worker import ShardWorker
 
         held = self.runner.shards if self.runner is not None else {}
-        shards, built = {}, 0
+        shards, built, missing = {}, 0, []
         for source in sources:
             if source.index in held:
                 shards[source.index] = held[source.index]
@@ -150,7 +150,11 @@ class _ShardActor:
             path = source.path
             if source.files is not None:
                 files = source.files
-                files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+                try:
+                    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+                except Exception:  # the actor copied from died: the executor asks again
+                    missing.append(source.index)
+                    continue
                 path = _materialise(files, source.index)
                 self.copies.add(source.index)
             elif source.build is not None and not (Path(path) / "shard.json").is_file():
@@ -177,6 +181,7 @@ class _ShardActor:
             "paths": dict(self.paths),
             "device": self.device or "cpu",
             "built": built,
+            "missing": missing,
         }
 
     def run(
@@ -200,6 +205,7 @@ class _Source:
     path: str
     files: Any = None
     build: bytes | None = None
+    source: int | None = None  # the worker whose actor ``files`` are copied from
 
 
 def _materialise(files: Mapping[str, bytes], index: int) -> str:
@@ -669,18 +675,36 @@ class RayExecutor(BaseExecutor):
 
     def _hold(self, workers: list[int]) -> list[dict[str, Any] | None]:
         """Each worker's actor holds the shards ``_held`` names (see ``_sources``); None
-        for an actor that died meanwhile."""
-        readable = self._readable(workers)
-        asked = [w for w in workers if readable[w] is not None]  # the others' actors are dead
-        refs = [
-            self._actors[w].hold.remote(self._sources(w, readable[w] or {}), list(self._home[w]))
-            for w in asked
-        ]
-        opened = dict(zip(asked, self._get(refs, "open their shards"), strict=True))
-        for worker, info in opened.items():
-            if info is not None:
+        for an actor that died meanwhile. A shard whose copy failed (the actor it came
+        from died) is asked for again from elsewhere: another holder, its build, or the
+        driver's files."""
+        opened: dict[int, dict[str, Any] | None] = {}
+        pending, failed = list(workers), set[int]()
+        while pending:
+            readable = self._readable(pending)
+            asked = [w for w in pending if readable[w] is not None]  # others' actors are dead
+            sources = {w: self._sources(w, readable[w] or {}, failed) for w in asked}
+            refs = [self._actors[w].hold.remote(sources[w], list(self._home[w])) for w in asked]
+            opened.update(zip(asked, self._get(refs, "open their shards"), strict=True))
+            pending = []
+            for worker in asked:
+                if (info := opened[worker]) is None:
+                    continue
                 self._opened_by[worker] = info["paths"]
                 self.rebuilt_shards += info["built"]
+                copied_from = {s.index: s.source for s in sources[worker] if s.source is not None}
+                missing = set(info["missing"])
+                self.copied_bytes += sum(
+                    self._shards[i].nbytes for i in copied_from if i not in missing
+                )
+                if missing:
+                    if not missing <= copied_from.keys():
+                        raise ExecutorError(
+                            f"worker {worker} could not get shard(s) {sorted(missing)} "
+                            "the driver sent it; the Ray object store lost them"
+                        )
+                    failed.update(copied_from[i] for i in missing)
+                    pending.append(worker)
         return [opened.get(w) for w in workers]
 
     def _readable(self, workers: list[int]) -> dict[int, dict[int, bool] | None]:
@@ -698,17 +722,19 @@ class RayExecutor(BaseExecutor):
             for w, ok in zip(workers, answers, strict=True)
         }
 
-    def _holder(self, shard: int, worker: int) -> Any:
-        """A live actor other than ``worker``'s that has ``shard`` open (an idle one if
-        any: a busy one copies it once its visit ends), or None."""
+    def _holder(self, shard: int, worker: int, failed: set[int]) -> int | None:
+        """A worker other than ``worker`` whose live actor has ``shard`` open (an idle one
+        if any: a busy one copies it once its visit ends), not one a copy failed from."""
         holders = [
             w for w, opened in self._opened_by.items()
-            if w != worker and shard in opened and self._actors[w] is not None
+            if w != worker and w not in failed and shard in opened and self._actors[w] is not None
         ]  # fmt: skip
         holders.sort(key=lambda w: (w in self._busy, w))
-        return self._actors[holders[0]] if holders else None
+        return holders[0] if holders else None
 
-    def _sources(self, worker: int, readable: dict[int, bool]) -> list[_Source]:
+    def _sources(
+        self, worker: int, readable: dict[int, bool], failed: set[int] | None = None
+    ) -> list[_Source]:
         """Where the worker's actor gets each shard it holds: open already, its path on the
         node, a copy from another actor holding it, its build (run there), or the driver's
         files, in that order of preference."""
@@ -717,10 +743,9 @@ class RayExecutor(BaseExecutor):
             path = str(self._shards[shard].path)
             if shard in self._opened_by[worker] or readable.get(shard):
                 sources.append(_Source(shard, path))
-            elif (holder := self._holder(shard, worker)) is not None:
-                nbytes = self._shards[shard].nbytes
-                self.copied_bytes += nbytes
-                sources.append(_Source(shard, path, files=holder.shard_files.remote(shard)))
+            elif (holder := self._holder(shard, worker, failed or set())) is not None:
+                files = self._actors[holder].shard_files.remote(shard)
+                sources.append(_Source(shard, path, files=files, source=holder))
             elif shard in self._builds:  # built for a node that is gone: build it there
                 sources.append(_Source(shard, path, build=self._builds[shard]))
             else:
