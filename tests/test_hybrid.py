@@ -220,8 +220,8 @@ def test_groups_smaller_than_the_pool_share_it_when_replicas_let_them_hold_every
 
 
 def _complete_group(scheduler, visits, train_seconds, allreduce_seconds):
-    joined = Visit(0, visits[0].group[0], tuple(s for v in visits for s in v.steps),
-                   visits[0].group)  # fmt: skip
+    joined = Visit(visits[0].mst_id, visits[0].group[0],
+                   tuple(s for v in visits for s in v.steps), visits[0].group)  # fmt: skip
     seconds = [train_seconds if s.kind is StepKind.TRAIN else 0.0 for s in joined.steps]
     scheduler.complete(joined, seconds, allreduce_seconds=allreduce_seconds)
 
@@ -241,6 +241,29 @@ def test_auto_sizes_a_group_from_its_measured_compute_and_allreduce(allreduce, s
     _complete_group(scheduler, first, 1.0, allreduce)
     visits = scheduler.assign(range(8))
     assert (len(visits[0].group) if visits[0].group else 0) == size
+
+
+@pytest.mark.parametrize(("waited_at_16", "size"), [(0.45, 16), (2.0, 8)])
+def test_auto_tries_a_larger_group_once_and_keeps_the_size_its_measurements_favour(
+    waited_at_16, size
+):
+    """16 workers that all hold every shard. Two MSTs: groups of 8. Once MST 0 is alone,
+    its best size by the one size measured is the largest measured, so it tries twice
+    that (16) once; then the all-reduce fitted on both sizes decides: one that hardly
+    grows (a ring) keeps 16, one that grows fast goes back to 8."""
+    scheduler = MOPScheduler(16, n_shards=16, hybrid="auto", seed=3,
+                             holdings=replicated_holdings(16, 16, 16))  # fmt: skip
+    scheduler.add_mst(0, 4)
+    scheduler.add_mst(1, 1)
+    visits = scheduler.assign(range(16))
+    assert {mst: len(g) for mst, g in _groups(visits).items()} == {0: 8, 1: 8}
+    for mst in (0, 1):  # each member: 2 steps of 1 s, 0.4 s of it in all-reduce
+        _complete_group(scheduler, [v for v in visits if v.mst_id == mst], 1.0, 0.4)
+    probe = scheduler.assign(range(16))
+    assert len(probe) == 16 == len(probe[0].group)  # MST 1 is done: MST 0 alone tries 16
+    # The same compute (12.8 s in all), one step each, with `waited_at_16` in all-reduce.
+    _complete_group(scheduler, probe, 0.8 + waited_at_16, waited_at_16)
+    assert len(scheduler.assign(range(16))[0].group) == size
 
 
 def test_bad_hybrid_values_are_refused_with_the_choices():

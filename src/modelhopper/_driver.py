@@ -316,7 +316,8 @@ class Driver:
         timed steps, give each a share of the shards in proportion to its measured speed
         (``weighted_holdings``), if that shortens the slowest worker's part of an epoch
         enough; the plan does not change, only who owns which shards."""
-        if not self._executor.rebalance or self._pool_steps or self._leaving:
+        executor = self._executor
+        if not (executor.rebalance and executor.elastic) or self._pool_steps or self._leaving:
             return
         speeds = self._scheduler.worker_speeds(self._pool)
         n_shards = self._scheduler.n_shards

@@ -162,21 +162,36 @@ def makespan_lower_bound(work: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class _GroupCost:
-    """A group epoch's measured costs: ``alone``, the epoch's seconds on one worker (its
+    """An MST's measured group epochs: ``alone``, an epoch's seconds on one worker (its
     own sub-epochs, else the members' compute added up), ``compute`` the members' compute
-    added up, ``waited`` the leader's all-reduce seconds, on a group of ``k``."""
+    added up (last group epoch), and ``waits``, the leader's all-reduce seconds by group
+    size (the last epoch of each size measured)."""
 
     alone: float
     compute: float
-    waited: float
-    k: int
+    waits: tuple[tuple[int, float], ...]
+
+    @property
+    def largest(self) -> int:
+        return max(k for k, _ in self.waits)
 
     def seconds(self, k: int) -> float:
-        """The epoch's predicted wall time on a group of ``k``: compute shared out, and
-        all-reduce growing with the other members (in shared memory each member reads
-        every other's gradients; a ring's latency steps grow as 2(k-1)): the size that
-        minimises it is about sqrt(compute x (k-1) / waited) for the measured k."""
-        return self.compute / k + self.waited * (k - 1) / (self.k - 1)
+        """The epoch's predicted wall time on a group of ``k``: compute shared out, plus
+        the all-reduce (``allreduce``)."""
+        return self.compute / k + self.allreduce(k)
+
+    def allreduce(self, k: int) -> float:
+        """All-reduce seconds on ``k`` members, taken as ``a + b (k - 1)``: through the
+        origin from one size measured (in shared memory each member reads every other's
+        gradients; a ring's latency steps grow as 2(k-1)), fitted (least squares, slope
+        >= 0) once several sizes are (a ring's bandwidth term hardly grows with k)."""
+        if len(self.waits) == 1:
+            ((k0, w0),) = self.waits
+            return w0 * (k - 1) / (k0 - 1)
+        xs = np.array([k0 - 1 for k0, _ in self.waits], dtype=float)
+        ws = np.array([w0 for _, w0 in self.waits])
+        slope = max(0.0, float(np.polyfit(xs, ws, 1)[0]))
+        return max(0.0, float(np.mean(ws - slope * xs)) + slope * (k - 1))
 
 
 @dataclass
@@ -683,6 +698,10 @@ class MOPScheduler:
         size = share
         if cost is not None:
             size = min(range(k_min, share + 1), key=lambda k: (cost.seconds(k), k))
+            if size >= cost.largest and share > cost.largest:
+                # The best size is the largest measured: the model cannot see past it, so
+                # try twice that once (its all-reduce may grow more slowly than assumed).
+                size = min(share, 2 * cost.largest)
         if self.hybrid is Hybrid.ON:
             return size, True
         if cost is not None:
@@ -727,7 +746,10 @@ class MOPScheduler:
         else:
             alone = compute
         state.group_speedup = alone / wall if wall > 0 else math.inf
-        state.group_cost = _GroupCost(alone, compute, waited, k) if k > 1 else None
+        if k > 1:
+            before = state.group_cost.waits if state.group_cost is not None else ()
+            waits = (*[(k0, w0) for k0, w0 in before if k0 != k], (k, waited))
+            state.group_cost = _GroupCost(alone, compute, waits)
 
     def _pick(self, eligible: list[_MSTState]) -> _MSTState:
         """The MST the policy runs first among ``eligible`` (sorted by id)."""
