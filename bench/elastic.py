@@ -147,11 +147,7 @@ def main() -> None:
         for layout in layouts:
             rows.append(run_layout(layout, data, args.smoke_test, Path(folder)))
             print(f"{layout:8s} {rows[-1]['wall_seconds']:6.1f} s", flush=True)
-    reference = next(r["accuracy"] for r in rows if r["layout"] == "fixed-2")
-    for r in rows:
-        r["max_accuracy_difference"] = max(
-            abs(a - reference[key]) for key, a in r.pop("accuracy").items()
-        )
+    compare_accuracy(rows, next(r["accuracy"] for r in rows if r["layout"] == "fixed-2"))
     meta = {
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -160,11 +156,25 @@ def main() -> None:
                      "{64, 256}) x 3 epochs on Fashion-MNIST 50k / 10k"),
         "smoke": args.smoke_test,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "elastic_smoke" if args.smoke_test else "elastic"
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
-    print(_markdown(rows, meta))
+    write_results(args.out, stem, meta, rows, _markdown(rows, meta))
+
+
+def compare_accuracy(rows: list[dict[str, Any]], reference: dict[Any, float]) -> None:
+    """Replace each row's accuracies by their largest difference from ``reference``'s."""
+    for r in rows:
+        r["max_accuracy_difference"] = max(
+            abs(a - reference[key]) for key, a in r.pop("accuracy").items()
+        )
+
+
+def write_results(
+    out: Path, stem: str, meta: dict[str, Any], rows: list[dict[str, Any]], markdown: str
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

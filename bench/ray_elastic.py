@@ -28,7 +28,6 @@ ray_elastic_smoke.*).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -44,7 +43,13 @@ import modelhopper as mh
 from modelhopper.store import EventKind, SQLStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from elastic import N_SHARDS, _data, mlp  # noqa: E402  (the grid of bench/elastic.py)
+from elastic import (  # noqa: E402  (the grid of bench/elastic.py, and its results)
+    N_SHARDS,
+    _data,
+    compare_accuracy,
+    mlp,
+    write_results,
+)
 
 RESULTS = Path(__file__).parent / "results"
 STORE_MB = 400  # each node's object store: shards and states travel through it
@@ -192,11 +197,7 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    reference = rows[0]["accuracy"]
-    for r in rows:
-        r["max_accuracy_difference"] = max(
-            abs(a - reference[key]) for key, a in r.pop("accuracy").items()
-        )
+    compare_accuracy(rows, rows[0]["accuracy"])
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "torch": torch.__version__, "ray": ray.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -205,11 +206,8 @@ def main() -> None:
                      "{64, 256}) x 6 epochs on Fashion-MNIST 50k / 10k"),
         "smoke": args.smoke_test,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "ray_elastic_smoke" if args.smoke_test else "ray_elastic"
-    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    (args.out / f"{stem}.md").write_text(_markdown(rows, meta))
-    print(_markdown(rows, meta))
+    write_results(args.out, stem, meta, rows, _markdown(rows, meta))
 
 
 if __name__ == "__main__":

@@ -166,8 +166,17 @@ def add_node(cluster):
             cluster.remove_node(node)
 
 
+@pytest.fixture(scope="module")
+def four_shards(tmp_path_factory):
+    """The fixed pool's run over 4 logical shards, on local processes."""
+    folder = tmp_path_factory.mktemp("four-shards")
+    return _search().fit(mh.datasets.digits(seed=0), n_workers=2, n_shards=4, run_dir=folder,
+                         progress=False,
+                         executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+
+
 def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
-    cluster, add_node, tmp_path, monkeypatch, plan_metrics
+    cluster, add_node, four_shards, tmp_path, monkeypatch, plan_metrics
 ):
     """4 logical shards on 2 nodes; mid-run a node joins the cluster and a third worker is
     added (Ray places it there, the only node with room), and worker 0 is removed later: the shards
@@ -177,9 +186,6 @@ def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
     from modelhopper.commands import submit
 
     data = mh.datasets.digits(seed=0)
-    fixed = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "fixed",
-                          progress=False,
-                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
     url = f"sqlite:///{tmp_path}/db.sqlite"
     store = SQLStore(url)
     commits: list[int] = []
@@ -201,7 +207,7 @@ def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
     result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
                            run_name="elastic", run_dir=tmp_path / "run",
                            progress=False)  # fmt: skip
-    assert plan_metrics(result) == plan_metrics(fixed)
+    assert plan_metrics(result) == plan_metrics(four_shards)
     assert executor.worker_nodes[2] == joined[0].node_id  # the joiner went to the new node
     assert executor.resident_shard_bytes[0] == 0  # worker 0 left
     # The driver shipped the shards at the start only; re-homed ones went actor to actor.
@@ -214,7 +220,7 @@ def test_workers_join_on_a_new_node_and_leave_and_results_do_not_change(
 
 
 def test_the_pool_follows_nodes_that_join_and_leave_and_results_do_not_change(
-    cluster, add_node, tmp_path, monkeypatch, plan_metrics
+    cluster, add_node, four_shards, tmp_path, monkeypatch, plan_metrics
 ):
     """follow_cluster=True: a node that joins mid-run gets a worker, pinned to it; when
     that node leaves, its worker leaves the run (not replaced elsewhere) and its shards
@@ -222,9 +228,6 @@ def test_the_pool_follows_nodes_that_join_and_leave_and_results_do_not_change(
     from modelhopper import _driver
 
     data = mh.datasets.digits(seed=0)
-    fixed = _search().fit(data, n_workers=2, n_shards=4, run_dir=tmp_path / "fixed",
-                          progress=False,
-                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
     url = f"sqlite:///{tmp_path}/db.sqlite"
     store = SQLStore(url)
     commits: list[int] = []
@@ -247,7 +250,7 @@ def test_the_pool_follows_nodes_that_join_and_leave_and_results_do_not_change(
     result = _search().fit(data, n_workers=2, n_shards=4, executor=executor, store=url,
                            run_name="follow", run_dir=tmp_path / "run",
                            progress=False)  # fmt: skip
-    assert plan_metrics(result) == plan_metrics(fixed)
+    assert plan_metrics(result) == plan_metrics(four_shards)
     assert left and executor.worker_nodes[2] == joined[0].node_id
     assert executor.restarts == [0, 0, 0]  # worker 2 left; nobody was started again
     assert executor.resident_shard_bytes[2] == 0
