@@ -8,11 +8,14 @@ validation), cut into 4 logical shards, with one copy of the data
 same float order: a worker with 2 threads sums in another), runs four ways, one
 after another in this process: on a fixed pool of 1 worker, on a fixed pool of
 2, starting on 1 worker with a second one added once the first epoch of any MST
-is recorded, and starting on 2 with worker 0 removed at the same point.
+is recorded, starting on 2 with worker 0 removed at the same point, and on 2
+workers of which worker 1 runs 3x slower (``modelhopper.testing.Throttle``:
+SIGSTOP 20 ms of every 30 ms), without and with ``rebalance=True`` (shards in
+proportion to measured speeds).
 Reported per run: wall time of ``start`` to ``wait``, when the change was
-applied, visits, and the largest difference of any epoch's validation accuracy
-from the fixed pool of 2 (the plan does not depend on the workers, so it must be
-0). Results: bench/results/elastic.{json,md}
+applied, visits, the shards each worker owned at the end, and the largest
+difference of any epoch's validation accuracy from the fixed pool of 2 (the plan
+does not depend on the workers, so it must be 0). Results: bench/results/elastic.{json,md}
 (``--smoke-test``: digits, no fixed pool of 1, the pool changed as soon as the
 run is recorded, elastic_smoke.*).
 """
@@ -32,10 +35,11 @@ from torch import nn
 
 import modelhopper as mh
 from modelhopper.store import EventKind, SQLStore
+from modelhopper.testing import Throttle
 
 RESULTS = Path(__file__).parent / "results"
 N_SHARDS = 4
-LAYOUTS = ("fixed-1", "fixed-2", "add", "remove")
+LAYOUTS = ("fixed-1", "fixed-2", "add", "remove", "slow", "slow-rebalance")
 
 
 def mlp(p: dict[str, Any]) -> mh.Estimator:
@@ -76,13 +80,20 @@ def _epoch_recorded(store: SQLStore, name: str, timeout: float = 600) -> None:
 
 
 def run_layout(layout: str, data: mh.Dataset, smoke: bool, folder: Path) -> dict[str, Any]:
-    """One run: ``fixed-1``, ``fixed-2``, ``add`` (1 -> 2) or ``remove`` (2 -> 1)."""
+    """One run: ``fixed-1``, ``fixed-2``, ``add`` (1 -> 2), ``remove`` (2 -> 1), or
+    ``slow`` / ``slow-rebalance`` (2 workers, worker 1 throttled 3x)."""
     url = f"sqlite:///{folder}/runs.db"
     start_workers = 1 if layout in ("fixed-1", "add") else 2
+    executor = mh.LocalExecutor(
+        replicas=1, threads_per_worker=1, rebalance=layout == "slow-rebalance"
+    )
+    throttle = Throttle(lambda: executor.pids[1] if len(executor.pids) > 1 else None)
+    if layout.startswith("slow"):
+        throttle.start()
     started = time.perf_counter()
     handle = _search(smoke).start(
         data, n_workers=start_workers, n_shards=N_SHARDS, run_name=layout, store=url,
-        run_dir=folder / layout, executor=mh.LocalExecutor(replicas=1, threads_per_worker=1),
+        run_dir=folder / layout, executor=executor,
     )  # fmt: skip
     changed_at = None
     if layout in ("add", "remove"):
@@ -97,16 +108,20 @@ def run_layout(layout: str, data: mh.Dataset, smoke: bool, folder: Path) -> dict
         store.close()
     result = handle.wait()
     wall = time.perf_counter() - started
+    if throttle.is_alive():
+        throttle.stop()
     store = SQLStore(url)
-    changes = [e.detail["workers"] for e in store.list_events(layout)
-               if e.kind is EventKind.WORKERS_CHANGED]  # fmt: skip
+    events = [e.detail for e in store.list_events(layout) if e.kind is EventKind.WORKERS_CHANGED]
     store.close()
+    changes = [e["workers"] for e in events]
+    owned = events[-1]["homes"] if events else {}
     accuracy = {(row["mst_id"], row["epoch"]): row["val_accuracy"]
                 for row in result.history().to_dict("records")}  # fmt: skip
     return {
         "layout": layout, "start_workers": start_workers, "wall_seconds": round(wall, 2),
         "changed_at_seconds": None if changed_at is None else round(changed_at, 2),
-        "pools": changes, "n_visits": result.stats.n_visits,
+        "pools": changes, "causes": [e["cause"] for e in events], "n_visits": result.stats.n_visits,
+        "shards_owned": {w: len(s) for w, s in owned.items()},
         "compute_seconds": round(result.stats.compute_seconds, 2),
         "best_val_accuracy": result.best.history[-1]["val_accuracy"], "accuracy": accuracy,
     }  # fmt: skip
@@ -118,17 +133,21 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"{meta['machine']}, torch {meta['torch']}; {meta['workload']}; {N_SHARDS} logical "
         "shards, one copy of the data, one thread per worker (`LocalExecutor(replicas=1, "
-        "threads_per_worker=1)`); the pool changes once "
-        f"the first epoch of any MST is recorded. `python bench/elastic.py`, {meta['date']}.",
+        "threads_per_worker=1)`); add / remove: the pool changes once "
+        "the first epoch of any MST is recorded; slow: worker 1 stopped 20 ms of every 30 "
+        "(3x slower; `modelhopper.testing.Throttle`), slow-rebalance: with "
+        f"`rebalance=True`. `python bench/elastic.py`, {meta['date']}.",
         "",
-        "| run | wall s | change applied at s | pools after changes | visits | "
-        "largest val accuracy difference vs fixed 2 |",
-        "|---|---|---|---|---|---|",
+        "| run | wall s | change applied at s | pools after changes (cause) | shards owned at "
+        "the end | visits | largest val accuracy difference vs fixed 2 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         changed = "" if r["changed_at_seconds"] is None else f"{r['changed_at_seconds']:.1f}"
+        pools = ", ".join(f"{p} ({c})" for p, c in zip(r["pools"], r["causes"], strict=True))
+        owned = " / ".join(f"{n}" for _, n in sorted(r["shards_owned"].items()))
         lines.append(
-            f"| {r['layout']} | {r['wall_seconds']:.1f} | {changed} | {r['pools'] or ''} | "
+            f"| {r['layout']} | {r['wall_seconds']:.1f} | {changed} | {pools} | {owned} | "
             f"{r['n_visits']} | {r['max_accuracy_difference']:.1e} |"
         )
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ copies, as on separate machines):
 - ``join+leave``: ``follow_cluster=True``; once the first epoch of any MST is
   recorded a third 1-CPU node joins (the run gives it a worker, which takes its
   shards from the actors holding them), and once half of the epochs are
-  recorded worker 0's node is removed (its worker leaves the run; its shards
-  come back from the source, the states it held from their checkpoints).
+  recorded worker 0 is removed (``RunHandle.remove_worker``: it leaves once its
+  visit ends, its shards copied to the others) and then its node.
 
 Reported per run: wall time of ``fit``, when each change was made and when the
 run had applied it, the pools, the shard bytes shipped by the driver and copied
@@ -79,9 +79,9 @@ def _wait_until(handle: Any, what: str, ready: Callable[[], bool], timeout: floa
 def _join_then_leave(
     cluster: Any, handle: Any, executor: mh.RayExecutor, url: str, n_epochs: int, started: float
 ) -> dict[str, float]:
-    """Add a node once the first epoch is recorded; remove worker 0's once the joiner has
-    trained and half of the epochs are recorded (Ray starts and stops nodes from the main
-    thread only). When each was done, from ``started``."""
+    """Add a node once the first epoch is recorded; once the joiner has trained and half
+    of the epochs are recorded, drain worker 0 and remove its node (Ray starts and stops
+    nodes from the main thread only). When each was done, from ``started``."""
     store = SQLStore(url)
     name, done = handle.name, {}
 
@@ -98,6 +98,10 @@ def _join_then_leave(
         handle, "the joiner trained and half of the epochs were recorded",
         lambda: epochs() >= n_epochs // 2 and any(s.worker == 2 for s in store.list_steps(name)),
     )  # fmt: skip
+    # Drained first (as an autoscaler drains a node): worker 0 leaves once its visit ends,
+    # its shards moved to the others, and only then does its node go.
+    handle.remove_worker(0)
+    _wait_until(handle, "worker 0 left", lambda: executor.resident_shard_bytes[0] == 0)
     node = next(n for n in cluster.worker_nodes if n.node_id == executor.worker_nodes[0])
     cluster.remove_node(node)
     done["node_left"] = time.perf_counter() - started
@@ -149,7 +153,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{N_SHARDS} logical shards, one copy of the data; a loopback cluster (head with no "
         "CPUs, 1-CPU worker nodes, each its own raylet and object store), "
         "`RayExecutor(data='ship')`; join+leave: `follow_cluster=True`, a node added once the "
-        "first epoch is recorded, worker 0's node removed once half are. "
+        "first epoch is recorded; once half are, worker 0 removed (drained) and then its "
+        "node. "
         f"`python bench/ray_elastic.py`, {meta['date']}.",
         "",
         "| run | wall s | node joined / left at s | pools (cause, applied at s) | workers that "

@@ -180,13 +180,13 @@ def test_hybrid_smoke(tmp_path):
 
 def test_ray_elastic_smoke(tmp_path, ray_lock):
     """Benchmark 5(c) in its smoke size: a node joins a loopback cluster mid-run and gets a
-    worker, worker 0's node leaves and its worker with it; the metrics equal the fixed pool's."""
+    worker, worker 0 is drained and its node leaves; the metrics equal the fixed pool's."""
     with ray_lock():
         _run("ray_elastic.py", tmp_path)
     fixed, moved = json.loads((tmp_path / "ray_elastic_smoke.json").read_text())["results"]
     assert fixed["layout"] == "fixed" and fixed["changes"] == []
     assert [(workers, cause) for workers, cause, _ in moved["changes"]] == [
-        ([0, 1, 2], "joined"), ([1, 2], "lost")
+        ([0, 1, 2], "joined"), ([1, 2], "command")
     ]  # fmt: skip
     assert moved["workers_that_trained"] == [0, 1, 2] and moved["copied_mb"] > 0
     assert fixed["max_accuracy_difference"] == moved["max_accuracy_difference"] == 0

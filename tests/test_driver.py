@@ -10,6 +10,7 @@ processes (test_experiment, test_recovery, test_equivalence...) stay.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from modelhopper._driver import Driver
 from modelhopper.commands import CommandKind, submit
 from modelhopper.data._sharding import ShardInfo, open_shard, write_shards
 from modelhopper.errors import AllMSTsFailedError
-from modelhopper.executors import BaseExecutor, StateSource, VisitResult, VisitTask
+from modelhopper.executors import (
+    BaseExecutor,
+    StateLostError,
+    StateRef,
+    StateSource,
+    VisitResult,
+    VisitTask,
+)
 from modelhopper.executors._worker import ShardWorker
 from modelhopper.store import EventKind, ExperimentRecord, RunStatus, SQLStore
 from modelhopper.store._checkpoints import CheckpointManager
@@ -259,6 +267,46 @@ def test_a_failing_mst_fails_alone_and_all_failing_raises(shards, tmp_path):
     run = Run(doomed, tmp_path / "all", InProcessExecutor())
     with pytest.warns(UserWarning), pytest.raises(AllMSTsFailedError, match="all 1 MSTs failed"):
         run.start(shards)
+
+
+class _LostState(StateRef):
+    """A state gone before the driver saved it (a Ray object whose node died)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def fetch(self) -> bytes:
+        raise StateLostError("the Ray object holding it went with its node")
+
+
+class _LosesAState(InProcessExecutor):
+    """MST 1's first state is lost before the driver saves it."""
+
+    lost = False
+
+    def submit(self, worker: int, task: VisitTask) -> None:
+        super().submit(worker, task)
+        result = self._done[-1]
+        if result.mst_id == 1 and isinstance(result.state, bytes) and not self.lost:
+            self.lost = True
+            self._done[-1] = dataclasses.replace(result, state=_LostState(len(result.state)))
+
+
+def test_an_mst_whose_state_is_lost_before_it_is_saved_fails_alone(shards, tmp_path):
+    space = {"hidden": 8, "lr": mh.grid([0.05, 0.2])}
+    clean = Run(mh.GridSearch(estimator, space, epochs=2), tmp_path / "clean",
+                InProcessExecutor())  # fmt: skip
+    clean.start(shards)
+    run = Run(mh.GridSearch(estimator, space, epochs=2), tmp_path / "lost", _LosesAState())
+    with pytest.warns(UserWarning, match="MST 1 .* lost before it was saved.*clone"):
+        run.start(shards)
+    assert run.statuses() == {0: "completed", 1: "failed"}
+    assert {k: v for k, v in run.metrics().items() if k[0] == 0} == {
+        k: v for k, v in clean.metrics().items() if k[0] == 0
+    }
+    # What MST 1 recorded ends before the lost visit: its steps and checkpoint agree.
+    steps = [s for s in run.store.list_steps(run.name) if s.mst_id == 1]
+    assert len(steps) < len([s for s in clean.store.list_steps(clean.name) if s.mst_id == 1])
 
 
 def test_asha_stops_msts_and_marks_every_decided_epoch(shards, tmp_path):

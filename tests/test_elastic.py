@@ -3,15 +3,10 @@ change."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +20,12 @@ from modelhopper.cli import app
 from modelhopper.commands import submit
 from modelhopper.scheduling import MOPScheduler, PoolEvent, StepKind, rehome, simulate
 from modelhopper.store import CommandStatus, EventKind, SQLStore
-from modelhopper.testing import SurrogateExecutor, surrogate_dataset, surrogate_estimator
+from modelhopper.testing import (
+    SurrogateExecutor,
+    Throttle,
+    surrogate_dataset,
+    surrogate_estimator,
+)
 
 SPEC = textwrap.dedent(
     """
@@ -258,31 +258,6 @@ def test_the_scheduler_measures_a_worker_three_times_slower():
     assert scheduler.worker_speeds([0, 1]) is None
 
 
-class _DutyCycle(threading.Thread):
-    """Stops a worker process 2/3 of the time (SIGSTOP / SIGCONT): three times slower,
-    as a worker on a busier machine would be."""
-
-    def __init__(self, executor):
-        super().__init__(daemon=True)
-        self.executor, self.halt = executor, threading.Event()
-
-    def run(self):
-        while len(self.executor.pids) < 2 and not self.halt.is_set():
-            time.sleep(0.01)
-        pid = self.executor.pids[1]
-        try:
-            while not self.halt.is_set():
-                os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.02)
-                os.kill(pid, signal.SIGCONT)
-                time.sleep(0.01)
-        except ProcessLookupError:
-            pass  # the run ended
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 def make_wide_estimator(p):
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
     return mh.Estimator(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=p["lr"]),
@@ -302,14 +277,14 @@ def test_a_slower_worker_gets_fewer_shards_and_results_do_not_change(
                        executor=mh.LocalExecutor(replicas=1, threads_per_worker=1))  # fmt: skip
     monkeypatch.setattr(_driver, "POOL_POLL_SECONDS", 0.0)
     executor = mh.LocalExecutor(replicas=1, threads_per_worker=1, rebalance=True)
-    slow = _DutyCycle(executor)
+    slow = Throttle(lambda: executor.pids[1] if len(executor.pids) > 1 else None)
+    assert slow.slowdown == pytest.approx(3.0)  # worker 1: three times slower
     slow.start()
     try:
         result = search.fit(data, n_workers=2, n_shards=8, store=url, run_name="balanced",
                             run_dir=tmp_path / "balanced", executor=executor)  # fmt: skip
     finally:
-        slow.halt.set()
-        slow.join(timeout=10)
+        slow.stop()
     assert plan_metrics(result) == plan_metrics(fixed)
     store = SQLStore(url)
     changes = [e.detail for e in store.list_events("balanced")

@@ -51,6 +51,7 @@ from modelhopper.executors import (
     BaseExecutor,
     GroupSpec,
     State,
+    StateLostError,
     StateSource,
     VisitResult,
     VisitTask,
@@ -177,6 +178,7 @@ class Driver:
         self._held_back: list[tuple[Visit, VisitResult]] = []  # those, in arrival order
         self._commands_due = 0.0  # when to look for human-in-the-loop commands next
         self._pool_due = 0.0  # when to ask the executor whether its pool changed next
+        self._lost_states: set[int] = set()  # MSTs failed for a state lost before it was saved
         self._work: dict[tuple[int, int], float] = {}  # (MST, worker) -> compute seconds
         self._compute_seconds = self._record_seconds = self._dispatch_seconds = 0.0
         self._n_steps = self._n_visits = self._n_hops = self._hop_bytes = 0
@@ -698,13 +700,22 @@ class Driver:
     def _record_unrecorded(self, serve: bool) -> None:
         self._mark_started()  # before any of their visits, in the store's order
         finished, self._unrecorded = self._unrecorded, []
+        # Visits of an MST that failed for a lost state, finished since: nothing to record.
+        finished = [f for f in finished if f.visit.mst_id not in self._lost_states]
         started = time.perf_counter()
         last_training = {f.visit.mst_id: f for f in finished if f.trains}
         records = []
+        lost: dict[int, tuple[int, str]] = {}  # MST -> (worker, why): its state is gone
         for f in finished:
             if serve:
                 self._serve_finished()
-            record = self._recorder.visit_record(f, f is last_training.get(f.visit.mst_id))
+            if f.visit.mst_id in lost:
+                continue  # a later visit of an MST whose state was lost: not recorded either
+            try:
+                record = self._recorder.visit_record(f, f is last_training.get(f.visit.mst_id))
+            except StateLostError as e:
+                lost[f.visit.mst_id] = (f.visit.worker, str(e))
+                continue
             # A procedure that decides nothing from metrics (grid, random) only completes
             # the MST at its last epoch: that status commits with the visit.
             if f.epochs and not self._decides:
@@ -719,6 +730,9 @@ class Driver:
         self._recorder.commit(records)
         if fault := FAULTS.get("record_committed"):
             fault()
+        for mst_id, (worker, why) in lost.items():
+            self._fail_lost(mst_id, worker, why)
+        finished = [f for f in finished if f.visit.mst_id not in lost]
         pending = [(f.visit.mst_id, f.epochs) for f in finished if f.epochs]
         if self._decides and pending:
             if fault := FAULTS.get("visits_committed"):
@@ -810,6 +824,8 @@ class Driver:
     def _fail(self, visit: Visit, result: VisitResult) -> None:
         self._record()  # in order: the MST's earlier visits first
         self._scheduler.fail(visit)
+        if visit.mst_id in self._lost_states:
+            return  # failed already (a visit that began from the lost state)
         tracked = self._msts[visit.mst_id]
         tracked.status = MSTStatus.FAILED
         self._store.update_mst(
@@ -825,6 +841,24 @@ class Driver:
             f"MST {visit.mst_id} {tracked.mst.params} failed: {result.error}; the others go on",
             stacklevel=2,
         )
+
+    def _fail_lost(self, mst_id: int, worker: int, why: str) -> None:
+        """The MST's newest state went with a node before it was saved: its recorded steps
+        end before that visit, so it cannot go on consistently. It fails alone."""
+        error = (
+            f"its state after a visit on worker {worker} was lost before it was saved: {why}; "
+            f"train it again with modelhopper clone RUN {mst_id}, or use replicas and "
+            "remove nodes after their workers leave (modelhopper workers RUN --remove W)"
+        )
+        self._scheduler.stop(mst_id)
+        self._lost_states.add(mst_id)
+        tracked = self._msts[mst_id]
+        tracked.status = MSTStatus.FAILED
+        self._store.update_mst(self._name, mst_id, status=MSTStatus.FAILED, error=error)
+        self._store.add_event(self._name, EventKind.MST_FAILED, mst_id=mst_id, worker=worker,
+                              detail={"error": error})  # fmt: skip
+        warnings.warn(f"MST {mst_id} {tracked.mst.params} failed: {error}; the others go on",
+                      stacklevel=2)  # fmt: skip
 
     def _raise_if_all_failed(self) -> None:
         failed = [t for t in self._msts.values() if t.status is MSTStatus.FAILED]

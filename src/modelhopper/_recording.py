@@ -190,14 +190,15 @@ class Recorder:
         """
         visit = finished.visit
         mst = self._msts[visit.mst_id]
-        mst.n_steps += len(visit.steps)
         keep_all = self._files.retention is Retention.ALL
         evaluated = self._evaluated_state_epoch(visit.steps)
         candidate = evaluated is not None
         if mst.latest is None or keep_all or (finished.trains and (last_training or candidate)):
-            state = state_bytes(finished.state)
-            name = self._candidate(evaluated) if evaluated is not None else mst.n_steps
+            state = state_bytes(finished.state)  # first: StateLostError leaves nothing done
+            steps_after = mst.n_steps + len(visit.steps)
+            name = self._candidate(evaluated) if evaluated is not None else steps_after
             mst.latest = str(self._files.write(visit.mst_id, name, state))
+        mst.n_steps += len(visit.steps)
         earlier = dict(finished.result.epoch_states)  # a chained visit's earlier epochs
         steps = [
             _to_record(visit.mst_id, finished.workers.get(o.step, visit.worker), o.step,

@@ -20,6 +20,7 @@ __all__ = [
     "PoolChanges",
     "State",
     "StateSource",
+    "StateLostError",
     "StateRef",
     "StepOutcome",
     "VisitResult",
@@ -27,6 +28,11 @@ __all__ = [
     "state_bytes",
     "state_nbytes",
 ]
+
+
+class StateLostError(ExecutorError):
+    """A state held by the executor is gone (a Ray object whose node died) before the
+    driver could save it."""
 
 
 class StateRef(ABC):

@@ -38,6 +38,7 @@ from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import (
     BaseExecutor,
     PoolChanges,
+    StateLostError,
     StateRef,
     VisitResult,
     VisitTask,
@@ -70,7 +71,11 @@ class _RayState(StateRef):
         self.nbytes = nbytes
 
     def fetch(self) -> bytes:
-        return import_ray().get(self.ref)
+        ray = import_ray()
+        try:
+            return ray.get(self.ref)
+        except ray.exceptions.ObjectLostError as e:  # its node died before the driver saved it
+            raise StateLostError("the Ray object holding it went with its node") from e
 
 
 class _ShardActor:

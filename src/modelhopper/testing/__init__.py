@@ -18,6 +18,7 @@ from modelhopper.testing._surrogate import (
     surrogate_dataset,
     surrogate_estimator,
 )
+from modelhopper.testing._throttle import Throttle
 
 __all__ = [
     "ChaosExecutor",
@@ -32,6 +33,7 @@ __all__ = [
     "SimulatedVisit",
     "StoreConformance",
     "SurrogateExecutor",
+    "Throttle",
     "make_test_estimator",
     "surrogate_dataset",
     "surrogate_estimator",
