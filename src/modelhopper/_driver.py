@@ -826,39 +826,36 @@ class Driver:
         self._scheduler.fail(visit)
         if visit.mst_id in self._lost_states:
             return  # failed already (a visit that began from the lost state)
-        tracked = self._msts[visit.mst_id]
-        tracked.status = MSTStatus.FAILED
-        self._store.update_mst(
-            self._name, visit.mst_id, status=MSTStatus.FAILED, error=result.error,
-            traceback=result.traceback,
-        )  # fmt: skip
-        self._store.add_event(
-            self._name, EventKind.MST_FAILED, mst_id=visit.mst_id, worker=visit.worker,
-            detail={"error": result.error},
-        )  # fmt: skip
-        self._bar.update(0, self._remaining)
-        warnings.warn(
-            f"MST {visit.mst_id} {tracked.mst.params} failed: {result.error}; the others go on",
-            stacklevel=2,
-        )
+        self._mark_failed(visit.mst_id, visit.worker, result.error, result.traceback)
 
     def _fail_lost(self, mst_id: int, worker: int, why: str) -> None:
         """The MST's newest state went with a node before it was saved: its recorded steps
         end before that visit, so it cannot go on consistently. It fails alone."""
-        error = (
+        self._scheduler.stop(mst_id)
+        self._lost_states.add(mst_id)
+        self._mark_failed(mst_id, worker, (
             f"its state after a visit on worker {worker} was lost before it was saved: {why}; "
             f"train it again with modelhopper clone RUN {mst_id}, or use replicas and "
             "remove nodes after their workers leave (modelhopper workers RUN --remove W)"
-        )
-        self._scheduler.stop(mst_id)
-        self._lost_states.add(mst_id)
+        ))  # fmt: skip
+
+    def _mark_failed(
+        self, mst_id: int, worker: int, error: str | None, traceback: str | None = None
+    ) -> None:
+        """Record the MST as failed (status, error, event) and warn; the others go on."""
         tracked = self._msts[mst_id]
         tracked.status = MSTStatus.FAILED
-        self._store.update_mst(self._name, mst_id, status=MSTStatus.FAILED, error=error)
-        self._store.add_event(self._name, EventKind.MST_FAILED, mst_id=mst_id, worker=worker,
-                              detail={"error": error})  # fmt: skip
-        warnings.warn(f"MST {mst_id} {tracked.mst.params} failed: {error}; the others go on",
-                      stacklevel=2)  # fmt: skip
+        self._store.update_mst(
+            self._name, mst_id, status=MSTStatus.FAILED, error=error, traceback=traceback
+        )
+        self._store.add_event(
+            self._name, EventKind.MST_FAILED, mst_id=mst_id, worker=worker,
+            detail={"error": error},
+        )  # fmt: skip
+        self._bar.update(0, self._remaining)
+        warnings.warn(
+            f"MST {mst_id} {tracked.mst.params} failed: {error}; the others go on", stacklevel=3
+        )
 
     def _raise_if_all_failed(self) -> None:
         failed = [t for t in self._msts.values() if t.status is MSTStatus.FAILED]
