@@ -478,6 +478,13 @@ class MOPScheduler:
         ``assign``: for a busy one)."""
         return self._n_parked
 
+    def start_workers(self, mst_id: int) -> tuple[int, ...]:
+        """The workers a new MST ``mst_id`` could start its plan on: those holding its
+        first shard (in any train order, any worker holding a shard)."""
+        if self.train_order is TrainOrder.ANY:
+            return tuple(w for w in range(self.n_workers) if self._held[w])
+        return self._holders[first_shard(mst_id, self.n_shards, self.seed)]
+
     def remaining_steps(self, mst_id: int) -> int:
         return len(self._state(mst_id).pending)
 
