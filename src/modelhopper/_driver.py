@@ -517,9 +517,9 @@ class Driver:
         again (one copy of the data, 32 workers, LCBench surrogate: 193 MSTs alive, each
         epoch 3.7x its compute). Nor only the first rule: with unequal step times such
         waits are frequent and the workers sat idle (one copy, simulated ASHA/Hyperband:
-        0.43-0.63 of the time busy on 4 and 32 workers, 0.85-0.97 with the second rule at
-        lower regret; ASHA on 2 real workers 0.71 -> 0.89; bench/anytime.py,
-        bench/hybrid.py). In any train order a new MST starts on any idle worker;
+        busy 0.50 -> 0.95 of the time on 4 workers at lower regret, 0.48 -> 0.82 on 32
+        at the same regret by 30 FTE, +0.01 at 10; ASHA on 2 real workers 0.71 -> 0.90;
+        bench/anytime.py, bench/hybrid.py). In any train order a new MST starts on any idle worker;
         giving each one was measured worse at 32 workers (more MSTs alive, fewer reaching
         the top rungs), so there only the first rule applies."""
         n_idle = len(self._idle_workers()) - self._scheduler.n_waiting
