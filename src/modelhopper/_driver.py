@@ -519,9 +519,9 @@ class Driver:
         waits are frequent and the workers sat idle (one copy, simulated ASHA/Hyperband:
         busy 0.50 -> 0.95 of the time on 4 workers at lower regret, 0.48 -> 0.82 on 32
         at the same regret by 30 FTE, +0.01 at 10; ASHA on 2 real workers 0.71 -> 0.90;
-        bench/anytime.py, bench/hybrid.py). In any train order a new MST starts on any idle worker;
-        giving each one was measured worse at 32 workers (more MSTs alive, fewer reaching
-        the top rungs), so there only the first rule applies."""
+        bench/anytime.py, bench/hybrid.py). In any train order a new MST starts on any
+        idle worker; giving each one was measured worse at 32 workers (more MSTs alive,
+        fewer reaching the top rungs), so there only the first rule applies."""
         n_idle = len(self._idle_workers()) - self._scheduler.n_waiting
         if n_idle > 0:
             self._procedure.on_idle(self, n_idle)
