@@ -215,14 +215,12 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     heard = sorted(
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
-    # Busy share of the workers' simulated time: below 1, visits waited on a holder.
-    capacity = max(n_workers * executor.simulated_seconds, 1e-9)
     return {
         "heard": heard,
         "real_seconds": time.perf_counter() - started,
         "driver_seconds": executor.driver_seconds,
         "visits": len(executor.trace),
-        "utilisation": sum(executor.busy_seconds) / capacity,
+        "utilisation": executor.utilisation,  # below 1: visits waited on a holder
     }
 
 

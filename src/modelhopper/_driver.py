@@ -206,7 +206,7 @@ class Driver:
             self._tracked(parent)
         if warm_start and parent is None:
             raise ConfigError("warm_start=True needs the parent MST to start from")
-        mst = self._procedure.make_mst(max(self._msts, default=-1) + 1, checked, parent)
+        mst = self._procedure.make_mst(self._next_mst_id(), checked, parent)
         self._store.add_msts(self._name, [MSTRecord(
             mst_id=mst.id, params=mst.params, seed=mst.seed, status=MSTStatus.PENDING,
             parent=parent, warm_start=warm_start, priority=priority, n_epochs=epochs,
@@ -537,11 +537,14 @@ class Driver:
     def _new_msts_to_reach(self, idle: list[int], lookahead: int = 2) -> int:
         """How many new MSTs, added in id order, until one starts on an idle worker (0
         when none of the next ``lookahead`` would)."""
-        next_id = max(self._msts, default=-1) + 1
+        next_id = self._next_mst_id()
         for k in range(lookahead):
-            if set(idle) & set(self._scheduler.start_workers(next_id + k)):
+            if set(idle) & set(self._scheduler.first_shard_holders(next_id + k)):
                 return k + 1
         return 0
+
+    def _next_mst_id(self) -> int:
+        return max(self._msts, default=-1) + 1
 
     def _idle_workers(self) -> list[int]:
         # The scheduler's until settled (a group's: every member).

@@ -478,11 +478,9 @@ class MOPScheduler:
         ``assign``: for a busy one)."""
         return self._n_parked
 
-    def start_workers(self, mst_id: int) -> tuple[int, ...]:
-        """The workers a new MST ``mst_id`` could start its plan on: those holding its
-        first shard (in any train order, any worker holding a shard)."""
-        if self.train_order is TrainOrder.ANY:
-            return tuple(w for w in range(self.n_workers) if self._held[w])
+    def first_shard_holders(self, mst_id: int) -> tuple[int, ...]:
+        """The workers holding the shard a new MST ``mst_id``'s plan starts on (where it
+        starts in a fixed train order)."""
         return self._holders[first_shard(mst_id, self.n_shards, self.seed)]
 
     def remaining_steps(self, mst_id: int) -> int:

@@ -145,8 +145,9 @@ class SurrogateExecutor(BaseExecutor):
     ((MST, epoch) -> simulated time the epoch's evaluation ended), ``epoch_accuracy``
     ((MST, epoch) -> its val_accuracy, a fraction), ``epoch_seconds`` ((MST, epoch) ->
     its simulated training seconds, the run's ``train_seconds``), ``busy_seconds``
-    (per worker), ``trace`` (every visit), ``driver_seconds`` (real seconds the driver
-    spent between ``wait()`` calls) and ``surrogate_seconds`` (real seconds spent here).
+    (per worker) and their ``utilisation``, ``trace`` (every visit), ``driver_seconds``
+    (real seconds the driver spent between ``wait()`` calls) and ``surrogate_seconds``
+    (real seconds spent here).
     ``replicas``: workers holding each shard (an int, or ``"all"``), default 1.
     """
 
@@ -216,6 +217,11 @@ class SurrogateExecutor(BaseExecutor):
     def simulated_seconds(self) -> float:
         """The simulated clock: when the latest visit returned by ``wait()`` ended."""
         return self._now
+
+    @property
+    def utilisation(self) -> float:
+        """The workers' busy share of the simulated time so far (below 1: they waited)."""
+        return sum(self.busy_seconds) / max(len(self.busy_seconds) * self._now, 1e-9)
 
     def holdings(
         self, shards: Sequence[ShardInfo], n_workers: int | None = None
