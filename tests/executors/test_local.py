@@ -53,6 +53,17 @@ def test_auto_forks_only_when_it_is_safe(monkeypatch):
     assert executor._method(1) == "zygote"  # another thread may hold a lock forever
 
 
+def test_a_gpu_build_of_torch_is_never_forked(monkeypatch):
+    """Its autograd starts a thread per GPU at the first backward pass; a child forked
+    after that cannot train (seen on a GPU machine: "Unable to handle autograd's
+    threading in combination with fork-based multiprocessing")."""
+    monkeypatch.setattr(_local.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(_local.torch.version, "cuda", "13.0")
+    assert mh.LocalExecutor()._method(1) == "zygote"
+    with pytest.raises(ConfigError, match="a CPU build of torch"):
+        mh.LocalExecutor(start_method="fork")._method(1)
+
+
 def test_bad_start_method_is_refused():
     with pytest.raises(ConfigError, match="start_method must be one of 'auto', 'fork', 'zygote'"):
         mh.LocalExecutor(start_method="spawn")

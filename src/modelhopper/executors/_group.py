@@ -137,9 +137,13 @@ class _SharedMemoryChannel:
         self._flag[0] = self._calls
         self._wait(lambda: all(int(f[0]) >= self._calls for f in self._others))
         flat = tensor.view(-1)
-        flat.copy_(slots[0][half])
+        # A GPU tensor is summed on the host, where the slots are, and copied back once.
+        total = flat if flat.device.type == "cpu" else torch.empty_like(flat, device="cpu")
+        total.copy_(slots[0][half])
         for rank in range(1, self._spec.size):
-            flat.add_(slots[rank][half])
+            total.add_(slots[rank][half])
+        if total is not flat:
+            flat.copy_(total)
         self.seconds += time.perf_counter() - started
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from modelhopper._process import die_with_parent
 from modelhopper.data._sharding import open_shard
 from modelhopper.estimator import flush_denormals
 from modelhopper.executors._shm import ShmWriter
-from modelhopper.executors._worker import ShardWorker, warm_up_torch
+from modelhopper.executors._worker import ShardWorker, warm_up_torch, worker_device
 from modelhopper.representations._store import MaterialiseBudget
 
 __all__ = [
@@ -57,6 +57,7 @@ class WorkerSpec:
     state_folder: str | None = None  # states hop as files here (_shm.py); None: over the pipe
     driver_pid: int = 0  # owner of those files
     home: tuple[int, ...] = ()  # those of them this worker owns (the rest are replicas)
+    device: str | None = None  # where its models train (``worker_device``); None: the CPU
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def serve(conn: Connection) -> None:
         except Exception as e:  # tell the driver why, rather than dying with a bare exit code
             conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             return
-        conn.send(("ready", runner.nbytes))
+        conn.send(("ready", (runner.nbytes, str(runner.device or "cpu"))))
         folder = spec.state_folder
         writer = ShmWriter(folder, spec.driver_pid, spec.worker) if folder is not None else None
         while (task := conn.recv()) is not None:
@@ -155,4 +156,5 @@ def _start(spec: WorkerSpec) -> ShardWorker:
     factory = cloudpickle.loads(spec.factory_blob)
     return ShardWorker(
         spec.worker, shards, spec.n_shards, factory, materialise=spec.materialise, home=spec.home,
+        device=worker_device(spec.device, spec.worker),
     )  # fmt: skip

@@ -4,7 +4,7 @@ Each process opens its own shard once and keeps it; model state travels over
 the worker's pipe (no files on the way). Workers never re-run the user's
 script, so a script needs no ``if __name__ == "__main__":`` guard: they are
 forked, either from the driver itself (when that is safe: Linux, one thread
-per worker, no other Python thread, CUDA unused; milliseconds) or from the
+per worker, no other Python thread, a CPU build of torch; milliseconds) or from the
 zygote, a pre-warmed process started fresh once per driver process
 (``_zygote.py``). The user's factory travels by value (cloudpickle).
 """
@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 import cloudpickle
+import torch
 
 from modelhopper._checks import check_int
 from modelhopper.data._sharding import ShardInfo
@@ -59,14 +60,17 @@ def _fork_is_safe(n_threads: int) -> bool:
 
     Other Python threads may hold locks the child would wait on forever (a
     notebook kernel has several); a parent's OpenMP pool hangs a child that
-    runs more than one thread; CUDA cannot be used after a fork, nor JAX.
+    runs more than one thread; CUDA cannot be used after a fork, nor JAX. A torch
+    built for GPUs is never forked: its autograd starts a thread per visible GPU at
+    the first backward pass (a user's, in the notebook), and a child forked after
+    that cannot run autograd; telling whether GPUs are visible would itself start
+    CUDA's driver here, which a child cannot use either.
     """
-    torch = sys.modules.get("torch")
-    cuda = torch is not None and torch.cuda.is_initialized()
+    gpu_build = torch.version.cuda is not None or torch.version.hip is not None
     jax = _jax_started()
     return (
         sys.platform == "linux" and n_threads == 1 and threading.active_count() == 1
-        and not cuda and not jax
+        and not gpu_build and not jax
     )  # fmt: skip
 
 
@@ -157,6 +161,12 @@ class LocalExecutor(BaseExecutor):
     so small runs are not dominated by a fixed cost per visit; larger data keeps
     one copy (``replicas=1``). The results are the same either way: every MST
     still trains on the shards in its planned order (``scheduling.py``).
+    ``device``: where the workers' models train: None (the CPU), one device for every
+    worker (``"cuda"`` spreads them over the GPUs the workers see, worker ``w`` on GPU
+    ``w`` mod their number; ``"cuda:1"`` puts all on that one), or a list, worker ``w``
+    on ``device[w % len(device)]``. States hop in CPU form, so an MST may continue on a
+    worker with another device. The driver never touches CUDA; each worker checks its
+    device when it starts (a GPU that is not there fails the start, saying so).
     ``rebalance``: with logical shards (``n_shards`` > workers), move shards between
     workers in proportion to their measured speeds, so that a worker twice as slow
     (a busier or older machine) owns half as many; the results do not change.
@@ -174,6 +184,7 @@ class LocalExecutor(BaseExecutor):
         shared_memory: bool = True,
         replicas: int | str = "auto",
         rebalance: bool = False,
+        device: str | Sequence[str] | None = None,
     ):
         check_worker_options(
             threads_per_worker=threads_per_worker, max_restarts=max_restarts,
@@ -195,6 +206,7 @@ class LocalExecutor(BaseExecutor):
             )
         if replicas != "auto":
             check_int("replicas", replicas, example="replicas=2, or 'auto'")
+        self.device = _check_device(device)
         self.replicas = replicas
         self.rebalance = bool(rebalance)
         self.threads_per_worker = threads_per_worker
@@ -212,6 +224,7 @@ class LocalExecutor(BaseExecutor):
         self._busy: dict[int, VisitTask] = {}
         self._lost: list[VisitResult] = []  # visits sent to a worker found dead, not yet reported
         self._resident: list[int] = []
+        self._devices: list[str] = []  # each worker's device, as the worker resolved it
         self._budget = RestartBudget(0, max_restarts, restart_window)
         self.start_methods: list[str] = []  # how each worker process was started, for tests
         self._group_folder: str | None = None  # the rendezvous files of group visits
@@ -230,6 +243,11 @@ class LocalExecutor(BaseExecutor):
     def pids(self) -> list[int]:
         """The worker processes' pids, by worker (while starting: those launched so far)."""
         return [p.pid for p in self._processes if p is not None]
+
+    @property
+    def devices(self) -> list[str]:
+        """The device each worker trains on (``"cpu"``, ``"cuda:0"``...), by worker."""
+        return list(self._devices)
 
     @property
     def resident_shard_bytes(self) -> list[int]:
@@ -270,13 +288,14 @@ class LocalExecutor(BaseExecutor):
         self._specs = [
             WorkerSpec(
                 w, tuple((s, shards[s].path) for s in held[w]), len(shards), blob, threads,
-                self.materialise, folder, os.getpid(), home=homes[w],
+                self.materialise, folder, os.getpid(), home=homes[w], device=self._device_of(w),
             )
             for w in range(n)
         ]  # fmt: skip
         self._processes = [None] * n  # type: ignore[list-item]
         self._budget = RestartBudget(n, self.max_restarts, self.restart_window)
         self.start_methods = [""] * n
+        self._devices = [""] * n
         for worker in range(n):
             self._launch(worker)
         self._resident = [self._ready(worker) for worker in range(n)]
@@ -305,13 +324,16 @@ class LocalExecutor(BaseExecutor):
     def add_worker(self, held: Sequence[int], home: Sequence[int]) -> int:
         worker = len(self._processes)
         threads = self._threads(len(self.pids) + 1)  # the pool's share of the cores
-        spec = dataclasses.replace(self._specs[0], worker=worker, n_threads=threads)
+        spec = dataclasses.replace(
+            self._specs[0], worker=worker, n_threads=threads, device=self._device_of(worker)
+        )
         self._specs.append(spec)
         self._specs[worker] = self._holding(worker, held, home)
         self._processes.append(None)  # type: ignore[arg-type]
         self._budget.add_worker()
         self.start_methods.append("")
         self._resident.append(0)
+        self._devices.append("")
         self._launch(worker)
         self._resident[worker] = self._ready(worker)
         return worker
@@ -363,6 +385,9 @@ class LocalExecutor(BaseExecutor):
         paths = tuple((s, self._shards[s].path) for s in sorted(held))
         return dataclasses.replace(self._specs[worker], shard_paths=paths, home=tuple(home))
 
+    def _device_of(self, worker: int) -> str | None:
+        return self.device[worker % len(self.device)] if self.device else None
+
     def _threads(self, n_workers: int) -> int:
         return self.threads_per_worker or _default_threads(n_workers)
 
@@ -371,7 +396,8 @@ class LocalExecutor(BaseExecutor):
         if self.start_method == "fork" and not safe:
             raise ConfigError(
                 "start_method='fork' is unsafe here (it needs Linux, threads_per_worker=1, no "
-                f"other thread in this process and CUDA unused; threads per worker: {n_threads}, "
+                "other thread in this process and a CPU build of torch; threads per worker: "
+                f"{n_threads}, torch {torch.__version__}, "
                 f"threads: {threading.active_count()}): a forked worker could hang; use "
                 "start_method='auto' or 'zygote'"
             )
@@ -418,7 +444,8 @@ class LocalExecutor(BaseExecutor):
                     f"worker {worker} could not start: {payload}\nIf make_estimator lives in a "
                     "module, the worker processes must be able to import it (PYTHONPATH)"
                 )
-            return payload
+            nbytes, self._devices[worker] = payload
+            return nbytes
 
     def _replace(self, worker: int) -> None:
         """Start a new process for a dead worker, on the same shard, and wait until it is ready."""
@@ -534,6 +561,22 @@ class LocalExecutor(BaseExecutor):
         if self._group_folder is not None:
             shutil.rmtree(self._group_folder, ignore_errors=True)
             self._group_folder = None
+
+
+def _check_device(device: object) -> tuple[str, ...]:
+    """``device`` as one device name per worker in turn (empty: the CPU, as before)."""
+    if device is None:
+        return ()
+    names = (device,) if isinstance(device, str) else device
+    fix = "e.g. device='cuda', device='cuda:1' or device=['cuda:0', 'cuda:1']"
+    if not isinstance(names, Sequence) or not names:
+        raise ConfigError(f"device must be a device name or a list of them, {fix}; got {device!r}")
+    for name in names:
+        try:
+            torch.device(name)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"device {name!r} is not a PyTorch device name ({e}); {fix}") from e
+    return tuple(names)
 
 
 def _fork_from_zygote(timeout: float) -> _Process:

@@ -49,17 +49,46 @@ from modelhopper.executors._group import (
 )
 from modelhopper.representations._store import FeatureStore, Lookup, MaterialiseBudget
 
-__all__ = ["ShardWorker", "warm_up_torch"]
+__all__ = ["ShardWorker", "warm_up_torch", "worker_device"]
 
 _GROUP_SALT = 3  # seeds a group member's own random draws (dropout) in a group epoch
 
 
 def warm_up_torch() -> None:
-    """Pay torch's one-off lazy imports (~2 s at the first optimizer) before the run starts."""
+    """Pay torch's one-off lazy imports (~2 s at the first optimizer) before the run starts.
+
+    No backward pass: where torch sees a GPU, autograd's first one starts a thread per
+    GPU, and a process forked after that cannot run autograd at all (the zygote and a
+    forking driver warm up before they fork workers)."""
     parameter = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([parameter], lr=0.1)
-    (parameter * 2).sum().backward()
+    parameter.grad = torch.ones_like(parameter)
     optimizer.step()
+
+
+def worker_device(device: str | None, worker: int) -> str | None:
+    """The device ``worker`` trains on, checked here, in the worker (the driver never
+    touches CUDA, so it can still fork workers): ``"cuda"`` alone spreads the workers
+    over the GPUs this process sees (worker ``w`` on GPU ``w`` mod their number); any
+    other device as given."""
+    if device is None or torch.device(device).type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r}, but PyTorch sees no GPU here (torch.cuda.is_available() is "
+            "False): install a CUDA build of torch, or leave device unset to train on the CPU"
+        )
+    count = torch.cuda.device_count()
+    index = torch.device(device).index
+    if index is None:
+        index = worker % count
+    elif index >= count:
+        raise RuntimeError(
+            f"device={device!r}, but this process sees {count} GPU(s), numbered from 0: "
+            "name one of them, or 'cuda' to spread the workers over all of them"
+        )
+    torch.cuda.set_device(index)  # the GPU this process's CUDA work (pinning, NCCL) goes to
+    return f"cuda:{index}"
 
 
 class ShardWorker:
