@@ -179,7 +179,9 @@ class Driver:
         self._held_back: list[tuple[Visit, VisitResult]] = []  # those, in arrival order
         self._commands_due = 0.0  # when to look for human-in-the-loop commands next
         self._pool_due = 0.0  # when to ask the executor whether its pool changed next
-        self._lost_states: set[int] = set()  # MSTs failed for a state lost before it was saved
+        # MSTs whose newest state was lost before it was saved, to train again from their
+        # last checkpoint once their visit in flight ends (_roll_back), with why.
+        self._rolling_back: dict[int, tuple[int, str]] = {}
         self._work: dict[tuple[int, int], float] = {}  # (MST, worker) -> compute seconds
         self._compute_seconds = self._record_seconds = self._dispatch_seconds = 0.0
         self._n_steps = self._n_visits = self._n_hops = self._hop_bytes = 0
@@ -690,6 +692,8 @@ class Driver:
             else:
                 self._settle(visit, result)
             return None
+        if self._rolled_back(visit):
+            return None
         seconds = [o.result.seconds for o in result.outcomes]
         waited = float(result.extra.get("allreduce_seconds", 0.0))
         self._scheduler.complete(visit, seconds, allreduce_seconds=waited)
@@ -733,11 +737,11 @@ class Driver:
     def _record_unrecorded(self, serve: bool) -> None:
         self._mark_started()  # before any of their visits, in the store's order
         finished, self._unrecorded = self._unrecorded, []
-        # Visits of an MST that failed for a lost state, finished since: nothing to record.
-        finished = [f for f in finished if f.visit.mst_id not in self._lost_states]
+        # Visits of an MST rolling back (begun from its lost state): not recorded.
+        finished = [f for f in finished if f.visit.mst_id not in self._rolling_back]
         started = time.perf_counter()
         last_training = {f.visit.mst_id: f for f in finished if f.trains}
-        records = []
+        built = []
         lost: dict[int, tuple[int, str]] = {}  # MST -> (worker, why): its state is gone
         for f in finished:
             if serve:
@@ -748,6 +752,14 @@ class Driver:
                 record = self._recorder.visit_record(f, f is last_training.get(f.visit.mst_id))
             except StateLostError as e:
                 lost[f.visit.mst_id] = (f.visit.worker, str(e))
+                continue
+            built.append((f, record))
+        # An MST with a lost state records none of this transaction's visits: its latest
+        # checkpoint is the one before them (_roll_back trains them again from it).
+        finished = [f for f, _ in built if f.visit.mst_id not in lost]
+        records = []
+        for f, record in built:
+            if f.visit.mst_id in lost:
                 continue
             # A procedure that decides nothing from metrics (grid, random) only completes
             # the MST at its last epoch: that status commits with the visit.
@@ -764,8 +776,7 @@ class Driver:
         if fault := FAULTS.get("record_committed"):
             fault()
         for mst_id, (worker, why) in lost.items():
-            self._fail_lost(mst_id, worker, why)
-        finished = [f for f in finished if f.visit.mst_id not in lost]
+            self._roll_back(mst_id, worker, why)
         pending = [(f.visit.mst_id, f.epochs) for f in finished if f.epochs]
         if self._decides and pending:
             if fault := FAULTS.get("visits_committed"):
@@ -835,6 +846,8 @@ class Driver:
 
     def _settle(self, visit: Visit, result: VisitResult) -> None:
         """A visit that left no state: its worker crashed, or its MST failed."""
+        if self._rolled_back(visit):
+            return
         if result.crashed:
             self._requeue_after_crash(visit, state_lost=result.state_lost)
         else:
@@ -843,6 +856,8 @@ class Driver:
     def _requeue_after_crash(self, visit: Visit, *, state_lost: bool = False) -> None:
         """The worker died mid-visit and was replaced: run the visit again from the last state."""
         self._record()  # in order: what finished before the crash first
+        if self._rolled_back(visit):  # it began from a state that record found lost
+            return
         if state_lost:  # it lived on a node that died: fall back to the checkpoints
             parent = self._warm_from.get(visit.mst_id)
             for mst_id in (visit.mst_id,) if parent is None else (visit.mst_id, parent):
@@ -856,21 +871,54 @@ class Driver:
 
     def _fail(self, visit: Visit, result: VisitResult) -> None:
         self._record()  # in order: the MST's earlier visits first
+        if self._rolled_back(visit):  # it began from a state that record found lost
+            return
         self._scheduler.fail(visit)
-        if visit.mst_id in self._lost_states:
-            return  # failed already (a visit that began from the lost state)
         self._mark_failed(visit.mst_id, visit.worker, result.error, result.traceback)
 
-    def _fail_lost(self, mst_id: int, worker: int, why: str) -> None:
+    def _roll_back(self, mst_id: int, worker: int, why: str) -> None:
         """The MST's newest state went with a node before it was saved: its recorded steps
-        end before that visit, so it cannot go on consistently. It fails alone."""
-        self._scheduler.stop(mst_id)
-        self._lost_states.add(mst_id)
-        self._mark_failed(mst_id, worker, (
-            f"its state after a visit on worker {worker} was lost before it was saved: {why}; "
-            f"train it again with modelhopper clone RUN {mst_id}, or use replicas and "
-            "remove nodes after their workers leave (modelhopper workers RUN --remove W)"
-        ))  # fmt: skip
+        end at its latest checkpoint. Its visits since (none recorded) run again from
+        that checkpoint, as a resumed run would run them, to the same results; at once,
+        or once its visit in flight (begun from the lost state) ends."""
+        self._rolling_back[mst_id] = (worker, why)
+        if not self._scheduler.is_running(mst_id):
+            self._train_again_from_checkpoint(mst_id)
+
+    def _rolled_back(self, visit: Visit) -> bool:
+        """A visit of an MST rolling back ended (whatever its result): it runs again."""
+        if visit.mst_id not in self._rolling_back:
+            return False
+        self._moved_bytes.pop(visit.worker, None)
+        self._scheduler.requeue(visit)  # frees its workers; the MST is planned anew below
+        self._train_again_from_checkpoint(visit.mst_id)
+        return True
+
+    def _train_again_from_checkpoint(self, mst_id: int) -> None:
+        worker, why = self._rolling_back.pop(mst_id)
+        self._unrecorded = [f for f in self._unrecorded if f.visit.mst_id != mst_id]
+        steps = self._store.list_steps(self._name, mst_id)
+        record = next(m for m in self._store.list_msts(self._name) if m.mst_id == mst_id)
+        self._recorder.restore(
+            mst_id, latest=record.checkpoint, best=record.best_checkpoint, steps=steps,
+            epochs=self._store.list_epochs(self._name, mst_id),
+        )  # fmt: skip
+        self._scheduler.restart(mst_id, [step_of(step) for step in steps])
+        self._last_worker_of.pop(mst_id, None)  # no worker holds the checkpoint's state
+        if (state := self._recorder.read_latest(mst_id)) is not None:
+            self._states[mst_id] = state
+        else:
+            self._states.pop(mst_id, None)  # no checkpoint yet: it starts afresh
+        self._store.add_event(
+            self._name, EventKind.MST_ROLLED_BACK, mst_id=mst_id, worker=worker,
+            detail={"why": why, "steps_kept": len(steps)},
+        )  # fmt: skip
+        warnings.warn(
+            f"MST {mst_id}'s state after a visit on worker {worker} was lost before it was "
+            f"saved ({why}): it trains again from its last checkpoint ({len(steps)} steps "
+            "recorded), to the same results",
+            stacklevel=3,
+        )
 
     def _mark_failed(
         self, mst_id: int, worker: int, error: str | None, traceback: str | None = None

@@ -153,6 +153,8 @@ class Recorder:
         steps of epochs that were not complete when the run stopped."""
         done = {e.epoch for e in epochs}
         self._msts[mst_id] = _Checkpoints(len(steps), latest, best)
+        for key in [k for k in self._epochs if k[0] == mst_id]:  # steps run since: undone
+            del self._epochs[key]
         for step in steps:
             if step.epoch not in done:
                 self._epoch(mst_id, step.epoch).add(*_from_record(step))

@@ -318,6 +318,24 @@ class MOPScheduler:
             state.n_pending[step.kind] -= 1
         self._park(state)
 
+    def restart(self, mst_id: int, done: Iterable[Step]) -> None:
+        """Plan the MST again with only ``done`` done, as a resumed run would: the steps it
+        ran since (whose results were lost) run again. It must not be running."""
+        old = self._state(mst_id)
+        if old.running:
+            raise RuntimeError(f"MST {mst_id} is running: restart it once its visit ends")
+        self._unpark(old)
+        del self._msts[mst_id]
+        self.add_mst(mst_id, old.n_epochs, priority=old.priority)
+        state = self._msts[mst_id]
+        self._unpark(state)
+        # What was measured stays measured: step times, and group sizes tried.
+        state.group_speedup, state.group_cost = old.group_speedup, old.group_cost
+        state.sum_seconds, state.n_seconds = old.sum_seconds, old.n_seconds
+        state.stopped = old.stopped
+        self._park(state)
+        self.mark_done(mst_id, done)
+
     def stop(self, mst_id: int) -> None:
         """Give the MST no further visits (one in flight still completes)."""
         state = self._state(mst_id)
@@ -488,6 +506,9 @@ class MOPScheduler:
 
     def n_epochs(self, mst_id: int) -> int:
         return self._state(mst_id).n_epochs
+
+    def is_running(self, mst_id: int) -> bool:
+        return self._state(mst_id).running
 
     def is_stopped(self, mst_id: int) -> bool:
         return self._state(mst_id).stopped

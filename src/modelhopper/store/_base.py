@@ -48,6 +48,9 @@ class EventKind(StrEnum):
     MST_FAILED = "mst_failed"
     MST_STOPPED = "mst_stopped"
     WORKER_RESTARTED = "worker_restarted"
+    # Its newest state was lost (with a node) before it was saved: it trains again from
+    # its last checkpoint (detail: why, the steps kept).
+    MST_ROLLED_BACK = "mst_rolled_back"
     WORKERS_CHANGED = "workers_changed"  # workers joined or left; shards were re-homed
     EPOCH_DECIDED = "epoch_decided"  # the procedure's decision on an epoch is committed
     GROUP_EPOCH = "group_epoch"  # an epoch trained data-parallel by a group (hybrid mode)
