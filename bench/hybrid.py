@@ -17,6 +17,8 @@ the noise of a different batch order.
 2 workers), ``hybrid="off"`` vs ``"auto"``: wall time, worker utilisation (step seconds
 / (wall x workers); a group member's seconds include its all-reduce waits), epochs
 trained in groups, best validation accuracy (target utilisation with hybrid >= 0.95).
+Then why groups cannot fill (b)'s idle time: one epoch of its MLPs alone vs in a group of
+two (ms per step, all-reduce, speed-up), each in forked processes one after another.
 
 Results: bench/results/hybrid.{json,md} (``--smoke-test``: digits-sized, hybrid_smoke.*).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -33,9 +36,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import modelhopper as mh
+from modelhopper._data_parallel import ShardPart, group_train_pass, n_global_batches
+from modelhopper.estimator import train_pass
+from modelhopper.executors._group import GroupSpec, group_channel
 from modelhopper.store import EventKind, open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -115,6 +122,68 @@ def asha(data: mh.Dataset, n_msts: int, max_epochs: int, folder: Path) -> list[d
     return rows
 
 
+def _alone(x: np.ndarray, y: np.ndarray, hidden: int, batch: int, out: Any) -> None:
+    """One worker's epoch over both shards (MOP with one MST: two sub-epochs in turn)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    estimator = asha_estimator({"hidden": hidden, "lr": 1e-3, "batch_size": batch})
+    started = time.perf_counter()
+    for shard in (0, 1):
+        train_pass(estimator, x[shard::2], y[shard::2], seed=1, epoch=0, shard=shard)
+    out.put(("alone", time.perf_counter() - started, 0.0))
+
+
+def _member(rank: int, rendezvous: str, x: np.ndarray, y: np.ndarray, hidden: int, batch: int,
+            out: Any) -> None:  # fmt: skip
+    """One member's share of the same epoch in a group of two (shared-memory all-reduce)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    estimator = asha_estimator({"hidden": hidden, "lr": 1e-3, "batch_size": batch})
+    spec = GroupSpec((0, 1), rank, rendezvous, shared_memory=True)
+    started = time.perf_counter()
+    with group_channel(spec) as channel:
+        group_train_pass(estimator, [ShardPart(rank, x[rank::2], y[rank::2])], seed=1, epoch=0,
+                         n_rows=len(y), all_reduce=channel.all_reduce)  # fmt: skip
+    out.put((f"member {rank}", time.perf_counter() - started, channel.seconds))
+
+
+def group_step_costs(data: mh.Dataset, folder: Path) -> list[dict[str, Any]]:
+    """(b), why: an epoch of (b)'s MLPs alone vs in a group of two, in forked processes
+    one after another (one thread each): per global batch, a member pays the whole
+    optimizer step and a step's fixed costs, plus the all-reduce."""
+    context = mp.get_context("fork")
+    x, y = data.train.x, data.train.y
+    rows = []
+    for hidden in (64, 256):
+        for batch in (64, 128):
+            out = context.Queue()
+            alone = context.Process(target=_alone, args=(x, y, hidden, batch, out))
+            alone.start()
+            _, alone_seconds, _ = out.get(timeout=600)
+            alone.join()
+            rendezvous = str(folder / f"group-{hidden}-{batch}")
+            members = [context.Process(target=_member, args=(r, rendezvous, x, y, hidden, batch,
+                                                             out)) for r in (0, 1)]  # fmt: skip
+            for member in members:
+                member.start()
+            shares = [out.get(timeout=600) for _ in members]
+            for member in members:
+                member.join()
+            steps = n_global_batches(len(y), batch)
+            group_seconds = max(seconds for _, seconds, _ in shares)
+            allreduce = max(seconds for _, _, seconds in shares)
+            rows.append({
+                "hidden": hidden, "batch_size": batch, "steps": steps,
+                "alone_ms_per_step": round(1000 * alone_seconds / steps, 3),
+                "group_ms_per_step": round(1000 * group_seconds / steps, 3),
+                "allreduce_ms_per_step": round(1000 * allreduce / steps, 3),
+                "group_speedup": round(alone_seconds / group_seconds, 3),
+            })  # fmt: skip
+            print(f"(b) MLP {hidden} batch {batch}: group speed-up {rows[-1]['group_speedup']}",
+                  flush=True)  # fmt: skip
+    return rows
+
+
 def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], meta: dict) -> str:
     lines = [
         "# Hybrid mode: data-parallel group epochs vs MOP alone",
@@ -147,6 +216,21 @@ def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], m
             f"| {r['hybrid']} | {r['wall_seconds']} | **{r['utilisation']}** | "
             f"{r['group_epochs']} | {r['epochs_trained']} | {r['best_val_accuracy']} |"
         )
+    lines += [
+        "",
+        "Why groups do not fill (b)'s idle time: one epoch of its MLPs (784-hidden-10, "
+        "Adam) alone on one worker vs in a group of two, each a forked process, one thread:",
+        "",
+        "| hidden | batch | ms per step alone | ms per global step in a group | of which "
+        "all-reduce | group speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in meta.get("group_steps", []):
+        lines.append(
+            f"| {r['hidden']} | {r['batch_size']} | {r['alone_ms_per_step']} | "
+            f"{r['group_ms_per_step']} | {r['allreduce_ms_per_step']} | "
+            f"**{r['group_speedup']}** |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +256,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cnn_rows = [lone_cnn(images, b, epochs, Path(tmp)) for b in (64, 128)]
         asha_rows = asha(mlp_data, n_msts, max_epochs, Path(tmp))
+        group_steps = group_step_costs(mlp_data, Path(tmp))
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "smoke": smoke,
@@ -180,6 +265,7 @@ def main() -> None:
                "worker",
         "asha": f"{n_msts} MLPs, 1-{max_epochs} epochs, reduction factor 3, Fashion-MNIST "
                 f"{n_train} / {n_val} (bench/procedures.py's space), default threads",
+        "group_steps": group_steps,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "hybrid_smoke" if smoke else "hybrid"

@@ -175,6 +175,10 @@ def test_hybrid_smoke(tmp_path):
         assert row["speedup"] > 0
     assert [r["hybrid"] for r in payload["asha"]] == ["off", "auto"]
     assert payload["asha"][0]["group_epochs"] == 0
+    steps = payload["meta"]["group_steps"]  # (b), why: the MLPs alone vs in a group
+    assert [(r["hidden"], r["batch_size"]) for r in steps] == [(64, 64), (64, 128), (256, 64),
+                                                                (256, 128)]  # fmt: skip
+    assert all(r["group_ms_per_step"] > r["allreduce_ms_per_step"] > 0 for r in steps)
     assert "## (b) ASHA" in (tmp_path / "hybrid_smoke.md").read_text()
 
 
