@@ -482,11 +482,8 @@ class RayExecutor(BaseExecutor):
     def _choose_homes(self, n_workers: int) -> dict[int, str]:
         """Nodes for the workers when the cluster has several that can host one (round
         robin over them, in node-id order); none on a one-node cluster."""
-        need = {"CPU": self.resources.get("CPU", 1), "GPU": self.resources.get("GPU", 0)}
         nodes = sorted(
-            n["NodeID"]
-            for n in self._ray.nodes()
-            if n.get("Alive") and all(n["Resources"].get(k, 0) >= v for k, v in need.items())
+            n["NodeID"] for n in self._ray.nodes() if n.get("Alive") and self._fits(n["Resources"])
         )
         if len(nodes) < 2:
             return {}
