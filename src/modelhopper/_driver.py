@@ -403,18 +403,26 @@ class Driver:
             mst = MST(record.mst_id, record.params, record.seed, record.parent)
             done = steps_by_mst.get(mst.id, [])
             self._msts[mst.id] = _Tracked(mst, MSTStatus(record.status))
-            self._recorder.restore(
-                mst.id, latest=record.checkpoint, best=record.best_checkpoint, steps=done,
-                epochs=epochs_by_mst.get(mst.id, []),
-            )  # fmt: skip
             self._scheduler.add_mst(mst.id, record.n_epochs, priority=record.priority)
             self._scheduler.mark_done(mst.id, [step_of(record) for record in done])
             if record.warm_start and record.parent is not None:
                 self._warm_from[mst.id] = record.parent
             if self._msts[mst.id].status.ended:
                 self._scheduler.stop(mst.id)
-            if (state := self._recorder.read_latest(mst.id)) is not None:
-                self._states[mst.id] = state
+            self._reload(record, done, epochs_by_mst.get(mst.id, []))
+
+    def _reload(
+        self, record: MSTRecord, steps: list[StepRecord], epochs: list[EpochRecord]
+    ) -> None:
+        """The MST's record and latest state as the store has them (none: it starts afresh)."""
+        self._recorder.restore(
+            record.mst_id, latest=record.checkpoint, best=record.best_checkpoint, steps=steps,
+            epochs=epochs,
+        )  # fmt: skip
+        if (state := self._recorder.read_latest(record.mst_id)) is not None:
+            self._states[record.mst_id] = state
+        else:
+            self._states.pop(record.mst_id, None)
 
     def decide_undecided(self) -> None:
         """On resume: ask about the committed epochs whose decision was not committed (the
@@ -756,11 +764,10 @@ class Driver:
             built.append((f, record))
         # An MST with a lost state records none of this transaction's visits: its latest
         # checkpoint is the one before them (_roll_back trains them again from it).
-        finished = [f for f, _ in built if f.visit.mst_id not in lost]
+        built = [(f, record) for f, record in built if f.visit.mst_id not in lost]
+        finished = [f for f, _ in built]
         records = []
         for f, record in built:
-            if f.visit.mst_id in lost:
-                continue
             # A procedure that decides nothing from metrics (grid, random) only completes
             # the MST at its last epoch: that status commits with the visit.
             if f.epochs and not self._decides:
@@ -899,16 +906,9 @@ class Driver:
         self._unrecorded = [f for f in self._unrecorded if f.visit.mst_id != mst_id]
         steps = self._store.list_steps(self._name, mst_id)
         record = next(m for m in self._store.list_msts(self._name) if m.mst_id == mst_id)
-        self._recorder.restore(
-            mst_id, latest=record.checkpoint, best=record.best_checkpoint, steps=steps,
-            epochs=self._store.list_epochs(self._name, mst_id),
-        )  # fmt: skip
+        self._reload(record, steps, self._store.list_epochs(self._name, mst_id))
         self._scheduler.restart(mst_id, [step_of(step) for step in steps])
         self._last_worker_of.pop(mst_id, None)  # no worker holds the checkpoint's state
-        if (state := self._recorder.read_latest(mst_id)) is not None:
-            self._states[mst_id] = state
-        else:
-            self._states.pop(mst_id, None)  # no checkpoint yet: it starts afresh
         self._store.add_event(
             self._name, EventKind.MST_ROLLED_BACK, mst_id=mst_id, worker=worker,
             detail={"why": why, "steps_kept": len(steps)},
