@@ -19,7 +19,7 @@ from modelhopper._pareto import (
     non_dominated_fronts,
     pareto_ranked,
 )
-from modelhopper._ranking import ranked
+from modelhopper._ranking import ranked, score
 from modelhopper.procedures._hyperband import ASHA, SuccessiveHalving
 from modelhopper.result import MSTResult, MSTStatus, Result
 from modelhopper.space import uniform
@@ -85,6 +85,25 @@ def test_one_objective_ranks_as_the_single_objective_rule():
         expected = ranked(items, lambda i: i[1], lambda i: i[0], direction)
         got = pareto_ranked(items, lambda i: {"m": i[1]}, lambda i: i[0], {"m": direction})
         assert got == expected
+
+
+def test_one_objective_ranks_as_fronts_and_crowding_would():
+    """pareto_ranked sorts one objective by value; the general order (fronts of equal
+    values, crowding, then id) must come out the same, ties and missing values too."""
+    rng = random.Random(5)
+    for _ in range(200):
+        values = [rng.choice([None, math.nan, -math.inf, 0.0, 0.5, rng.random()])
+                  for _ in range(rng.randint(1, 40))]  # fmt: skip
+        items = list(enumerate(values))
+        rng.shuffle(items)  # ties go by id, not by the order given
+        for direction in ("maximize", "minimize"):
+            got = pareto_ranked(items, lambda i: {"m": i[1]}, lambda i: i[0], {"m": direction})
+            points = [(score(v, direction), 0.0) for v in values]  # one free coordinate
+            general = []
+            for front in non_dominated_fronts(points):
+                crowding = crowding_distances(points, front)
+                general += sorted(front, key=lambda i: (-crowding[i], i))
+            assert [i for i, _ in got] == general
 
 
 @pytest.mark.parametrize(

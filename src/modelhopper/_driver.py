@@ -257,7 +257,9 @@ class Driver:
         return self._scheduler.n_epochs(mst_id)
 
     def results(self, mst_id: int | None = None) -> list[EpochResult]:
-        return [r for r in self._evaluated if mst_id is None or r.mst_id == mst_id]
+        if mst_id is None:
+            return list(self._evaluated)
+        return [r for r in self._evaluated if r.mst_id == mst_id]
 
     # -- what human-in-the-loop commands add to it (commands.Steerable) -------------------
     @property
@@ -828,8 +830,8 @@ class Driver:
                 events += [(EventKind.EPOCH_DECIDED, {"epoch": r.epoch}) for r in epochs]
                 if fields:
                     self._store.update_mst(self._name, mst_id, **fields)
-                for kind, detail in events:
-                    self._store.add_event(self._name, kind, mst_id=mst_id, detail=detail)
+                # after what the procedure did in deciding, as before: one insert per MST
+                self._store.add_events(self._name, [(k, mst_id, d) for k, d in events])
 
     def _decide(
         self, mst_id: int, epochs: list[EpochRecord], *, replay: bool = False

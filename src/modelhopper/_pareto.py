@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from modelhopper._ranking import direction_of, score
+from modelhopper._ranking import direction_of, score, scorer
 from modelhopper._vocabulary import Direction
 
 __all__ = [
@@ -181,6 +181,12 @@ def pareto_ranked(
 ) -> list[T]:
     """``items`` best first by the module's order (feasibility, front, crowding, id)."""
     pool = sorted(items, key=ident)
+    if len(objectives) == 1 and not constraints:
+        # One front per value, ties by id (crowding is equal within such a front): a sort
+        # by score. ASHA ranks a rung at every decision; this keeps that O(n log n) cheap.
+        ((name, direction),) = objectives.items()
+        of = scorer(direction)
+        return sorted(pool, key=lambda item: -of(metrics(item).get(name)))
     values = [metrics(item) for item in pool]
     violation = [sum(c.violation(v) for c in constraints) for v in values]
     feasible = [i for i, v in enumerate(violation) if v == 0]

@@ -13,7 +13,7 @@ On the ground floor: it imports only the vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from modelhopper._vocabulary import Direction
@@ -45,9 +45,19 @@ def direction_of(value: Direction | str | bool | None) -> Direction:
 
 def score(value: Any, direction: Direction | str | bool | None) -> float:
     """The value as a number to maximise; -inf when it is missing, NaN or infinite."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return float("-inf")
-    return float(value) if direction_of(direction) is Direction.MAXIMIZE else -float(value)
+    return scorer(direction)(value)
+
+
+def scorer(direction: Direction | str | bool | None) -> Callable[[Any], float]:
+    """``score`` for one direction, resolved once (for scoring many values)."""
+    sign = 1.0 if direction_of(direction) is Direction.MAXIMIZE else -1.0
+
+    def of(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return float("-inf")
+        return sign * float(value) if math.isfinite(value) else float("-inf")
+
+    return of
 
 
 def better(value: Any, than: Any, direction: Direction | str | bool | None) -> bool:

@@ -53,14 +53,26 @@ def rungs(min_epochs: int, max_epochs: int, reduction_factor: int) -> tuple[int,
     return (*out, max_epochs)
 
 
+class _Asked(dict[int, Any]):
+    """The trainer's answer for an MST id, asked the first time it is read."""
+
+    def __init__(self, ask: Callable[[int], Any]) -> None:
+        super().__init__()
+        self._ask = ask
+
+    def __missing__(self, mst_id: int) -> Any:
+        self[mst_id] = answer = self._ask(mst_id)
+        return answer
+
+
 @dataclass
 class _View:
     """One read of the trainer: MSTs in id order with their metrics by epoch, budget, status."""
 
     msts: list[MST]
     metrics: dict[int, dict[int, Mapping[str, float]]]
-    budget: dict[int, int]
-    status: dict[int, MSTStatus]
+    budget: Mapping[int, int]
+    status: Mapping[int, MSTStatus]
 
     @classmethod
     def of(cls, trainer: Trainer) -> _View:
@@ -68,9 +80,9 @@ class _View:
         metrics: dict[int, dict[int, Mapping[str, float]]] = {m.id: {} for m in msts}
         for r in trainer.results():
             metrics.setdefault(r.mst_id, {})[r.epoch] = r.metrics  # a re-evaluation replaces
-        budget = {m.id: trainer.budget(m.id) for m in msts}
-        status = {m.id: trainer.status(m.id) for m in msts}
-        return cls(msts, metrics, budget, status)
+        # Asked per MST when read: a decision reads the budgets of the few MSTs still
+        # running, not of the thousands a long run has stopped.
+        return cls(msts, metrics, _Asked(trainer.budget), _Asked(trainer.status))
 
     def done(self, mst_id: int) -> int:
         """Epochs evaluated (its latest evaluated epoch + 1)."""

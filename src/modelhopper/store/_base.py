@@ -238,6 +238,14 @@ class BaseStore(ABC):
         detail: dict[str, Any] | None = None,
     ) -> None: ...
 
+    def add_events(
+        self, name: str, events: Sequence[tuple[EventKind, int | None, dict[str, Any]]]
+    ) -> None:
+        """Several (kind, mst_id, detail) events, in this order, in one transaction."""
+        with self.batch():
+            for kind, mst_id, detail in events:
+                self.add_event(name, kind, mst_id=mst_id, detail=detail)
+
     @abstractmethod
     def list_events(self, name: str, *, after_id: int = 0) -> list[EventRecord]:
         """Events with id > after_id, oldest first."""

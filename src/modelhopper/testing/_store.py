@@ -260,6 +260,12 @@ class StoreConformance:
         with pytest.raises(StoreError, match=r"\b3\b"):
             store.add_msts("run-a", [_mst(3), _mst(3)])
         assert [m.mst_id for m in store.list_msts("run-a")] == [0, 1]
+        # many at once (a grid), the taken ids far down the list: every one is named
+        many = [_mst(i) for i in range(2, 1500)] + [_mst(1), _mst(0)]
+        with pytest.raises(StoreError, match=r"mst_id \[0, 1\].*next free one is 2"):
+            store.add_msts("run-a", many)
+        store.add_msts("run-a", many[:-2])
+        assert len(store.list_msts("run-a")) == 1500
 
     def test_msts_belong_to_their_experiment(self, store: BaseStore) -> None:
         store.create_experiment(_experiment("run-a"))
@@ -509,6 +515,26 @@ class StoreConformance:
         for e in events:
             _assert_utc_between(e.time, before, after)
         assert events[0].time <= events[1].time <= events[2].time
+
+    def test_add_events_writes_them_in_order_or_none(self, store: BaseStore) -> None:
+        store.create_experiment(_experiment())
+        store.add_msts("run-a", [_mst(0), _mst(1)])
+        store.add_events("run-a", [])
+        store.add_events("run-a", [
+            (EventKind.MST_STOPPED, 1, {}), (EventKind.EPOCH_DECIDED, 0, {"epoch": 2}),
+            (EventKind.COMMAND, None, {"i": 1}),
+        ])  # fmt: skip
+        events = store.list_events("run-a")
+        assert [(e.kind, e.mst_id, e.detail) for e in events] == [
+            (EventKind.MST_STOPPED, 1, {}), (EventKind.EPOCH_DECIDED, 0, {"epoch": 2}),
+            (EventKind.COMMAND, None, {"i": 1}),
+        ]  # fmt: skip
+        assert [e.id for e in events] == sorted(e.id for e in events)
+        with pytest.raises(StoreError, match=r"mst_id=3"):  # one unknown MST: none written
+            store.add_events("run-a", [(EventKind.COMMAND, 0, {}), (EventKind.MST_FAILED, 3, {})])
+        with pytest.raises(StoreError, match=r"'nope'"):
+            store.add_events("nope", [(EventKind.STARTED, None, {})])
+        assert store.list_events("run-a") == events
 
     def test_list_events_after_id(self, store: BaseStore) -> None:
         store.create_experiment(_experiment("run-a"))
