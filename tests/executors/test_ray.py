@@ -332,3 +332,61 @@ def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
         assert ex.resident_shard_bytes[2] == shards[0].nbytes + shards[2].nbytes
         ex.submit(2, _task(1, (_train(0, 0, 0), _train(0, 2, 1))))
         assert ex.wait()[0].error is None
+
+
+class _Gated(nn.Module):
+    """Trains only once ``gate`` (a file) exists: a visit that stays busy until told."""
+
+    def __init__(self, inner: nn.Module, gate: str) -> None:
+        super().__init__()
+        self.inner, self.gate = inner, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while not os.path.exists(self.gate):
+            time.sleep(0.01)
+        return self.inner(x)
+
+
+def _gated_estimator(params):
+    from modelhopper.testing._executor import make_test_estimator
+
+    estimator = make_test_estimator(params)
+    if "gate" not in params:
+        return estimator
+    model = _Gated(estimator.model, params["gate"])
+    return mh.Estimator(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        loss=nn.CrossEntropyLoss(), metrics=["accuracy"], batch_size=16,
+    )  # fmt: skip
+
+
+def test_a_busy_holder_copies_a_shard_to_a_joiner_while_its_visit_runs(tmp_path):
+    """data='ship': shard 0 lives only on worker 0's actor, which is in a visit that
+    does not end until the test says so. A worker that joins holding shard 0 gets its copy
+    from that actor at once (its copy thread), not after the visit: the driver's
+    add_worker returns while the visit still runs."""
+    import threading
+
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.testing._executor import _dataset, _task, _train
+
+    gate = tmp_path / "gate"
+    shards = write_shards(_dataset(), 2, tmp_path / "shards", seed=3)
+    with mh.RayExecutor(data="ship", threads_per_worker=1, start_timeout=START_TIMEOUT) as ex:
+        ex.start(shards, _gated_estimator, n_workers=2)
+        ex.submit(0, _task(1, (_train(0, 0, 0),), gate=str(gate)))
+        joined: list[int] = []
+        adding = threading.Thread(target=lambda: joined.append(ex.add_worker([0], [0])))
+        adding.start()
+        adding.join(timeout=START_TIMEOUT)  # a slow start under load, not a wait on the gate
+        waited = adding.is_alive()
+        gate.touch()  # the visit may end now (and a blocked add_worker with it)
+        adding.join(timeout=START_TIMEOUT)
+        assert not waited, "add_worker waited for the holder's visit to end"
+        assert joined == [2] and ex.copied_bytes == shards[0].nbytes
+        assert ex.resident_shard_bytes[2] == shards[0].nbytes
+        (busy,) = ex.wait()
+        assert busy.error is None
+        ex.submit(2, _task(1, (_train(0, 0, 0),), gate=str(gate)))  # the copy trains the same
+        (copied,) = ex.wait()
+        assert copied.outcomes[0].result.loss_sum == busy.outcomes[0].result.loss_sum

@@ -134,7 +134,9 @@ class _ShardActor:
         return [(Path(path) / "shard.json").is_file() for path in paths]
 
     def shard_files(self, index: int) -> dict[str, bytes]:
-        """The files of a shard this actor holds: another actor copies them (re-homing)."""
+        """The files of a shard this actor holds: another actor copies them (re-homing).
+        Called in the copy group's thread (``_COPY_GROUP``), so it is served while the
+        actor trains: the driver waiting on a joiner's shards never waits for a visit."""
         return _shard_files(self.paths[index])
 
     def hold(self, sources: list[_Source], home: list[int]) -> dict[str, Any]:
@@ -192,12 +194,21 @@ class _ShardActor:
     def run(
         self, task: VisitTask, state: bytes | None, init_state: bytes | None
     ) -> tuple[VisitResult, bytes | None]:
+        from modelhopper.estimator import flush_denormals
+
+        # With a concurrency group, Ray runs tasks on a thread of its own: the setting
+        # is per thread, so this one flushes too (as in __init__; idempotent, cheap).
+        flush_denormals()
         # Ray resolved the state references: the bytes came from the producing node.
         result = self.runner.run(dataclasses.replace(task, state=state, init_state=init_state))
         out = result.state
         assert out is None or isinstance(out, bytes)
         meta = dataclasses.replace(result, state=None, state_nbytes=len(out or b""))
         return meta, out
+
+
+# The actors' second thread: shard copies for other actors, served during a visit.
+_COPY_GROUP = "copy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,7 +539,9 @@ class RayExecutor(BaseExecutor):
         self._refuse_second_start(bool(self._actors))
         self._ray = ray = import_ray()
         self._connect()
-        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0)(_ShardActor)
+        self._actor_class = ray.remote(
+            max_restarts=0, max_task_retries=0, concurrency_groups={_COPY_GROUP: 1}
+        )(_ShardActor)
         self._shards = list(shards)
         self._factory_blob = _pickle_factory(factory)
         n = n_workers or len(shards)
@@ -726,7 +739,7 @@ class RayExecutor(BaseExecutor):
 
     def _holder(self, shard: int, worker: int, failed: set[int]) -> int | None:
         """A worker other than ``worker`` whose live actor has ``shard`` open (an idle one
-        if any: a busy one copies it once its visit ends), not one a copy failed from."""
+        if any: a busy one reads it out beside its visit), not one a copy failed from."""
         holders = [
             w for w, opened in self._opened_by.items()
             if w != worker and w not in failed and shard in opened and self._actors[w] is not None
@@ -746,7 +759,8 @@ class RayExecutor(BaseExecutor):
             if shard in self._opened_by[worker] or readable.get(shard):
                 sources.append(_Source(shard, path))
             elif (holder := self._holder(shard, worker, failed or set())) is not None:
-                files = self._actors[holder].shard_files.remote(shard)
+                copy = self._actors[holder].shard_files.options(concurrency_group=_COPY_GROUP)
+                files = copy.remote(shard)
                 sources.append(_Source(shard, path, files=files, source=holder))
             elif shard in self._builds:  # built for a node that is gone: build it there
                 sources.append(_Source(shard, path, build=self._builds[shard]))
