@@ -114,6 +114,27 @@ def _table(row: type[Any]) -> Table:
 _IDS_PER_QUERY = 500
 
 
+def _known_mst_ids(session: Session, experiment_id: int, ids: Sequence[int]) -> set[int]:
+    """Which of ``ids`` the experiment has: only those are looked up (a long run's adds and
+    events must not read every id it has)."""
+    mine = MSTRow.experiment_id == experiment_id
+    return {
+        known
+        for at in range(0, len(ids), _IDS_PER_QUERY)
+        for known in session.scalars(
+            select(MSTRow.mst_id).where(mine, MSTRow.mst_id.in_(ids[at : at + _IDS_PER_QUERY]))
+        )
+    }
+
+
+def _event_row(
+    experiment_id: int, now: datetime, kind: EventKind, mst_id: int | None, detail: Any
+) -> dict[str, Any]:
+    """An event's columns for a Core insert (a driver's events carry no worker)."""
+    return {"experiment_id": experiment_id, "time": now, "kind": kind.value,
+            "mst_id": mst_id, "worker": None, "detail": detail or {}}  # fmt: skip
+
+
 class SQLStore(BaseStore):
     """Run metadata in a SQL database through SQLAlchemy.
 
@@ -470,18 +491,9 @@ class SQLStore(BaseStore):
         what = f"adding {len(msts)} MSTs to experiment {name!r}"
         with self._transaction(what, write=True, driver=True) as session:
             experiment = self._experiment(session, name)
-            # Only the ids being added are looked up: a procedure adds MSTs one at a time,
-            # and reading every id of a long run on each add made adding quadratic.
-            mine = MSTRow.experiment_id == experiment.id
-            ids = [m.mst_id for m in msts]
-            clash = sorted(
-                taken
-                for at in range(0, len(ids), _IDS_PER_QUERY)
-                for taken in session.scalars(select(MSTRow.mst_id).where(
-                    mine, MSTRow.mst_id.in_(ids[at : at + _IDS_PER_QUERY])
-                ))
-            )  # fmt: skip
+            clash = sorted(_known_mst_ids(session, experiment.id, [m.mst_id for m in msts]))
             if clash:
+                mine = MSTRow.experiment_id == experiment.id
                 last = session.scalar(select(func.max(MSTRow.mst_id)).where(mine)) or 0
                 raise StoreError(
                     f"experiment {name!r} already has MSTs with mst_id {clash}; an MST is "
@@ -535,8 +547,7 @@ class SQLStore(BaseStore):
                 session, [_finished(e, experiment_id, now) for v in visits for e in v.epochs]
             )
             events = [
-                {"experiment_id": experiment_id, "time": now, "kind": kind.value,
-                 "mst_id": visit.mst_id, "worker": None, "detail": detail}
+                _event_row(experiment_id, now, kind, visit.mst_id, detail)
                 for visit, visit_kinds in zip(visits, kinds, strict=True)
                 for kind, (_, detail) in zip(visit_kinds, visit.events, strict=True)
             ]  # fmt: skip
@@ -619,18 +630,13 @@ class SQLStore(BaseStore):
         what = f"adding {len(events)} event(s) to experiment {name!r}"
         with self._transaction(what, write=True, driver=True) as session:
             experiment_id = self._experiment_id(session, name)
-            wanted = {mst_id for _, mst_id, _ in events if mst_id is not None}
-            if wanted:
-                known = set(session.scalars(select(MSTRow.mst_id).where(
-                    MSTRow.experiment_id == experiment_id, MSTRow.mst_id.in_(wanted)
-                )))  # fmt: skip
-                if missing := wanted - known:
-                    # the one-event path words the error (which ids the run has)
-                    self._mst(session, self._experiment(session, name), min(missing))
+            wanted = sorted({mst_id for _, mst_id, _ in events if mst_id is not None})
+            if missing := set(wanted) - _known_mst_ids(session, experiment_id, wanted):
+                # the one-event path words the error (which ids the run has)
+                self._mst(session, self._experiment(session, name), min(missing))
             now = utcnow()
             session.connection().execute(insert(_table(EventRow)), [
-                {"experiment_id": experiment_id, "time": now, "kind": kind.value,
-                 "mst_id": mst_id, "worker": None, "detail": detail or {}}
+                _event_row(experiment_id, now, kind, mst_id, detail)
                 for kind, (_, mst_id, detail) in zip(kinds, events, strict=True)
             ])  # fmt: skip
 
