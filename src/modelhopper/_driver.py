@@ -175,6 +175,7 @@ class Driver:
         self._moved_bytes: dict[int, int] = {}  # worker -> state bytes its visit in flight got
         self._started: list[int] = []  # MSTs whose first visit was sent, not yet marked running
         self._unrecorded: list[FinishedVisit] = []  # accounted for, not yet in the store
+        self._urgent_unrecorded = False  # one of them makes a record due now
         self._recording = False  # inside _record: crashes and failures wait for its end
         self._held_back: list[tuple[Visit, VisitResult]] = []  # those, in arrival order
         self._commands_due = 0.0  # when to look for human-in-the-loop commands next
@@ -493,11 +494,14 @@ class Driver:
             return False
         return (
             not self._in_flight
-            or any(
-                (f.epochs and self._decides) or getattr(f.state, "lost_with_worker", False)
-                for f in self._unrecorded
-            )
+            or self._urgent_unrecorded
             or time.monotonic() - self._unrecorded[0].arrived >= RECORD_INTERVAL_SECONDS
+        )
+
+    def _is_urgent(self, finished: FinishedVisit) -> bool:
+        """Does this visit make a record due at once (``_record_due``)?"""
+        return bool(finished.epochs and self._decides) or bool(
+            getattr(finished.state, "lost_with_worker", False)
         )
 
     def _remaining(self) -> int:
@@ -676,6 +680,8 @@ class Driver:
         for result in results:
             if (finished := self._accept(result)) is not None:
                 self._unrecorded.append(finished)
+                # set here, not found by a scan per loop turn (a turn per finished visit)
+                self._urgent_unrecorded = self._urgent_unrecorded or self._is_urgent(finished)
 
     def _accept(self, result: VisitResult) -> FinishedVisit | None:
         """Account for a finished visit in memory (no I/O); None if it needs no record."""
@@ -747,6 +753,7 @@ class Driver:
     def _record_unrecorded(self, serve: bool) -> None:
         self._mark_started()  # before any of their visits, in the store's order
         finished, self._unrecorded = self._unrecorded, []
+        self._urgent_unrecorded = False
         # Visits of an MST rolling back (begun from its lost state): not recorded.
         finished = [f for f in finished if f.visit.mst_id not in self._rolling_back]
         started = time.perf_counter()
@@ -906,6 +913,7 @@ class Driver:
     def _train_again_from_checkpoint(self, mst_id: int) -> None:
         worker, why = self._rolling_back.pop(mst_id)
         self._unrecorded = [f for f in self._unrecorded if f.visit.mst_id != mst_id]
+        self._urgent_unrecorded = any(self._is_urgent(f) for f in self._unrecorded)
         steps = self._store.list_steps(self._name, mst_id)
         record = next(m for m in self._store.list_msts(self._name) if m.mst_id == mst_id)
         self._reload(record, steps, self._store.list_epochs(self._name, mst_id))

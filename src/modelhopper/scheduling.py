@@ -46,6 +46,7 @@ holds no epoch barrier; MSTs at different epochs run side by side.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -144,8 +145,13 @@ def epoch_plan(
 
 def first_shard(mst_id: int, n_shards: int, seed: int) -> int:
     """Start shard of epoch 0: consecutive MST ids start on different workers."""
-    offset = int(np.random.default_rng([seed, n_shards]).integers(n_shards))
-    return (mst_id + offset) % n_shards
+    return (mst_id + _first_shard_offset(n_shards, seed)) % n_shards
+
+
+@functools.lru_cache(maxsize=64)
+def _first_shard_offset(n_shards: int, seed: int) -> int:
+    # Asked for every idle worker at every decision: a generator per call cost ~25 us.
+    return int(np.random.default_rng([seed, n_shards]).integers(n_shards))
 
 
 def makespan_lower_bound(work: np.ndarray) -> float:
