@@ -54,7 +54,10 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 # every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
 # each hold the whole data set (else one copy, as MOP keeps it); "any order":
 # train_order="any" (each sub-epoch on whichever untrained shard's worker is free); "4 shards
-# per worker": the data cut into 4 logical shards per worker (n_shards=4p; else one each).
+# per worker": the data cut into 4 logical shards per worker (n_shards=4p; else one each);
+# "quarter of data per worker": every shard on p/4 workers (replicas=p//4; on 32 workers
+# 8, so each worker holds a quarter of the data, where the peers' hold all of it; the train
+# order stays fixed, and a sub-epoch runs on whichever holder of its shard is free).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -75,6 +78,8 @@ MH_METHODS = (
     "mh Hyperband (stopping, oldest first, any order)",
     "mh ASHA (stopping, oldest first, any order, 4 shards per worker)",
     "mh Hyperband (stopping, oldest first, any order, 4 shards per worker)",
+    "mh ASHA (stopping, oldest first, quarter of data per worker)",
+    "mh Hyperband (stopping, oldest first, quarter of data per worker)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -91,6 +96,8 @@ SAME_ALGORITHM = {
     "mh Hyperband (stopping, oldest first, replicated)": ("Syne Tune Hyperband",),
     "mh ASHA (stopping, oldest first, any order)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first, any order)": ("Syne Tune Hyperband",),
+    "mh ASHA (stopping, oldest first, quarter of data per worker)": ("Syne Tune ASHA",),
+    "mh Hyperband (stopping, oldest first, quarter of data per worker)": ("Syne Tune Hyperband",),
 }
 
 _bench: Any = None  # one surrogate per process
@@ -209,7 +216,7 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
     started = time.perf_counter()
     procedure = _procedure(method, seed, budget, n_workers)
-    replicas = "all" if "replicated" in method else 1
+    replicas = "all" if "replicated" in method else _replicas(method, n_workers)
     n_shards = 4 * n_workers if "4 shards per worker" in method else None
     executor = on_surrogate(procedure, task, n_workers, stop_at, replicas, n_shards)
     heard = sorted(
@@ -222,6 +229,12 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
         "visits": len(executor.trace),
         "utilisation": executor.utilisation,  # below 1: visits waited on a holder
     }
+
+
+def _replicas(method: str, n_workers: int) -> int:
+    """Copies of each shard: a quarter of the workers' for "quarter of the data per
+    worker" (at least one); else one."""
+    return max(1, n_workers // 4) if "quarter of data per worker" in method else 1
 
 
 def run_peer(method: str, task: int, seed: int, n_workers: int, stop_at: float) -> dict[str, Any]:

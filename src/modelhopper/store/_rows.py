@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from datetime import datetime
 from enum import Enum
@@ -143,5 +144,11 @@ def _finished(
 
 def _columns(record: Any, **converted: Any) -> dict[str, Any]:
     """A row's values from a record: each field as a column of that name, or as ``converted``."""
-    values = {f.name: _text(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    values = {name: _text(getattr(record, name)) for name in _field_names(type(record))}
     return {**values, **converted}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    # once per record class: dataclasses.fields per row cost ~1/3 of a step row's build
+    return tuple(f.name for f in dataclasses.fields(cls))
