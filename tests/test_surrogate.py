@@ -556,6 +556,21 @@ def test_simulated_runs_are_deterministic(bench: LCBench, tmp_path: Path) -> Non
     assert other.finish_times != first.finish_times
 
 
+def test_an_epoch_is_decided_the_turn_it_arrives_however_rarely_the_driver_records(
+    bench: LCBench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished epoch makes a record due at once (its MST waits for the procedure's
+    decision); only other visits wait up to RECORD_INTERVAL_SECONDS to share one. So every
+    epoch ends at the same simulated moment whether the driver records every turn or, but
+    for epochs, never."""
+    monkeypatch.setattr("modelhopper._driver.RECORD_INTERVAL_SECONDS", 0.0)
+    _, every_turn, _ = _fit("asha", 8, bench, tmp_path, seed=3)
+    monkeypatch.setattr("modelhopper._driver.RECORD_INTERVAL_SECONDS", 1e9)
+    _, for_epochs, _ = _fit("asha", 8, bench, tmp_path / "for-epochs", seed=3)
+    assert len(every_turn.epoch_times) > 50
+    assert for_epochs.epoch_times == every_turn.epoch_times
+
+
 @pytest.mark.parametrize("kind", ["random", "sha", "asha"])
 def test_workers_served_while_the_driver_records_change_no_result(
     bench: LCBench, tmp_path: Path, kind: str
