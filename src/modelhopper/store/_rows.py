@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from datetime import datetime
 from enum import Enum
@@ -148,7 +147,11 @@ def _columns(record: Any, **converted: Any) -> dict[str, Any]:
     return {**values, **converted}
 
 
-@functools.cache
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _field_names(cls: type) -> tuple[str, ...]:
     # once per record class: dataclasses.fields per row cost ~1/3 of a step row's build
-    return tuple(f.name for f in dataclasses.fields(cls))
+    if (names := _FIELD_NAMES.get(cls)) is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
