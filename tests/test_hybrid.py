@@ -415,8 +415,9 @@ def test_the_store_records_each_group_epoch_and_who_ran_each_step(hybrid_runs):
 def test_two_groups_of_two_train_side_by_side_on_four_workers_as_sgd_over_global_batches(
     tmp_path,
 ):
-    """4 workers that all hold the (small) data: 2 MSTs train in 2 groups of 2 at once, and
-    each MST's weights are still SGD over its global batches."""
+    """4 workers that all hold the (small) data: 2 MSTs start in 2 groups of 2 at once, and
+    each MST's weights are still SGD over its global batches. (Later epochs' groups follow
+    timing: an MST whose partner has finished takes all 4 workers.)"""
     digits = mh.datasets.digits(seed=0)
     search = mh.GridSearch(make_estimator, {"lr": mh.grid([0.01, 0.003])}, epochs=2, seed=11,
                            hybrid="on")  # fmt: skip
@@ -426,8 +427,9 @@ def test_two_groups_of_two_train_side_by_side_on_four_workers_as_sgd_over_global
                         executor=mh.LocalExecutor(threads_per_worker=1, replicas=4))  # fmt: skip
     events = [e.detail for e in open_store(url).list_events("pairs")
               if e.kind == EventKind.GROUP_EPOCH]  # fmt: skip
-    assert len(events) == 2 * 2 and all(len(e["workers"]) == 2 for e in events)
-    assert {tuple(e["workers"]) for e in events} == {(0, 1), (2, 3)}  # side by side
+    assert len(events) == 2 * 2 and all(len(e["workers"]) in (2, 4) for e in events)
+    first = {tuple(e["workers"]) for e in events if e["epoch"] == 0}
+    assert first == {(0, 1), (2, 3)}  # side by side
     shards = {s: (split[0].x, split[0].y) for s, split in enumerate(shard_splits(digits, 4, 11))}
     for record in result.msts:
         torch.set_num_threads(1)
