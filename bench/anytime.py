@@ -216,7 +216,7 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     """One procedure on the real engine; every epoch's (simulated time, accuracy)."""
     started = time.perf_counter()
     procedure = _procedure(method, seed, budget, n_workers)
-    replicas = "all" if "replicated" in method else _replicas(method, n_workers)
+    replicas = _replicas(method, n_workers)
     n_shards = 4 * n_workers if "4 shards per worker" in method else None
     executor = on_surrogate(procedure, task, n_workers, stop_at, replicas, n_shards)
     heard = sorted(
@@ -231,9 +231,11 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     }
 
 
-def _replicas(method: str, n_workers: int) -> int:
-    """Copies of each shard: a quarter of the workers' for "quarter of the data per
-    worker" (at least one); else one."""
+def _replicas(method: str, n_workers: int) -> int | str:
+    """Copies of each shard a method's name asks for: every worker's ("replicated"), a
+    quarter of the workers' ("quarter of data per worker", at least one), else one."""
+    if "replicated" in method:
+        return "all"
     return max(1, n_workers // 4) if "quarter of data per worker" in method else 1
 
 
