@@ -1,8 +1,9 @@
 """Anytime performance on the LCBench surrogate: modelhopper's procedures on the real
 engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
 
-    python bench/anytime.py [--smoke-test] [--seeds N] [--max-budget B] [--workers 4 32]
-                            [--tasks T ...] [--jobs J]
+    python bench/anytime.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
+                            [--workers 4 32] [--tasks T ...] [--methods M ...] [--jobs J]
+    python bench/anytime.py --merge A.json B.json --tag AB
 
 For each LCBench task, number of workers and seed, every method searches LCBench's
 7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
@@ -20,7 +21,9 @@ modelhopper's procedures run unchanged on the real driver, scheduler and store
 (``SurrogateExecutor(stop_at=...)`` ends a run when its simulated time is up);
 the peers run on ``bench/_anytime_peers.py``'s simulation of the same cost model.
 Writes bench/results/anytime.json, anytime.md and anytime_<workers>.png
-(anytime_smoke.* with --smoke-test).
+(anytime_smoke.* with --smoke-test). The JSON keeps each run's incumbents, so a long
+measurement can be split (e.g. ``--seeds 5`` and ``--seeds 5 --first-seed 5``, runs
+apart) and ``--merge`` makes the one table both would have made in one run.
 """
 
 from __future__ import annotations
@@ -223,7 +226,7 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
     return {
-        "heard": heard,
+        "heard": improvements(heard),
         "real_seconds": time.perf_counter() - started,
         "driver_seconds": executor.driver_seconds,
         "visits": len(executor.trace),
@@ -247,7 +250,7 @@ def run_peer(method: str, task: int, seed: int, n_workers: int, stop_at: float) 
         warnings.simplefilter("ignore")
         peer = PEERS[method](_lcbench(), seed)
         heard = simulate(peer, _lcbench(), task, n_workers, stop_at)
-    return {"heard": heard, "real_seconds": time.perf_counter() - started}
+    return {"heard": improvements(heard), "real_seconds": time.perf_counter() - started}
 
 
 def _one(job: tuple[str, int, int, int, float, float]) -> dict[str, Any]:
@@ -260,6 +263,19 @@ def _one(job: tuple[str, int, int, int, float, float]) -> dict[str, Any]:
     else:
         out = run_peer(method, task, seed, n_workers, stop_at)
     return {"method": method, "task": task, "seed": seed, "workers": n_workers, **out}
+
+
+def improvements(heard: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (time, accuracy) points, in time order, where the best accuracy heard rises: all
+    a run's regret depends on, small enough to keep in the results file for ``--merge``."""
+    kept: list[tuple[float, float]] = []
+    for t, accuracy in sorted(heard):
+        if kept and accuracy <= kept[-1][1]:
+            continue
+        if kept and kept[-1][0] == t:
+            kept.pop()  # a better one heard at the same moment
+        kept.append((t, accuracy))
+    return kept
 
 
 def incumbent_at(heard: list[tuple[float, float]], moment: float) -> float:
@@ -354,7 +370,8 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
         "# Anytime performance on the LCBench surrogate",
         "",
         f"Command: `{payload['command']}`; {payload['date']}; tasks {payload['tasks']}; "
-        f"seeds {payload['seeds']}; real time {payload['real_seconds']:.0f} s.",
+        f"seeds {payload['seeds']} ({payload['first_seed']}-{payload['last_seed']}); "
+        f"real time {payload['real_seconds']:.0f} s.",
         "",
         "Normalised regret of validation accuracy (0 = the best any method or the random "
         "sample found; 1 = the worst of the sample) at budgets in full-training "
@@ -437,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
     parser.add_argument("--max-budget", type=float, default=300)
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 32])
     parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
@@ -444,34 +463,100 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="results go to anytime_<tag>.*")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: one table from these results files' runs "
+                        "(e.g. seeds 0-4 and 5-9 run apart)")  # fmt: skip
     args = parser.parse_args(argv)
+    command = " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)])
+    stem = "anytime_smoke" if args.smoke_test else "anytime"
+    stem += f"_{args.tag}" if args.tag else ""
+    if args.merge:
+        payload = merged(args.merge, command)
+    else:
+        payload = measured(args, command)
+    write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
+    print((args.out / f"{stem}.md").read_text())
+    return payload
+
+
+def budgets_up_to(max_budget: float) -> list[float]:
+    return [b for b in BUDGETS if b <= max_budget] or [max_budget]
+
+
+def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Run every method, task, seed and worker count the arguments name."""
     if args.smoke_test:
         args.seeds, args.max_budget, args.workers, args.tasks = 1, 2, [4], [TASKS[0]]
     from _anytime_peers import PEERS
 
     methods = args.methods or [*MH_METHODS, *PEERS]
-    budgets = [b for b in BUDGETS if b <= args.max_budget] or [args.max_budget]
     started = time.perf_counter()
     scales = {task: task_scale(task) for task in args.tasks}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [
         (method, task, seed, n_workers, args.max_budget * scales[task]["fte_seconds"] / n_workers,
          args.max_budget)
-        for n_workers in args.workers for task in args.tasks for seed in range(args.seeds)
+        for n_workers in args.workers for task in args.tasks for seed in seeds
         for method in methods
     ]  # fmt: skip
     jobs.sort(key=lambda j: -j[3])  # the longest (most workers) first
     runs = run_all(_one, jobs, args.jobs)
-    grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 16).round(2).tolist()})
+    return summary(runs, scales, args.max_budget, command, time.perf_counter() - started)
+
+
+def merged(paths: list[Path], command: str) -> dict[str, Any]:
+    """One summary of the runs of several results files, as if measured in one run: the
+    regret's zero is recomputed over all of them. They must share the budget, and no run
+    (method, task, seed, workers) may appear twice."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    for path, payload in zip(paths, payloads, strict=True):
+        if any("heard" not in run for run in payload["runs"]):
+            raise SystemExit(
+                f"{path} keeps no run's incumbents (written before --merge existed); "
+                "run it again to merge it"
+            )
+    budgets = {payload["max_budget"] for payload in payloads}
+    if len(budgets) > 1:
+        raise SystemExit(f"the files ran to different budgets {sorted(budgets)}; merge "
+                         "files of one --max-budget")  # fmt: skip
+    runs = [run for payload in payloads for run in payload["runs"]]
+    seen: set[tuple[Any, ...]] = set()
+    for run in runs:
+        key = (run["method"], run["task"], run["seed"], run["workers"])
+        if key in seen:
+            raise SystemExit(f"run {key} (method, task, seed, workers) is in more than one "
+                             "file; merge files of different seeds, tasks or methods")  # fmt: skip
+        seen.add(key)
+    scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
+    real = sum(payload["real_seconds"] for payload in payloads)
+    merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
+    return summary(runs, scales, budgets.pop(), f"{command} (of {merged_from})", real)
+
+
+def summary(
+    runs: list[dict[str, Any]],
+    scales: dict[int, dict[str, float]],
+    max_budget: float,
+    command: str,
+    real_seconds: float,
+) -> dict[str, Any]:
+    """The results file's contents: regret tables, curves and verdicts of ``runs``, and the
+    runs themselves (each with its incumbents, so files can be merged later)."""
+    budgets = budgets_up_to(max_budget)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    grid = sorted({*budgets, *np.geomspace(1, max_budget, 16).round(2).tolist()})
     curves_table = summarise(runs, scales, grid)
     table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}
              for w, rows in curves_table.items()}  # fmt: skip
-    payload = {
-        "command": " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)]),
+    return {
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
-        "tasks": args.tasks,
-        "seeds": args.seeds,
-        "workers": args.workers,
-        "max_budget": args.max_budget,
+        "tasks": sorted({r["task"] for r in runs}),
+        "seeds": len({r["seed"] for r in runs}),
+        "first_seed": min(r["seed"] for r in runs),
+        "last_seed": max(r["seed"] for r in runs),
+        "workers": sorted({r["workers"] for r in runs}),
+        "max_budget": max_budget,
         "scales": {str(t): s for t, s in scales.items()},
         "table": table,
         "curves": {
@@ -479,7 +564,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for w, rows in curves_table.items()
         },  # fmt: skip
         "verdicts": verdicts(table, budgets),
-        "real_seconds": time.perf_counter() - started,
+        "real_seconds": real_seconds,
         "real_seconds_per_run": {
             m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
             for m in methods
@@ -489,13 +574,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for m in methods
             if m.startswith("mh ")
         },
-        "runs": [{k: v for k, v in r.items() if k != "heard"} for r in runs],
+        "runs": runs,
     }
-    stem = "anytime_smoke" if args.smoke_test else "anytime"
-    stem += f"_{args.tag}" if args.tag else ""
-    write(args.out, stem, payload, budgets)
-    print((args.out / f"{stem}.md").read_text())
-    return payload
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from _anytime_peers import Job, simulate  # noqa: E402
-from anytime import incumbent_at, regret  # noqa: E402
+from anytime import improvements, incumbent_at, main, regret  # noqa: E402
 from anytime_mo import hypervolume  # noqa: E402
 
 from modelhopper.testing import (  # noqa: E402
@@ -95,3 +95,33 @@ def test_hypervolume_is_the_area_the_front_dominates_in_the_normalised_box():
     assert hypervolume(two, box) == pytest.approx(0.5 * 0.2 + 0.75 * 0.3)
     assert hypervolume([*two, (0.6, 9.0)], box) == hypervolume(two, box)  # dominated
     assert hypervolume([(0.4, 2.0), (0.95, 12.0)], box) == 0.0  # outside the box
+
+
+def test_only_a_rise_of_the_best_accuracy_is_kept_and_the_incumbent_is_unchanged():
+    heard = [(3.0, 0.5), (1.0, 0.6), (2.0, 0.4), (4.0, 0.7), (4.0, 0.65), (5.0, 0.7)]
+    kept = improvements(heard)
+    assert kept == [(1.0, 0.6), (4.0, 0.7)]
+    for moment in (0.5, 1.0, 2.5, 4.0, 9.0):
+        assert incumbent_at(kept, moment) == incumbent_at(sorted(heard), moment)
+
+
+def _anytime(tmp_path: Path, tag: str, *args: str) -> dict:
+    methods = ["--methods", "mh ASHA (stopping, oldest first)", "Syne Tune ASHA"]
+    common = ["--max-budget", "3", "--workers", "4", "--tasks", str(TASK), "--jobs", "1"]
+    return main([*common, *methods, "--out", str(tmp_path), "--tag", tag, *args])
+
+
+def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path) -> None:
+    pytest.importorskip("syne_tune")
+    together = _anytime(tmp_path, "both", "--seeds", "2")
+    _anytime(tmp_path, "first", "--seeds", "1")
+    _anytime(tmp_path, "second", "--seeds", "1", "--first-seed", "1")
+    files = [str(tmp_path / f"anytime_{tag}.json") for tag in ("first", "second")]
+    merged = main(["--merge", *files, "--out", str(tmp_path), "--tag", "merged"])
+    assert merged["seeds"] == 2 and (merged["first_seed"], merged["last_seed"]) == (0, 1)
+    assert merged["table"] == together["table"]
+    assert merged["curves"] == together["curves"]
+    assert merged["verdicts"] == together["verdicts"]
+    assert "seeds 2 (0-1)" in (tmp_path / "anytime_merged.md").read_text()
+    with pytest.raises(SystemExit, match="more than one file"):
+        main(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
