@@ -320,3 +320,26 @@ def test_an_experiment_id_read_in_a_rolled_back_batch_is_not_reused(store_url: s
         store.update_mst("a", 0, status=MSTStatus.COMPLETED)
         assert [m.status for m in store.list_msts("a")] == [MSTStatus.COMPLETED]
         assert [m.status for m in store.list_msts("b")] == [MSTStatus.PENDING]
+
+
+def test_an_mst_added_in_a_rolled_back_batch_is_not_taken_as_known(store_url: str) -> None:
+    """The store remembers which MSTs exist (a driver adds events for them at every
+    decision); one added in a transaction that rolls back must be forgotten, or an event
+    for it would get past the check and fail on the foreign key, worded as something else."""
+    from modelhopper._vocabulary import MSTStatus
+    from modelhopper.errors import StoreError
+    from modelhopper.store import EventKind, MSTRecord
+
+    with SQLStore(store_url) as store:
+        store.create_experiment(_experiment("a"))
+        store.add_msts("a", [MSTRecord(0, {"lr": 1}, 0, MSTStatus.PENDING)])
+        with pytest.raises(RuntimeError, match="undo"), store.batch():
+            store.add_msts("a", [MSTRecord(1, {"lr": 2}, 0, MSTStatus.PENDING)])
+            store.add_events("a", [(EventKind.MST_STOPPED, 1, {})])
+            raise RuntimeError("undo")
+        with pytest.raises(StoreError, match=r"no MST with mst_id=1 \(its 1 MSTs have ids 0"):
+            store.add_events("a", [(EventKind.MST_STOPPED, 1, {})])
+        store.add_events("a", [(EventKind.MST_STOPPED, 0, {})])
+        assert [(e.kind, e.mst_id) for e in store.list_events("a")] == [
+            (EventKind.MST_STOPPED, 0)
+        ]

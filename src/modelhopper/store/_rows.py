@@ -55,8 +55,15 @@ def _enum(enum: type[E], value: Any, what: str) -> E:
         raise StoreError(f"{what} must be a {enum.__name__} ({choices}), got {value!r}") from None
 
 
+# Values a column takes as they are: checked first, by exact type (a step row has ~10
+# fields, and ``isinstance(value, os.PathLike)`` is an ABC check).
+_PLAIN = frozenset({int, float, str, bool, type(None), datetime, dict, list})
+
+
 def _text(value: Any) -> Any:
     """Enums by value and paths as strings: what the columns hold."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, os.PathLike):

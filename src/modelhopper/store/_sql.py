@@ -127,6 +127,30 @@ def _known_mst_ids(session: Session, experiment_id: int, ids: Sequence[int]) -> 
     }
 
 
+def _update_msts(keys: tuple[str, ...]) -> Any:
+    """An executemany UPDATE of the MST fields ``keys`` (and ``updated_at``), each row's
+    values bound by name: ``m_experiment``, ``m_id``, ``m_now`` and ``v_<field>``."""
+    return (
+        update(MSTRow)
+        .where(
+            MSTRow.experiment_id == bindparam("m_experiment"),
+            MSTRow.mst_id == bindparam("m_id"),
+        )
+        .values(updated_at=bindparam("m_now"), **{key: bindparam(f"v_{key}") for key in keys})
+    )
+
+
+def _upsert_epochs(dialect: str, columns: tuple[str, ...]) -> Any:
+    """An insert of epoch rows that replaces one already recorded (SQLite, PostgreSQL)."""
+    upsert: Callable[..., Any] = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = upsert(EpochRow)
+    key = ("experiment_id", "mst_id", "epoch")
+    return statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={column: statement.excluded[column] for column in columns if column not in key},
+    )
+
+
 def _event_row(
     experiment_id: int, now: datetime, kind: EventKind, mst_id: int | None, detail: Any
 ) -> dict[str, Any]:
@@ -168,6 +192,12 @@ class SQLStore(BaseStore):
         # (experiments are neither renamed nor deleted), and the hot paths ask per visit.
         # Cleared when a transaction fails: an id read inside it may have rolled back.
         self._ids: dict[str, int] = {}
+        # Experiment row id -> MST ids known to exist (MSTs are never deleted): a driver
+        # adds events for the same MSTs at every decision. Cleared with ``_ids``.
+        self._mst_ids: dict[int, set[int]] = {}
+        # The per-visit writes' statements, built once per shape: building one (its
+        # ``excluded`` columns, its cache key) cost more than executing it.
+        self._statements: dict[tuple[str, ...], Any] = {}
         self._open()
 
     def __repr__(self) -> str:
@@ -274,6 +304,7 @@ class SQLStore(BaseStore):
                     yield session
             except BaseException:  # rolled back, or its commit failed
                 self._ids.clear()
+                self._mst_ids.clear()
                 raise
         except IntegrityError as e:
             rule = conflict or "it breaks a uniqueness or reference rule of the store"
@@ -410,13 +441,10 @@ class SQLStore(BaseStore):
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for mst_id, fields in latest.items():
             values = {f"v_{key}": _text(value) for key, value in fields.items()}
-            groups.setdefault(tuple(sorted(fields)), []).append({"m_id": mst_id, **values})
+            row = {"m_experiment": experiment_id, "m_id": mst_id, "m_now": now, **values}
+            groups.setdefault(tuple(sorted(fields)), []).append(row)
         for keys, rows in groups.items():
-            statement = (
-                update(MSTRow)
-                .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == bindparam("m_id"))
-                .values(updated_at=now, **{key: bindparam(f"v_{key}") for key in keys})
-            )
+            statement = self._statement(("update_msts", *keys), _update_msts, keys)
             changed = session.connection().execute(statement, rows).rowcount  # type: ignore[attr-defined]
             if changed != len(rows):  # an unknown MST: find it, and raise naming the ids
                 experiment = self._experiment(session, name)
@@ -501,6 +529,7 @@ class SQLStore(BaseStore):
                 )
             now = utcnow()
             session.add_all(_mst_row(experiment.id, m, now) for m in msts)
+            self._mst_ids.setdefault(experiment.id, set()).update(m.mst_id for m in msts)
 
     def update_mst(self, name: str, mst_id: int, **fields: Any) -> None:
         _check_mst_fields(fields, "update_mst")
@@ -563,16 +592,19 @@ class SQLStore(BaseStore):
             for value in values:  # other dialects: select-then-write, enough for one driver
                 session.merge(EpochRow(**value))
             return
-        upsert: Callable[..., Any] = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = upsert(EpochRow)
-        key = ("experiment_id", "mst_id", "epoch")
-        statement = statement.on_conflict_do_update(
-            index_elements=list(key),
-            set_={column: statement.excluded[column] for column in values[0] if column not in key},
+        columns = tuple(values[0])
+        statement = self._statement(
+            ("upsert_epochs", dialect, *columns), _upsert_epochs, dialect, columns
         )
         # executemany: the statement compiles once and is cached (a multi-row VALUES would
         # compile anew for every count of rows)
         session.connection().execute(statement, values)
+
+    def _statement(self, shape: tuple[str, ...], build: Callable[..., Any], *args: Any) -> Any:
+        """``build(*args)``, built once per ``shape`` for this store."""
+        if (statement := self._statements.get(shape)) is None:
+            statement = self._statements[shape] = build(*args)
+        return statement
 
     def list_steps(self, name: str, mst_id: int | None = None) -> list[StepRecord]:
         with self._transaction(f"listing the steps of experiment {name!r}") as session:
@@ -630,8 +662,11 @@ class SQLStore(BaseStore):
         what = f"adding {len(events)} event(s) to experiment {name!r}"
         with self._transaction(what, write=True, driver=True) as session:
             experiment_id = self._experiment_id(session, name)
-            wanted = sorted({mst_id for _, mst_id, _ in events if mst_id is not None})
-            if missing := set(wanted) - _known_mst_ids(session, experiment_id, wanted):
+            known = self._mst_ids.setdefault(experiment_id, set())
+            unknown = sorted({i for _, i, _ in events if i is not None and i not in known})
+            found = _known_mst_ids(session, experiment_id, unknown) if unknown else set()
+            known |= found
+            if missing := set(unknown) - found:
                 # the one-event path words the error (which ids the run has)
                 self._mst(session, self._experiment(session, name), min(missing))
             now = utcnow()
