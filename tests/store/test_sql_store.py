@@ -340,6 +340,4 @@ def test_an_mst_added_in_a_rolled_back_batch_is_not_taken_as_known(store_url: st
         with pytest.raises(StoreError, match=r"no MST with mst_id=1 \(its 1 MSTs have ids 0"):
             store.add_events("a", [(EventKind.MST_STOPPED, 1, {})])
         store.add_events("a", [(EventKind.MST_STOPPED, 0, {})])
-        assert [(e.kind, e.mst_id) for e in store.list_events("a")] == [
-            (EventKind.MST_STOPPED, 0)
-        ]
+        assert [(e.kind, e.mst_id) for e in store.list_events("a")] == [(EventKind.MST_STOPPED, 0)]
