@@ -423,3 +423,38 @@ def test_a_hyperband_pickled_before_bracket_weights_existed_reports_its_proporti
     hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_weights="equal_epochs")
     del hb.bracket_weights  # as unpickled from a run started before the option
     assert hb.settings()["bracket_weights"] == "equal_epochs"
+
+
+class _Results:
+    """A trainer as far as ``_Reports`` reads one: its MSTs and its results list."""
+
+    def __init__(self, results: list[EpochResult]) -> None:
+        self.list = results
+
+    def results(self) -> list[EpochResult]:
+        return list(self.list)  # a copy, as the driver returns, of the same objects
+
+
+def _full_read(results: list[EpochResult]) -> dict[int, dict[int, dict[str, float]]]:
+    out: dict[int, dict[int, dict[str, float]]] = defaultdict(dict)
+    for r in results:
+        out[r.mst_id][r.epoch] = dict(r.metrics)
+    return dict(out)
+
+
+def test_reports_read_only_new_results_and_read_all_again_when_the_list_is_another():
+    from modelhopper.procedures._hyperband import _Reports
+
+    first = [EpochResult(0, 0, {"v": 1.0}), EpochResult(1, 0, {"v": 2.0})]
+    trainer = _Results(list(first))
+    reports = _Reports()
+    assert reports.of(trainer, []) == _full_read(first)  # type: ignore[arg-type]
+    trainer.list += [EpochResult(0, 1, {"v": 3.0}), EpochResult(0, 1, {"v": 4.0})]  # re-evaluated
+    assert reports.of(trainer, []) == _full_read(trainer.list)  # type: ignore[arg-type]
+    assert reports.of(trainer, [])[0] == {0: {"v": 1.0}, 1: {"v": 4.0}}  # type: ignore[arg-type]
+    # another trainer (a resumed run): equal results, other objects, one fewer epoch
+    other = _Results([EpochResult(r.mst_id, r.epoch, dict(r.metrics)) for r in first])
+    assert reports.of(other, []) == _full_read(first)  # type: ignore[arg-type]
+    # results taken back: the last-read one moved
+    other.list = [other.list[1], EpochResult(2, 0, {"v": 5.0})]
+    assert reports.of(other, []) == _full_read(other.list)  # type: ignore[arg-type]

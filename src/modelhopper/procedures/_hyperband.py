@@ -65,6 +65,30 @@ class _Asked(dict[int, Any]):
         return answer
 
 
+class _Reports:
+    """Metrics by MST id and epoch of a trainer's results, read incrementally: each read
+    takes only the results evaluated since the last one (a decision used to rebuild it
+    from every result of the run, which grew with the run). The whole list is read again
+    when it is not the one read before (another trainer, a resumed run, results taken
+    back): its last-read result must be the same object at the same place."""
+
+    def __init__(self) -> None:
+        self._read = 0
+        self._last: EpochResult | None = None
+        self._metrics: dict[int, dict[int, Mapping[str, float]]] = {}
+
+    def of(self, trainer: Trainer, msts: list[MST]) -> dict[int, dict[int, Mapping[str, float]]]:
+        results = trainer.results()
+        if not self._read or len(results) < self._read or results[self._read - 1] is not self._last:
+            self._read, self._metrics = 0, {}
+        for r in results[self._read :]:
+            self._metrics.setdefault(r.mst_id, {})[r.epoch] = r.metrics  # a re-evaluation replaces
+        self._read, self._last = len(results), results[-1] if results else None
+        for m in msts:
+            self._metrics.setdefault(m.id, {})
+        return self._metrics
+
+
 @dataclass
 class _View:
     """One read of the trainer: MSTs in id order with their metrics by epoch, budget, status."""
@@ -75,11 +99,10 @@ class _View:
     status: Mapping[int, MSTStatus]
 
     @classmethod
-    def of(cls, trainer: Trainer) -> _View:
+    def of(cls, trainer: Trainer, reports: _Reports | None = None) -> _View:
+        """The trainer now; ``reports``: the procedure's incremental read of its results."""
         msts = trainer.msts()
-        metrics: dict[int, dict[int, Mapping[str, float]]] = {m.id: {} for m in msts}
-        for r in trainer.results():
-            metrics.setdefault(r.mst_id, {})[r.epoch] = r.metrics  # a re-evaluation replaces
+        metrics = (reports or _Reports()).of(trainer, msts)
         # Asked per MST when read: a decision reads the budgets of the few MSTs still
         # running, not of the thousands a long run has stopped.
         return cls(msts, metrics, _Asked(trainer.budget), _Asked(trainer.status))
@@ -169,6 +192,10 @@ class _Halving(BaseProcedure):
         self.rungs = rungs(self.min_epochs, self.max_epochs, self.reduction_factor)
         self._points: list[dict[str, Any]] = []
         self._rng: np.random.Generator | None = None
+        self._reports = _Reports()
+
+    def _view(self, trainer: Trainer) -> _View:
+        return _View.of(trainer, self._reports)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -240,13 +267,13 @@ class _AsyncHalving(_Halving):
 
     def on_start(self, trainer: Trainer) -> None:
         if not trainer.msts():  # a resumed run has its MSTs; on_idle feeds its workers
-            self._feed(trainer, trainer.n_workers, _View.of(trainer))
+            self._feed(trainer, trainer.n_workers, self._view(trainer))
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
         if result.epoch + 1 < trainer.budget(result.mst_id):
             return Decision.CONTINUE  # it keeps its worker; idle ones get on_idle
         # the reporting MST paused at a rung and frees its worker: give that worker a job
-        view = _View.of(trainer)
+        view = self._view(trainer)
         if self.mode == "stopping" and self._goes_on(
             trainer, view, result.mst_id, result.epoch + 1
         ):
@@ -271,7 +298,7 @@ class _AsyncHalving(_Halving):
         return True
 
     def on_idle(self, trainer: Trainer, n_idle: int) -> None:
-        self._feed(trainer, n_idle, _View.of(trainer))
+        self._feed(trainer, n_idle, self._view(trainer))
 
     def _feed(self, trainer: Trainer, n_jobs: int, view: _View) -> None:
         """Li et al.'s get_job, ``n_jobs`` times: a promotion if any, else a new MST."""
@@ -481,7 +508,7 @@ class SuccessiveHalving(_Halving):
         self._promote(trainer)
 
     def _promote(self, trainer: Trainer) -> None:
-        view = _View.of(trainer)
+        view = self._view(trainer)
         for k, epochs in enumerate(self.rungs[:-1]):
             entered = [m.id for m in view.msts if view.budget[m.id] >= epochs]
             if any(view.budget[m] > epochs for m in entered):
