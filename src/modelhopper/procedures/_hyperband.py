@@ -288,8 +288,8 @@ class _AsyncHalving(_Halving):
         bracket = self.brackets[self._bracket_of(index)]
         if epochs not in bracket[:-1] or view.status[mst_id].ended:
             return False
-        members = [m.id for i, m in enumerate(view.msts)
-                   if self.brackets[self._bracket_of(i)] == bracket]  # fmt: skip
+        same = {b for b, other in enumerate(self.brackets) if other == bracket}
+        members = [m.id for i, m in enumerate(view.msts) if self._bracket_of(i) in same]
         ranked = view.ranked(members, epochs, self.rank)
         top = ranked[: -(-len(ranked) // self.reduction_factor)]
         if mst_id not in top or not self.feasible(view.metrics[mst_id][epochs - 1]):

@@ -126,18 +126,17 @@ def _to_record(cls: type[R], row: Any, **converted: Any) -> R:
     return cls(**{name: getattr(row, name) for name in names}, **converted)
 
 
-def _mst_row(experiment_id: int, record: MSTRecord, now: datetime) -> MSTRow:
+def _mst_values(experiment_id: int, record: MSTRecord, now: datetime) -> dict[str, Any]:
+    """An MST's columns for a Core insert, checked (its status, a seed that fits)."""
     created = record.created_at or now
     _enum(MSTStatus, record.status, f"status of MST {record.mst_id}")
     seed = _int64(f"seed of MST {record.mst_id}", record.seed)
-    return MSTRow(
-        **_columns(
-            record,
-            experiment_id=experiment_id,
-            seed=seed,
-            created_at=created,
-            updated_at=record.updated_at or created,
-        )
+    return _columns(
+        record,
+        experiment_id=experiment_id,
+        seed=seed,
+        created_at=created,
+        updated_at=record.updated_at or created,
     )
 
 

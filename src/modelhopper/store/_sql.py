@@ -67,7 +67,7 @@ from modelhopper.store._rows import (
     _finished,
     _int64,
     _mst_record,
-    _mst_row,
+    _mst_values,
     _newest_first,
     _reason,
     _step_record,
@@ -518,18 +518,22 @@ class SQLStore(BaseStore):
             )
         what = f"adding {len(msts)} MSTs to experiment {name!r}"
         with self._transaction(what, write=True, driver=True) as session:
-            experiment = self._experiment(session, name)
-            clash = sorted(_known_mst_ids(session, experiment.id, [m.mst_id for m in msts]))
+            experiment_id = self._experiment_id(session, name)
+            known = self._mst_ids.setdefault(experiment_id, set())
+            ids = [m.mst_id for m in msts]
+            clash = sorted(known.intersection(ids) or _known_mst_ids(session, experiment_id, ids))
             if clash:
-                mine = MSTRow.experiment_id == experiment.id
+                mine = MSTRow.experiment_id == experiment_id
                 last = session.scalar(select(func.max(MSTRow.mst_id)).where(mine)) or 0
                 raise StoreError(
                     f"experiment {name!r} already has MSTs with mst_id {clash}; an MST is "
                     f"added once: give new MSTs new ids (the next free one is {last + 1})"
                 )
             now = utcnow()
-            session.add_all(_mst_row(experiment.id, m, now) for m in msts)
-            self._mst_ids.setdefault(experiment.id, set()).update(m.mst_id for m in msts)
+            # Core, not the ORM's unit of work: the driver adds MSTs one at a time
+            rows = [_mst_values(experiment_id, m, now) for m in msts]
+            session.connection().execute(insert(_table(MSTRow)), rows)
+            known.update(ids)
 
     def update_mst(self, name: str, mst_id: int, **fields: Any) -> None:
         _check_mst_fields(fields, "update_mst")
