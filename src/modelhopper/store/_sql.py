@@ -412,16 +412,12 @@ class SQLStore(BaseStore):
         now: datetime,
     ) -> None:
         """Set an MST's fields (and ``updated_at``) with one UPDATE; the MST must exist."""
-        values = {key: _text(value) for key, value in fields.items()} | {"updated_at": now}
-        changed = (
-            session.connection()
-            .execute(  # Core: no ORM synchronisation to pay
-                update(MSTRow)
-                .where(MSTRow.experiment_id == experiment_id, MSTRow.mst_id == mst_id)
-                .values(**values)
-            )
-            .rowcount
-        )  # type: ignore[attr-defined]
+        keys = tuple(sorted(fields))
+        row = {"m_experiment": experiment_id, "m_id": mst_id, "m_now": now,
+               **{f"v_{key}": _text(value) for key, value in fields.items()}}  # fmt: skip
+        statement = self._statement(("update_msts", *keys), _update_msts, keys)
+        # Core: no ORM synchronisation to pay
+        changed = session.connection().execute(statement, row).rowcount  # type: ignore[attr-defined]
         if not changed:
             self._mst(session, self._experiment(session, name), mst_id)  # raises, naming the ids
 
