@@ -278,6 +278,20 @@ def improvements(heard: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return kept
 
 
+def kept_for(heard: list[tuple[float, float]], moments: list[float]) -> list[tuple[float, float]]:
+    """Of a run's improvements, those a table at ``moments`` reads: the last one by each
+    moment, and the best of all (the regret's zero is the best any run heard)."""
+    last_by = [max((i for i, (t, _) in enumerate(heard) if t <= m), default=None) for m in moments]
+    keep = {i for i in last_by if i is not None} | ({len(heard) - 1} if heard else set())
+    return [heard[i] for i in sorted(keep)]
+
+
+def moments(run: dict[str, Any], scales: dict[int, dict[str, float]], budgets: list[float]
+            ) -> list[float]:  # fmt: skip
+    """The simulated times at which ``run`` has spent each of ``budgets`` (in FTE)."""
+    return [b * scales[run["task"]]["fte_seconds"] / run["workers"] for b in budgets]
+
+
 def incumbent_at(heard: list[tuple[float, float]], moment: float) -> float:
     """The best accuracy heard by ``moment`` (-inf before the first)."""
     best = -math.inf
@@ -364,7 +378,7 @@ def verdict_cells(mine: dict[str, float], theirs: dict[str, float]) -> str:
 
 def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{stem}.json").write_text(json.dumps(payload, separators=(",", ":")))
     table = payload["table"]
     lines = [
         "# Anytime performance on the LCBench surrogate",
@@ -574,7 +588,9 @@ def summary(
             for m in methods
             if m.startswith("mh ")
         },
-        "runs": runs,
+        # each run's improvements at the moments the tables read: enough to merge this
+        # file with another of the same budget, exactly
+        "runs": [{**r, "heard": kept_for(r["heard"], moments(r, scales, grid))} for r in runs],
     }
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from _anytime_peers import Job, simulate  # noqa: E402
-from anytime import improvements, incumbent_at, main, regret  # noqa: E402
+from anytime import improvements, incumbent_at, kept_for, main, regret  # noqa: E402
 from anytime_mo import hypervolume  # noqa: E402
 
 from modelhopper.testing import (  # noqa: E402
@@ -103,6 +103,15 @@ def test_only_a_rise_of_the_best_accuracy_is_kept_and_the_incumbent_is_unchanged
     assert kept == [(1.0, 0.6), (4.0, 0.7)]
     for moment in (0.5, 1.0, 2.5, 4.0, 9.0):
         assert incumbent_at(kept, moment) == incumbent_at(sorted(heard), moment)
+
+
+def test_a_results_file_keeps_the_incumbent_at_each_moment_and_the_best():
+    heard = [(1.0, 0.1), (2.0, 0.2), (3.0, 0.3), (4.0, 0.4), (9.0, 0.9)]
+    kept = kept_for(heard, [0.5, 2.5, 3.0, 5.0])
+    assert kept == [(2.0, 0.2), (3.0, 0.3), (4.0, 0.4), (9.0, 0.9)]
+    for moment in (0.5, 2.5, 3.0, 5.0):
+        assert incumbent_at(kept, moment) == incumbent_at(heard, moment)
+    assert kept_for([], [1.0]) == []
 
 
 def _anytime(tmp_path: Path, tag: str, *args: str) -> dict:
