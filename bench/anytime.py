@@ -286,10 +286,15 @@ def kept_for(heard: list[tuple[float, float]], moments: list[float]) -> list[tup
     return [heard[i] for i in sorted(keep)]
 
 
+def spent_at(scale: dict[str, float], budget: float, n_workers: int) -> float:
+    """The simulated time at which ``n_workers`` have spent ``budget`` FTE of a task."""
+    return budget * scale["fte_seconds"] / n_workers
+
+
 def moments(run: dict[str, Any], scales: dict[int, dict[str, float]], budgets: list[float]
             ) -> list[float]:  # fmt: skip
-    """The simulated times at which ``run`` has spent each of ``budgets`` (in FTE)."""
-    return [b * scales[run["task"]]["fte_seconds"] / run["workers"] for b in budgets]
+    """The simulated times at which ``run`` has spent each of ``budgets``."""
+    return [spent_at(scales[run["task"]], b, run["workers"]) for b in budgets]
 
 
 def incumbent_at(heard: list[tuple[float, float]], moment: float) -> float:
@@ -327,7 +332,7 @@ def summarise(
                     values = []
                     for r in (r for r in mine if r["seed"] == seed):
                         s = scales[r["task"]]
-                        moment = budget * s["fte_seconds"] / n_workers
+                        moment = spent_at(s, budget, n_workers)
                         inc = incumbent_at(r["heard"], moment)
                         values.append(regret(inc, best[r["task"]], s["worst"]))
                     per_seed.append(statistics.fmean(values))
@@ -508,7 +513,7 @@ def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
     scales = {task: task_scale(task) for task in args.tasks}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [
-        (method, task, seed, n_workers, args.max_budget * scales[task]["fte_seconds"] / n_workers,
+        (method, task, seed, n_workers, spent_at(scales[task], args.max_budget, n_workers),
          args.max_budget)
         for n_workers in args.workers for task in args.tasks for seed in seeds
         for method in methods
