@@ -18,6 +18,7 @@ from modelhopper._pareto import (
     dominates,
     non_dominated_fronts,
     pareto_ranked,
+    ranks_within,
 )
 from modelhopper._ranking import ranked, score
 from modelhopper.procedures._hyperband import ASHA, SuccessiveHalving
@@ -104,6 +105,32 @@ def test_one_objective_ranks_as_fronts_and_crowding_would():
                 crowding = crowding_distances(points, front)
                 general += sorted(front, key=lambda i: (-crowding[i], i))
             assert [i for i, _ in got] == general
+
+
+def test_ranks_within_answers_as_the_top_k_of_the_full_ranking():
+    """ASHA's stopping rule asks whether one report is in the top k; the count it uses
+    for one objective must agree with pareto_ranked, ties, missing values, several
+    objectives and constraints included."""
+    rng = random.Random(7)
+    under = [Constraint.parse("size <= 0.6")]
+    for trial in range(80):
+        n = rng.randint(1, 30)
+        items = [(i, {"m": rng.choice([None, math.nan, 0.5, rng.random()]),
+                      "size": rng.random()}) for i in range(n)]  # fmt: skip
+        rng.shuffle(items)
+        for objectives, constraints in (({"m": "maximize"}, []), ({"m": "minimize"}, []),
+                                        ({"m": "maximize"}, under), (TWO_M, [])):  # fmt: skip
+            full = pareto_ranked(items, lambda i: i[1], lambda i: i[0], objectives, constraints)
+            for k in sorted({0, 1, n // 3, -(-n // 3), n}):
+                top = {i for i, _ in full[:k]}
+                for item in items:
+                    got = ranks_within(
+                        items, item, k, lambda i: i[1], lambda i: i[0], objectives, constraints
+                    )
+                    assert got == (item[0] in top), (trial, objectives, k, item)
+
+
+TWO_M = {"m": "maximize", "size": "minimize"}
 
 
 @pytest.mark.parametrize(

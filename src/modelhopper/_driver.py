@@ -163,6 +163,7 @@ class Driver:
         self._pool_steps: deque[PoolStep] = deque()
         self._peak_workers = n_workers
         self._msts: dict[int, _Tracked] = {}
+        self._in_order: list[MST] = []  # msts(), kept: a procedure reads it per decision
         self._warm_from: dict[int, int] = {}  # MST -> parent whose weights it starts from
         self._evaluated: list[EpochResult] = []  # every epoch result, in evaluation order
         self._states: dict[int, State] = {}  # bytes, or a reference the executor holds
@@ -215,6 +216,7 @@ class Driver:
             parent=parent, warm_start=warm_start, priority=priority, n_epochs=epochs,
         )])  # fmt: skip
         self._msts[mst.id] = _Tracked(mst, MSTStatus.PENDING)
+        self._in_order.append(mst)  # ids only grow (_next_mst_id)
         self._recorder.track(mst.id)
         if warm_start:
             self._warm_from[mst.id] = parent  # type: ignore[assignment]
@@ -248,7 +250,7 @@ class Driver:
         self._store.add_event(self._name, EventKind.MST_STOPPED, mst_id=mst_id)
 
     def msts(self) -> list[MST]:
-        return [self._msts[i].mst for i in sorted(self._msts)]
+        return list(self._in_order)
 
     def status(self, mst_id: int) -> MSTStatus:
         return self._tracked(mst_id).status
@@ -413,6 +415,7 @@ class Driver:
             if self._msts[mst.id].status.ended:
                 self._scheduler.stop(mst.id)
             self._reload(record, done, epochs_by_mst.get(mst.id, []))
+        self._in_order = [self._msts[i].mst for i in sorted(self._msts)]
 
     def _reload(
         self, record: MSTRecord, steps: list[StepRecord], epochs: list[EpochRecord]
@@ -560,7 +563,7 @@ class Driver:
         return 0
 
     def _next_mst_id(self) -> int:
-        return max(self._msts, default=-1) + 1
+        return self._in_order[-1].id + 1 if self._in_order else 0
 
     def _idle_workers(self) -> list[int]:
         # The scheduler's until settled (a group's: every member).

@@ -39,6 +39,7 @@ __all__ = [
     "non_dominated_fronts",
     "pareto_front",
     "pareto_ranked",
+    "ranks_within",
 ]
 
 T = TypeVar("T")
@@ -201,6 +202,31 @@ def pareto_ranked(
         crowding = crowding_distances(points, members)
         order += sorted(members, key=lambda i: (-crowding[i], i))
     return [pool[i] for i in order + infeasible]
+
+
+def ranks_within(
+    items: Sequence[T],
+    target: T,
+    k: int,
+    metrics: Callable[[T], Mapping[str, Any]],
+    ident: Callable[[T], Any],
+    objectives: Mapping[str, Direction | str | bool | None],
+    constraints: Sequence[Constraint] = (),
+) -> bool:
+    """Whether ``target`` (one of ``items``) is among the first ``k`` of
+    ``pareto_ranked(items, ...)``. One objective and no constraint: a count of the items
+    ranked ahead of it, O(n) (ASHA's stopping rule asks this at every rung report)."""
+    if len(objectives) == 1 and not constraints:
+        ((name, direction),) = objectives.items()
+        of = scorer(direction)
+        mine, me = of(metrics(target).get(name)), ident(target)
+        ahead = 0
+        for item in items:  # ahead: a better score, or the same one and a lower id
+            value = of(metrics(item).get(name))
+            ahead += value > mine or (value == mine and ident(item) < me)
+        return ahead < k
+    return ident(target) in {ident(i) for i in pareto_ranked(
+        items, metrics, ident, objectives, constraints)[:k]}  # fmt: skip
 
 
 def pareto_front(

@@ -6,7 +6,7 @@ from collections import defaultdict
 import pytest
 
 from modelhopper.errors import ConfigError
-from modelhopper.procedures._base import Decision, EpochResult
+from modelhopper.procedures._base import MST, Decision, EpochResult
 from modelhopper.procedures._hyperband import ASHA, Hyperband, SuccessiveHalving, rungs
 from modelhopper.space import choice, loguniform, uniform
 from modelhopper.testing import FakeTrainer
@@ -458,3 +458,37 @@ def test_reports_read_only_new_results_and_read_all_again_when_the_list_is_anoth
     # results taken back: the last-read one moved
     other.list = [other.list[1], EpochResult(2, 0, {"v": 5.0})]
     assert reports.of(other, []) == _full_read(other.list)  # type: ignore[arg-type]
+
+
+def test_reports_keep_each_epochs_reports_and_each_msts_place_through_rereads():
+    from modelhopper.procedures._hyperband import _Reports
+
+    msts = [MST(i, {}, i) for i in (0, 1, 2)]
+    trainer = _Results([EpochResult(0, 0, {"v": 1.0}), EpochResult(2, 0, {"v": 2.0})])
+    reports = _Reports()
+    reports.of(trainer, msts[:2])  # type: ignore[arg-type]
+    assert [reports.place(i) for i in (0, 1)] == [0, 1]
+    trainer.list += [EpochResult(2, 0, {"v": 5.0}), EpochResult(0, 1, {"v": 3.0})]
+    metrics = reports.of(trainer, msts)  # type: ignore[arg-type]
+    assert reports.place(2) == 2 and set(metrics) == {0, 1, 2} and metrics[1] == {}
+    assert reports.at(0) == {0: {"v": 1.0}, 2: {"v": 5.0}}  # the re-evaluation replaced
+    assert reports.at(1) == {0: {"v": 3.0}} and reports.at(7) == {}
+    # another run's MSTs (ids 5, 9): placed afresh, not appended to the old places
+    other = _Results([EpochResult(9, 0, {"v": 4.0})])
+    assert set(reports.of(other, [MST(5, {}, 5), MST(9, {}, 9)])) == {5, 9}  # type: ignore[arg-type]
+    assert (reports.place(5), reports.place(9)) == (0, 1)
+    assert reports.at(0) == {9: {"v": 4.0}}
+
+
+def test_in_top_asks_a_subclass_own_rank():
+    """The one-objective count stands in for ``rank`` only where ``rank`` is the base's."""
+
+    class Reversed(ASHA):
+        def rank(self, reports):
+            return [m for m in reversed(super().rank(reports))]
+
+    reports = [(0, {"val_loss": 0.1}), (1, {"val_loss": 0.5}), (2, {"val_loss": 0.9})]
+    plain = ASHA(_make, SPACE, max_epochs=9, n_msts=3, metric="val_loss", direction="minimize")
+    turned = Reversed(_make, SPACE, max_epochs=9, n_msts=3, metric="val_loss", direction="minimize")
+    assert [plain.in_top(reports, m, 1) for m in (0, 1, 2)] == [True, False, False]
+    assert [turned.in_top(reports, m, 1) for m in (0, 1, 2)] == [False, False, True]

@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from modelhopper._checks import check_int
-from modelhopper._pareto import Constraint, Objectives, check_objectives, pareto_ranked
+from modelhopper._pareto import (
+    Constraint,
+    Objectives,
+    check_objectives,
+    pareto_ranked,
+    ranks_within,
+)
 from modelhopper._ranking import DEFAULT_DIRECTION, score
 from modelhopper._vocabulary import MST, Decision, Direction, EpochResult, Trainer
 from modelhopper.errors import ConfigError, SpaceError
@@ -190,6 +196,18 @@ class BaseProcedure:
             reports, lambda r: r[1], lambda r: r[0], self.objectives, self.constraints
         )
         return [mst_id for mst_id, _ in order]
+
+    def in_top(
+        self, reports: Sequence[tuple[int, Mapping[str, float]]], mst_id: int, k: int
+    ) -> bool:
+        """Whether ``mst_id`` (one of ``reports``) is among the first ``k`` of
+        ``rank(reports)``, without ranking them all when one objective decides."""
+        if type(self).rank is not BaseProcedure.rank:  # a subclass's own order decides
+            return mst_id in self.rank(reports)[:k]
+        target = next(r for r in reports if r[0] == mst_id)
+        return ranks_within(
+            reports, target, k, lambda r: r[1], lambda r: r[0], self.objectives, self.constraints
+        )
 
     def feasible(self, metrics: Mapping[str, float]) -> bool:
         """Whether these metrics meet every constraint (an infeasible MST is never

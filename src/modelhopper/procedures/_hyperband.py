@@ -70,23 +70,45 @@ class _Reports:
     takes only the results evaluated since the last one (a decision used to rebuild it
     from every result of the run, which grew with the run). The whole list is read again
     when it is not the one read before (another trainer, a resumed run, results taken
-    back): its last-read result must be the same object at the same place."""
+    back): its last-read result must be the same object at the same place. It also keeps
+    the reports by epoch and each MST's place in ``trainer.msts()``, so that a rung's
+    decision reads that rung's reports, not every MST of the run."""
 
     def __init__(self) -> None:
         self._read = 0
         self._last: EpochResult | None = None
         self._metrics: dict[int, dict[int, Mapping[str, float]]] = {}
+        self._by_epoch: dict[int, dict[int, Mapping[str, float]]] = {}
+        self._places: dict[int, int] = {}
 
     def of(self, trainer: Trainer, msts: list[MST]) -> dict[int, dict[int, Mapping[str, float]]]:
         results = trainer.results()
         if not self._read or len(results) < self._read or results[self._read - 1] is not self._last:
-            self._read, self._metrics = 0, {}
+            self._read, self._metrics, self._by_epoch, self._places = 0, {}, {}, {}
         for r in results[self._read :]:
             self._metrics.setdefault(r.mst_id, {})[r.epoch] = r.metrics  # a re-evaluation replaces
+            self._by_epoch.setdefault(r.epoch, {})[r.mst_id] = r.metrics
         self._read, self._last = len(results), results[-1] if results else None
-        for m in msts:
-            self._metrics.setdefault(m.id, {})
+        self._place(msts)
         return self._metrics
+
+    def _place(self, msts: list[MST]) -> None:
+        """Index ``msts`` (id order, new ones last) and give each its metrics entry: only
+        the new ones, or all again if it is not the list indexed before, grown at its end."""
+        known = len(self._places)
+        if known > len(msts) or (known and self._places.get(msts[known - 1].id) != known - 1):
+            self._places, known = {}, 0
+        for place in range(known, len(msts)):
+            self._places[msts[place].id] = place
+            self._metrics.setdefault(msts[place].id, {})
+
+    def place(self, mst_id: int) -> int:
+        """The MST's position in ``trainer.msts()`` as last read."""
+        return self._places[mst_id]
+
+    def at(self, epoch: int) -> dict[int, Mapping[str, float]]:
+        """Metrics by MST id of the MSTs that reported epoch ``epoch`` (0-based)."""
+        return self._by_epoch.get(epoch, {})
 
 
 @dataclass
@@ -97,15 +119,17 @@ class _View:
     metrics: dict[int, dict[int, Mapping[str, float]]]
     budget: Mapping[int, int]
     status: Mapping[int, MSTStatus]
+    read: _Reports  # the incremental read behind it: reports by epoch, places
 
     @classmethod
     def of(cls, trainer: Trainer, reports: _Reports | None = None) -> _View:
         """The trainer now; ``reports``: the procedure's incremental read of its results."""
         msts = trainer.msts()
-        metrics = (reports or _Reports()).of(trainer, msts)
+        reports = reports or _Reports()
+        metrics = reports.of(trainer, msts)
         # Asked per MST when read: a decision reads the budgets of the few MSTs still
         # running, not of the thousands a long run has stopped.
-        return cls(msts, metrics, _Asked(trainer.budget), _Asked(trainer.status))
+        return cls(msts, metrics, _Asked(trainer.budget), _Asked(trainer.status), reports)
 
     def done(self, mst_id: int) -> int:
         """Epochs evaluated (its latest evaluated epoch + 1)."""
@@ -284,15 +308,19 @@ class _AsyncHalving(_Halving):
     def _goes_on(self, trainer: Trainer, view: _View, mst_id: int, epochs: int) -> bool:
         """Stopping mode, at a rung: extend the MST to the next rung if it ranks in the
         top ceil(n_k / reduction_factor) of the rung's reports so far (and is feasible)."""
-        index = next(i for i, m in enumerate(view.msts) if m.id == mst_id)
-        bracket = self.brackets[self._bracket_of(index)]
+        bracket = self.brackets[self._bracket_of(view.read.place(mst_id))]
         if epochs not in bracket[:-1] or view.status[mst_id].ended:
             return False
         same = {b for b, other in enumerate(self.brackets) if other == bracket}
-        members = [m.id for i, m in enumerate(view.msts) if self._bracket_of(i) in same]
-        ranked = view.ranked(members, epochs, self.rank)
-        top = ranked[: -(-len(ranked) // self.reduction_factor)]
-        if mst_id not in top or not self.feasible(view.metrics[mst_id][epochs - 1]):
+        reported = [
+            (m, metrics)
+            for m, metrics in view.read.at(epochs - 1).items()
+            if self._bracket_of(view.read.place(m)) in same
+        ]
+        top = -(-len(reported) // self.reduction_factor)
+        if not self.in_top(reported, mst_id, top) or not self.feasible(
+            view.metrics[mst_id][epochs - 1]
+        ):
             return False
         trainer.extend(mst_id, bracket[bracket.index(epochs) + 1])
         return True
