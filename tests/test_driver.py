@@ -382,6 +382,7 @@ def test_commands_act_through_the_drivers_public_interface(shards, tmp_path):
     run = Run(grid(epochs=1), tmp_path, InProcessExecutor())
     driver = run.driver()
     run.procedure.on_start(driver)
+    assert driver.active() == [0, 1, 2, 3]
     submit(run.store, run.name, CommandKind.STOP, {"mst_id": 3})
     submit(run.store, run.name, CommandKind.CLONE,
            {"mst_id": 0, "changes": {"lr": 0.2}, "warm_start": False})  # fmt: skip
@@ -401,6 +402,7 @@ def test_commands_act_through_the_drivers_public_interface(shards, tmp_path):
     msts = {m.mst_id: m for m in run.store.list_msts(run.name)}
     assert (msts[4].parent, msts[4].params) == (0, {"hidden": 4, "lr": 0.2})
     assert [m.id for m in driver.msts()] == list(range(6))
+    assert driver.active() == []  # completed or stopped: none is pending or running
 
 
 def test_a_restored_driver_finishes_as_an_uninterrupted_one(shards, tmp_path):
@@ -416,6 +418,9 @@ def test_a_restored_driver_finishes_as_an_uninterrupted_one(shards, tmp_path):
     again = InProcessExecutor(seed=5)
     driver = cut.driver(again)
     driver.restore(cut.store.list_msts(cut.name))
+    statuses = cut.statuses()
+    assert [m.id for m in driver.msts()] == sorted(statuses)
+    assert set(driver.active()) == {i for i, s in statuses.items() if s in ("pending", "running")}
     cut.procedure.on_start(driver)  # adds nothing: the MSTs are there
     again.start(shards, cut.procedure.make_estimator)
     driver.run()

@@ -255,6 +255,9 @@ class Driver:
     def status(self, mst_id: int) -> MSTStatus:
         return self._tracked(mst_id).status
 
+    def active(self) -> list[int]:
+        return [mst_id for mst_id, tracked in self._msts.items() if tracked.status.active]
+
     def budget(self, mst_id: int) -> int:
         self._tracked(mst_id)
         return self._scheduler.n_epochs(mst_id)

@@ -80,6 +80,9 @@ class _Proposals:
     def status(self, mst_id: int) -> MSTStatus:
         return MSTStatus.PENDING
 
+    def active(self) -> list[int]:
+        return [m.id for m in self.added]
+
     def budget(self, mst_id: int) -> int:
         return self._epochs[mst_id]
 

@@ -175,6 +175,10 @@ class Trainer(Protocol):
         """Pending, running, completed (its budget is done; ``extend`` revives it),
         stopped or failed."""
 
+    def active(self) -> list[int]:
+        """Ids of the pending and running MSTs (``status(i).active`` for each of
+        ``msts()``, without asking MST by MST)."""
+
     def budget(self, mst_id: int) -> int:
         """The MST's current epoch budget."""
 

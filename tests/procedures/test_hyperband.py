@@ -259,7 +259,9 @@ def test_fake_trainer_drops_the_epoch_in_flight_of_a_stopped_mst():
     asha = ASHA(_make, {"x": uniform(0, 1)}, max_epochs=3, n_msts=2)
     trainer = FakeTrainer(asha, n_workers=2, objective_fn=lambda p, e: p["x"])
     trainer.run(n_epochs=0)  # on_start: both MSTs in flight
+    assert trainer.active() == [0, 1]
     trainer.stop(1)
+    assert trainer.active() == [0]
     trainer.run()
     assert [(e.mst_id, e.evaluated) for e in trainer.log if e.mst_id == 1] == [(1, False)]
     assert trainer.results(1) == []

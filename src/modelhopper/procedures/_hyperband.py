@@ -136,11 +136,10 @@ class _View:
         epochs = self.metrics[mst_id]
         return max(epochs) + 1 if epochs else 0
 
-    def n_active(self) -> int:
-        """MSTs that still have epochs to train (they keep a worker busy or queued)."""
-        return sum(
-            self.status[m.id].active and self.done(m.id) < self.budget[m.id] for m in self.msts
-        )
+    def n_active(self, active: list[int]) -> int:
+        """Of the ``active`` MSTs (``trainer.active()``), those that still have epochs to
+        train (they keep a worker busy or queued)."""
+        return sum(self.done(m) < self.budget[m] for m in active)
 
     def ranked(
         self,
@@ -302,7 +301,7 @@ class _AsyncHalving(_Halving):
             trainer, view, result.mst_id, result.epoch + 1
         ):
             return Decision.CONTINUE  # it keeps its worker
-        self._feed(trainer, trainer.n_workers - view.n_active(), view)
+        self._feed(trainer, trainer.n_workers - view.n_active(trainer.active()), view)
         return Decision.CONTINUE
 
     def _goes_on(self, trainer: Trainer, view: _View, mst_id: int, epochs: int) -> bool:

@@ -239,7 +239,7 @@ class OptunaSearch(BaseProcedure):
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> Decision:
         ended = result.mst_id if result.epoch + 1 >= trainer.budget(result.mst_id) else None
         msts = self._sync(trainer, ended=ended, last=result)
-        n_active = sum(trainer.status(m.id).active for m in msts if m.id != ended)
+        n_active = sum(mst_id != ended for mst_id in trainer.active())
         self._propose(trainer, trainer.n_workers - n_active, msts)
         return Decision.CONTINUE
 

@@ -160,6 +160,9 @@ class FakeTrainer:
         self._check_id(mst_id)
         return self._status[mst_id]
 
+    def active(self) -> list[int]:
+        return [m.id for m in self._msts if self._status[m.id].active]
+
     def budget(self, mst_id: int) -> int:
         self._check_id(mst_id)
         return self._budget[mst_id]
