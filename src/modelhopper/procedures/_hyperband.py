@@ -4,9 +4,11 @@
 An MST climbs rungs r_k = min_epochs * reduction_factor**k, capped at max_epochs
 (``rungs(1, 10, 3) == (1, 3, 9, 10)``). Its budget is one rung's epochs; when it has
 trained them it pauses (its budget is done, so the trainer marks it completed) until
-the procedure promotes it with ``trainer.extend(mst, next_rung)``. Nothing is kept
-between hooks: reports, ranks and promotions are read from the trainer's results,
-budgets and statuses, so a resumed run decides as the uninterrupted one would.
+the procedure promotes it with ``trainer.extend(mst, next_rung)``. Reports, ranks and
+promotions are read from the trainer's results, budgets and statuses; the one thing
+kept between hooks, the read of the results so far (``_Reports``), is read again whole
+when the trainer's list is not the one it read, so a resumed run decides as the
+uninterrupted one would.
 
 New MSTs are random points of the space: the j-th MST of a run is the j-th point that
 ``RandomSearch`` with the same space and seed proposes, so procedures compare on the
