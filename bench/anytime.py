@@ -53,7 +53,8 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 
 # In brackets: sampler="kde" or "tpe", mode="stopping", policy="oldest_first" (else the defaults:
 # random proposals, promotion mode, longest remaining work first); "equal epochs":
-# Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "replicated":
+# Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "random brackets":
+# Hyperband(bracket_order="random") (else its default, "interleaved"); "replicated":
 # every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
 # each hold the whole data set (else one copy, as MOP keeps it); "any order":
 # train_order="any" (each sub-epoch on whichever untrained shard's worker is free); "4 shards
@@ -73,6 +74,7 @@ MH_METHODS = (
     "mh Hyperband",
     "mh Hyperband (stopping, oldest first)",
     "mh Hyperband (equal epochs, stopping, oldest first)",
+    "mh Hyperband (random brackets, stopping, oldest first)",
     "mh Hyperband (tpe, stopping, oldest first)",
     "mh Hyperband (kde, stopping, oldest first)",
     "mh ASHA (stopping, oldest first, replicated)",
@@ -92,6 +94,7 @@ SAME_ALGORITHM = {
     "mh ASHA (stopping, oldest first)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first)": ("Syne Tune Hyperband",),
     "mh Hyperband (equal epochs, stopping, oldest first)": ("Syne Tune Hyperband",),
+    "mh Hyperband (random brackets, stopping, oldest first)": ("Syne Tune Hyperband",),
     "mh ASHA (tpe, stopping, oldest first)": ("Syne Tune BOHB", "Optuna TPE + SH pruner"),
     "mh ASHA (kde, stopping, oldest first)": ("Syne Tune BOHB",),
     "mh Hyperband (tpe, stopping, oldest first)": ("Optuna TPE + Hyperband pruner",),
@@ -166,6 +169,8 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
         mode = "stopping" if "stopping" in method else "promotion"
         if "equal epochs" in method:
             halving = {**halving, "bracket_weights": "equal_epochs"}
+        if "random brackets" in method:
+            halving = {**halving, "bracket_order": "random"}
         return kind(
             surrogate_estimator, space, n_msts=many, sampler=sampler, mode=mode,
             **halving, **common,

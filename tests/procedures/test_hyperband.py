@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 
@@ -269,7 +270,9 @@ def test_fake_trainer_drops_the_epoch_in_flight_of_a_stopped_mst():
         trainer.extend(1, 3)
 
 
-@pytest.mark.parametrize("cls", [ASHA, Hyperband])
+@pytest.mark.parametrize(
+    "cls", [ASHA, Hyperband, functools.partial(Hyperband, bracket_order="random")]
+)
 def test_async_halving_is_deterministic_and_resumes_to_the_same_run(cls):
     def run(seed, crash_at=None):
         trainer = FakeTrainer(
@@ -308,6 +311,31 @@ def test_hyperband_puts_msts_in_brackets_and_promotes_within_them():
             assert epochs == bracket[0]
     firsts = [epochs for kind, _, epochs in trainer.calls if kind == "add"]
     assert firsts.count(1) == 9 + 9 and firsts.count(3) == 5 + 5 and firsts.count(9) == 3 + 3
+
+
+def test_random_bracket_order_draws_each_msts_bracket_in_the_proportions():
+    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=60, seed=3, bracket_order="random")
+    trainer = FakeTrainer(hb, n_workers=4, objective_fn=_loss, cost=_cost).run()
+    drawn = [hb._bracket_of(m.id) for m in trainer.msts()]
+    for kind, mst_id, epochs in trainer.calls:
+        assert epochs in hb.brackets[drawn[mst_id]]
+        if kind == "add":
+            assert epochs == hb.brackets[drawn[mst_id]][0]
+    assert drawn != [hb.bracket_cycle[i % len(hb.bracket_cycle)] for i in range(60)]
+    again = Hyperband(_make, SPACE, max_epochs=9, n_msts=60, seed=3, bracket_order="random")
+    assert [again._bracket_of(i) for i in reversed(range(60))][::-1] == drawn  # any read order
+    many = Hyperband(_make, SPACE, max_epochs=9, n_msts=10, seed=0, bracket_order="random")
+    counts = [0, 0, 0]
+    for i in range(3100):
+        counts[many._bracket_of(i)] += 1
+    for count, size in zip(counts, many.bracket_sizes, strict=True):  # 7 : 3 : 1
+        assert abs(count / 3100 - size / 11) < 0.03
+    assert many.settings()["bracket_order"] == "random"
+
+
+def test_a_bad_bracket_order_is_refused():
+    with pytest.raises(ConfigError, match="bracket_order must be 'interleaved'"):
+        Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_order="shuffled")
 
 
 # ---------------------------------------------------------------- synchronous SHA

@@ -432,10 +432,16 @@ class Hyperband(_AsyncHalving):
       decision) as much as the one that stops earliest.
     - a sequence of positive integers, one per bracket.
 
-    The proportions are interleaved deterministically (``bracket_cycle``; the run's j-th
-    MST joins bracket ``bracket_cycle[j % len(bracket_cycle)]``). A job is a promotion
-    from the first bracket that has one, else a new MST. Ranking, constraints,
-    ``sampler`` and ``mode`` are ASHA's.
+    ``bracket_order`` says which bracket the run's j-th MST joins:
+
+    - ``"interleaved"`` (default): ``bracket_cycle[j % len(bracket_cycle)]``, the
+      proportions interleaved deterministically (smooth weighted round robin).
+    - ``"random"``: drawn with those proportions, independently per MST (Syne Tune's
+      way), from a generator seeded by the procedure's seed: the same seed gives the
+      same brackets, and a resumed run keeps them.
+
+    A job is a promotion from the first bracket that has one, else a new MST. Ranking,
+    constraints, ``sampler`` and ``mode`` are ASHA's.
     """
 
     def __init__(
@@ -448,8 +454,15 @@ class Hyperband(_AsyncHalving):
         min_epochs: int = 1,
         reduction_factor: int = 3,
         bracket_weights: str | Sequence[int] = "geometric",
+        bracket_order: str = "interleaved",
         **kwargs: Any,
     ) -> None:
+        if bracket_order not in BRACKET_ORDERS:
+            raise ConfigError(
+                f"bracket_order must be 'interleaved' (the brackets' proportions in a fixed "
+                f"cycle) or 'random' (each new MST draws its bracket with those proportions), "
+                f"got {bracket_order!r}"
+            )
         super().__init__(
             make_estimator, space, max_epochs=max_epochs, n_msts=n_msts,
             min_epochs=min_epochs, reduction_factor=reduction_factor, **kwargs,
@@ -466,9 +479,26 @@ class Hyperband(_AsyncHalving):
         )
         self.bracket_sizes = _bracket_sizes(self.bracket_weights, s_max, eta)
         self.bracket_cycle = _bracket_cycle(list(self.bracket_sizes))
+        self.bracket_order = bracket_order
+        self._drawn: list[int] = []
+        self._bracket_rng: np.random.Generator | None = None
 
     def _bracket_of(self, index: int) -> int:
-        return self.bracket_cycle[index % len(self.bracket_cycle)]
+        if getattr(self, "bracket_order", "interleaved") == "interleaved":
+            return self.bracket_cycle[index % len(self.bracket_cycle)]
+        return self._drawn_bracket(index)
+
+    def _drawn_bracket(self, index: int) -> int:
+        """The bracket drawn for MST number ``index`` (one draw per MST, in order, memoised,
+        so an index's bracket does not depend on when it was first asked)."""
+        if self._bracket_rng is None:
+            self._bracket_rng = np.random.default_rng([self.seed, 2])
+        weights = np.array(self.bracket_sizes, dtype=float)
+        while len(self._drawn) <= index:
+            self._drawn.append(
+                int(self._bracket_rng.choice(len(weights), p=weights / weights.sum()))
+            )
+        return self._drawn[index]
 
     def settings(self) -> dict[str, Any]:
         # A run pickled before the option existed kept Hyperband's equal-epoch proportions.
@@ -477,10 +507,12 @@ class Hyperband(_AsyncHalving):
             **super().settings(),
             "n_brackets": len(self.brackets),
             "bracket_weights": weights if isinstance(weights, str) else list(weights),
+            "bracket_order": getattr(self, "bracket_order", "interleaved"),
         }
 
 
 BRACKET_WEIGHTS = ("geometric", "equal_epochs")
+BRACKET_ORDERS = ("interleaved", "random")
 
 
 def _bracket_sizes(weights: str | Sequence[int], s_max: int, eta: int) -> tuple[int, ...]:
