@@ -85,6 +85,7 @@ MH_METHODS = (
     "mh Hyperband (stopping, oldest first, any order, 4 shards per worker)",
     "mh ASHA (stopping, oldest first, quarter of data per worker)",
     "mh Hyperband (stopping, oldest first, quarter of data per worker)",
+    "mh Hyperband (random brackets, stopping, oldest first, quarter of data per worker)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -104,6 +105,9 @@ SAME_ALGORITHM = {
     "mh Hyperband (stopping, oldest first, any order)": ("Syne Tune Hyperband",),
     "mh ASHA (stopping, oldest first, quarter of data per worker)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first, quarter of data per worker)": ("Syne Tune Hyperband",),
+    "mh Hyperband (random brackets, stopping, oldest first, quarter of data per worker)": (
+        "Syne Tune Hyperband",
+    ),
 }
 
 _bench: Any = None  # one surrogate per process
