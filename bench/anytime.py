@@ -54,7 +54,9 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 # In brackets: sampler="kde" or "tpe", mode="stopping", policy="oldest_first" (else the defaults:
 # random proposals, promotion mode, longest remaining work first); "equal epochs":
 # Hyperband(bracket_weights="equal_epochs") (else its default, "geometric"); "random brackets":
-# Hyperband(bracket_order="random") (else its default, "interleaved"); "replicated":
+# Hyperband(bracket_order="random") (else "interleaved", the order every earlier result file
+# measured, pinned so that its commands still reproduce it; "random" is the default since
+# 2026-12-05); "replicated":
 # every worker holds every shard (SurrogateExecutor(replicas="all")), as the peers' workers
 # each hold the whole data set (else one copy, as MOP keeps it); "any order":
 # train_order="any" (each sub-epoch on whichever untrained shard's worker is free); "4 shards
@@ -173,8 +175,9 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
         mode = "stopping" if "stopping" in method else "promotion"
         if "equal epochs" in method:
             halving = {**halving, "bracket_weights": "equal_epochs"}
-        if "random brackets" in method:
-            halving = {**halving, "bracket_order": "random"}
+        if kind is mh.Hyperband:
+            order = "random" if "random brackets" in method else "interleaved"
+            halving = {**halving, "bracket_order": order}
         return kind(
             surrogate_estimator, space, n_msts=many, sampler=sampler, mode=mode,
             **halving, **common,

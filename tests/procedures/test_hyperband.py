@@ -271,7 +271,7 @@ def test_fake_trainer_drops_the_epoch_in_flight_of_a_stopped_mst():
 
 
 @pytest.mark.parametrize(
-    "cls", [ASHA, Hyperband, functools.partial(Hyperband, bracket_order="random")]
+    "cls", [ASHA, Hyperband, functools.partial(Hyperband, bracket_order="interleaved")]
 )
 def test_async_halving_is_deterministic_and_resumes_to_the_same_run(cls):
     def run(seed, crash_at=None):
@@ -301,7 +301,10 @@ def test_asha_proposes_random_search_points():
 
 
 def test_hyperband_puts_msts_in_brackets_and_promotes_within_them():
-    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=34, seed=2, bracket_weights="equal_epochs")
+    hb = Hyperband(
+        _make, SPACE, max_epochs=9, n_msts=34, seed=2, bracket_weights="equal_epochs",
+        bracket_order="interleaved",
+    )  # fmt: skip
     trainer = FakeTrainer(hb, n_workers=4, objective_fn=_loss, cost=_cost).run()
     assert len(trainer.msts()) == 34
     for kind, mst_id, epochs in trainer.calls:
@@ -314,7 +317,8 @@ def test_hyperband_puts_msts_in_brackets_and_promotes_within_them():
 
 
 def test_random_bracket_order_draws_each_msts_bracket_in_the_proportions():
-    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=60, seed=3, bracket_order="random")
+    hb = Hyperband(_make, SPACE, max_epochs=9, n_msts=60, seed=3)
+    assert hb.bracket_order == "random"  # the default
     trainer = FakeTrainer(hb, n_workers=4, objective_fn=_loss, cost=_cost).run()
     drawn = [hb._bracket_of(m.id) for m in trainer.msts()]
     for kind, mst_id, epochs in trainer.calls:
@@ -334,7 +338,7 @@ def test_random_bracket_order_draws_each_msts_bracket_in_the_proportions():
 
 
 def test_a_bad_bracket_order_is_refused():
-    with pytest.raises(ConfigError, match="bracket_order must be 'interleaved'"):
+    with pytest.raises(ConfigError, match="bracket_order must be 'random'"):
         Hyperband(_make, SPACE, max_epochs=9, n_msts=10, bracket_order="shuffled")
 
 
