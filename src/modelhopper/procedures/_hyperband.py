@@ -437,9 +437,9 @@ class Hyperband(_AsyncHalving):
     - ``"random"`` (default): drawn with those proportions, independently per MST
       (Syne Tune's way), from a generator seeded by the procedure's seed: the same seed
       gives the same brackets, and a resumed run keeps them. On the LCBench surrogate
-      it lowered regret by ~0.006 where the cycle trailed Syne Tune's Hyperband (4
+      it lowered regret by 0.003-0.006 where the cycle trailed Syne Tune's Hyperband (4
       workers at 10-30 FTE; 32 workers with a quarter of the data each at 30 FTE) and
-      was level elsewhere (bench/anytime.py; docs/procedures.md).
+      was level at the other budgets measured (bench/anytime.py; docs/procedures.md).
     - ``"interleaved"``: ``bracket_cycle[j % len(bracket_cycle)]``, the proportions
       interleaved deterministically (smooth weighted round robin); the default before
       2026-12-05.
