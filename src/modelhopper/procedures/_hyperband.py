@@ -496,13 +496,13 @@ class Hyperband(_AsyncHalving):
     def _drawn_bracket(self, index: int) -> int:
         """The bracket drawn for MST number ``index`` (one draw per MST, in order, memoised,
         so an index's bracket does not depend on when it was first asked)."""
-        if self._bracket_rng is None:
-            self._bracket_rng = np.random.default_rng([self.seed, 2])
-        weights = np.array(self.bracket_sizes, dtype=float)
-        while len(self._drawn) <= index:
-            self._drawn.append(
-                int(self._bracket_rng.choice(len(weights), p=weights / weights.sum()))
-            )
+        if index >= len(self._drawn):  # a decision reads many drawn ones: draw only here
+            if self._bracket_rng is None:
+                self._bracket_rng = np.random.default_rng([self.seed, 2])
+            weights = np.array(self.bracket_sizes, dtype=float)
+            p = weights / weights.sum()
+            while len(self._drawn) <= index:
+                self._drawn.append(int(self._bracket_rng.choice(len(weights), p=p)))
         return self._drawn[index]
 
     def settings(self) -> dict[str, Any]:
