@@ -537,13 +537,23 @@ def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 def merged(paths: list[Path], command: str) -> dict[str, Any]:
     """One summary of the runs of several results files, as if measured in one run: the
-    regret's zero is recomputed over all of them. They must share the budget, and no run
-    (method, task, seed, workers) may appear twice."""
+    regret's zero is recomputed over all of them."""
+    payloads, runs, max_budget = runs_to_merge(paths)
+    scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
+    real = sum(payload["real_seconds"] for payload in payloads)
+    merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
+    return summary(runs, scales, max_budget, f"{command} (of {merged_from})", real)
+
+
+def runs_to_merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """The results files, their runs and their budget, checked to be mergeable: each keeps
+    its runs' points, all ran to one budget, and no run (method, task, seed, workers)
+    appears twice. Anything else stops with what to do instead."""
     payloads = [json.loads(path.read_text()) for path in paths]
     for path, payload in zip(paths, payloads, strict=True):
-        if any("heard" not in run for run in payload["runs"]):
+        if any("heard" not in run for run in payload.get("runs", [{}])):
             raise SystemExit(
-                f"{path} keeps no run's incumbents (written before --merge existed); "
+                f"{path} keeps no run's points (written before --merge existed); "
                 "run it again to merge it"
             )
     budgets = {payload["max_budget"] for payload in payloads}
@@ -558,10 +568,7 @@ def merged(paths: list[Path], command: str) -> dict[str, Any]:
             raise SystemExit(f"run {key} (method, task, seed, workers) is in more than one "
                              "file; merge files of different seeds, tasks or methods")  # fmt: skip
         seen.add(key)
-    scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
-    real = sum(payload["real_seconds"] for payload in payloads)
-    merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
-    return summary(runs, scales, budgets.pop(), f"{command} (of {merged_from})", real)
+    return payloads, runs, budgets.pop()
 
 
 def summary(

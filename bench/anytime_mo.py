@@ -2,8 +2,9 @@
 training seconds per epoch, modelhopper's multi-objective ASHA on the real engine side by
 side with Syne Tune's MOASHA and Optuna's NSGA-II and multi-objective TPE.
 
-    python bench/anytime_mo.py [--smoke-test] [--seeds N] [--max-budget B] [--workers W]
-                               [--tasks T ...] [--methods M ...] [--jobs J]
+    python bench/anytime_mo.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
+                               [--workers W] [--tasks T ...] [--methods M ...] [--jobs J]
+    python bench/anytime_mo.py --merge A.json B.json --tag AB
 
 Every method searches LCBench's space for models that are accurate *and* cheap to train:
 objectives ``val_accuracy`` (maximise) and ``train_seconds`` (minimise; the surrogate's
@@ -23,7 +24,10 @@ peers on bench/_anytime_peers.py's simulation of the same cost model. Optuna's p
 do not support several objectives, so its samplers train each configuration fully (52
 epochs) and hear every epoch; Syne Tune's MOASHA stops trials at rungs by non-dominated
 sorting, as ours promotes. Writes bench/results/anytime_mo.{json,md,png}
-(anytime_mo_smoke.* with --smoke-test).
+(anytime_mo_<tag>.* with --tag, anytime_mo_smoke.* with --smoke-test). The JSON keeps
+each run's fronts at the moments the tables read, so a long measurement can be split
+(e.g. ``--seeds 5`` and ``--seeds 5 --first-seed 5``) and ``--merge`` makes the one table
+both would have made in one run (HV* is recomputed over all of them).
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anytime import (  # noqa: E402
-    BUDGETS,
     MAX_EPOCHS,
     RESULTS,
     TASKS,
     _lcbench,
+    budgets_up_to,
     on_surrogate,
     plot_curves,
     run_all,
+    runs_to_merge,
     sample_curves,
     verdict_cells,
     verdict_section,
@@ -96,6 +101,22 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         if not front or accuracy > front[-1][0]:
             front.append((float(accuracy), float(seconds)))
     return front
+
+
+def fronts_kept(heard: list[Point], moments: list[float]) -> list[Point]:
+    """Of a run's points, those on its front at one of ``moments`` or at its end: the
+    hypervolume by each moment, the box and HV* are the same from these as from all."""
+    ordered = sorted(heard)  # by time: of two equal points, the first heard is kept
+    kept: set[Point] = set()
+    for moment in [*moments, math.inf]:
+        by_then = [(a, s) for t, a, s in ordered if t <= moment]
+        front = set(_front(by_then))
+        first_of = {}
+        for point in ordered:
+            if point[0] <= moment and (point[1], point[2]) in front:
+                first_of.setdefault((point[1], point[2]), point)
+        kept.update(first_of.values())
+    return sorted(kept)
 
 
 def hypervolume(points: list[tuple[float, float]], box: dict[str, Any]) -> float:
@@ -214,12 +235,13 @@ def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
 
 def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{stem}.json").write_text(json.dumps(payload, separators=(",", ":")))
     lines = [
         "# Multi-objective anytime performance on the LCBench surrogate",
         "",
         f"Command: `{payload['command']}`; {payload['date']}; {payload['workers']} workers; "
-        f"tasks {payload['tasks']}; seeds {payload['seeds']}; real time "
+        f"tasks {payload['tasks']}; seeds {payload['seeds']} "
+        f"({payload['first_seed']}-{payload['last_seed']}); real time "
         f"{payload['real_seconds']:.0f} s.",
         "",
         "Objectives: val_accuracy (maximise), train_seconds per epoch (minimise). "
@@ -252,53 +274,103 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
     parser.add_argument("--max-budget", type=float, default=30)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
     parser.add_argument("--methods", nargs="+", default=None, help="default: all")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="results go to anytime_mo_<tag>.*")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: one table from these results files' runs "
+                        "(e.g. seeds 0-4 and 5-9 run apart)")  # fmt: skip
     args = parser.parse_args(argv)
+    command = " ".join(["python bench/anytime_mo.py", *(sys.argv[1:] if argv is None else argv)])
+    stem = "anytime_mo_smoke" if args.smoke_test else "anytime_mo"
+    stem += f"_{args.tag}" if args.tag else ""
+    payload = merged(args.merge, command) if args.merge else measured(args, command)
+    write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
+    print((args.out / f"{stem}.md").read_text())
+    return payload
+
+
+def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Run every method, task and seed the arguments name."""
     if args.smoke_test:
         args.seeds, args.max_budget, args.tasks = 1, 2, [TASKS[0]]
     from _anytime_peers import MO_PEERS
 
     methods = args.methods or [*MH_METHODS, *MO_PEERS]
-    budgets = [b for b in BUDGETS if b <= args.max_budget] or [args.max_budget]
     started = time.perf_counter()
     boxes = {task: task_box(task) for task in args.tasks}
     jobs = [
         (method, task, seed, args.workers,
          args.max_budget * boxes[task]["fte_seconds"] / args.workers, args.max_budget)
-        for task in args.tasks for seed in range(args.seeds) for method in methods
+        for task in args.tasks
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+        for method in methods
     ]  # fmt: skip
     runs = run_all(_one, jobs, args.jobs)
-    grid = sorted({*budgets, *np.geomspace(1, args.max_budget, 12).round(2).tolist()})
+    return summary(runs, boxes, args.max_budget, command, time.perf_counter() - started)
+
+
+def merged(paths: list[Path], command: str) -> dict[str, Any]:
+    """One summary of several results files' runs, as if measured in one run."""
+    payloads, runs, max_budget = runs_to_merge(paths)
+    if len({run["workers"] for run in runs}) > 1:
+        raise SystemExit("the files ran on different numbers of workers; merge files of one "
+                         "--workers")  # fmt: skip
+    boxes = {task: task_box(task) for task in sorted({run["task"] for run in runs})}
+    real = sum(payload["real_seconds"] for payload in payloads)
+    merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
+    return summary(runs, boxes, max_budget, f"{command} (of {merged_from})", real)
+
+
+def summary(
+    runs: list[dict[str, Any]],
+    boxes: dict[int, dict[str, Any]],
+    max_budget: float,
+    command: str,
+    real_seconds: float,
+) -> dict[str, Any]:
+    """The results file's contents: hypervolume regret tables, curves and verdicts of
+    ``runs``, and the runs themselves with their fronts, so files can be merged later."""
+    budgets = budgets_up_to(max_budget)
+    grid = sorted({*budgets, *np.geomspace(1, max_budget, 12).round(2).tolist()})
     curves, best_hv = summarise(runs, boxes, grid)
     table = {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in curves.items()}
-    payload = {
-        "command": " ".join(
-            ["python bench/anytime_mo.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    n_workers = runs[0]["workers"]
+    return {
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
-        "tasks": args.tasks,
-        "seeds": args.seeds,
-        "workers": args.workers,
-        "max_budget": args.max_budget,
+        "tasks": sorted({r["task"] for r in runs}),
+        "seeds": len({r["seed"] for r in runs}),
+        "first_seed": min(r["seed"] for r in runs),
+        "last_seed": max(r["seed"] for r in runs),
+        "workers": n_workers,
+        "max_budget": max_budget,
         "best_hypervolume": {str(t): v for t, v in best_hv.items()},
         "table": table,
         "curves": {m: [{"budget": b, **row[f"{b:g}"]} for b in grid] for m, row in curves.items()},
         "verdicts": verdicts(table, budgets),
-        "real_seconds": time.perf_counter() - started,
+        "real_seconds": real_seconds,
         "real_seconds_per_run": {
             m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
             for m in methods
         },
+        # each run's fronts at the moments the tables read: enough to merge this file
+        # with another of the same budget and workers, exactly
+        "runs": [{**r, "heard": _kept(r, boxes[r["task"]], n_workers, grid)} for r in runs],
     }
-    stem = "anytime_mo_smoke" if args.smoke_test else "anytime_mo"
-    write(args.out, stem, payload, budgets)
-    print((args.out / f"{stem}.md").read_text())
-    return payload
+
+
+def _kept(run: dict[str, Any], box: dict[str, Any], n_workers: int, grid: list[float]
+          ) -> list[Point]:  # fmt: skip
+    moments = [budget * box["fte_seconds"] / n_workers for budget in grid]
+    return fronts_kept([tuple(point) for point in run["heard"]], moments)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import modelhopper as mh
@@ -15,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from _anytime_peers import Job, simulate  # noqa: E402
 from anytime import improvements, incumbent_at, kept_for, main, regret  # noqa: E402
-from anytime_mo import hypervolume  # noqa: E402
+from anytime_mo import fronts_kept, hypervolume  # noqa: E402
+from anytime_mo import main as main_mo  # noqa: E402
 
 from modelhopper.testing import (  # noqa: E402
     LCBench,
@@ -134,3 +136,53 @@ def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path) ->
     assert "seeds 2 (0-1)" in (tmp_path / "anytime_merged.md").read_text()
     with pytest.raises(SystemExit, match="more than one file"):
         main(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
+
+
+def test_a_multi_objective_results_file_keeps_each_moments_front_and_its_hypervolume():
+    rng = np.random.default_rng(0)
+    heard = [(float(t), float(a), float(s)) for t, a, s in zip(
+        rng.integers(0, 50, 300), rng.uniform(0.5, 0.9, 300).round(2),
+        rng.uniform(1, 11, 300).round(1), strict=True)]  # fmt: skip
+    # a slow, accurate point on every front from the start, heard again later; and one
+    # after every moment
+    heard += [(0.0, 0.93, 9.5), (49.0, 0.93, 9.5), (60.0, 0.95, 0.5)]
+    box = {"worst": 0.5, "best": 0.9, "top": 0.95, "fastest": 1.0, "slowest": 11.0}
+    moments = [5.0, 12.5, 30.0, 49.0]
+    kept = fronts_kept(heard, moments)
+    assert len(kept) < len(heard) / 5 and set(kept) <= set(heard)
+    assert (60.0, 0.95, 0.5) in kept  # the end's front: HV* and the box read it
+    assert (0.0, 0.93, 9.5) in kept and (49.0, 0.93, 9.5) not in kept  # the first heard
+    for moment in [*moments, 100.0]:
+        by_then = [(a, s) for t, a, s in heard if t <= moment]
+        kept_then = [(a, s) for t, a, s in kept if t <= moment]
+        assert hypervolume(kept_then, box) == hypervolume(by_then, box)
+    assert fronts_kept([], moments) == []
+
+
+def _anytime_mo(tmp_path: Path, tag: str, *args: str) -> dict:
+    methods = ["--methods", "mh MO-ASHA (stopping, oldest first)", "Syne Tune MOASHA"]
+    common = ["--max-budget", "3", "--workers", "4", "--tasks", str(TASK), "--jobs", "1"]
+    return main_mo([*common, *methods, "--out", str(tmp_path), "--tag", tag, *args])
+
+
+def test_multi_objective_seeds_run_apart_and_merged_make_the_table_of_one_run(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("syne_tune")
+    together = _anytime_mo(tmp_path, "both", "--seeds", "2")
+    _anytime_mo(tmp_path, "first", "--seeds", "1")
+    _anytime_mo(tmp_path, "second", "--seeds", "1", "--first-seed", "1")
+    files = [str(tmp_path / f"anytime_mo_{tag}.json") for tag in ("first", "second")]
+    merged = main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "merged"])
+    assert merged["seeds"] == 2 and (merged["first_seed"], merged["last_seed"]) == (0, 1)
+    assert merged["best_hypervolume"] == together["best_hypervolume"]
+    assert merged["table"] == together["table"]
+    assert merged["curves"] == together["curves"]
+    assert merged["verdicts"] == together["verdicts"]
+    assert "seeds 2 (0-1)" in (tmp_path / "anytime_mo_merged.md").read_text()
+    with pytest.raises(SystemExit, match="more than one file"):
+        main_mo(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
+    _anytime_mo(tmp_path, "eight", "--seeds", "1", "--first-seed", "1", "--workers", "8")
+    eight = str(tmp_path / "anytime_mo_eight.json")
+    with pytest.raises(SystemExit, match="different numbers of workers"):
+        main_mo(["--merge", files[0], eight, "--out", str(tmp_path), "--tag", "mixed"])
