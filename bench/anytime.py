@@ -483,21 +483,8 @@ def plot_curves(path: Path, curves: dict[str, list[dict]], ylabel: str, title: s
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--first-seed", type=int, default=0,
-                        help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
-    parser.add_argument("--max-budget", type=float, default=300)
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 32])
-    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--tag", default="", help="results go to anytime_<tag>.*")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
-                        help="run nothing: one table from these results files' runs "
-                        "(e.g. seeds 0-4 and 5-9 run apart)")  # fmt: skip
-    args = parser.parse_args(argv)
+    args = with_common_arguments(parser, max_budget=300, stem="anytime").parse_args(argv)
     command = " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_smoke" if args.smoke_test else "anytime"
     stem += f"_{args.tag}" if args.tag else ""
@@ -508,6 +495,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
     print((args.out / f"{stem}.md").read_text())
     return payload
+
+
+def with_common_arguments(
+    parser: argparse.ArgumentParser, max_budget: float, stem: str
+) -> argparse.ArgumentParser:
+    """The arguments this benchmark and bench/anytime_mo.py share: what to run, where the
+    results go, and --merge."""
+    parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
+    parser.add_argument("--max-budget", type=float, default=max_budget)
+    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help=f"results go to {stem}_<tag>.*")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: one table from these results files' runs "
+                        "(e.g. seeds 0-4 and 5-9 run apart)")  # fmt: skip
+    return parser
 
 
 def budgets_up_to(max_budget: float) -> list[float]:

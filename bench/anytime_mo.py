@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -48,7 +47,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from anytime import (  # noqa: E402
     MAX_EPOCHS,
-    RESULTS,
     TASKS,
     _lcbench,
     budgets_up_to,
@@ -59,6 +57,7 @@ from anytime import (  # noqa: E402
     sample_curves,
     verdict_cells,
     verdict_section,
+    with_common_arguments,
 )
 
 OBJECTIVES = {"val_accuracy": "maximize", "train_seconds": "minimize"}
@@ -272,21 +271,8 @@ def _plot(out: Path, stem: str, payload: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke-test", action="store_true", help="1 task, 1 seed, 2 FTE")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--first-seed", type=int, default=0,
-                        help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
-    parser.add_argument("--max-budget", type=float, default=30)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--tag", default="", help="results go to anytime_mo_<tag>.*")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
-                        help="run nothing: one table from these results files' runs "
-                        "(e.g. seeds 0-4 and 5-9 run apart)")  # fmt: skip
-    args = parser.parse_args(argv)
+    args = with_common_arguments(parser, max_budget=30, stem="anytime_mo").parse_args(argv)
     command = " ".join(["python bench/anytime_mo.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_mo_smoke" if args.smoke_test else "anytime_mo"
     stem += f"_{args.tag}" if args.tag else ""

@@ -116,26 +116,35 @@ def test_a_results_file_keeps_the_incumbent_at_each_moment_and_the_best():
     assert kept_for([], [1.0]) == []
 
 
-def _anytime(tmp_path: Path, tag: str, *args: str) -> dict:
-    methods = ["--methods", "mh ASHA (stopping, oldest first)", "Syne Tune ASHA"]
+# each benchmark: its main, its files' stem and two methods of the same algorithm
+BENCHMARKS = {
+    "regret": (main, "anytime", ["mh ASHA (stopping, oldest first)", "Syne Tune ASHA"]),
+    "hypervolume": (main_mo, "anytime_mo",
+                    ["mh MO-ASHA (stopping, oldest first)", "Syne Tune MOASHA"]),
+}  # fmt: skip
+
+
+def _measure(kind: str, tmp_path: Path, tag: str, *args: str) -> dict:
+    run, _, methods = BENCHMARKS[kind]
     common = ["--max-budget", "3", "--workers", "4", "--tasks", str(TASK), "--jobs", "1"]
-    return main([*common, *methods, "--out", str(tmp_path), "--tag", tag, *args])
+    return run([*common, "--methods", *methods, "--out", str(tmp_path), "--tag", tag, *args])
 
 
-def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", BENCHMARKS)
+def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path, kind: str) -> None:
     pytest.importorskip("syne_tune")
-    together = _anytime(tmp_path, "both", "--seeds", "2")
-    _anytime(tmp_path, "first", "--seeds", "1")
-    _anytime(tmp_path, "second", "--seeds", "1", "--first-seed", "1")
-    files = [str(tmp_path / f"anytime_{tag}.json") for tag in ("first", "second")]
-    merged = main(["--merge", *files, "--out", str(tmp_path), "--tag", "merged"])
+    run, stem, _ = BENCHMARKS[kind]
+    together = _measure(kind, tmp_path, "both", "--seeds", "2")
+    _measure(kind, tmp_path, "first", "--seeds", "1")
+    _measure(kind, tmp_path, "second", "--seeds", "1", "--first-seed", "1")
+    files = [str(tmp_path / f"{stem}_{tag}.json") for tag in ("first", "second")]
+    merged = run(["--merge", *files, "--out", str(tmp_path), "--tag", "merged"])
     assert merged["seeds"] == 2 and (merged["first_seed"], merged["last_seed"]) == (0, 1)
-    assert merged["table"] == together["table"]
-    assert merged["curves"] == together["curves"]
-    assert merged["verdicts"] == together["verdicts"]
-    assert "seeds 2 (0-1)" in (tmp_path / "anytime_merged.md").read_text()
+    for key in ("table", "curves", "verdicts", "best_hypervolume"):
+        assert merged.get(key) == together.get(key), key
+    assert "seeds 2 (0-1)" in (tmp_path / f"{stem}_merged.md").read_text()
     with pytest.raises(SystemExit, match="more than one file"):
-        main(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
+        run(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
 
 
 def test_a_multi_objective_results_file_keeps_each_moments_front_and_its_hypervolume():
@@ -159,30 +168,11 @@ def test_a_multi_objective_results_file_keeps_each_moments_front_and_its_hypervo
     assert fronts_kept([], moments) == []
 
 
-def _anytime_mo(tmp_path: Path, tag: str, *args: str) -> dict:
-    methods = ["--methods", "mh MO-ASHA (stopping, oldest first)", "Syne Tune MOASHA"]
-    common = ["--max-budget", "3", "--workers", "4", "--tasks", str(TASK), "--jobs", "1"]
-    return main_mo([*common, *methods, "--out", str(tmp_path), "--tag", tag, *args])
-
-
-def test_multi_objective_seeds_run_apart_and_merged_make_the_table_of_one_run(
-    tmp_path: Path,
-) -> None:
+def test_multi_objective_files_of_different_worker_counts_are_not_merged(tmp_path: Path) -> None:
     pytest.importorskip("syne_tune")
-    together = _anytime_mo(tmp_path, "both", "--seeds", "2")
-    _anytime_mo(tmp_path, "first", "--seeds", "1")
-    _anytime_mo(tmp_path, "second", "--seeds", "1", "--first-seed", "1")
-    files = [str(tmp_path / f"anytime_mo_{tag}.json") for tag in ("first", "second")]
-    merged = main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "merged"])
-    assert merged["seeds"] == 2 and (merged["first_seed"], merged["last_seed"]) == (0, 1)
-    assert merged["best_hypervolume"] == together["best_hypervolume"]
-    assert merged["table"] == together["table"]
-    assert merged["curves"] == together["curves"]
-    assert merged["verdicts"] == together["verdicts"]
-    assert "seeds 2 (0-1)" in (tmp_path / "anytime_mo_merged.md").read_text()
-    with pytest.raises(SystemExit, match="more than one file"):
-        main_mo(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
-    _anytime_mo(tmp_path, "eight", "--seeds", "1", "--first-seed", "1", "--workers", "8")
-    eight = str(tmp_path / "anytime_mo_eight.json")
+    _measure("hypervolume", tmp_path, "four", "--seeds", "1")
+    _measure("hypervolume", tmp_path, "eight", "--seeds", "1", "--first-seed", "1",
+             "--workers", "8")  # fmt: skip
+    files = [str(tmp_path / f"anytime_mo_{tag}.json") for tag in ("four", "eight")]
     with pytest.raises(SystemExit, match="different numbers of workers"):
-        main_mo(["--merge", files[0], eight, "--out", str(tmp_path), "--tag", "mixed"])
+        main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
