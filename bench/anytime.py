@@ -441,9 +441,19 @@ def verdict_section(title: str, header: str, payload: dict[str, Any]) -> list[st
         "Real seconds per run (mean): "
         + ", ".join(f"{m} {s:.1f}" for m, s in payload["real_seconds_per_run"].items()),
         "",
+        *_utilisation_lines(payload.get("utilisation", {})),
+    ]
+
+
+def _utilisation_lines(utilisation: dict[str, float]) -> list[str]:
+    """The utilisation paragraph, where the runs measured it (the multi-objective
+    benchmark's do not)."""
+    if not utilisation:
+        return []
+    return [
         "modelhopper's worker utilisation (busy share of the simulated time, mean; below 1: "
         "visits waited for a worker holding their next shard): "
-        + ", ".join(f"{m} {u:.3f}" for m, u in payload.get("utilisation", {}).items()),
+        + ", ".join(f"{m} {u:.3f}" for m, u in utilisation.items()),
         "",
     ]
 

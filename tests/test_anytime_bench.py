@@ -142,7 +142,10 @@ def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path, ki
     assert merged["seeds"] == 2 and (merged["first_seed"], merged["last_seed"]) == (0, 1)
     for key in ("table", "curves", "verdicts", "best_hypervolume"):
         assert merged.get(key) == together.get(key), key
-    assert "seeds 2 (0-1)" in (tmp_path / f"{stem}_merged.md").read_text()
+    text = (tmp_path / f"{stem}_merged.md").read_text()
+    assert "seeds 2 (0-1)" in text
+    # the utilisation paragraph where the runs measured it, never an empty one
+    assert ("worker utilisation" in text) == (kind == "regret")
     with pytest.raises(SystemExit, match="more than one file"):
         run(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
 
