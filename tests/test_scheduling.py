@@ -12,6 +12,7 @@ from modelhopper.scheduling import (
     SchedulingPolicy,
     Step,
     StepKind,
+    Visit,
     epoch_plan,
     first_shard,
     makespan_lower_bound,
@@ -146,6 +147,32 @@ def test_oldest_first_finishes_msts_early_in_id_order_and_keeps_workers_busy():
     assert min(early) < 0.35 * oldest.makespan and min(early) < 0.5 * min(late)
     assert np.corrcoef(range(24), early)[0, 1] > 0.8  # roughly in the order they came
     assert oldest.utilisation > 0.85 and oldest.makespan < 1.15 * longest.makespan
+
+
+def test_oldest_first_lets_an_mst_that_only_evaluates_go_before_an_older_one_that_trains():
+    # Two workers, four MSTs of one epoch; completions in a fixed order bring worker 0
+    # free while MST 0 waits to train on it and MST 1 waits to evaluate there, the last
+    # step of its epoch. The short visit that ends an epoch goes first (the procedure
+    # hears sooner); by age alone MST 0 would have gone.
+    scheduler = _scheduler(4, 2, 1, policy="oldest_first", seed=0)
+    running = {v.mst_id: v for v in scheduler.assign([0, 1])}
+    assert {m: v.worker for m, v in running.items()} == {1: 0, 0: 1}
+
+    def complete_then_assign(mst_id: int) -> Visit:
+        visit = running.pop(mst_id)
+        scheduler.complete(visit, [1.0] * len(visit.steps))
+        (new,) = scheduler.assign([visit.worker])
+        running[new.mst_id] = new
+        return new
+
+    assert complete_then_assign(1).mst_id == 3  # MST 3 starts on worker 0
+    assert complete_then_assign(0).mst_id == 1  # MST 1 trains and evaluates on worker 1
+    assert complete_then_assign(1).mst_id == 2
+    chosen = complete_then_assign(3)  # worker 0 frees: MST 0 trains there, MST 1 evaluates
+    assert chosen.mst_id == 1
+    assert [s.kind for s in chosen.steps] == [StepKind.EVAL]
+    assert complete_then_assign(1).mst_id == 0  # its epoch done, then by age: MST 0 trains
+    assert running[0].steps[0].kind is StepKind.TRAIN
 
 
 def test_an_mst_is_never_on_two_workers_and_a_worker_never_runs_two():

@@ -122,6 +122,7 @@ class SchedulingPolicy(StrEnum):
     # The MST added first goes first: MSTs finish (and are decided on) early, one after
     # another, as on task-parallel workers, while later ones fill the gaps. Better for
     # anytime results (asynchronous procedures); LONGEST_REMAINING is for makespan.
+    # An MST that only has its epoch's evaluations left goes before older ones.
     OLDEST_FIRST = "oldest_first"
 
 
@@ -790,7 +791,12 @@ class MOPScheduler:
         if self.policy is SchedulingPolicy.RANDOM:
             return eligible[int(self._rng.integers(len(eligible)))]
         if self.policy is SchedulingPolicy.OLDEST_FIRST:
-            return eligible[0]  # sorted by id: the first added
+            # An MST whose epoch is trained and waits only to evaluate goes first: the
+            # visit is short and ends an epoch, so the procedure decides sooner (a slow
+            # MST's long training visit ahead of it delayed the first reports of a run
+            # by up to an FTE on the LCBench surrogate; BENCHMARKS.md).
+            evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
+            return (evaluating or eligible)[0]  # sorted by id: the first added
         # Longest remaining work first (LRW); ties go to the lower id.
         return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
