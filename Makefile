@@ -80,6 +80,7 @@ bench: venv data
 bench-anytime: venv
 	$(PY) bench/anytime.py $(ARGS)
 	$(PY) bench/anytime_mo.py $(MO_ARGS)
+	$(PY) bench/first_reports.py
 
 bench-simulate: venv
 	$(PY) bench/simulate.py

@@ -166,6 +166,16 @@ def test_anytime_multi_objective_smoke(tmp_path):
     assert (tmp_path / "anytime_mo_smoke.png").stat().st_size > 0
 
 
+def test_first_reports_smoke(tmp_path):
+    pytest.importorskip("onnxruntime")
+    _run("first_reports.py", tmp_path)
+    data = json.loads((tmp_path / "first_reports_smoke.json").read_text())
+    assert len(data["table"]) == 4  # 3 modelhopper data layouts, Syne Tune's ASHA
+    for method, row in data["table"].items():
+        assert 0 < row["mean"] <= 1, method  # FTE spent before the first report
+    assert "| Syne Tune ASHA |" in (tmp_path / "first_reports_smoke.md").read_text()
+
+
 def test_hybrid_smoke(tmp_path):
     _run("hybrid.py", tmp_path)
     payload = json.loads((tmp_path / "hybrid_smoke.json").read_text())
