@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.seeds, args.tasks = 1, [TASKS[0]]
+    logging.disable(logging.WARNING)  # Syne Tune's notes on every trial
     started = time.perf_counter()
     table = measure(args.tasks, args.seeds, args.workers)
     given = sys.argv[1:] if argv is None else argv
