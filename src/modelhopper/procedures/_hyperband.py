@@ -263,7 +263,8 @@ class _AsyncHalving(_Halving):
     ``mode="stopping"``: an MST that reaches a rung goes straight on to the next one
     if it ranks in the top ceil(n_k / reduction_factor) of the n_k MSTs that reported at
     that rung so far (itself included: the first to arrive always goes on), and ends
-    there otherwise; nothing is promoted later (Ray Tune's and Syne Tune's ASHA).
+    there otherwise; nothing is promoted later (the stopping ASHA of Ray Tune and Syne
+    Tune, whose cut-offs differ slightly from this one: docs/procedures.md).
     The scheduling ``policy`` defaults to "oldest_first" here (see __init__).
     """
 
@@ -378,8 +379,9 @@ class ASHA(_AsyncHalving):
     as BOHB does (``_kde``), ``sampler="tpe"`` BOHB-style with Optuna's TPE (``_bohb``),
     instead of at random. ``mode="stopping"``: an MST never
     pauses at a rung; it goes on at once if it ranks in the top
-    ceil(n_k / reduction_factor) of the rung's reports so far, else it ends there (Ray
-    Tune's and Syne Tune's ASHA; see docs/procedures.md).
+    ceil(n_k / reduction_factor) of the rung's reports so far, else it ends there (as
+    in Ray Tune's and Syne Tune's stopping ASHA, whose cut-offs differ slightly; see
+    docs/procedures.md).
     """
 
     def __init__(
