@@ -792,9 +792,8 @@ class MOPScheduler:
             return eligible[int(self._rng.integers(len(eligible)))]
         if self.policy is SchedulingPolicy.OLDEST_FIRST:
             # An MST whose epoch is trained and waits only to evaluate goes first: the
-            # visit is short and ends an epoch, so the procedure decides sooner (a slow
-            # MST's long training visit ahead of it delayed the first reports of a run
-            # by up to an FTE on the LCBench surrogate; BENCHMARKS.md).
+            # visit is short and ends an epoch, so the procedure decides sooner (on the
+            # LCBench surrogate, regret 0.01-0.03 lower at 1-3 FTE; BENCHMARKS.md).
             evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
             return (evaluating or eligible)[0]  # sorted by id: the first added
         # Longest remaining work first (LRW); ties go to the lower id.
