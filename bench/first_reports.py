@@ -35,9 +35,9 @@ METHODS = (
 )
 
 
-def first_report(method: str, task: int, seed: int, n_workers: int) -> float:
-    """FTE spent when the run heard its first epoch report (1.0: none by 1 FTE)."""
-    one_fte = spent_at(task_scale(task), 1.0, n_workers)
+def first_report(method: str, task: int, seed: int, n_workers: int, one_fte: float) -> float:
+    """FTE spent when the run heard its first epoch report (1.0: none by 1 FTE);
+    ``one_fte``: the simulated time at which the workers have spent 1 FTE of the task."""
     if method.startswith("mh "):
         heard = run_modelhopper(method, task, seed, n_workers, one_fte, 1.0)["heard"]
     else:
@@ -47,11 +47,13 @@ def first_report(method: str, task: int, seed: int, n_workers: int) -> float:
 
 def measure(tasks: list[int], seeds: int, n_workers: int) -> dict[str, dict[str, float]]:
     """{method: {task (str): mean first report over seeds, "mean": over tasks}}."""
+    # the surrogate's curves of a random sample, once per task, not once per run
+    one_fte = {task: spent_at(task_scale(task), 1.0, n_workers) for task in tasks}
     table: dict[str, dict[str, float]] = {}
     for method in METHODS:
         per_task = {
             str(task): statistics.fmean(
-                first_report(method, task, seed, n_workers) for seed in range(seeds)
+                first_report(method, task, seed, n_workers, one_fte[task]) for seed in range(seeds)
             )
             for task in tasks
         }

@@ -794,8 +794,8 @@ class MOPScheduler:
             # An MST whose epoch is trained and waits only to evaluate goes first: the
             # visit is short and ends an epoch, so the procedure decides sooner (on the
             # LCBench surrogate, regret 0.01-0.03 lower at 1-3 FTE; BENCHMARKS.md).
-            evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
-            return (evaluating or eligible)[0]  # sorted by id: the first added
+            evaluating = (s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL)
+            return next(evaluating, eligible[0])  # sorted by id: the first added
         # Longest remaining work first (LRW); ties go to the lower id.
         return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
 
