@@ -503,3 +503,48 @@ def test_a_new_mst_starts_on_a_holder_of_its_first_shard() -> None:
         (visit,) = fixed.assign([worker])  # its plan starts there
         assert visit.steps[0].shard == shard
         fixed.complete(visit)
+
+
+def _run_to_the_end(scheduler: MOPScheduler, workers: list[int]) -> list[Visit]:
+    """Every visit, in the order assigned, each completed at once (unit step times)."""
+    visits: list[Visit] = []
+    while not scheduler.finished:
+        taken = scheduler.assign(workers)
+        assert taken, "nothing runnable, yet work is left"
+        for visit in taken:
+            scheduler.complete(visit, [1.0] * len(visit.steps))
+        visits += taken
+    return visits
+
+
+def test_with_shared_validation_an_epoch_is_evaluated_where_its_training_ends():
+    # One MST, 4 workers, 2 epochs: its training still walks the workers (one shard
+    # each, in the plan's order), but each epoch's evaluations, on every shard, run in
+    # the visit that trains its last shard, on that worker; without sharing, the
+    # evaluations walk the workers again.
+    shared = _run_to_the_end(_scheduler(1, 4, 2, shared_validation=True), [0, 1, 2, 3])
+    walked = _run_to_the_end(_scheduler(1, 4, 2), [0, 1, 2, 3])
+    train_order = [[s.shard for v in run for s in v.steps if s.kind is StepKind.TRAIN]
+                   for run in (shared, walked)]  # fmt: skip
+    assert train_order[0] == train_order[1]  # the same SGD: only where evaluation runs moves
+    for epoch in (0, 1):
+        ends = [v for v in shared if any(s.kind is StepKind.EVAL and s.epoch == epoch
+                                         for s in v.steps)]  # fmt: skip
+        assert len(ends) == 1
+        (end,) = ends
+        evaluated = sorted(s.shard for s in end.steps if s.kind is StepKind.EVAL)
+        assert evaluated == [0, 1, 2, 3]
+        last_trained = [s for s in end.steps if s.kind is StepKind.TRAIN][-1]
+        assert last_trained.is_last(StepKind.TRAIN, 4) and end.worker == last_trained.shard
+    assert len(shared) == 8 and len(walked) > len(shared)
+
+
+def test_with_shared_validation_a_worker_that_left_evaluates_nothing():
+    scheduler = _scheduler(2, 3, 1, shared_validation=True)
+    scheduler.set_holdings(0, [0, 2])
+    scheduler.set_holdings(2, [])  # worker 2 leaves; worker 0 takes its shard
+    visits = _run_to_the_end(scheduler, [0, 1])
+    assert all(v.worker in (0, 1) for v in visits)
+    for mst in (0, 1):
+        assert sorted(s.shard for v in visits if v.mst_id == mst
+                      for s in v.steps if s.kind is StepKind.EVAL) == [0, 1, 2]  # fmt: skip

@@ -392,6 +392,39 @@ def test_replicas_let_any_holder_of_a_shard_run_its_sub_epochs(
     assert (most == 1) if r == 1 else (most >= 2)
 
 
+def test_shared_validation_evaluates_each_epoch_where_its_training_ends(
+    bench: LCBench, tmp_path: Path
+) -> None:
+    # Random search (8 MSTs x 8 epochs, decided by nothing) on 4 workers: the same
+    # epochs and metrics with the validation parts shared or not; shared, every epoch
+    # is evaluated whole in one visit, and the epochs are heard sooner.
+    runs = {}
+    for shared in (False, True):
+        executor = SurrogateExecutor(task=TASK, bench=bench, shared_validation=shared)
+        result = _procedure("random", bench).fit(
+            surrogate_dataset(4), n_workers=4, executor=executor,
+            store=f"sqlite:///{tmp_path}/{shared}.db", run_dir=tmp_path / f"run{shared}",
+        )  # fmt: skip
+        metrics = {(m.id, e["epoch"]): (e["val_accuracy"], e["val_loss"])
+                   for m in result.msts for e in m.history}  # fmt: skip
+        runs[shared] = (executor, metrics)
+    (walked, history), (shared, same) = runs[False], runs[True]
+    assert same == history and len(same) == 64
+    evaluated_in = {}
+    for visit in shared.trace:
+        for step in visit.steps:
+            if step.kind is StepKind.EVAL:
+                evaluated_in.setdefault((visit.mst_id, step.epoch), set()).add(visit.start)
+    assert len(evaluated_in) == 64 and all(len(v) == 1 for v in evaluated_in.values())
+    assert len(shared.trace) < len(walked.trace)
+    assert sum(shared.epoch_times.values()) < sum(walked.epoch_times.values())
+
+
+def test_shared_validation_must_be_a_bool(bench: LCBench) -> None:
+    with pytest.raises(ConfigError, match="shared_validation must be True or False"):
+        SurrogateExecutor(task=TASK, bench=bench, shared_validation="yes")
+
+
 def _peak_alive(trace: list[Any]) -> int:
     """Most MSTs between their first visit's start and their last visit's end at once."""
     first: dict[int, float] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modelhopper.errors import ConfigError, ModelHopperError
 
-__all__ = ["check_int"]
+__all__ = ["check_bool", "check_int"]
 
 
 def check_int(
@@ -20,4 +20,11 @@ def check_int(
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         hint = f"; e.g. {example}" if example else ""
         raise error(f"{name} must be an integer >= {minimum}, got {value!r}{hint}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False; else a ConfigError naming the argument."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
     return value

@@ -153,6 +153,7 @@ class Driver:
             chain_seconds=0.0 if self._decides else CHAIN_SECONDS, n_shards=n_shards,
             train_order=getattr(procedure, "train_order", "fixed"),  # runs saved before it
             hybrid=getattr(procedure, "hybrid", "off"),
+            shared_validation=executor.shared_validation,
         )  # fmt: skip
         # Workers joining and leaving (elastic executors): who is in the pool, who owns which
         # shards once the pending re-homing steps are taken, and those steps, in order.

@@ -239,6 +239,9 @@ class MOPScheduler:
     ``hybrid`` (``Hybrid``) lets an MST train a whole epoch on a group of every worker
     that holds shards, data-parallel (``_take_group``); while an MST waits for its
     group, the idle workers wait with it.
+    ``shared_validation``: every worker in the pool can evaluate every shard's
+    validation part (the executor lets it read them), so an epoch is evaluated whole
+    in the visit that ends its training, with no walk through the other workers.
     """
 
     def __init__(
@@ -252,8 +255,10 @@ class MOPScheduler:
         n_shards: int | None = None,
         train_order: TrainOrder | str = TrainOrder.FIXED,
         hybrid: Hybrid | str = Hybrid.OFF,
+        shared_validation: bool = False,
     ) -> None:
         check_int("n_workers", n_workers, example="n_workers=2")
+        self.shared_validation = bool(shared_validation)
         self.train_order = parse_train_order(train_order)
         self.hybrid = parse_hybrid(hybrid)
         self.n_workers = n_workers
@@ -263,6 +268,7 @@ class MOPScheduler:
         self._cover_of: object = None  # the holdings ``_cover`` was computed for
         self._cover: tuple[list[int], int] = ([], 2)
         self._holders = self._holders_of_shards()
+        self._members = self._pool_members()
         self.policy = _parse_policy(policy)
         self.seed = seed
         self._rng = np.random.default_rng([seed, 7919])
@@ -386,6 +392,7 @@ class MOPScheduler:
             raise ConfigError(f"worker {worker} is busy with MST {self._busy[worker]}")
         self._held = self._held[:worker] + (held,) + self._held[worker + 1 :]
         self._holders = self._holders_of_shards()
+        self._members = self._pool_members()
         for state in self._msts.values():  # they wait where their next shards are held now
             self._unpark(state)
             self._park(state)
@@ -393,6 +400,10 @@ class MOPScheduler:
     def holdings(self) -> tuple[frozenset[int], ...]:
         """The shards each worker holds (an empty set: it left)."""
         return self._held
+
+    def _pool_members(self) -> tuple[int, ...]:
+        """The workers that hold shards (one that holds none has left the pool)."""
+        return tuple(w for w in range(self.n_workers) if self._held[w])
 
     def _holders_of_shards(self) -> list[tuple[int, ...]]:
         """For each shard, the workers that hold it (from ``_held``)."""
@@ -536,8 +547,7 @@ class MOPScheduler:
 
     def _park(self, state: _MSTState) -> None:
         if not state.running and not state.stopped and not state.held and state.pending:
-            shards = self._next_shards(state)
-            state.parked = tuple(sorted({w for s in shards for w in self._holders[s]}))
+            state.parked = self._next_workers(state)
             for worker in state.parked:
                 self._waiting[worker].add(state.mst_id)
             self._n_parked += bool(state.parked)
@@ -548,13 +558,25 @@ class MOPScheduler:
             self._waiting[worker].discard(state.mst_id)
         state.parked = ()
 
-    def _next_shards(self, state: _MSTState) -> tuple[int, ...]:
-        """Where the MST can go next: its next planned shard, or, between an epoch's
-        first and last evaluation, any shard it still has to evaluate on (with
-        ``train_order="any"``, while training, any shard it has still to train on)."""
-        free = tuple(step.shard for step in self._free_evaluations(state))
-        free = free or tuple(step.shard for step in self._free_training(state))
-        return free or (state.pending[0].shard,)
+    def _next_workers(self, state: _MSTState) -> tuple[int, ...]:
+        """Where the MST can go next: a worker that can run its next planned step, or,
+        between an epoch's first and last evaluation, any evaluation it has still to run
+        (with ``train_order="any"``, while training, any shard it has still to train on)."""
+        steps = list(self._free_evaluations(state)) or self._free_training(state)
+        steps = steps or [state.pending[0]]
+        return tuple(sorted({w for step in steps for w in self._runners(step)}))
+
+    def _runners(self, step: Step) -> tuple[int, ...]:
+        """The workers that can run ``step``: those holding its shard, or, for an
+        evaluation with shared validation, every worker in the pool."""
+        if step.kind is StepKind.EVAL and self.shared_validation:
+            return self._members
+        return self._holders[step.shard]
+
+    def _runs_here(self, step: Step, worker: int) -> bool:
+        if step.kind is StepKind.EVAL and self.shared_validation:
+            return bool(self._held[worker])
+        return step.shard in self._held[worker]
 
     def _free_training(self, state: _MSTState) -> list[Step]:
         """With ``train_order="any"``: the epoch's training steps still to run, when
@@ -637,15 +659,15 @@ class MOPScheduler:
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
         held = self._held[worker]
         self._train_here_first(state, held)
-        if state.pending[0].shard not in held:  # evaluations taken out of plan order
-            taken = [s for s in self._free_evaluations(state) if s.shard in held]
+        if not self._runs_here(state.pending[0], worker):  # evaluations out of plan order
+            taken = [s for s in self._free_evaluations(state) if self._runs_here(s, worker)]
             for step in taken:
                 state.pending.remove(step)
                 state.n_pending[step.kind] -= 1
             return Visit(state.mst_id, worker, tuple(taken))
         steps: list[Step] = []
         seconds = 0.0
-        while state.pending and state.pending[0].shard in held:
+        while state.pending and self._runs_here(state.pending[0], worker):
             step = state.pending[0]
             steps.append(state.pending.popleft())
             state.n_pending[step.kind] -= 1

@@ -148,6 +148,10 @@ class BaseExecutor(ABC):
         """Raise a ConfigError, before anything starts, if this executor cannot run
         ``n_workers`` workers over ``n_shards`` shards (``n_shards >= n_workers``)."""
 
+    # Whether every worker can evaluate every shard's validation part (not only its own
+    # shards'): an epoch is then evaluated where its training ends (MOPScheduler).
+    shared_validation: bool = False
+
     # -- data-parallel groups (hybrid mode) ---------------------------------------------
     groups: bool = False  # whether visits may carry a GroupSpec
 

@@ -58,6 +58,8 @@ class WorkerSpec:
     driver_pid: int = 0  # owner of those files
     home: tuple[int, ...] = ()  # those of them this worker owns (the rest are replicas)
     device: str | None = None  # where its models train (``worker_device``); None: the CPU
+    # (index, path) of every shard whose validation part it may evaluate (shared validation)
+    validation_paths: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,5 +158,5 @@ def _start(spec: WorkerSpec) -> ShardWorker:
     factory = cloudpickle.loads(spec.factory_blob)
     return ShardWorker(
         spec.worker, shards, spec.n_shards, factory, materialise=spec.materialise, home=spec.home,
-        device=worker_device(spec.device, spec.worker),
+        device=worker_device(spec.device, spec.worker), validation=dict(spec.validation_paths),
     )  # fmt: skip

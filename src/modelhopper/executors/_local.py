@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import cloudpickle
 import torch
 
-from modelhopper._checks import check_int
+from modelhopper._checks import check_bool, check_int
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import BaseExecutor, VisitResult, VisitTask
@@ -170,6 +170,10 @@ class LocalExecutor(BaseExecutor):
     ``rebalance``: with logical shards (``n_shards`` > workers), move shards between
     workers in proportion to their measured speeds, so that a worker twice as slow
     (a busier or older machine) owns half as many; the results do not change.
+    ``shared_validation``: every worker may read every shard's validation part (the
+    shards are memory-mapped files on this machine: the page cache holds them once),
+    so an epoch is evaluated whole by the worker that ends its training, instead of
+    visiting every worker again; its reports come sooner, its metrics are the same.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class LocalExecutor(BaseExecutor):
         replicas: int | str = "auto",
         rebalance: bool = False,
         device: str | Sequence[str] | None = None,
+        shared_validation: bool = False,
     ):
         check_worker_options(
             threads_per_worker=threads_per_worker, max_restarts=max_restarts,
@@ -206,6 +211,7 @@ class LocalExecutor(BaseExecutor):
             )
         if replicas != "auto":
             check_int("replicas", replicas, example="replicas=2, or 'auto'")
+        self.shared_validation = check_bool("shared_validation", shared_validation)
         self.device = _check_device(device)
         self.replicas = replicas
         self.rebalance = bool(rebalance)
@@ -285,10 +291,12 @@ class LocalExecutor(BaseExecutor):
         self._states = ShmFolder(root) if root is not None else None
         folder = str(self._states.path) if self._states is not None else None
         held, homes = self.holdings(shards, n), home_holdings(n, len(shards))
+        every = tuple((s, shard.path) for s, shard in enumerate(shards))
         self._specs = [
             WorkerSpec(
                 w, tuple((s, shards[s].path) for s in held[w]), len(shards), blob, threads,
                 self.materialise, folder, os.getpid(), home=homes[w], device=self._device_of(w),
+                validation_paths=every if self.shared_validation else (),
             )
             for w in range(n)
         ]  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 from modelhopper._data_parallel import ShardPart, group_train_pass, n_global_batches
 from modelhopper._vocabulary import StepKind
 from modelhopper.data._encoded import EncodedColumn
-from modelhopper.data._sharding import ShardData
+from modelhopper.data._sharding import ShardData, open_shard
 from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
     Estimator,
@@ -104,6 +104,7 @@ class ShardWorker:
         feature_dir: str | None = None,
         device: str | None = None,
         home: Collection[int] | None = None,
+        validation: Mapping[int, str] | None = None,
     ) -> None:
         """``materialise`` bounds the shard's materialised representations (defaults:
         ``MaterialiseBudget()``); ``feature_dir`` holds their disk tier (default: a
@@ -111,7 +112,9 @@ class ShardWorker:
         ``device`` (e.g. ``"cuda"``) is where models train; states hop in CPU form.
         ``shards`` maps the indices of the shards this worker holds to their data;
         ``home`` names those it owns (default: shard ``worker``), whose materialised
-        features it keeps on disk; the others are replicas of other workers' shards."""
+        features it keeps on disk; the others are replicas of other workers' shards.
+        ``validation`` maps shards to the folders whose validation parts this worker may
+        evaluate without holding them (shared validation), opened when first asked."""
         self.device = torch.device(device) if device is not None else None
         self.worker = worker
         self.n_shards = n_shards
@@ -122,6 +125,8 @@ class ShardWorker:
         self._cache: OrderedDict[int, tuple[Trainable, torch.Tensor]] = OrderedDict()
         self.shards: dict[int, ShardData] = {}
         self.features: dict[int, FeatureStore] = {}
+        self._validation_paths = dict(validation or {})
+        self._validation_parts: dict[int, ShardData] = {}
         self.hold(shards, (worker,) if home is None else home)
 
     def hold(self, shards: Mapping[int, ShardData], home: Collection[int]) -> None:
@@ -180,7 +185,7 @@ class ShardWorker:
             if step.shard not in inputs:
                 inputs[step.shard] = self._inputs(estimator, step.shard)
             train_x, val_x, transform, extra = inputs[step.shard]
-            data = self.shards[step.shard]
+            data = self._data(step.shard)
             if step.kind is StepKind.TRAIN:
                 result = estimator.train_pass(
                     train_x,
@@ -257,6 +262,9 @@ class ShardWorker:
         """The x the model trains on in shard ``index``: raw, materialised features, or
         raw plus a transform."""
         representation = estimator.representation
+        if index not in self.shards:  # only its validation part, read where it lies
+            shard = self._data(index)  # the representation applies per batch: nothing kept
+            return shard.train_x, shard.val_x, representation, {}
         shard = self.shards[index]
         if representation is None:
             return shard.train_x, shard.val_x, None, {}
@@ -268,6 +276,16 @@ class ShardWorker:
         if lookup.features is None:  # over budget: apply it to every batch instead
             return shard.train_x, shard.val_x, representation, extra
         return lookup.features.train_x, lookup.features.val_x, None, extra
+
+    def _data(self, index: int) -> ShardData:
+        """A shard this worker holds, or one whose validation part it may evaluate."""
+        if index in self.shards:
+            return self.shards[index]
+        if index not in self._validation_parts:
+            if index not in self._validation_paths:
+                raise RuntimeError(f"worker {self.worker} neither holds nor may read shard {index}")
+            self._validation_parts[index] = open_shard(self._validation_paths[index])
+        return self._validation_parts[index]
 
     def _estimator_for(self, task: VisitTask) -> tuple[Trainable, torch.Tensor]:
         cached = self._cache.get(task.mst_id)

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelhopper._checks import check_int
+from modelhopper._checks import check_bool, check_int
 from modelhopper.data import Dataset
 from modelhopper.data._sharding import ShardInfo
 from modelhopper.errors import ConfigError, ExecutorError
@@ -149,6 +149,8 @@ class SurrogateExecutor(BaseExecutor):
     (real seconds the driver spent between ``wait()`` calls) and ``surrogate_seconds``
     (real seconds spent here).
     ``replicas``: workers holding each shard (an int, or ``"all"``), default 1.
+    ``shared_validation``: every worker can evaluate every shard's validation part, so
+    an epoch is evaluated where its training ends (default: only its own shards').
     """
 
     def __init__(
@@ -160,8 +162,10 @@ class SurrogateExecutor(BaseExecutor):
         hop_seconds: float = 0.0,
         stop_at: float | None = None,
         replicas: int | str = 1,
+        shared_validation: bool = False,
     ) -> None:
         self.bench = LCBench() if bench is None else bench
+        self.shared_validation = check_bool("shared_validation", shared_validation)
         if str(task) not in {str(t) for t in self.bench.tasks}:
             raise ConfigError(
                 f"task {task!r} is not an LCBench task; pick one of {list(self.bench.tasks)}"
@@ -372,7 +376,8 @@ class SurrogateExecutor(BaseExecutor):
         self, worker: int, mst_id: int, step: Step, state: dict[str, Any], curve: Mapping[str, Any]
     ) -> PassResult:
         p = self._n_shards
-        if step.shard not in self._holdings[worker]:
+        shared = step.kind is StepKind.EVAL and self.shared_validation
+        if step.shard not in self._holdings[worker] and not shared:
             raise _VisitFailed(
                 f"step {step} of MST {mst_id} is for shard {step.shard}, ran on {worker}"
             )
