@@ -3,7 +3,7 @@ engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
 
     python bench/anytime.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
                             [--workers 4 32] [--tasks T ...] [--methods M ...] [--jobs J]
-    python bench/anytime.py --merge A.json B.json --tag AB
+    python bench/anytime.py --merge A.json B.json [--methods M ...] --tag AB
 
 For each LCBench task, number of workers and seed, every method searches LCBench's
 7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
@@ -63,7 +63,10 @@ SAMPLE = 2000  # random configurations that fix each task's FTE, best and worst
 # per worker": the data cut into 4 logical shards per worker (n_shards=4p; else one each);
 # "quarter of data per worker": every shard on p/4 workers (replicas=p//4; on 32 workers
 # 8, so each worker holds a quarter of the data, where the peers' hold all of it; the train
-# order stays fixed, and a sub-epoch runs on whichever holder of its shard is free).
+# order stays fixed, and a sub-epoch runs on whichever holder of its shard is free);
+# "shared validation": every worker can evaluate every shard's validation part
+# (SurrogateExecutor(shared_validation=True)), so an epoch is evaluated where its training
+# ends, with no walk through the other workers (one copy of the training data still).
 MH_METHODS = (
     "mh RandomSearch",
     "mh TPESearch",
@@ -88,6 +91,8 @@ MH_METHODS = (
     "mh ASHA (stopping, oldest first, quarter of data per worker)",
     "mh Hyperband (stopping, oldest first, quarter of data per worker)",
     "mh Hyperband (random brackets, stopping, oldest first, quarter of data per worker)",
+    "mh ASHA (stopping, oldest first, shared validation)",
+    "mh Hyperband (random brackets, stopping, oldest first, shared validation)",
     "mh PBT",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
@@ -107,6 +112,10 @@ SAME_ALGORITHM = {
     "mh Hyperband (stopping, oldest first, any order)": ("Syne Tune Hyperband",),
     "mh ASHA (stopping, oldest first, quarter of data per worker)": ("Syne Tune ASHA",),
     "mh Hyperband (stopping, oldest first, quarter of data per worker)": ("Syne Tune Hyperband",),
+    "mh ASHA (stopping, oldest first, shared validation)": ("Syne Tune ASHA",),
+    "mh Hyperband (random brackets, stopping, oldest first, shared validation)": (
+        "Syne Tune Hyperband",
+    ),
     "mh Hyperband (random brackets, stopping, oldest first, quarter of data per worker)": (
         "Syne Tune Hyperband",
     ),
@@ -198,12 +207,16 @@ def on_surrogate(
     stop_at: float,
     replicas: int | str = 1,
     n_shards: int | None = None,
+    shared_validation: bool = False,
 ) -> Any:
     """Run a procedure on the real engine over the surrogate until ``stop_at`` simulated
     seconds; the executor, which holds what every epoch reported and when."""
     from modelhopper.testing import SimulatedTimeUp, SurrogateExecutor, surrogate_dataset
 
-    executor = SurrogateExecutor(task=task, bench=_lcbench(), stop_at=stop_at, replicas=replicas)
+    executor = SurrogateExecutor(
+        task=task, bench=_lcbench(), stop_at=stop_at, replicas=replicas,
+        shared_validation=shared_validation,
+    )  # fmt: skip
     folder = tempfile.TemporaryDirectory(prefix="anytime-", dir=_memory_folder())
     with folder as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -233,7 +246,8 @@ def run_modelhopper(method: str, task: int, seed: int, n_workers: int, stop_at: 
     procedure = _procedure(method, seed, budget, n_workers)
     replicas = _replicas(method, n_workers)
     n_shards = 4 * n_workers if "4 shards per worker" in method else None
-    executor = on_surrogate(procedure, task, n_workers, stop_at, replicas, n_shards)
+    shared = "shared validation" in method
+    executor = on_surrogate(procedure, task, n_workers, stop_at, replicas, n_shards, shared)
     heard = sorted(
         (executor.epoch_times[key], executor.epoch_accuracy[key]) for key in executor.epoch_times
     )
@@ -404,6 +418,7 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
         f"seeds {payload['seeds']} ({payload['first_seed']}-{payload['last_seed']}); "
         f"real time {payload['real_seconds']:.0f} s.",
         "",
+        *seeds_note(payload),
         "Normalised regret of validation accuracy (0 = the best any method or the random "
         "sample found; 1 = the worst of the sample) at budgets in full-training "
         "equivalents (FTE), mean over tasks and seeds, +- standard error over seeds.",
@@ -499,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = "anytime_smoke" if args.smoke_test else "anytime"
     stem += f"_{args.tag}" if args.tag else ""
     if args.merge:
-        payload = merged(args.merge, command)
+        payload = merged(args.merge, command, args.methods)
     else:
         payload = measured(args, command)
     write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
@@ -518,7 +533,8 @@ def with_common_arguments(
                         help="seeds first-seed ... first-seed + seeds - 1")  # fmt: skip
     parser.add_argument("--max-budget", type=float, default=max_budget)
     parser.add_argument("--tasks", type=int, nargs="+", default=list(TASKS))
-    parser.add_argument("--methods", nargs="+", default=None, help="default: all")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="default: all; with --merge, the methods to keep")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help=f"results go to {stem}_<tag>.*")
@@ -553,20 +569,23 @@ def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return summary(runs, scales, args.max_budget, command, time.perf_counter() - started)
 
 
-def merged(paths: list[Path], command: str) -> dict[str, Any]:
-    """One summary of the runs of several results files, as if measured in one run: the
-    regret's zero is recomputed over all of them."""
-    payloads, runs, max_budget = runs_to_merge(paths)
+def merged(paths: list[Path], command: str, methods: list[str] | None = None) -> dict[str, Any]:
+    """One summary of the runs of several results files (of ``methods`` only, if given),
+    as if measured in one run: the regret's zero is recomputed over all of them."""
+    payloads, runs, max_budget = runs_to_merge(paths, methods)
     scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
     real = sum(payload["real_seconds"] for payload in payloads)
     merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
     return summary(runs, scales, max_budget, f"{command} (of {merged_from})", real)
 
 
-def runs_to_merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """The results files, their runs and their budget, checked to be mergeable: each keeps
-    its runs' points, all ran to one budget, and no run (method, task, seed, workers)
-    appears twice. Anything else stops with what to do instead."""
+def runs_to_merge(
+    paths: list[Path], methods: list[str] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """The results files, their runs (of ``methods`` only, if given) and their budget,
+    checked to be mergeable: each keeps its runs' points, all ran to one budget, and no
+    run (method, task, seed, workers) appears twice. Anything else stops with what to do
+    instead."""
     payloads = [json.loads(path.read_text()) for path in paths]
     for path, payload in zip(paths, payloads, strict=True):
         if any("heard" not in run for run in payload.get("runs", [{}])):
@@ -579,6 +598,12 @@ def runs_to_merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[st
         raise SystemExit(f"the files ran to different budgets {sorted(budgets)}; merge "
                          "files of one --max-budget")  # fmt: skip
     runs = [run for payload in payloads for run in payload["runs"]]
+    if methods is not None:
+        missing = sorted(set(methods) - {run["method"] for run in runs})
+        if missing:
+            raise SystemExit(f"no run of {missing} in these files; --methods names what to "
+                             "merge, as the files' tables name it")  # fmt: skip
+        runs = [run for run in runs if run["method"] in methods]
     seen: set[tuple[Any, ...]] = set()
     for run in runs:
         key = (run["method"], run["task"], run["seed"], run["workers"])
@@ -587,6 +612,22 @@ def runs_to_merge(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[st
                              "file; merge files of different seeds, tasks or methods")  # fmt: skip
         seen.add(key)
     return payloads, runs, budgets.pop()
+
+
+def seed_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """How many seeds each method ran (merged files may hold different seeds of each)."""
+    methods = dict.fromkeys(run["method"] for run in runs)
+    return {m: len({run["seed"] for run in runs if run["method"] == m}) for m in methods}
+
+
+def seeds_note(payload: dict[str, Any]) -> list[str]:
+    """Lines naming each method's number of seeds, where they differ (else none): the
+    header's seeds are then those of all runs together."""
+    counts = payload.get("seeds_per_method", {})
+    if len(set(counts.values())) <= 1:
+        return []
+    listed = ", ".join(f"{method} {n}" for method, n in counts.items())
+    return [f"Seeds per method (the merged files ran different seeds of each): {listed}.", ""]
 
 
 def summary(
@@ -611,6 +652,7 @@ def summary(
         "seeds": len({r["seed"] for r in runs}),
         "first_seed": min(r["seed"] for r in runs),
         "last_seed": max(r["seed"] for r in runs),
+        "seeds_per_method": seed_counts(runs),
         "workers": sorted({r["workers"] for r in runs}),
         "max_budget": max_budget,
         "scales": {str(t): s for t, s in scales.items()},

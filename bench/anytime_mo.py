@@ -55,6 +55,8 @@ from anytime import (  # noqa: E402
     run_all,
     runs_to_merge,
     sample_curves,
+    seed_counts,
+    seeds_note,
     verdict_cells,
     verdict_section,
     with_common_arguments,
@@ -243,6 +245,7 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
         f"({payload['first_seed']}-{payload['last_seed']}); real time "
         f"{payload['real_seconds']:.0f} s.",
         "",
+        *seeds_note(payload),
         "Objectives: val_accuracy (maximise), train_seconds per epoch (minimise). "
         "Hypervolume regret 1 - HV/HV* (0 = the best front seen on the task), mean over "
         "tasks and seeds, +- standard error over seeds; budgets in full-training "
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = " ".join(["python bench/anytime_mo.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_mo_smoke" if args.smoke_test else "anytime_mo"
     stem += f"_{args.tag}" if args.tag else ""
-    payload = merged(args.merge, command) if args.merge else measured(args, command)
+    payload = merged(args.merge, command, args.methods) if args.merge else measured(args, command)
     write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
     print((args.out / f"{stem}.md").read_text())
     return payload
@@ -302,9 +305,10 @@ def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return summary(runs, boxes, args.max_budget, command, time.perf_counter() - started)
 
 
-def merged(paths: list[Path], command: str) -> dict[str, Any]:
-    """One summary of several results files' runs, as if measured in one run."""
-    payloads, runs, max_budget = runs_to_merge(paths)
+def merged(paths: list[Path], command: str, methods: list[str] | None = None) -> dict[str, Any]:
+    """One summary of several results files' runs (of ``methods`` only, if given), as if
+    measured in one run."""
+    payloads, runs, max_budget = runs_to_merge(paths, methods)
     if len({run["workers"] for run in runs}) > 1:
         raise SystemExit("the files ran on different numbers of workers; merge files of one "
                          "--workers")  # fmt: skip
@@ -336,6 +340,7 @@ def summary(
         "seeds": len({r["seed"] for r in runs}),
         "first_seed": min(r["seed"] for r in runs),
         "last_seed": max(r["seed"] for r in runs),
+        "seeds_per_method": seed_counts(runs),
         "workers": n_workers,
         "max_budget": max_budget,
         "best_hypervolume": {str(t): v for t, v in best_hv.items()},

@@ -124,8 +124,9 @@ BENCHMARKS = {
 }  # fmt: skip
 
 
-def _measure(kind: str, tmp_path: Path, tag: str, *args: str) -> dict:
-    run, _, methods = BENCHMARKS[kind]
+def _measure(kind: str, tmp_path: Path, tag: str, *args: str, methods: list | None = None) -> dict:
+    run, _, both = BENCHMARKS[kind]
+    methods = methods or both
     common = ["--max-budget", "3", "--workers", "4", "--tasks", str(TASK), "--jobs", "1"]
     return run([*common, "--methods", *methods, "--out", str(tmp_path), "--tag", tag, *args])
 
@@ -148,6 +149,24 @@ def test_seeds_run_apart_and_merged_make_the_table_of_one_run(tmp_path: Path, ki
     assert ("worker utilisation" in text) == (kind == "regret")
     with pytest.raises(SystemExit, match="more than one file"):
         run(["--merge", files[0], files[0], "--out", str(tmp_path), "--tag", "twice"])
+    ours = BENCHMARKS[kind][2][0]
+    assert "Seeds per method" not in text  # every method ran the same seeds
+    kept = run(["--merge", *files, "--methods", ours, "--out", str(tmp_path), "--tag", "ours"])
+    table = kept["table"]["4"] if kind == "regret" else kept["table"]  # by workers, or not
+    assert set(table) == {ours} and kept["seeds"] == 2
+    with pytest.raises(SystemExit, match="no run of"):
+        run(["--merge", *files, "--methods", "mh Nothing", "--out", str(tmp_path), "--tag", "x"])
+    # a third seed of ours alone: the table says how many seeds each method has
+    _measure(kind, tmp_path, "third", "--seeds", "1", "--first-seed", "2", methods=[ours])
+    third = str(tmp_path / f"{stem}_third.json")
+    uneven = run(["--merge", *files, third, "--out", str(tmp_path), "--tag", "uneven"])
+    peer = BENCHMARKS[kind][2][1]
+    assert uneven["seeds_per_method"] == {ours: 3, peer: 2}
+    text = (tmp_path / f"{stem}_uneven.md").read_text()
+    assert (
+        f"Seeds per method (the merged files ran different seeds of each): {ours} 3, {peer} 2"
+        in text
+    )
 
 
 def test_a_multi_objective_results_file_keeps_each_moments_front_and_its_hypervolume():
