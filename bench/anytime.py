@@ -3,7 +3,7 @@ engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
 
     python bench/anytime.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
                             [--workers 4 32] [--tasks T ...] [--methods M ...] [--jobs J]
-    python bench/anytime.py --merge A.json B.json [--methods M ...] --tag AB
+    python bench/anytime.py --merge A.json B.json [--methods M ...] [--up-to FTE] --tag AB
 
 For each LCBench task, number of workers and seed, every method searches LCBench's
 7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
@@ -24,6 +24,8 @@ Writes bench/results/anytime.json, anytime.md and anytime_<workers>.png
 (anytime_smoke.* with --smoke-test). The JSON keeps each run's incumbents, so a long
 measurement can be split (e.g. ``--seeds 5`` and ``--seeds 5 --first-seed 5``, runs
 apart) and ``--merge`` makes the one table both would have made in one run.
+``--up-to 30`` reads files run to 30 FTE or more up to 30 FTE, so runs to different
+budgets share one table (the regret's zero stays the best any run heard).
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ MH_METHODS = (
     "mh ASHA (stopping, oldest first, shared validation)",
     "mh Hyperband (random brackets, stopping, oldest first, shared validation)",
     "mh PBT",
+    "mh RandomSearch (replicated)",
+    "mh TPESearch (replicated)",
+    "mh SuccessiveHalving (replicated)",
+    "mh PBT (replicated)",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
 # ASHA and BOHB and Optuna's pruners stop a trial at a rung (stopping mode); no peer
@@ -171,11 +177,12 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
     full = 2 * math.ceil(budget) + 2 * n_workers  # full trainings
     halving = {"max_epochs": MAX_EPOCHS, "min_epochs": 1, "reduction_factor": 3}
     many = 2 * math.ceil(budget * MAX_EPOCHS) + 4 * n_workers  # as if 1 epoch each
-    if method == "mh RandomSearch":
+    base = method.removesuffix(" (replicated)")  # where the data lives: _replicas reads it
+    if base == "mh RandomSearch":
         return mh.RandomSearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS, **common)
-    if method == "mh TPESearch":
+    if base == "mh TPESearch":
         return mh.TPESearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS, **common)
-    if method == "mh SuccessiveHalving":  # one bracket spending about the budget
+    if base == "mh SuccessiveHalving":  # one bracket spending about the budget
         n = max(n_workers, math.ceil(budget * MAX_EPOCHS / 5.2))
         return mh.SuccessiveHalving(surrogate_estimator, space, n_msts=n, **halving, **common)
     if method.startswith(("mh ASHA", "mh Hyperband")):
@@ -191,7 +198,7 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
             surrogate_estimator, space, n_msts=many, sampler=sampler, mode=mode,
             **halving, **common,
         )  # fmt: skip
-    if method == "mh PBT":
+    if base == "mh PBT":
         population = max(8, 2 * n_workers)
         return mh.PBT(
             surrogate_estimator, space, population_size=population, epochs=MAX_EPOCHS,
@@ -509,12 +516,17 @@ def plot_curves(path: Path, curves: dict[str, list[dict]], ylabel: str, title: s
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--up-to", type=float, default=None, metavar="FTE",
+                        help="with --merge: read every file's runs up to this budget, "
+                        "so files run to different budgets make one table")  # fmt: skip
     args = with_common_arguments(parser, max_budget=300, stem="anytime").parse_args(argv)
     command = " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_smoke" if args.smoke_test else "anytime"
     stem += f"_{args.tag}" if args.tag else ""
     if args.merge:
-        payload = merged(args.merge, command, args.methods)
+        payload = merged(args.merge, command, args.methods, args.up_to)
+    elif args.up_to is not None:
+        parser.error("--up-to reads results files: use it with --merge")
     else:
         payload = measured(args, command)
     write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
@@ -569,23 +581,44 @@ def measured(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return summary(runs, scales, args.max_budget, command, time.perf_counter() - started)
 
 
-def merged(paths: list[Path], command: str, methods: list[str] | None = None) -> dict[str, Any]:
+def merged(
+    paths: list[Path], command: str, methods: list[str] | None = None, up_to: float | None = None
+) -> dict[str, Any]:
     """One summary of the runs of several results files (of ``methods`` only, if given),
-    as if measured in one run: the regret's zero is recomputed over all of them."""
-    payloads, runs, max_budget = runs_to_merge(paths, methods)
+    as if measured in one run: the regret's zero is recomputed over all of them. With
+    ``up_to``, files run to that budget or more are read up to it (the zero stays the
+    best any of their runs heard, at any budget)."""
+    payloads, runs, max_budget = runs_to_merge(paths, methods, up_to)
     scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
     real = sum(payload["real_seconds"] for payload in payloads)
     merged_from = "; ".join(f"`{payload['command']}`" for payload in payloads)
-    return summary(runs, scales, max_budget, f"{command} (of {merged_from})", real)
+    grid = None if up_to is None else common_grid(paths, payloads, up_to)
+    return summary(runs, scales, max_budget, f"{command} (of {merged_from})", real, grid)
+
+
+def common_grid(paths: list[Path], payloads: list[dict[str, Any]], up_to: float) -> list[float]:
+    """The budgets up to ``up_to`` at which every file kept its runs' incumbents (its
+    curves' budgets): there a capped merge reads each run exactly. ``up_to`` must be one."""
+    kept = [
+        {point["budget"] for rows in payload["curves"].values() for curve in rows.values()
+         for point in curve}
+        for payload in payloads
+    ]  # fmt: skip
+    for path, budgets in zip(paths, kept, strict=True):
+        if up_to not in budgets:
+            readable = ", ".join(f"{b:g}" for b in sorted(budgets))
+            raise SystemExit(f"{path} kept its runs' incumbents at {readable} FTE only; "
+                             "--up-to must be one of those of every file")  # fmt: skip
+    return sorted(b for b in set.intersection(*kept) if b <= up_to)
 
 
 def runs_to_merge(
-    paths: list[Path], methods: list[str] | None = None
+    paths: list[Path], methods: list[str] | None = None, up_to: float | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """The results files, their runs (of ``methods`` only, if given) and their budget,
-    checked to be mergeable: each keeps its runs' points, all ran to one budget, and no
-    run (method, task, seed, workers) appears twice. Anything else stops with what to do
-    instead."""
+    checked to be mergeable: each keeps its runs' points, all ran to one budget (or, with
+    ``up_to``, each to at least that one, which is then the budget), and no run (method,
+    task, seed, workers) appears twice. Anything else stops with what to do instead."""
     payloads = [json.loads(path.read_text()) for path in paths]
     for path, payload in zip(paths, payloads, strict=True):
         if any("heard" not in run for run in payload.get("runs", [{}])):
@@ -594,6 +627,13 @@ def runs_to_merge(
                 "run it again to merge it"
             )
     budgets = {payload["max_budget"] for payload in payloads}
+    if up_to is not None:
+        short = [f"{path} ({p['max_budget']:g})" for path, p in zip(paths, payloads, strict=True)
+                 if p["max_budget"] < up_to]  # fmt: skip
+        if short:
+            raise SystemExit(f"--up-to {up_to:g} FTE is past the budget these files ran to: "
+                             f"{', '.join(short)}; lower it or leave those files out")  # fmt: skip
+        budgets = {up_to}
     if len(budgets) > 1:
         raise SystemExit(f"the files ran to different budgets {sorted(budgets)}; merge "
                          "files of one --max-budget")  # fmt: skip
@@ -636,12 +676,15 @@ def summary(
     max_budget: float,
     command: str,
     real_seconds: float,
+    grid: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The results file's contents: regret tables, curves and verdicts of ``runs``, and the
-    runs themselves (each with its incumbents, so files can be merged later)."""
+    """The results file's contents: regret tables, curves (at ``grid``'s budgets, by
+    default 16 from 1 FTE to ``max_budget`` and the tables') and verdicts of ``runs``, and
+    the runs themselves (each with its incumbents, so files can be merged later)."""
     budgets = budgets_up_to(max_budget)
     methods = list(dict.fromkeys(r["method"] for r in runs))
-    grid = sorted({*budgets, *np.geomspace(1, max_budget, 16).round(2).tolist()})
+    if grid is None:
+        grid = sorted({*budgets, *np.geomspace(1, max_budget, 16).round(2).tolist()})
     curves_table = summarise(runs, scales, grid)
     table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}
              for w, rows in curves_table.items()}  # fmt: skip

@@ -198,3 +198,28 @@ def test_multi_objective_files_of_different_worker_counts_are_not_merged(tmp_pat
     files = [str(tmp_path / f"anytime_mo_{tag}.json") for tag in ("four", "eight")]
     with pytest.raises(SystemExit, match="different numbers of workers"):
         main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
+
+
+def test_files_run_to_different_budgets_merge_up_to_the_smaller(tmp_path: Path) -> None:
+    pytest.importorskip("syne_tune")
+    ours, peer = BENCHMARKS["regret"][2]
+    long = _measure("regret", tmp_path, "long", "--seeds", "1", methods=[ours])  # to 3 FTE
+    _measure("regret", tmp_path, "short", "--seeds", "1", "--max-budget", "1", methods=[peer])
+    files = [str(tmp_path / f"anytime_{tag}.json") for tag in ("long", "short")]
+    with pytest.raises(SystemExit, match="one --max-budget"):
+        main(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
+    past = r"past the budget these files ran to: .*short\.json \(1\)"
+    with pytest.raises(SystemExit, match=past):
+        main(["--merge", *files, "--up-to", "3", "--out", str(tmp_path), "--tag", "past"])
+    with pytest.raises(SystemExit, match="--up-to must be one of those"):
+        main(["--merge", files[0], "--up-to", "2.5", "--out", str(tmp_path), "--tag", "between"])
+    with pytest.raises(SystemExit):  # argparse's usage error: --up-to reads files
+        main(["--up-to", "1", "--out", str(tmp_path), "--tag", "nothing"])
+    # read up to 1 FTE, the 3-FTE file says what it said at 1 FTE, exactly
+    alone = main(["--merge", files[0], "--up-to", "1", "--out", str(tmp_path), "--tag", "alone"])
+    at_one = [point for point in long["curves"]["4"][ours] if point["budget"] == 1.0]
+    assert alone["table"]["4"][ours]["1"] == {k: at_one[0][k] for k in ("mean", "se")}
+    assert max(p["budget"] for p in alone["curves"]["4"][ours]) == 1.0
+    both = main(["--merge", *files, "--up-to", "1", "--out", str(tmp_path), "--tag", "both"])
+    assert set(both["table"]["4"]) == {ours, peer} and both["max_budget"] == 1.0
+    assert "| mh ASHA (stopping, oldest first) | " in (tmp_path / "anytime_both.md").read_text()
