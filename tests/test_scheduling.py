@@ -548,3 +548,37 @@ def test_with_shared_validation_a_worker_that_left_evaluates_nothing():
     for mst in (0, 1):
         assert sorted(s.shard for v in visits if v.mst_id == mst
                       for s in v.steps if s.kind is StepKind.EVAL) == [0, 1, 2]  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["longest_remaining", "oldest_first"])
+def test_each_visit_goes_to_the_mst_the_policy_names_among_many_waiting(policy) -> None:
+    """Many MSTs waiting per worker, steps timed unequally: every visit goes to the MST
+    with the most ``remaining_work`` (ties: the lower id), or, oldest first, to the first
+    added (one only evaluating ahead of any training), among those waiting for the worker."""
+    rng = np.random.default_rng(3)
+    scheduler = MOPScheduler(4, policy=policy, seed=5)
+    for mst in range(120):
+        scheduler.add_mst(mst, int(rng.integers(1, 4)))
+    speed = rng.uniform(0.2, 5.0, size=120)
+    running: list[Visit] = []
+    n_checked = 0
+    while not scheduler.finished:
+        idle = sorted(set(range(4)) - {v.worker for v in running})
+        for worker in idle:
+            waiting = [scheduler._msts[i] for i in scheduler._waiting[worker]]
+            if not waiting:
+                assert scheduler.assign([worker]) == []
+                continue
+            if policy == "longest_remaining":
+                work = {s.mst_id: scheduler.remaining_work(s.mst_id) for s in waiting}
+                expected = max(work, key=lambda i: (work[i], -i))
+            else:
+                evaluating = [s.mst_id for s in waiting if s.pending[0].kind is StepKind.EVAL]
+                expected = min(evaluating or [s.mst_id for s in waiting])
+            (visit,) = scheduler.assign([worker])
+            assert visit.mst_id == expected
+            running.append(visit)
+            n_checked += 1
+        done = running.pop(int(rng.integers(len(running))))
+        scheduler.complete(done, [speed[done.mst_id]] * len(done.steps))
+    assert n_checked > 400

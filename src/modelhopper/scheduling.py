@@ -222,6 +222,13 @@ class _MSTState:
     n_seconds: dict[StepKind, int] = field(default_factory=lambda: dict.fromkeys(StepKind, 0))
 
 
+def _mst_id(state: _MSTState) -> int:
+    return state.mst_id
+
+
+_KINDS = tuple(StepKind)  # iterating the enum itself costs more, once per MST per visit
+
+
 class MOPScheduler:
     """Assigns (MST, worker) visits whenever workers are idle.
 
@@ -654,7 +661,7 @@ class MOPScheduler:
         waiting = self._waiting[worker]
         if not waiting:
             return None
-        return self._pick([self._msts[i] for i in sorted(waiting)])
+        return self._pick([self._msts[i] for i in waiting])
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
         held = self._held[worker]
@@ -807,19 +814,38 @@ class MOPScheduler:
             state.group_cost = _GroupCost(alone, compute, waits)
 
     def _pick(self, eligible: list[_MSTState]) -> _MSTState:
-        """The MST the policy runs first among ``eligible`` (sorted by id)."""
+        """The MST the policy runs first among ``eligible`` (in any order). One pass, no
+        sort and no per-MST lookups: a worker may have 1,000s of MSTs waiting for it
+        (successive halving's first rung), and this runs once per visit."""
         top = max(s.priority for s in eligible)
-        eligible = [s for s in eligible if s.priority == top]
+        if any(s.priority != top for s in eligible):
+            eligible = [s for s in eligible if s.priority == top]
         if self.policy is SchedulingPolicy.RANDOM:
+            eligible = sorted(eligible, key=_mst_id)  # the draw indexes them by id
             return eligible[int(self._rng.integers(len(eligible)))]
         if self.policy is SchedulingPolicy.OLDEST_FIRST:
             # An MST whose epoch is trained and waits only to evaluate goes first: the
             # visit is short and ends an epoch, so the procedure decides sooner (on the
             # LCBench surrogate, regret 0.01-0.03 lower at 1-3 FTE; BENCHMARKS.md).
-            evaluating = (s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL)
-            return next(evaluating, eligible[0])  # sorted by id: the first added
+            evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
+            return min(evaluating or eligible, key=_mst_id)  # the first added
         # Longest remaining work first (LRW); ties go to the lower id.
-        return max(eligible, key=lambda s: (self.remaining_work(s.mst_id), -s.mst_id))
+        return max(eligible, key=self._remaining_work_key())
+
+    def _remaining_work_key(self) -> Callable[[_MSTState], tuple[float, int]]:
+        """``(remaining_work, -id)`` of an MST, as ``remaining_work`` computes it (the
+        same sums in the same order), with the fallback estimates read once."""
+        fallback = {kind: self._estimate_of_all(kind) for kind in StepKind}
+
+        def key(state: _MSTState) -> tuple[float, int]:
+            work = 0.0
+            for kind in _KINDS:
+                n = state.n_seconds[kind]
+                estimate = state.sum_seconds[kind] / n if n else fallback[kind]
+                work += state.n_pending[kind] * estimate
+            return work, -state.mst_id
+
+        return key
 
     def _chains(self, steps: list[Step], seconds: float, held: frozenset[int]) -> bool:
         """Whether a visit that has just evaluated an epoch goes on into the next (only
@@ -837,6 +863,10 @@ class MOPScheduler:
     def _estimate(self, state: _MSTState, kind: StepKind) -> float:
         if state.n_seconds[kind]:
             return state.sum_seconds[kind] / state.n_seconds[kind]
+        return self._estimate_of_all(kind)
+
+    def _estimate_of_all(self, kind: StepKind) -> float:
+        """A step's seconds for an MST with none measured: the mean over all MSTs."""
         if self._n_seconds[kind]:
             return self._sum_seconds[kind] / self._n_seconds[kind]
         return 1.0 if kind is StepKind.TRAIN else 0.25
