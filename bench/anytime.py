@@ -100,6 +100,8 @@ MH_METHODS = (
     "mh TPESearch (replicated)",
     "mh SuccessiveHalving (replicated)",
     "mh PBT (replicated)",
+    "mh RandomSearch (oldest first)",
+    "mh TPESearch (oldest first)",
 )
 # Which peers implement the same algorithm as a modelhopper procedure: Syne Tune's
 # ASHA and BOHB and Optuna's pruners stop a trial at a rung (stopping mode); no peer
@@ -177,7 +179,7 @@ def _procedure(method: str, seed: int, budget: float, n_workers: int) -> Any:
     full = 2 * math.ceil(budget) + 2 * n_workers  # full trainings
     halving = {"max_epochs": MAX_EPOCHS, "min_epochs": 1, "reduction_factor": 3}
     many = 2 * math.ceil(budget * MAX_EPOCHS) + 4 * n_workers  # as if 1 epoch each
-    base = method.removesuffix(" (replicated)")  # where the data lives: _replicas reads it
+    base = method.split(" (")[0]  # the parenthesis: a policy (common) or replicas (_replicas)
     if base == "mh RandomSearch":
         return mh.RandomSearch(surrogate_estimator, space, n_msts=full, epochs=MAX_EPOCHS, **common)
     if base == "mh TPESearch":
