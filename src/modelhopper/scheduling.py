@@ -229,6 +229,16 @@ def _mst_id(state: _MSTState) -> int:
 _KINDS = tuple(StepKind)  # iterating the enum itself costs more, once per MST per visit
 
 
+def _work_left(state: _MSTState, fallback: Mapping[StepKind, float]) -> float:
+    """Estimated seconds of an MST's pending steps: per kind, its own mean step time so
+    far, else ``fallback``'s (the mean over all MSTs)."""
+    work = 0.0
+    for kind in _KINDS:
+        n = state.n_seconds[kind]
+        work += state.n_pending[kind] * (state.sum_seconds[kind] / n if n else fallback[kind])
+    return work
+
+
 class MOPScheduler:
     """Assigns (MST, worker) visits whenever workers are idle.
 
@@ -540,8 +550,7 @@ class MOPScheduler:
 
     def remaining_work(self, mst_id: int) -> float:
         """Estimated seconds of work left for an MST, from measured step times."""
-        state = self._state(mst_id)
-        return sum(state.n_pending[k] * self._estimate(state, k) for k in StepKind)
+        return _work_left(self._state(mst_id), self._estimates_of_all())
 
     # -- internals --------------------------------------------------------
     def _state(self, mst_id: int) -> _MSTState:
@@ -829,23 +838,10 @@ class MOPScheduler:
             # LCBench surrogate, regret 0.01-0.03 lower at 1-3 FTE; BENCHMARKS.md).
             evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
             return min(evaluating or eligible, key=_mst_id)  # the first added
-        # Longest remaining work first (LRW); ties go to the lower id.
-        return max(eligible, key=self._remaining_work_key())
-
-    def _remaining_work_key(self) -> Callable[[_MSTState], tuple[float, int]]:
-        """``(remaining_work, -id)`` of an MST, as ``remaining_work`` computes it (the
-        same sums in the same order), with the fallback estimates read once."""
-        fallback = {kind: self._estimate_of_all(kind) for kind in StepKind}
-
-        def key(state: _MSTState) -> tuple[float, int]:
-            work = 0.0
-            for kind in _KINDS:
-                n = state.n_seconds[kind]
-                estimate = state.sum_seconds[kind] / n if n else fallback[kind]
-                work += state.n_pending[kind] * estimate
-            return work, -state.mst_id
-
-        return key
+        # Longest remaining work first (LRW); ties go to the lower id. The fallback
+        # estimates are read once here, not once per MST.
+        fallback = self._estimates_of_all()
+        return max(eligible, key=lambda s: (_work_left(s, fallback), -s.mst_id))
 
     def _chains(self, steps: list[Step], seconds: float, held: frozenset[int]) -> bool:
         """Whether a visit that has just evaluated an epoch goes on into the next (only
@@ -864,6 +860,9 @@ class MOPScheduler:
         if state.n_seconds[kind]:
             return state.sum_seconds[kind] / state.n_seconds[kind]
         return self._estimate_of_all(kind)
+
+    def _estimates_of_all(self) -> dict[StepKind, float]:
+        return {kind: self._estimate_of_all(kind) for kind in _KINDS}
 
     def _estimate_of_all(self, kind: StepKind) -> float:
         """A step's seconds for an MST with none measured: the mean over all MSTs."""
