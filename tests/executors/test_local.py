@@ -370,6 +370,26 @@ def test_shared_validation_evaluates_each_epoch_where_its_training_ends(tmp_path
     assert fewer < walked
 
 
+def test_a_validation_part_opens_from_its_files_alone(tmp_path):
+    # What a node that cannot read a shard's folder gets for shared validation: the
+    # validation arrays and shard.json, no training rows; they open as the shard's.
+    import numpy as np
+
+    from modelhopper.data._sharding import open_shard, open_validation_part, validation_files
+
+    (info,) = write_shards(_dataset(), 1, tmp_path / "shards", seed=3)
+    files = validation_files(info.path)
+    assert sorted(files) == ["shard.json", "val_x.npy", "val_y.npy"]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, blob in files.items():
+        (copy / name).write_bytes(blob)
+    whole, part = open_shard(info.path), open_validation_part(copy)
+    assert np.array_equal(part.val_x, whole.val_x) and np.array_equal(part.val_y, whole.val_y)
+    assert len(part.train_x) == len(part.train_y) == 0
+    assert part.train_x.shape[1:] == whole.train_x.shape[1:]
+
+
 def test_shared_validation_must_be_a_bool():
     with pytest.raises(ConfigError, match="shared_validation must be True or False"):
         mh.LocalExecutor(shared_validation=1)

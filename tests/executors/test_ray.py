@@ -390,3 +390,51 @@ def test_a_busy_holder_copies_a_shard_to_a_joiner_while_its_visit_runs(tmp_path)
         ex.submit(2, _task(1, (_train(0, 0, 0),), gate=str(gate)))  # the copy trains the same
         (copied,) = ex.wait()
         assert copied.outcomes[0].result.loss_sum == busy.outcomes[0].result.loss_sum
+
+
+def test_shared_validation_on_ray_trains_like_local_in_fewer_visits(tmp_path):
+    """Every actor reads every shard's validation part (here in place: one node), so each
+    epoch is evaluated where its training ends: the same metrics as LocalExecutor with
+    the parts sharded, in fewer visits."""
+    data = mh.datasets.digits(seed=0)
+    local = _search().fit(data, n_workers=3, run_dir=tmp_path / "local", progress=False,
+                          executor=mh.LocalExecutor(threads_per_worker=1, replicas=1))  # fmt: skip
+    executor = mh.RayExecutor(threads_per_worker=1, shared_validation=True,
+                              start_timeout=START_TIMEOUT)  # fmt: skip
+    on_ray = _search().fit(data, n_workers=3, run_dir=tmp_path / "ray", progress=False,
+                           executor=executor)  # fmt: skip
+    _assert_same_training(on_ray, local)
+    assert on_ray.stats.n_visits < local.stats.n_visits
+    assert executor.copied_bytes == executor.shipped_bytes == 0  # read where they lie
+
+
+def test_shared_validation_parts_are_copied_from_holders_and_kept_through_rehoming(tmp_path):
+    """data='ship' (no node reads the run directory): each actor gets the validation part
+    of every shard it does not hold, only that, copied from the shard's holder; it then
+    evaluates those shards exactly as their holders do. A worker that hands a shard on
+    keeps its validation part (no copy); one that gains a shard drops its part."""
+    from modelhopper.data._sharding import validation_files, write_shards
+    from modelhopper.testing._executor import _dataset, _evaluate, _sums, _task, make_test_estimator
+
+    shards = write_shards(_dataset(), 3, tmp_path / "shards", seed=3)
+    part = [sum(len(b) for b in validation_files(info.path).values()) for info in shards]
+    with mh.RayExecutor(data="ship", threads_per_worker=1, shared_validation=True,
+                        start_timeout=START_TIMEOUT) as executor:  # fmt: skip
+        executor.start(shards, make_test_estimator, n_workers=3)
+        assert executor.copied_bytes == 2 * sum(part)  # each part to the two non-holders
+        assert executor.resident_shard_bytes == [info.nbytes for info in shards]
+
+        def evaluate_shard_1(worker: int) -> tuple:
+            executor.submit(worker, _task(1, (_evaluate(0, 1, 0),)))
+            (result,) = executor.wait()
+            assert result.error is None, result.error
+            return _sums(result.outcomes[0].result)
+
+        by_holder = evaluate_shard_1(1)
+        assert evaluate_shard_1(0) == evaluate_shard_1(2) == by_holder
+        copied = executor.copied_bytes
+        executor.rehome(2, [1, 2], [1, 2])  # worker 2 gains shard 1 (its whole copy) ...
+        executor.rehome(1, [2], [2])  # ... and worker 1 hands it on, for shard 2
+        moved = copied + shards[1].nbytes + shards[2].nbytes
+        assert executor.copied_bytes == moved  # no validation part copied again
+        assert evaluate_shard_1(1) == evaluate_shard_1(2) == by_holder

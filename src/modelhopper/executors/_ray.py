@@ -32,8 +32,8 @@ from typing import Any
 
 import cloudpickle
 
-from modelhopper._checks import check_int
-from modelhopper.data._sharding import ShardInfo
+from modelhopper._checks import check_bool, check_int
+from modelhopper.data._sharding import ShardInfo, validation_files
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import (
     BaseExecutor,
@@ -88,6 +88,7 @@ class _ShardActor:
         factory_blob: bytes,
         n_threads: int,
         materialise: Any = None,
+        shared_validation: bool = False,
     ) -> None:
         import ray
         import torch
@@ -104,17 +105,32 @@ class _ShardActor:
         self.n_shards = n_shards
         self.factory = cloudpickle.loads(factory_blob)
         self.materialise = materialise
+        self.shared_validation = shared_validation
         # An actor given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES to it).
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
         self.runner: Any = None
         self.paths: dict[int, str] = {}  # shard -> the folder it was opened from, on this node
         self.copies: set[int] = set()  # shards held as local copies (shipped or copied)
+        # shared validation: shard -> the folder of its validation part on this node, for
+        # shards this actor does not hold; those in ``val_copies`` are local copies
+        self.val_paths: dict[int, str] = {}
+        self.val_copies: set[int] = set()
 
     def close(self) -> None:
         """Delete the local copies of shards (a shard read in place is left alone)."""
         self.runner = None  # closes the shards' memory maps
         for index in list(self.copies):
             self._drop_copy(index)
+        for index in list(self.val_copies):
+            self._drop_validation(index)
+
+    def _drop_validation(self, index: int) -> None:
+        import shutil
+
+        path = self.val_paths.pop(index)
+        if index in self.val_copies:
+            self.val_copies.discard(index)
+            shutil.rmtree(path, ignore_errors=True)
 
     def _drop_copy(self, index: int) -> None:
         import shutil
@@ -139,6 +155,40 @@ class _ShardActor:
         actor trains: the driver waiting on a joiner's shards never waits for a visit."""
         return _shard_files(self.paths[index])
 
+    def validation_files(self, index: int) -> dict[str, bytes]:
+        """The validation part of a shard this actor holds, for an actor on a node that
+        cannot read it (shared validation); served like ``shard_files``."""
+        from modelhopper.data._sharding import validation_files
+
+        return validation_files(self.paths[index])
+
+    def see_validation(self, sources: list[_Source]) -> dict[str, Any]:
+        """Shared validation: keep exactly the validation parts of the shards ``sources``
+        names (those this actor does not hold): one it has already stays, else it is read
+        in place at its path or written from ``files`` (copied from a holder, or shipped)."""
+        import ray
+
+        missing, copied = [], 0
+        for source in sources:
+            if source.index in self.val_paths:
+                continue
+            path = source.path
+            if source.files is not None:
+                try:
+                    files = source.files
+                    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+                except Exception:  # the actor copied from died: the executor asks again
+                    missing.append(source.index)
+                    continue
+                path = _materialise(files, f"validation-{source.index}")
+                self.val_copies.add(source.index)
+                copied += sum(len(blob) for blob in files.values())
+            self.val_paths[source.index] = path
+        for index in set(self.val_paths) - {s.index for s in sources}:
+            self._drop_validation(index)
+        self.runner.read_validation(self.val_paths)
+        return {"missing": missing, "copied_bytes": copied, "validation": sorted(self.val_paths)}
+
     def hold(self, sources: list[_Source], home: list[int]) -> dict[str, Any]:
         """Hold exactly the shards named in ``sources`` from now on (owning ``home``): keep
         those already open, open the others from their path on this node, from files (a copy
@@ -162,7 +212,7 @@ class _ShardActor:
                 except Exception:  # the actor copied from died: the executor asks again
                     missing.append(source.index)
                     continue
-                path = _materialise(files, source.index)
+                path = _materialise(files, f"shard-{source.index}")
                 self.copies.add(source.index)
             elif source.build is not None and not (Path(path) / "shard.json").is_file():
                 cloudpickle.loads(source.build)()  # this node lost the shard built for it
@@ -170,6 +220,8 @@ class _ShardActor:
             self.paths[source.index] = path
             shards[source.index] = open_shard(path, map_in=True)
         for index in [i for i in self.paths if i not in shards]:  # dropped: re-homed elsewhere
+            if self.shared_validation:
+                self._keep_validation(index)  # evaluated here still: keep it on this node
             if index in self.copies:
                 self._drop_copy(index)
             else:
@@ -181,6 +233,10 @@ class _ShardActor:
             )  # fmt: skip
         else:
             self.runner.hold(shards, home)
+        if self.shared_validation:  # a shard held now is evaluated from its held copy
+            for index in [i for i in self.val_paths if i in shards]:
+                self._drop_validation(index)
+            self.runner.read_validation(self.val_paths)
         return {
             "node": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
@@ -189,7 +245,21 @@ class _ShardActor:
             "device": self.device or "cpu",
             "built": built,
             "missing": missing,
+            "validation": sorted(self.val_paths),
         }
+
+    def _keep_validation(self, index: int) -> None:
+        """A shard this actor stops holding stays evaluable here: its folder when read in
+        place, else a local copy of its validation part (before the copy is deleted)."""
+        from modelhopper.data._sharding import validation_files
+
+        if index not in self.copies:
+            self.val_paths[index] = self.paths[index]
+            return
+        self.val_paths[index] = _materialise(
+            validation_files(self.paths[index]), f"validation-{index}"
+        )
+        self.val_copies.add(index)
 
     def run(
         self, task: VisitTask, state: bytes | None, init_state: bytes | None
@@ -224,11 +294,12 @@ class _Source:
     source: int | None = None  # the worker whose actor ``files`` are copied from
 
 
-def _materialise(files: Mapping[str, bytes], index: int) -> str:
-    """Write a copied shard under this node's temp dir and return its folder."""
+def _materialise(files: Mapping[str, bytes], name: str) -> str:
+    """Write a copied shard (or its validation part) under this node's temp dir and
+    return its folder."""
     import tempfile
 
-    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-shard-{index}"
+    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
@@ -268,15 +339,16 @@ def _shard_files(path: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def _read_shard_files(path: str) -> dict[str, bytes]:
-    """The driver's copy of a shard's files, to ship to a node that cannot read them."""
+def _driver_files(path: str, read: Callable[[str], dict[str, bytes]]) -> dict[str, bytes]:
+    """The driver's copy of a shard's files (``read``: all, or its validation part), to
+    ship to a node that cannot read them."""
     if not (Path(path) / "train_y.npy").is_file():  # the driver keeps only shard.json of those
         raise ExecutorError(
             f"shard {path} is neither on the node of its worker nor here to ship: it was "
             "built on a node of the cluster (data='auto'). Resume on the same nodes, put the "
             "run directory on storage every node reads, or start the run again"
         )
-    return _shard_files(path)
+    return read(path)
 
 
 class RayExecutor(BaseExecutor):
@@ -324,6 +396,13 @@ class RayExecutor(BaseExecutor):
         rebalance: with logical shards, move shards between workers in proportion
             to their measured speeds (a node twice as slow owns half as many
             shards); the results do not change.
+        shared_validation: every worker can evaluate every shard's validation
+            part, so an epoch is evaluated whole by the worker that ends its
+            training instead of visiting every worker again (its reports come
+            sooner, its metrics are the same). An actor reads a validation part
+            in place where its node can, else gets a copy of it (only the
+            validation arrays) from an actor holding the shard, else from the
+            driver; ``copied_bytes`` / ``shipped_bytes`` count them.
 
     A worker given a GPU (``{"GPU": 1}``) trains its MSTs on it. Workers may be
     added to and removed from a running run (``RunHandle.add_workers`` /
@@ -346,6 +425,7 @@ class RayExecutor(BaseExecutor):
         materialise: MaterialiseBudget | None = None,
         follow_cluster: bool = False,
         rebalance: bool = False,
+        shared_validation: bool = False,
     ) -> None:
         resources = dict(resources_per_worker or {"CPU": 1})
         for name, amount in resources.items():
@@ -394,6 +474,8 @@ class RayExecutor(BaseExecutor):
         self._group_hosts: dict[str, GroupHost] = {}  # rendezvous -> its store, while it runs
         self.follow_cluster = bool(follow_cluster)
         self.rebalance = bool(rebalance)
+        self.shared_validation = check_bool("shared_validation", shared_validation)
+        self._validation_of: dict[int, set[int]] = {}  # worker -> its actor's validation parts
         self._known_nodes: set[str] = set()  # nodes seen so far (follow_cluster)
         self._joining: list[str] = []  # nodes the next added workers are pinned to
         self._lost: list[int] = []  # workers whose node left, not yet reported
@@ -598,6 +680,7 @@ class RayExecutor(BaseExecutor):
         self._actors[worker] = None
         self._held[worker] = self._home[worker] = ()
         self._opened_by.pop(worker, None)
+        self._validation_of.pop(worker, None)
         self._infos[worker] = {**self._infos[worker], "nbytes": 0, "paths": {}}
 
     def pool_changes(self) -> PoolChanges:
@@ -674,6 +757,7 @@ class RayExecutor(BaseExecutor):
         """A new actor for ``worker`` (it has no shard open yet), placed by ``_placement``."""
         self._actors[worker] = self._create(worker, self._placement(worker))
         self._opened_by[worker] = {}
+        self._validation_of[worker] = set()
 
     def _create(self, worker: int, strategy: Any) -> Any:
         resources = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU")}
@@ -685,7 +769,7 @@ class RayExecutor(BaseExecutor):
             name=None,
         ).remote(
             worker, len(self._shards), self._factory_blob, self.threads_per_worker,
-            self.materialise,
+            self.materialise, self.shared_validation,
         )  # fmt: skip
 
     def _hold(self, workers: list[int]) -> list[dict[str, Any] | None]:
@@ -706,6 +790,7 @@ class RayExecutor(BaseExecutor):
                 if (info := opened[worker]) is None:
                     continue
                 self._opened_by[worker] = info["paths"]
+                self._validation_of[worker] = set(info["validation"])
                 self.rebuilt_shards += info["built"]
                 copied_from = {s.index: s.source for s in sources[worker] if s.source is not None}
                 missing = set(info["missing"])
@@ -720,13 +805,82 @@ class RayExecutor(BaseExecutor):
                         )
                     failed.update(copied_from[i] for i in missing)
                     pending.append(worker)
+        if self.shared_validation:  # once the shards are open: their holders serve copies
+            dead = self._share_validation([w for w in workers if opened.get(w) is not None])
+            opened.update(dict.fromkeys(dead))
         return [opened.get(w) for w in workers]
+
+    def _share_validation(self, workers: list[int]) -> set[int]:
+        """Each worker's actor gets the validation part of every shard it does not hold
+        (``_validation_sources``), asked again from elsewhere where a copy failed; the
+        workers whose actor died meanwhile."""
+        dead, failed = set[int](), set[int]()
+        pending = list(workers)
+        while pending:
+            unheld = {w: self._unheld(w) for w in pending}
+            readable = self._node_reads(
+                {w: [s for s in unheld[w] if s not in self._validation_of[w]] for w in pending}
+            )
+            dead.update(w for w in pending if readable[w] is None)
+            asked = [w for w in pending if readable[w] is not None]
+            sources = {w: self._validation_sources(w, readable[w] or {}, failed) for w in asked}
+            refs = [self._actors[w].see_validation.remote(sources[w]) for w in asked]
+            pending = []
+            for worker, info in zip(asked, self._get(refs, "open validation parts"), strict=True):
+                if info is None:
+                    dead.add(worker)
+                    continue
+                self._validation_of[worker] = set(info["validation"])
+                self.copied_bytes += info["copied_bytes"]
+                if info["missing"]:
+                    copied_from = {
+                        s.index: s.source for s in sources[worker] if s.source is not None
+                    }
+                    if not set(info["missing"]) <= copied_from.keys():
+                        raise ExecutorError(
+                            f"worker {worker} could not get the validation part(s) of shard(s) "
+                            f"{sorted(info['missing'])} the driver sent it; the Ray object "
+                            "store lost them"
+                        )
+                    failed.update(copied_from[i] for i in info["missing"])
+                    pending.append(worker)
+        return dead
+
+    def _unheld(self, worker: int) -> list[int]:
+        return [s for s in range(len(self._shards)) if s not in self._held[worker]]
+
+    def _validation_sources(
+        self, worker: int, readable: dict[int, bool], failed: set[int]
+    ) -> list[_Source]:
+        """Where the worker's actor gets the validation part of each shard it does not
+        hold: the one it has, its path on the node, a copy from an actor holding the
+        shard, or the driver's files, in that order of preference."""
+        sources = []
+        for shard in self._unheld(worker):
+            path = str(self._shards[shard].path)
+            if shard in self._validation_of[worker] or readable.get(shard):
+                sources.append(_Source(shard, path))
+            elif (holder := self._holder(shard, worker, failed)) is not None:
+                copy = self._actors[holder].validation_files.options(concurrency_group=_COPY_GROUP)
+                sources.append(_Source(shard, path, files=copy.remote(shard), source=holder))
+            else:
+                files = _driver_files(path, validation_files)
+                self.shipped_bytes += sum(len(b) for b in files.values())
+                sources.append(_Source(shard, path, files=self._ray.put(files)))
+        return sources
 
     def _readable(self, workers: list[int]) -> dict[int, dict[int, bool] | None]:
         """Which of its shards each worker's node reads in place (None: the actor is dead)."""
-        wanted = {w: [s for s in self._held[w] if s not in self._opened_by[w]] for w in workers}
+        return self._node_reads(
+            {w: [s for s in self._held[w] if s not in self._opened_by[w]] for w in workers}
+        )
+
+    def _node_reads(self, wanted: dict[int, list[int]]) -> dict[int, dict[int, bool] | None]:
+        """Of the shards ``wanted`` names by worker, those its node reads in place (None:
+        the worker's actor is dead)."""
         if self.data != "auto":
-            return {w: {s: self.data == "path" for s in wanted[w]} for w in workers}
+            return {w: {s: self.data == "path" for s in shards} for w, shards in wanted.items()}
+        workers = list(wanted)
         checks = [
             self._actors[w].can_read.remote([str(self._shards[s].path) for s in wanted[w]])
             for w in workers
@@ -765,7 +919,7 @@ class RayExecutor(BaseExecutor):
             elif shard in self._builds:  # built for a node that is gone: build it there
                 sources.append(_Source(shard, path, build=self._builds[shard]))
             else:
-                files = _read_shard_files(path)
+                files = _driver_files(path, _shard_files)
                 self.shipped_bytes += sum(len(b) for b in files.values())
                 sources.append(_Source(shard, path, files=self._ray.put(files)))
         return sources

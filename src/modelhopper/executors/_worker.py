@@ -24,7 +24,7 @@ import torch
 from modelhopper._data_parallel import ShardPart, group_train_pass, n_global_batches
 from modelhopper._vocabulary import StepKind
 from modelhopper.data._encoded import EncodedColumn
-from modelhopper.data._sharding import ShardData, open_shard
+from modelhopper.data._sharding import ShardData, open_validation_part
 from modelhopper.errors import MSTFailedError
 from modelhopper.estimator import (
     Estimator,
@@ -140,6 +140,14 @@ class ShardWorker:
                 data, self._materialise, folder
             )
         self.shards, self.features = dict(shards), features
+
+    def read_validation(self, paths: Mapping[int, str]) -> None:
+        """Evaluate the validation parts of these shards (not held) from these folders
+        from now on (shared validation; the Ray actor's parts moved or were copied)."""
+        for index in list(self._validation_parts):
+            if paths.get(index) != self._validation_paths.get(index):
+                del self._validation_parts[index]  # closes its memory maps
+        self._validation_paths = dict(paths)
 
     @property
     def nbytes(self) -> int:
@@ -284,7 +292,7 @@ class ShardWorker:
         if index not in self._validation_parts:
             if index not in self._validation_paths:
                 raise RuntimeError(f"worker {self.worker} neither holds nor may read shard {index}")
-            self._validation_parts[index] = open_shard(self._validation_paths[index])
+            self._validation_parts[index] = open_validation_part(self._validation_paths[index])
         return self._validation_parts[index]
 
     def _estimator_for(self, task: VisitTask) -> tuple[Trainable, torch.Tensor]:
