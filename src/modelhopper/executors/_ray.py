@@ -166,28 +166,31 @@ class _ShardActor:
         """Shared validation: keep exactly the validation parts of the shards ``sources``
         names (those this actor does not hold): one it has already stays, else it is read
         in place at its path or written from ``files`` (copied from a holder, or shipped)."""
-        import ray
-
         missing, copied = [], 0
         for source in sources:
             if source.index in self.val_paths:
                 continue
-            path = source.path
+            if (path := self._local_path(source, "validation", self.val_copies)) is None:
+                missing.append(source.index)  # the executor asks again
+                continue
             if source.files is not None:
-                try:
-                    files = source.files
-                    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
-                except Exception:  # the actor copied from died: the executor asks again
-                    missing.append(source.index)
-                    continue
-                path = _materialise(files, f"validation-{source.index}")
-                self.val_copies.add(source.index)
-                copied += sum(len(blob) for blob in files.values())
+                copied += sum(p.stat().st_size for p in Path(path).iterdir())
             self.val_paths[source.index] = path
         for index in set(self.val_paths) - {s.index for s in sources}:
             self._drop_validation(index)
         self.runner.read_validation(self.val_paths)
         return {"missing": missing, "copied_bytes": copied, "validation": sorted(self.val_paths)}
+
+    @staticmethod
+    def _local_path(source: _Source, kind: str, copies: set[int]) -> str | None:
+        """Where ``source`` lies on this node: its path, or its files written here (then
+        noted in ``copies``); None when the actor they were copied from died."""
+        if source.files is None:
+            return source.path
+        if (files := _fetch(source.files)) is None:
+            return None
+        copies.add(source.index)
+        return _materialise(files, f"{kind}-{source.index}")
 
     def hold(self, sources: list[_Source], home: list[int]) -> dict[str, Any]:
         """Hold exactly the shards named in ``sources`` from now on (owning ``home``): keep
@@ -204,17 +207,10 @@ class _ShardActor:
             if source.index in held:
                 shards[source.index] = held[source.index]
                 continue
-            path = source.path
-            if source.files is not None:
-                files = source.files
-                try:
-                    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
-                except Exception:  # the actor copied from died: the executor asks again
-                    missing.append(source.index)
-                    continue
-                path = _materialise(files, f"shard-{source.index}")
-                self.copies.add(source.index)
-            elif source.build is not None and not (Path(path) / "shard.json").is_file():
+            if (path := self._local_path(source, "shard", self.copies)) is None:
+                missing.append(source.index)  # the executor asks again
+                continue
+            if source.build is not None and not (Path(path) / "shard.json").is_file():
                 cloudpickle.loads(source.build)()  # this node lost the shard built for it
                 built += 1
             self.paths[source.index] = path
@@ -292,6 +288,19 @@ class _Source:
     files: Any = None
     build: bytes | None = None
     source: int | None = None  # the worker whose actor ``files`` are copied from
+
+
+def _fetch(files: Any) -> dict[str, bytes] | None:
+    """Files sent to an actor: bytes, or a reference to another actor's copy (None when
+    that actor died before serving it)."""
+    import ray
+
+    if not isinstance(files, ray.ObjectRef):
+        return files
+    try:
+        return ray.get(files)
+    except Exception:
+        return None
 
 
 def _materialise(files: Mapping[str, bytes], name: str) -> str:
