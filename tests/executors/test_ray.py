@@ -334,6 +334,27 @@ def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
         assert ex.wait()[0].error is None
 
 
+def test_the_next_actor_on_a_node_deletes_the_copies_of_one_killed_there(tmp_path):
+    """A killed actor cannot delete the shard copies it made (data='ship': every shard is
+    one); the next actor started on its node does, and leaves a live actor's alone."""
+    from pathlib import Path
+
+    from modelhopper.data._sharding import write_shards
+    from modelhopper.testing._executor import _dataset, make_test_estimator
+
+    shards = write_shards(_dataset(), 2, tmp_path / "shards", seed=3)
+    with mh.RayExecutor(data="ship", threads_per_worker=1, start_timeout=START_TIMEOUT) as ex:
+        ex.start(shards, make_test_estimator, n_workers=2)
+        killed, kept = ([Path(p) for p in ex.shard_paths if f"/{pid}-" in p] for pid in ex.pids)
+        assert killed and kept and all(p.is_dir() for p in killed + kept)
+        pid = ex.pids[0]
+        os.kill(pid, signal.SIGKILL)
+        _wait_until_dead(pid)
+        ex.add_worker([1], [1])
+        assert not any(p.exists() for p in killed)
+        assert all(p.is_dir() for p in kept)
+
+
 class _Gated(nn.Module):
     """Trains only once ``gate`` (a file) exists: a visit that stays busy until told."""
 

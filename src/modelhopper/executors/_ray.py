@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import psutil
 
 from modelhopper._checks import check_bool, check_int
 from modelhopper.data._sharding import ShardInfo, validation_files
@@ -98,6 +99,7 @@ class _ShardActor:
         from modelhopper.executors._worker import warm_up_torch
 
         keep_freed_memory()
+        _sweep_dead_copies()
         flush_denormals()  # before the thread pool exists: its threads inherit it
         torch.set_num_threads(n_threads)
         warm_up_torch()
@@ -303,16 +305,44 @@ def _fetch(files: Any) -> dict[str, bytes] | None:
         return None
 
 
+def _copies_folder() -> Path:
+    """Where the actors of this node write the shards (and validation parts) they copy,
+    each in a folder named after the actor's pid."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "modelhopper-shards"
+
+
 def _materialise(files: Mapping[str, bytes], name: str) -> str:
     """Write a copied shard (or its validation part) under this node's temp dir and
     return its folder."""
-    import tempfile
-
-    folder = Path(tempfile.gettempdir()) / "modelhopper-shards" / f"{os.getpid()}-{name}"
+    folder = _copies_folder() / f"{os.getpid()}-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
     return str(folder)
+
+
+def _sweep_dead_copies() -> None:
+    """Delete the copies of actors on this node that died without closing (killed by a
+    crash, for memory, or with their node's processes): an actor that closes deletes its
+    own, one killed cannot, and a shard copy may be gigabytes. An actor that lives (of
+    any run on this node) keeps them."""
+    import shutil
+
+    for folder in _copies_folder().glob("*-*"):
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's: it lives
+        return True
 
 
 def _pickle_factory(factory: Callable[..., Any]) -> bytes:
