@@ -984,6 +984,7 @@ class Driver:
             n_steps=self._n_steps,
             record_seconds=self._record_seconds,
             dispatch_seconds=self._dispatch_seconds,
+            shard_bytes_moved=self._executor.moved_shard_bytes,
         )
 
 

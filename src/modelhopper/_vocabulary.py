@@ -123,6 +123,9 @@ class RunStats:
     # only driver work a worker waits for (records are written after that).
     dispatch_seconds: float = 0.0
     startup_seconds: float = 0.0  # starting the workers until each had opened its shard
+    # Shard bytes sent to the workers' machines (RayExecutor: shipped by the driver or
+    # copied between actors, validation parts included); 0 where they read them in place.
+    shard_bytes_moved: int = 0
 
     @property
     def dispatch_seconds_per_visit(self) -> float:

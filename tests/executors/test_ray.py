@@ -84,6 +84,7 @@ def test_ray_trains_bit_for_bit_like_local(tmp_path):
     assert executor.devices == ["cpu", "cpu"]  # no GPU asked for: the actors train on CPU
     assert on_ray.stats.n_hops > 0 and on_ray.stats.hop_bytes > 0
     assert sum(on_ray.stats.resident_shard_bytes) == on_ray.stats.dataset_bytes
+    assert on_ray.stats.shard_bytes_moved == 0  # every actor read its shard in place
 
 
 def test_bad_arguments_are_rejected_clearly():
@@ -427,6 +428,7 @@ def test_shared_validation_on_ray_trains_like_local_in_fewer_visits(tmp_path):
     _assert_same_training(on_ray, local)
     assert on_ray.stats.n_visits < local.stats.n_visits
     assert executor.copied_bytes == executor.shipped_bytes == 0  # read where they lie
+    assert on_ray.stats.shard_bytes_moved == 0
 
 
 def test_shared_validation_parts_are_copied_from_holders_and_kept_through_rehoming(tmp_path):

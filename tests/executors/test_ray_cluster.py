@@ -91,6 +91,7 @@ def test_shards_shipped_once_to_nodes_that_cannot_read_the_path(reference, tmp_p
     executor = mh.RayExecutor(data="ship", start_timeout=START_TIMEOUT)
     result, _ = _fit(executor, tmp_path)
     assert executor.shipped_bytes >= result.stats.dataset_bytes  # arrays plus shard.json
+    assert result.stats.shard_bytes_moved == executor.shipped_bytes + executor.copied_bytes
     copies = executor.shard_paths
     assert all("modelhopper-shards" in path for path in copies)  # node-local copies, not ours
     assert not any(os.path.exists(path) for path in copies)  # removed at shutdown

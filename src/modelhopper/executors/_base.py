@@ -259,6 +259,12 @@ class BaseExecutor(ABC):
     def resident_shard_bytes(self) -> list[int]:
         """Bytes of shard data each worker holds."""
 
+    @property
+    def moved_shard_bytes(self) -> int:
+        """Shard bytes sent to the workers' machines so far (shipped by the driver, copied
+        between workers); 0 where every worker reads its shards where they lie."""
+        return 0
+
     def __enter__(self) -> BaseExecutor:
         return self
 

@@ -553,6 +553,10 @@ class RayExecutor(BaseExecutor):
     def pids(self) -> list[int]:
         return [info["pid"] for info in self._infos]
 
+    @property
+    def moved_shard_bytes(self) -> int:
+        return self.shipped_bytes + self.copied_bytes
+
     def shard_bytes_per_node(self) -> dict[str, int]:
         per_node: dict[str, int] = {}
         for info in self._infos:
