@@ -317,7 +317,11 @@ def _wait_until_dead(pid: int, timeout: float = 60.0) -> None:
 
 def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
     """data='ship': worker 2 takes shard 0, held only by worker 0, whose actor was killed:
-    the copy from it fails, and the shard comes from the driver's files instead."""
+    the copy from it fails, and the shard comes from the driver's files instead. The
+    killed actor could not delete its copy of shard 0; the next actor started on its
+    node does, and leaves the live actors' copies alone."""
+    from pathlib import Path
+
     from modelhopper.data._sharding import write_shards
     from modelhopper.testing._executor import _dataset, _task, _train, make_test_estimator
 
@@ -326,6 +330,8 @@ def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
         ex.start(shards, make_test_estimator, n_workers=3)
         shipped = ex.shipped_bytes
         pid = ex.pids[0]
+        left = [Path(p) for p in ex.shard_paths if f"/{pid}-" in p]
+        assert left and all(p.is_dir() for p in left)
         os.kill(pid, signal.SIGKILL)
         _wait_until_dead(pid)
         ex.rehome(2, [0, 2], [0, 2])
@@ -333,27 +339,10 @@ def test_a_shard_whose_copy_fails_comes_from_the_driver_instead(tmp_path):
         assert ex.resident_shard_bytes[2] == shards[0].nbytes + shards[2].nbytes
         ex.submit(2, _task(1, (_train(0, 0, 0), _train(0, 2, 1))))
         assert ex.wait()[0].error is None
-
-
-def test_the_next_actor_on_a_node_deletes_the_copies_of_one_killed_there(tmp_path):
-    """A killed actor cannot delete the shard copies it made (data='ship': every shard is
-    one); the next actor started on its node does, and leaves a live actor's alone."""
-    from pathlib import Path
-
-    from modelhopper.data._sharding import write_shards
-    from modelhopper.testing._executor import _dataset, make_test_estimator
-
-    shards = write_shards(_dataset(), 2, tmp_path / "shards", seed=3)
-    with mh.RayExecutor(data="ship", threads_per_worker=1, start_timeout=START_TIMEOUT) as ex:
-        ex.start(shards, make_test_estimator, n_workers=2)
-        killed, kept = ([Path(p) for p in ex.shard_paths if f"/{pid}-" in p] for pid in ex.pids)
-        assert killed and kept and all(p.is_dir() for p in killed + kept)
-        pid = ex.pids[0]
-        os.kill(pid, signal.SIGKILL)
-        _wait_until_dead(pid)
+        live = [Path(p) for p in ex.shard_paths if f"/{pid}-" not in p]
         ex.add_worker([1], [1])
-        assert not any(p.exists() for p in killed)
-        assert all(p.is_dir() for p in kept)
+        assert not any(p.exists() for p in left)
+        assert live and all(p.is_dir() for p in live)
 
 
 class _Gated(nn.Module):
