@@ -160,8 +160,6 @@ class _ShardActor:
     def validation_files(self, index: int) -> dict[str, bytes]:
         """The validation part of a shard this actor holds, for an actor on a node that
         cannot read it (shared validation); served like ``shard_files``."""
-        from modelhopper.data._sharding import validation_files
-
         return validation_files(self.paths[index])
 
     def see_validation(self, sources: list[_Source]) -> dict[str, Any]:
@@ -249,8 +247,6 @@ class _ShardActor:
     def _keep_validation(self, index: int) -> None:
         """A shard this actor stops holding stays evaluable here: its folder when read in
         place, else a local copy of its validation part (before the copy is deleted)."""
-        from modelhopper.data._sharding import validation_files
-
         if index not in self.copies:
             self.val_paths[index] = self.paths[index]
             return
