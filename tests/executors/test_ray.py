@@ -450,3 +450,28 @@ def test_shared_validation_parts_are_copied_from_holders_and_kept_through_rehomi
         moved = copied + shards[1].nbytes + shards[2].nbytes
         assert executor.copied_bytes == moved  # no validation part copied again
         assert evaluate_shard_1(1) == evaluate_shard_1(2) == by_holder
+
+
+def test_a_kept_validation_part_is_linked_and_outlives_its_shard_copy(tmp_path, monkeypatch):
+    """A Ray worker handing on a shard it held as a copy keeps the validation part on its
+    node by hard-linking its files (no bytes read into memory), then deletes the copy."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from modelhopper.data._sharding import open_shard, open_validation_part, write_shards
+    from modelhopper.executors._ray import _link_validation
+    from modelhopper.testing._executor import _dataset
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-tmp"))
+    (info,) = write_shards(_dataset(), 1, tmp_path / "copy", seed=3)
+    whole = open_shard(info.path)
+    val_x, val_y = np.array(whole.val_x), np.array(whole.val_y)
+    kept = _link_validation(info.path, "validation-0")
+    assert sorted(os.listdir(kept)) == ["shard.json", "val_x.npy", "val_y.npy"]
+    assert os.stat(kept + "/val_x.npy").st_ino == os.stat(info.path + "/val_x.npy").st_ino
+    del whole
+    shutil.rmtree(info.path)
+    part = open_validation_part(kept)
+    assert np.array_equal(part.val_x, val_x) and np.array_equal(part.val_y, val_y)

@@ -41,6 +41,7 @@ __all__ = [
     "open_shard",
     "open_validation_part",
     "read_shard_info",
+    "validation_file_names",
     "validation_files",
 ]
 
@@ -474,13 +475,19 @@ def open_validation_part(path: str | os.PathLike) -> ShardData:
     return ShardData(empty_x, val_y[:0], val_x, val_y, path=str(path))
 
 
-def validation_files(path: str | os.PathLike) -> dict[str, bytes]:
-    """The files ``open_validation_part`` reads: ``shard.json`` and the validation
-    arrays (in a copy for a node that cannot read the shard's folder)."""
+def validation_file_names(path: str | os.PathLike) -> list[str]:
+    """The names of the files ``open_validation_part`` reads in a shard's folder:
+    ``shard.json`` and the validation arrays."""
     folder = Path(path)
-    names = ["shard.json", *(p.name for p in sorted(folder.glob("val_*")) if p.is_file())]
+    return ["shard.json", *(p.name for p in sorted(folder.glob("val_*")) if p.is_file())]
+
+
+def validation_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """The files ``open_validation_part`` reads, as bytes (a copy for a node that
+    cannot read the shard's folder)."""
+    folder = Path(path)
     try:
-        return {name: (folder / name).read_bytes() for name in names}
+        return {name: (folder / name).read_bytes() for name in validation_file_names(folder)}
     except OSError as e:
         raise DataError(f"cannot read the validation part of shard {str(folder)!r}: {e}") from e
 

@@ -34,7 +34,7 @@ import cloudpickle
 import psutil
 
 from modelhopper._checks import check_bool, check_int
-from modelhopper.data._sharding import ShardInfo, validation_files
+from modelhopper.data._sharding import ShardInfo, validation_file_names, validation_files
 from modelhopper.errors import ConfigError, ExecutorError
 from modelhopper.executors._base import (
     BaseExecutor,
@@ -170,27 +170,27 @@ class _ShardActor:
         for source in sources:
             if source.index in self.val_paths:
                 continue
-            if (path := self._local_path(source, "validation", self.val_copies)) is None:
+            if (local := self._local_path(source, "validation", self.val_copies)) is None:
                 missing.append(source.index)  # the executor asks again
                 continue
-            if source.files is not None:
-                copied += sum(p.stat().st_size for p in Path(path).iterdir())
-            self.val_paths[source.index] = path
+            self.val_paths[source.index], written = local
+            copied += written
         for index in set(self.val_paths) - {s.index for s in sources}:
             self._drop_validation(index)
         self.runner.read_validation(self.val_paths)
         return {"missing": missing, "copied_bytes": copied, "validation": sorted(self.val_paths)}
 
     @staticmethod
-    def _local_path(source: _Source, kind: str, copies: set[int]) -> str | None:
-        """Where ``source`` lies on this node: its path, or its files written here (then
-        noted in ``copies``); None when the actor they were copied from died."""
+    def _local_path(source: _Source, kind: str, copies: set[int]) -> tuple[str, int] | None:
+        """Where ``source`` lies on this node and the bytes written there for it: its path
+        (none written), or its files written here (then noted in ``copies``); None when
+        the actor they were copied from died."""
         if source.files is None:
-            return source.path
+            return source.path, 0
         if (files := _fetch(source.files)) is None:
             return None
         copies.add(source.index)
-        return _materialise(files, f"{kind}-{source.index}")
+        return _materialise(files, f"{kind}-{source.index}"), sum(map(len, files.values()))
 
     def hold(self, sources: list[_Source], home: list[int]) -> dict[str, Any]:
         """Hold exactly the shards named in ``sources`` from now on (owning ``home``): keep
@@ -207,9 +207,10 @@ class _ShardActor:
             if source.index in held:
                 shards[source.index] = held[source.index]
                 continue
-            if (path := self._local_path(source, "shard", self.copies)) is None:
+            if (local := self._local_path(source, "shard", self.copies)) is None:
                 missing.append(source.index)  # the executor asks again
                 continue
+            path = local[0]
             if source.build is not None and not (Path(path) / "shard.json").is_file():
                 cloudpickle.loads(source.build)()  # this node lost the shard built for it
                 built += 1
@@ -250,9 +251,7 @@ class _ShardActor:
         if index not in self.copies:
             self.val_paths[index] = self.paths[index]
             return
-        self.val_paths[index] = _materialise(
-            validation_files(self.paths[index]), f"validation-{index}"
-        )
+        self.val_paths[index] = _link_validation(self.paths[index], f"validation-{index}")
         self.val_copies.add(index)
 
     def run(
@@ -316,6 +315,24 @@ def _materialise(files: Mapping[str, bytes], name: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
+    return str(folder)
+
+
+def _link_validation(path: str, name: str) -> str:
+    """A folder of its own for the validation part of the shard copy at ``path``, which is
+    about to be deleted: its files hard-linked (no bytes read; the part may be large),
+    copied on disk where links are refused."""
+    import shutil
+
+    folder = _copies_folder() / f"{os.getpid()}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in validation_file_names(path):
+        target = folder / file
+        target.unlink(missing_ok=True)
+        try:
+            os.link(Path(path) / file, target)
+        except OSError:
+            shutil.copyfile(Path(path) / file, target)
     return str(folder)
 
 
