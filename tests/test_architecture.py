@@ -126,3 +126,35 @@ def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
     assert layer_of("modelhopper.store._sql") < layer_of("modelhopper._driver")
     assert layer_of("modelhopper.procedures._hyperband") == len(LAYERS) - 1
     assert layer_of("modelhopper") == len(LAYERS) - 1
+
+
+def _modules_after(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return set(done.stdout.split())
+
+
+def test_a_worker_imports_neither_the_store_nor_the_procedures() -> None:
+    """The package face imports on first use: a worker process (a Ray actor imports
+    these two modules) starts without SQLAlchemy, pandas or the procedures, and the
+    command line shows its help without torch."""
+    worker = _modules_after("import modelhopper.executors._ray, modelhopper.executors._worker")
+    assert "torch" in worker
+    assert not {"sqlalchemy", "pandas", "modelhopper.store", "modelhopper.procedures"} & worker
+    assert "torch" not in _modules_after("import modelhopper, modelhopper.cli")
+
+
+def test_every_public_name_resolves_from_the_package_face() -> None:
+    import modelhopper as mh
+
+    assert set(mh._WHERE) | {"__version__"} == set(mh.__all__)
+    for name in mh.__all__:
+        assert getattr(mh, name) is not None, name
+    assert set(mh.__all__) <= set(dir(mh))
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        mh.Nope  # noqa: B018
