@@ -386,6 +386,33 @@ def test_successive_halving_promotes_the_top_once_the_rung_is_complete(values, p
     assert len([c for c in trainer.calls if c[0] == "extend"]) == len(promoted)
 
 
+def test_successive_halving_decides_a_rung_whose_last_mst_ended_without_reporting():
+    # A stopped (or failed) MST reports nothing: the barrier lets it go when the
+    # workers idle, and the rung is decided among those that reported.
+    sha = SuccessiveHalving(_make, {"x": uniform(0, 1)}, max_epochs=3, n_msts=4)
+    trainer = FakeTrainer(sha, n_workers=2, objective_fn=lambda p, e: 0.0)
+    trainer.run(n_epochs=0)
+    for m, value in enumerate([5.0, 3.0, 8.0]):
+        trainer.evaluate(m, value)
+    trainer.stop(3)
+    assert not [c for c in trainer.calls if c[0] == "extend"]
+    sha.on_idle(trainer, 2)
+    assert [c for c in trainer.calls if c[0] == "extend"] == [("extend", 1, 3)]
+
+
+def test_successive_halving_waits_for_an_mst_added_to_its_rung():
+    sha = SuccessiveHalving(_make, {"x": uniform(0, 1)}, max_epochs=3, n_msts=3)
+    trainer = FakeTrainer(sha, n_workers=2, objective_fn=lambda p, e: 0.0)
+    trainer.run(n_epochs=0)
+    trainer.evaluate(0, 5.0)
+    trainer.add({"x": 0.5}, epochs=1)  # a human adds one while the rung runs
+    trainer.evaluate(1, 3.0)
+    trainer.evaluate(2, 8.0)
+    assert not [c for c in trainer.calls if c[0] == "extend"]  # MST 3 has not reported
+    trainer.evaluate(3, 1.0)
+    assert [c for c in trainer.calls if c[0] == "extend"] == [("extend", 3, 3)]
+
+
 # ---------------------------------------------------------------- stopping mode
 
 
