@@ -153,6 +153,15 @@ def test_every_public_name_resolves_from_the_package_face() -> None:
     import modelhopper as mh
 
     assert set(mh._WHERE) | {"__version__"} == set(mh.__all__)
+    # what type checkers and editors see (the TYPE_CHECKING imports) is what _WHERE loads
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(mh))
+    (checking,) = [n for n in tree.body if isinstance(n, ast.If)]
+    seen = {a.name: n.module for n in checking.body if isinstance(n, ast.ImportFrom)
+            for a in n.names}  # fmt: skip
+    assert seen == mh._WHERE
     for name in mh.__all__:
         assert getattr(mh, name) is not None, name
     assert set(mh.__all__) <= set(dir(mh))

@@ -311,8 +311,7 @@ def _copies_folder() -> Path:
 def _materialise(files: Mapping[str, bytes], name: str) -> str:
     """Write a copied shard (or its validation part) under this node's temp dir and
     return its folder."""
-    folder = _copies_folder() / f"{os.getpid()}-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_copy_folder(name)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
     return str(folder)
@@ -324,8 +323,7 @@ def _link_validation(path: str, name: str) -> str:
     copied on disk where links are refused."""
     import shutil
 
-    folder = _copies_folder() / f"{os.getpid()}-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_copy_folder(name)
     for file in validation_file_names(path):
         target = folder / file
         target.unlink(missing_ok=True)
@@ -334,6 +332,14 @@ def _link_validation(path: str, name: str) -> str:
         except OSError:
             shutil.copyfile(Path(path) / file, target)
     return str(folder)
+
+
+def _own_copy_folder(name: str) -> Path:
+    """This actor's folder ``name`` for a copy, created: named after its pid, which is
+    how ``_sweep_dead_copies`` finds the copies of actors that died."""
+    folder = _copies_folder() / f"{os.getpid()}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _sweep_dead_copies() -> None:

@@ -601,7 +601,7 @@ class SuccessiveHalving(_Halving):
             barrier.waiting = {m for m in barrier.waiting if self._awaited(view, m, barrier)}
         elif reported in barrier.waiting and not self._awaited(view, reported, barrier):
             barrier.waiting.discard(reported)
-        if barrier is None or barrier.waiting or barrier.rung >= len(self.rungs) - 1:
+        if barrier.waiting or barrier.rung >= len(self.rungs) - 1:
             return
         epochs = self.rungs[barrier.rung]
         ranked = view.ranked(barrier.entered, epochs, self.rank)
@@ -623,21 +623,27 @@ class SuccessiveHalving(_Halving):
             entered: list[int] = []
         else:
             entered = [m for m in decided.entered if trainer.budget(m) >= self.rungs[rung]]
-        barrier = _Barrier(rung, entered, set(), decided.generation, decided.n_msts)
-        barrier.waiting = {m for m in entered if self._awaited(view, m, barrier)}
-        return barrier
+        return self._open(view, rung, entered, decided.generation, decided.n_msts)
 
-    def _find_barrier(self, view: _View) -> _Barrier | None:
+    def _find_barrier(self, view: _View) -> _Barrier:
         """The barrier read from the trainer alone: the lowest rung not decided yet (a
-        rung is decided once any of its MSTs has a budget past it)."""
+        rung is decided once any of its MSTs has a budget past it); past the last rung
+        to decide once all are."""
         for k, epochs in enumerate(self.rungs[:-1]):
             entered = [m.id for m in view.msts if view.budget[m.id] >= epochs]
             if any(view.budget[m] > epochs for m in entered):
                 continue  # rung k was decided already
-            barrier = _Barrier(k, entered, set(), view.read.generation, len(view.msts))
-            barrier.waiting = {m for m in entered if self._awaited(view, m, barrier)}
-            return barrier
-        return None
+            return self._open(view, k, entered, view.read.generation, len(view.msts))
+        return self._open(view, len(self.rungs) - 1, [], view.read.generation, len(view.msts))
+
+    def _open(
+        self, view: _View, rung: int, entered: list[int], generation: int, n_msts: int
+    ) -> _Barrier:
+        """The barrier of rung ``rung`` entered by ``entered``, waiting for those of them
+        that have neither reported at it nor ended."""
+        barrier = _Barrier(rung, entered, set(), generation, n_msts)
+        barrier.waiting = {m for m in entered if self._awaited(view, m, barrier)}
+        return barrier
 
 
 @dataclass
