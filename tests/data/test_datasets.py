@@ -48,6 +48,35 @@ def test_digits_splits_are_disjoint_and_cover_every_example() -> None:
     np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])])
 
 
+def test_digits_reads_scikit_learns_file_as_its_loader_does_without_importing_it() -> None:
+    """The CSV read equals ``load_digits`` value for value and type for type, and a fresh
+    process that loads digits never imports scikit-learn (its import is ~1.8 s)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    x, y = _datasets._digits_table()
+    want_x, want_y = load_digits(return_X_y=True)
+    assert x.dtype == want_x.dtype and y.dtype == want_y.dtype
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)
+    probe = "import sys, modelhopper as mh; mh.datasets.digits(); print('sklearn' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_digits_falls_back_to_scikit_learns_loader_where_its_file_is_not(monkeypatch) -> None:
+    from sklearn.datasets import load_digits
+
+    monkeypatch.setattr(_datasets.importlib.util, "find_spec", lambda name: None)
+    x, y = _datasets._digits_table()
+    want_x, want_y = load_digits(return_X_y=True)
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(y, want_y)
+
+
 def test_digits_same_seed_same_split_different_seed_different() -> None:
     first, again, other = datasets.digits(seed=5), datasets.digits(seed=5), datasets.digits(seed=6)
     np.testing.assert_array_equal(first.train.x, again.train.x)
