@@ -582,3 +582,80 @@ def test_each_visit_goes_to_the_mst_the_policy_names_among_many_waiting(policy) 
         done = running.pop(int(rng.integers(len(running))))
         scheduler.complete(done, [speed[done.mst_id]] * len(done.steps))
     assert n_checked > 400
+
+
+def test_longest_first_picks_as_a_pass_over_every_waiting_mst_would() -> None:
+    """The index behind the default policy against the plain pass (``_pick``) at every
+    decision: many MSTs on workers holding two shards each with replicas (an MST waits
+    on several workers), step times from a few values (equal sums, and sums equal only
+    after rounding), priorities changed, MSTs stopped, resumed, held and extended."""
+    rng = np.random.default_rng(11)
+    scheduler = MOPScheduler(6, seed=2, n_shards=6, holdings=replicated_holdings(6, 2, 6))
+    chosen_by_pass = []
+    choose = scheduler._choose
+
+    def checked(worker):
+        waiting = [scheduler._msts[i] for i in scheduler._waiting[worker]]
+        got = choose(worker)
+        assert (got is None) == (not waiting)
+        if waiting:
+            assert got is scheduler._pick(waiting), worker
+            chosen_by_pass.append(got.mst_id)
+        return got
+
+    scheduler._choose = checked
+    seconds = [0.1, 0.2, 0.3, 1 / 3, 0.7]
+    for mst in range(60):
+        scheduler.add_mst(mst, int(rng.integers(1, 4)), priority=int(rng.integers(0, 2)))
+    running: list[Visit] = []
+    held: set[int] = set()
+    for _ in range(3000):
+        if scheduler.finished and not held:
+            break
+        idle = sorted(set(range(6)) - {v.worker for v in running})
+        running += scheduler.assign(idle)
+        mst = int(rng.integers(60))
+        state = scheduler._msts[mst]
+        roll = rng.random()
+        if roll < 0.05:
+            scheduler.set_priority(mst, int(rng.integers(0, 3)))
+        elif roll < 0.08 and not state.running and not state.stopped and mst not in held:
+            scheduler.stop(mst)
+            scheduler.resume(mst)
+        elif roll < 0.11 and not state.running and mst not in held:
+            scheduler.hold(mst)
+            held.add(mst)
+        elif roll < 0.16 and held:
+            scheduler.unhold(held.pop())
+        elif roll < 0.18 and not state.stopped:
+            scheduler.extend(mst, state.n_epochs + 1)
+        if running:
+            done = running.pop(int(rng.integers(len(running))))
+            scheduler.complete(done, [seconds[int(rng.integers(5))] for _ in done.steps])
+    assert len(chosen_by_pass) > 1000
+
+
+def test_longest_first_breaks_ties_that_only_rounding_makes_by_the_lower_id() -> None:
+    """Two measured parts that differ but give the same work once the group's shared
+    term is added: the lower id goes first, as the plain pass (max of work, then -id)."""
+    from modelhopper._longest_first import LongestFirst
+
+    index = LongestFirst()
+    measured = {5: 2.0**-53, 2: 0.0, 9: -1.0}
+    for mst, part in measured.items():
+        index.add(mst, ("group",), part, ties=True)
+    work = {mst: 1.0 + part for mst, part in measured.items()}  # 1 + 2**-53 rounds to 1
+    assert work[5] == work[2] == 1.0
+    assert index.pick(work.__getitem__, lambda mst: 0) == 2
+    index.discard(2)
+    assert index.pick(work.__getitem__, lambda mst: 0) == 5
+    index.discard(5)
+    index.discard(9)
+    assert index.pick(work.__getitem__, lambda mst: 0) is None and len(index) == 0
+
+
+def test_the_longest_first_index_relies_on_two_step_kinds() -> None:
+    """``_work_parts`` orders a group by its measured part because, with two kinds, the
+    work is one rounded sum of it and the group's shared term; a third kind needs a
+    new argument there."""
+    assert [kind.value for kind in StepKind] == ["train", "eval"]

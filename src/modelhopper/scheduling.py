@@ -58,6 +58,7 @@ from enum import StrEnum
 import numpy as np
 
 from modelhopper._checks import check_int
+from modelhopper._longest_first import LongestFirst
 from modelhopper._vocabulary import Step, StepKind
 from modelhopper.errors import ConfigError
 
@@ -239,6 +240,29 @@ def _work_left(state: _MSTState, fallback: Mapping[StepKind, float]) -> float:
     return work
 
 
+def _work_parts(state: _MSTState) -> tuple[tuple, float, bool]:
+    """How ``LongestFirst`` files an MST: its group (priority, and the pending steps of
+    each kind it has not measured, whose term is the mean over all MSTs), its measured
+    part (``_work_left``'s sum over the kinds it has measured: the same operations in
+    the same order), and whether rounding can tie different measured parts of the
+    group: only where a measured and an unmeasured term are added (with every kind
+    measured the measured part is the work itself; with none, the group's work is one).
+    With two kinds the work is then one rounded sum of the measured part and a term the
+    group shares, so it cannot decrease as the measured part grows (a test keeps there
+    being two kinds)."""
+    pattern: list[int | None] = []
+    measured = 0.0
+    for kind in _KINDS:
+        n = state.n_seconds[kind]
+        if n:
+            measured += state.n_pending[kind] * (state.sum_seconds[kind] / n)
+            pattern.append(None)
+        else:
+            pattern.append(state.n_pending[kind])
+    n_unmeasured = sum(count is not None for count in pattern)
+    return (state.priority, tuple(pattern)), measured, 0 < n_unmeasured < len(_KINDS)
+
+
 class MOPScheduler:
     """Assigns (MST, worker) visits whenever workers are idle.
 
@@ -293,6 +317,11 @@ class MOPScheduler:
         self._busy: dict[int, int] = {}  # worker -> mst_id
         # MSTs ready to run, indexed by the workers that hold the shard they need next.
         self._waiting: list[set[int]] = [set() for _ in range(n_workers)]
+        # Longest remaining work first: each waiting set indexed, so a pick is not a pass
+        # over it (successive halving's first rung parks 1,000s of MSTs on each worker).
+        self._longest: list[LongestFirst] | None = None
+        if self.policy is SchedulingPolicy.LONGEST_REMAINING:
+            self._longest = [LongestFirst() for _ in range(n_workers)]
         self._n_parked = 0  # MSTs in some waiting set
         self._sum_seconds = dict.fromkeys(StepKind, 0.0)
         self._n_seconds = dict.fromkeys(StepKind, 0)
@@ -384,7 +413,10 @@ class MOPScheduler:
         state.group_speedup, state.group_cost = 0.0, None
 
     def set_priority(self, mst_id: int, priority: int) -> None:
-        self._state(mst_id).priority = priority
+        state = self._state(mst_id)
+        self._unpark(state)  # its place in the waiting sets' index changes
+        state.priority = priority
+        self._park(state)
 
     # -- workers joining and leaving (the plan never changes, only who can run it) --------
     def add_worker(self, shards: Iterable[int]) -> int:
@@ -393,6 +425,8 @@ class MOPScheduler:
         self.n_workers += 1
         self._held += (frozenset(),)
         self._waiting.append(set())
+        if self._longest is not None:
+            self._longest.append(LongestFirst())
         self.set_holdings(worker, shards)
         return worker
 
@@ -567,11 +601,17 @@ class MOPScheduler:
             for worker in state.parked:
                 self._waiting[worker].add(state.mst_id)
             self._n_parked += bool(state.parked)
+            if self._longest is not None and state.parked:
+                group, measured, ties = _work_parts(state)
+                for worker in state.parked:
+                    self._longest[worker].add(state.mst_id, group, measured, ties=ties)
 
     def _unpark(self, state: _MSTState) -> None:
         self._n_parked -= bool(state.parked)
         for worker in state.parked:
             self._waiting[worker].discard(state.mst_id)
+            if self._longest is not None:
+                self._longest[worker].discard(state.mst_id)
         state.parked = ()
 
     def _next_workers(self, state: _MSTState) -> tuple[int, ...]:
@@ -670,6 +710,12 @@ class MOPScheduler:
         waiting = self._waiting[worker]
         if not waiting:
             return None
+        if self._longest is not None:  # what _pick would choose, without a pass over all
+            fallback = self._estimates_of_all()
+            chosen = self._longest[worker].pick(
+                lambda i: _work_left(self._msts[i], fallback), lambda i: self._msts[i].priority
+            )
+            return None if chosen is None else self._msts[chosen]
         return self._pick([self._msts[i] for i in waiting])
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
