@@ -20,11 +20,23 @@ reaches the top or the heaps are compacted.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+import itertools
+from collections.abc import Callable, Hashable, Iterable
 
-__all__ = ["LongestFirst"]
+__all__ = ["LongestFirst", "file_in"]
 
 _Entry = tuple[float, int, int]  # (-measured part, mst_id, token)
+_tokens = itertools.count(1)
+
+
+def file_in(
+    indexes: Iterable[LongestFirst], mst_id: int, group: Hashable, measured: float, *, ties: bool
+) -> None:
+    """File ``mst_id`` in each of ``indexes`` (an MST that waits on several workers: one
+    entry, one token, filed in each)."""
+    entry = (-measured, mst_id, next(_tokens))
+    for index in indexes:
+        index._file(entry, group, ties)
 
 
 class LongestFirst:
@@ -34,7 +46,6 @@ class LongestFirst:
         self._heaps: dict[Hashable, list[_Entry]] = {}
         self._ties: dict[Hashable, bool] = {}
         self._live: dict[int, int] = {}  # mst_id -> the token of its current entry
-        self._token = 0
         self._n_entries = 0
 
     def __len__(self) -> int:
@@ -43,13 +54,7 @@ class LongestFirst:
     def add(self, mst_id: int, group: Hashable, measured: float, *, ties: bool) -> None:
         """File ``mst_id`` (replacing any entry it had). ``ties``: whether equal work can
         come from different measured parts in this group (see the module)."""
-        self._token += 1
-        self._live[mst_id] = self._token
-        heapq.heappush(self._heaps.setdefault(group, []), (-measured, mst_id, self._token))
-        self._ties[group] = ties
-        self._n_entries += 1
-        if self._n_entries > 2 * len(self._live) + 64:
-            self._compact()
+        file_in((self,), mst_id, group, measured, ties=ties)
 
     def discard(self, mst_id: int) -> None:
         self._live.pop(mst_id, None)
@@ -68,6 +73,14 @@ class LongestFirst:
             if best is None or key > best:
                 best = key
         return None if best is None else -best[2]
+
+    def _file(self, entry: _Entry, group: Hashable, ties: bool) -> None:
+        self._live[entry[1]] = entry[2]
+        heapq.heappush(self._heaps.setdefault(group, []), entry)
+        self._ties[group] = ties
+        self._n_entries += 1
+        if self._n_entries > 2 * len(self._live) + 64:
+            self._compact()
 
     def _top(self, group: Hashable) -> int | None:
         """The group's first live MST, dropping discarded entries (and the group, empty)."""

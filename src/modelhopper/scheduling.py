@@ -58,7 +58,7 @@ from enum import StrEnum
 import numpy as np
 
 from modelhopper._checks import check_int
-from modelhopper._longest_first import LongestFirst
+from modelhopper._longest_first import LongestFirst, file_in
 from modelhopper._vocabulary import Step, StepKind
 from modelhopper.errors import ConfigError
 
@@ -603,8 +603,8 @@ class MOPScheduler:
             self._n_parked += bool(state.parked)
             if self._longest is not None and state.parked:
                 group, measured, ties = _work_parts(state)
-                for worker in state.parked:
-                    self._longest[worker].add(state.mst_id, group, measured, ties=ties)
+                indexes = [self._longest[worker] for worker in state.parked]
+                file_in(indexes, state.mst_id, group, measured, ties=ties)
 
     def _unpark(self, state: _MSTState) -> None:
         self._n_parked -= bool(state.parked)
