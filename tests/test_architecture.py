@@ -13,7 +13,7 @@ import pytest
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("errors", "_checks", "_vocabulary", "_ranking", "_pareto", "_progress",
-                "_state_format", "_process", "_version", "provenance", "_longest_first")),
+                "_state_format", "_process", "_version", "provenance", "_pick_index")),
     ("foundations", ("_domains", "space", "data", "store", "scheduling", "_loader",
                      "_procedure_file")),
     ("models", ("estimator", "_data_parallel", "_keras", "representations", "transfer")),

@@ -584,13 +584,16 @@ def test_each_visit_goes_to_the_mst_the_policy_names_among_many_waiting(policy) 
     assert n_checked > 400
 
 
-def test_longest_first_picks_as_a_pass_over_every_waiting_mst_would() -> None:
-    """The index behind the default policy against the plain pass (``_pick``) at every
-    decision: many MSTs on workers holding two shards each with replicas (an MST waits
-    on several workers), step times from a few values (equal sums, and sums equal only
-    after rounding), priorities changed, MSTs stopped, resumed, held and extended."""
+@pytest.mark.parametrize("policy", ["longest_remaining", "oldest_first"])
+def test_indexed_picks_are_those_of_a_pass_over_every_waiting_mst(policy) -> None:
+    """The index behind the default policy and oldest first against the plain pass
+    (``_pick``) at every decision: many MSTs on workers holding two shards each with
+    replicas (an MST waits on several workers), step times from a few values (equal
+    sums, and sums equal only after rounding), priorities changed, MSTs stopped,
+    resumed, held and extended."""
     rng = np.random.default_rng(11)
-    scheduler = MOPScheduler(6, seed=2, n_shards=6, holdings=replicated_holdings(6, 2, 6))
+    holdings = replicated_holdings(6, 2, 6)
+    scheduler = MOPScheduler(6, policy=policy, seed=2, n_shards=6, holdings=holdings)
     chosen_by_pass = []
     choose = scheduler._choose
 
@@ -635,12 +638,12 @@ def test_longest_first_picks_as_a_pass_over_every_waiting_mst_would() -> None:
     assert len(chosen_by_pass) > 1000
 
 
-def test_longest_first_breaks_ties_that_only_rounding_makes_by_the_lower_id() -> None:
+def test_the_pick_index_breaks_ties_that_only_rounding_makes_by_the_lower_id() -> None:
     """Two measured parts that differ but give the same work once the group's shared
     term is added: the lower id goes first, as the plain pass (max of work, then -id)."""
-    from modelhopper._longest_first import LongestFirst
+    from modelhopper._pick_index import PickIndex
 
-    index = LongestFirst()
+    index = PickIndex()
     measured = {5: 2.0**-53, 2: 0.0, 9: -1.0}
     for mst, part in measured.items():
         index.add(mst, ("group",), part, ties=True)
@@ -654,7 +657,7 @@ def test_longest_first_breaks_ties_that_only_rounding_makes_by_the_lower_id() ->
     assert index.pick(work.__getitem__, lambda mst: 0) is None and len(index) == 0
 
 
-def test_the_longest_first_index_relies_on_two_step_kinds() -> None:
+def test_the_pick_index_for_longest_remaining_work_relies_on_two_step_kinds() -> None:
     """``_work_parts`` orders a group by its measured part because, with two kinds, the
     work is one rounded sum of it and the group's shared term; a third kind needs a
     new argument there."""

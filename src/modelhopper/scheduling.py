@@ -58,7 +58,7 @@ from enum import StrEnum
 import numpy as np
 
 from modelhopper._checks import check_int
-from modelhopper._longest_first import LongestFirst, file_in
+from modelhopper._pick_index import PickIndex, file_in
 from modelhopper._vocabulary import Step, StepKind
 from modelhopper.errors import ConfigError
 
@@ -240,16 +240,20 @@ def _work_left(state: _MSTState, fallback: Mapping[StepKind, float]) -> float:
     return work
 
 
+def _evaluates_next(state: _MSTState) -> bool:
+    return bool(state.pending) and state.pending[0].kind is StepKind.EVAL
+
+
 def _work_parts(state: _MSTState) -> tuple[tuple, float, bool]:
-    """How ``LongestFirst`` files an MST: its group (priority, and the pending steps of
-    each kind it has not measured, whose term is the mean over all MSTs), its measured
-    part (``_work_left``'s sum over the kinds it has measured: the same operations in
-    the same order), and whether rounding can tie different measured parts of the
-    group: only where a measured and an unmeasured term are added (with every kind
-    measured the measured part is the work itself; with none, the group's work is one).
-    With two kinds the work is then one rounded sum of the measured part and a term the
-    group shares, so it cannot decrease as the measured part grows (a test keeps there
-    being two kinds)."""
+    """How ``PickIndex`` files an MST for longest remaining work first: its group
+    (priority, and the pending steps of each kind it has not measured, whose term is
+    the mean over all MSTs), its measured part (``_work_left``'s sum over the kinds it
+    has measured: the same operations in the same order), and whether rounding can tie
+    different measured parts of the group: only where a measured and an unmeasured
+    term are added (with every kind measured the measured part is the work itself; with
+    none, the group's work is one). With two kinds the work is then one rounded sum of
+    the measured part and a term the group shares, so it cannot decrease as the measured
+    part grows (a test keeps there being two kinds)."""
     pattern: list[int | None] = []
     measured = 0.0
     for kind in _KINDS:
@@ -317,11 +321,12 @@ class MOPScheduler:
         self._busy: dict[int, int] = {}  # worker -> mst_id
         # MSTs ready to run, indexed by the workers that hold the shard they need next.
         self._waiting: list[set[int]] = [set() for _ in range(n_workers)]
-        # Longest remaining work first: each waiting set indexed, so a pick is not a pass
-        # over it (successive halving's first rung parks 1,000s of MSTs on each worker).
-        self._longest: list[LongestFirst] | None = None
-        if self.policy is SchedulingPolicy.LONGEST_REMAINING:
-            self._longest = [LongestFirst() for _ in range(n_workers)]
+        # Longest remaining work and oldest first: each waiting set indexed, so a pick is
+        # not a pass over it (successive halving's first rung parks 1,000s of MSTs on each
+        # worker). Random draws among all of them.
+        self._indexes: list[PickIndex] | None = None
+        if self.policy is not SchedulingPolicy.RANDOM:
+            self._indexes = [PickIndex() for _ in range(n_workers)]
         self._n_parked = 0  # MSTs in some waiting set
         self._sum_seconds = dict.fromkeys(StepKind, 0.0)
         self._n_seconds = dict.fromkeys(StepKind, 0)
@@ -425,8 +430,8 @@ class MOPScheduler:
         self.n_workers += 1
         self._held += (frozenset(),)
         self._waiting.append(set())
-        if self._longest is not None:
-            self._longest.append(LongestFirst())
+        if self._indexes is not None:
+            self._indexes.append(PickIndex())
         self.set_holdings(worker, shards)
         return worker
 
@@ -601,17 +606,15 @@ class MOPScheduler:
             for worker in state.parked:
                 self._waiting[worker].add(state.mst_id)
             self._n_parked += bool(state.parked)
-            if self._longest is not None and state.parked:
-                group, measured, ties = _work_parts(state)
-                indexes = [self._longest[worker] for worker in state.parked]
-                file_in(indexes, state.mst_id, group, measured, ties=ties)
+            if self._indexes is not None and state.parked:
+                self._file(state, self._indexes)
 
     def _unpark(self, state: _MSTState) -> None:
         self._n_parked -= bool(state.parked)
         for worker in state.parked:
             self._waiting[worker].discard(state.mst_id)
-            if self._longest is not None:
-                self._longest[worker].discard(state.mst_id)
+            if self._indexes is not None:
+                self._indexes[worker].discard(state.mst_id)
         state.parked = ()
 
     def _next_workers(self, state: _MSTState) -> tuple[int, ...]:
@@ -710,13 +713,29 @@ class MOPScheduler:
         waiting = self._waiting[worker]
         if not waiting:
             return None
-        if self._longest is not None:  # what _pick would choose, without a pass over all
-            fallback = self._estimates_of_all()
-            chosen = self._longest[worker].pick(
-                lambda i: _work_left(self._msts[i], fallback), lambda i: self._msts[i].priority
-            )
-            return None if chosen is None else self._msts[chosen]
-        return self._pick([self._msts[i] for i in waiting])
+        if self._indexes is None:
+            return self._pick([self._msts[i] for i in waiting])
+        # What _pick would choose, without a pass over all of them.
+        chosen = self._indexes[worker].pick(self._value_of(), lambda i: self._msts[i].priority)
+        return None if chosen is None else self._msts[chosen]
+
+    def _value_of(self) -> Callable[[int], float]:
+        """The policy's value of a waiting MST (``PickIndex``), for this decision."""
+        msts = self._msts
+        if self.policy is SchedulingPolicy.OLDEST_FIRST:
+            return lambda i: float(_evaluates_next(msts[i]))
+        fallback = self._estimates_of_all()  # read once, not once per MST
+        return lambda i: _work_left(msts[i], fallback)
+
+    def _file(self, state: _MSTState, all_indexes: list[PickIndex]) -> None:
+        """File a parked MST in the indexes of the workers it waits on (``PickIndex``)."""
+        indexes = [all_indexes[worker] for worker in state.parked]
+        if self.policy is SchedulingPolicy.OLDEST_FIRST:
+            group = (state.priority, _evaluates_next(state))
+            file_in(indexes, state.mst_id, group, 0.0, ties=False)
+        else:
+            group, measured, ties = _work_parts(state)
+            file_in(indexes, state.mst_id, group, measured, ties=ties)
 
     def _take_visit(self, state: _MSTState, worker: int) -> Visit:
         held = self._held[worker]
@@ -882,7 +901,7 @@ class MOPScheduler:
             # An MST whose epoch is trained and waits only to evaluate goes first: the
             # visit is short and ends an epoch, so the procedure decides sooner (on the
             # LCBench surrogate, regret 0.01-0.03 lower at 1-3 FTE; BENCHMARKS.md).
-            evaluating = [s for s in eligible if s.pending and s.pending[0].kind is StepKind.EVAL]
+            evaluating = [s for s in eligible if _evaluates_next(s)]
             return min(evaluating or eligible, key=_mst_id)  # the first added
         # Longest remaining work first (LRW); ties go to the lower id. The fallback
         # estimates are read once here, not once per MST.

@@ -1,17 +1,24 @@
-"""One worker's waiting MSTs, indexed so that picking the one with the longest remaining
-work first costs O(groups x log n), not O(n) (``MOPScheduler``'s default policy).
+"""One worker's waiting MSTs, indexed so that a scheduling policy's pick costs
+O(groups x log n), not a pass over all n (``MOPScheduler``: longest remaining work
+first, its default, and oldest first).
 
-An MST's remaining work (``scheduling._work_left``) is a sum over step kinds: a kind
-it has measured contributes its pending steps times its own mean, which stays put
-while it waits (only its own visits change it); a kind it has not measured, its
-pending steps times the mean over all MSTs, which changes at every visit. The caller
-therefore files each MST under a *group* (its priority and the pending counts of its
-unmeasured kinds) with its *measured part*: within a group the unmeasured terms are
-equal, so the work is a non-decreasing function of the measured part, and the group's
-longest is at the top of a heap ordered by (measured part descending, id ascending).
-Rounding can make two different measured parts give the same work; for groups where
-that can happen (``ties``), the pick walks on from the top while the work stays equal
-and keeps the lowest id, which is what the plain pick over all waiting MSTs takes.
+A pick takes the MST with the largest (priority, value, -id). MSTs are filed in
+*groups* with a *measured part*; within a group the value must not decrease as the
+measured part grows, so the group's best is at the top of a heap ordered by
+(measured part descending, id ascending).
+
+- Longest remaining work: the value is an MST's remaining work
+  (``scheduling._work_left``), a sum over step kinds: a kind it has measured
+  contributes its pending steps times its own mean, which stays put while it waits
+  (only its own visits change it); a kind it has not measured, its pending steps
+  times the mean over all MSTs, which changes at every visit. The group is the
+  priority and the pending counts of the unmeasured kinds; the measured part, the
+  sum of the measured terms. Rounding can make two different measured parts give the
+  same work; for groups where that can happen (``ties``), the pick walks on from the
+  top while the work stays equal and keeps the lowest id, as the pass does.
+- Oldest first: the value is 1 for an MST whose next step evaluates, else 0; the
+  group is the priority and that value, the measured part 0, so each group's top is
+  its oldest (lowest id).
 
 Entries are removed lazily: a discarded MST's entry stays in its heap until it
 reaches the top or the heaps are compacted.
@@ -23,14 +30,14 @@ import heapq
 import itertools
 from collections.abc import Callable, Hashable, Iterable
 
-__all__ = ["LongestFirst", "file_in"]
+__all__ = ["PickIndex", "file_in"]
 
 _Entry = tuple[float, int, int]  # (-measured part, mst_id, token)
 _tokens = itertools.count(1)
 
 
 def file_in(
-    indexes: Iterable[LongestFirst], mst_id: int, group: Hashable, measured: float, *, ties: bool
+    indexes: Iterable[PickIndex], mst_id: int, group: Hashable, measured: float, *, ties: bool
 ) -> None:
     """File ``mst_id`` in each of ``indexes`` (an MST that waits on several workers: one
     entry, one token, filed in each)."""
@@ -39,7 +46,7 @@ def file_in(
         index._file(entry, group, ties)
 
 
-class LongestFirst:
+class PickIndex:
     """The index of one worker's waiting set (``add`` / ``discard`` as it changes)."""
 
     def __init__(self) -> None:
@@ -52,24 +59,24 @@ class LongestFirst:
         return len(self._live)
 
     def add(self, mst_id: int, group: Hashable, measured: float, *, ties: bool) -> None:
-        """File ``mst_id`` (replacing any entry it had). ``ties``: whether equal work can
+        """File ``mst_id`` (replacing any entry it had). ``ties``: whether an equal value can
         come from different measured parts in this group (see the module)."""
         file_in((self,), mst_id, group, measured, ties=ties)
 
     def discard(self, mst_id: int) -> None:
         self._live.pop(mst_id, None)
 
-    def pick(self, work: Callable[[int], float], priority: Callable[[int], int]) -> int | None:
-        """The waiting MST with the largest (priority, work, -id), as a pass over all of
-        them would choose; ``work`` and ``priority`` give an MST's current values."""
+    def pick(self, value: Callable[[int], float], priority: Callable[[int], int]) -> int | None:
+        """The waiting MST with the largest (priority, value, -id), as a pass over all of
+        them would choose; ``value`` and ``priority`` give an MST's current ones."""
         best: tuple[int, float, int] | None = None
         for group in list(self._heaps):
             top = self._top(group)
             if top is None:
                 continue
-            key = (priority(top), work(top), -top)
+            key = (priority(top), value(top), -top)
             if self._ties[group]:
-                key = self._walk_ties(group, key, work)
+                key = self._walk_ties(group, key, value)
             if best is None or key > best:
                 best = key
         return None if best is None else -best[2]
@@ -94,9 +101,9 @@ class LongestFirst:
         return None
 
     def _walk_ties(
-        self, group: Hashable, key: tuple[int, float, int], work: Callable[[int], float]
+        self, group: Hashable, key: tuple[int, float, int], value: Callable[[int], float]
     ) -> tuple[int, float, int]:
-        """From the top down, the lowest id among the entries whose work rounds to the
+        """From the top down, the lowest id among the entries whose value rounds to the
         top's (the heap is put back as it was, less discarded entries)."""
         heap = self._heaps[group]
         kept = [heapq.heappop(heap)]
@@ -106,7 +113,7 @@ class LongestFirst:
                 heapq.heappop(heap)
                 self._n_entries -= 1
                 continue
-            if work(entry[1]) != key[1]:
+            if value(entry[1]) != key[1]:
                 break
             kept.append(heapq.heappop(heap))
             key = max(key, (key[0], key[1], -entry[1]))
