@@ -21,27 +21,26 @@ measured part grows, so the group's best is at the top of a heap ordered by
   its oldest (lowest id).
 
 Entries are removed lazily: a discarded MST's entry stays in its heap until it
-reaches the top or the heaps are compacted.
+reaches the top or the heaps are compacted; an entry is live while it is the very
+object the index holds for its MST.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Callable, Hashable, Iterable
 
 __all__ = ["PickIndex", "file_in"]
 
-_Entry = tuple[float, int, int]  # (-measured part, mst_id, token)
-_tokens = itertools.count(1)
+_Entry = tuple[float, int]  # (-measured part, mst_id)
 
 
 def file_in(
     indexes: Iterable[PickIndex], mst_id: int, group: Hashable, measured: float, *, ties: bool
 ) -> None:
     """File ``mst_id`` in each of ``indexes`` (an MST that waits on several workers: one
-    entry, one token, filed in each)."""
-    entry = (-measured, mst_id, next(_tokens))
+    entry, filed in each)."""
+    entry = (-measured, mst_id)
     for index in indexes:
         index._file(entry, group, ties)
 
@@ -52,7 +51,7 @@ class PickIndex:
     def __init__(self) -> None:
         self._heaps: dict[Hashable, list[_Entry]] = {}
         self._ties: dict[Hashable, bool] = {}
-        self._live: dict[int, int] = {}  # mst_id -> the token of its current entry
+        self._live: dict[int, _Entry] = {}  # mst_id -> its current entry
         self._n_entries = 0
 
     def __len__(self) -> int:
@@ -82,7 +81,7 @@ class PickIndex:
         return None if best is None else -best[2]
 
     def _file(self, entry: _Entry, group: Hashable, ties: bool) -> None:
-        self._live[entry[1]] = entry[2]
+        self._live[entry[1]] = entry
         heapq.heappush(self._heaps.setdefault(group, []), entry)
         self._ties[group] = ties
         self._n_entries += 1
@@ -92,7 +91,7 @@ class PickIndex:
     def _top(self, group: Hashable) -> int | None:
         """The group's first live MST, dropping discarded entries (and the group, empty)."""
         heap = self._heaps[group]
-        while heap and self._live.get(heap[0][1]) != heap[0][2]:
+        while heap and self._live.get(heap[0][1]) is not heap[0]:
             heapq.heappop(heap)
             self._n_entries -= 1
         if heap:
@@ -109,7 +108,7 @@ class PickIndex:
         kept = [heapq.heappop(heap)]
         while heap:
             entry = heap[0]
-            if self._live.get(entry[1]) != entry[2]:
+            if self._live.get(entry[1]) is not entry:
                 heapq.heappop(heap)
                 self._n_entries -= 1
                 continue
@@ -124,7 +123,7 @@ class PickIndex:
     def _compact(self) -> None:
         """Drop every discarded entry (amortised: when they outnumber the live ones)."""
         for group in list(self._heaps):
-            heap = [e for e in self._heaps[group] if self._live.get(e[1]) == e[2]]
+            heap = [e for e in self._heaps[group] if self._live.get(e[1]) is e]
             if heap:
                 heapq.heapify(heap)
                 self._heaps[group] = heap
