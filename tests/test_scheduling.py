@@ -641,12 +641,12 @@ def test_indexed_picks_are_those_of_a_pass_over_every_waiting_mst(policy) -> Non
 def test_the_pick_index_breaks_ties_that_only_rounding_makes_by_the_lower_id() -> None:
     """Two measured parts that differ but give the same work once the group's shared
     term is added: the lower id goes first, as the plain pass (max of work, then -id)."""
-    from modelhopper._pick_index import PickIndex
+    from modelhopper._pick_index import PickIndex, file_in
 
     index = PickIndex()
     measured = {5: 2.0**-53, 2: 0.0, 9: -1.0}
     for mst, part in measured.items():
-        index.add(mst, ("group",), part, ties=True)
+        file_in((index,), mst, ("group",), part, ties=True)
     work = {mst: 1.0 + part for mst, part in measured.items()}  # 1 + 2**-53 rounds to 1
     assert work[5] == work[2] == 1.0
     assert index.pick(work.__getitem__, lambda mst: 0) == 2

@@ -39,14 +39,15 @@ def file_in(
     indexes: Iterable[PickIndex], mst_id: int, group: Hashable, measured: float, *, ties: bool
 ) -> None:
     """File ``mst_id`` in each of ``indexes`` (an MST that waits on several workers: one
-    entry, filed in each)."""
+    entry, filed in each), replacing any entry it had there. ``ties``: whether an equal
+    value can come from different measured parts in this group (see the module)."""
     entry = (-measured, mst_id)
     for index in indexes:
         index._file(entry, group, ties)
 
 
 class PickIndex:
-    """The index of one worker's waiting set (``add`` / ``discard`` as it changes)."""
+    """The index of one worker's waiting set (``file_in`` / ``discard`` as it changes)."""
 
     def __init__(self) -> None:
         self._heaps: dict[Hashable, list[_Entry]] = {}
@@ -56,11 +57,6 @@ class PickIndex:
 
     def __len__(self) -> int:
         return len(self._live)
-
-    def add(self, mst_id: int, group: Hashable, measured: float, *, ties: bool) -> None:
-        """File ``mst_id`` (replacing any entry it had). ``ties``: whether an equal value can
-        come from different measured parts in this group (see the module)."""
-        file_in((self,), mst_id, group, measured, ties=ties)
 
     def discard(self, mst_id: int) -> None:
         self._live.pop(mst_id, None)
