@@ -135,3 +135,44 @@ def test_kde_refuses_several_objectives():
     with pytest.raises(ConfigError, match="sampler='kde' models one objective, got 2.*'tpe'"):
         ASHA(lambda p: None, SPACE, max_epochs=9, n_msts=4, sampler="kde",
              objectives={"val_loss": "minimize", "val_n_params": "minimize"})  # fmt: skip
+
+
+def test_kde_candidates_are_the_draws_of_scipys_truncated_normal_one_by_one():
+    """The candidates are drawn from the generator candidate by candidate, as a loop of
+    ``truncnorm.rvs`` calls would draw them, and transformed in one call: the same
+    points to the last bit, so proposals (and runs) are those such a loop gives."""
+    from scipy import stats
+
+    from modelhopper.procedures._kde import BANDWIDTH_FACTOR, N_CANDIDATES, _candidates, _UnitCube
+    from modelhopper.space import Space, uniform
+
+    cube = _UnitCube(Space({"lr": loguniform(1e-4, 1e-1), "act": choice(["relu", "tanh", "elu"]),
+                            "p": uniform(0.0, 0.5)}))  # fmt: skip
+    data = np.random.default_rng(1)
+    good = data.random((9, 3))
+    good[:, 1] = data.integers(0, 3, 9)
+    good[0, 0] = 0.0  # a centre on the cube's edge
+    bandwidth = np.array([0.05, 0.4, 0.3])
+
+    def one_by_one(rng: np.random.Generator) -> np.ndarray:
+        rows = []
+        for _ in range(N_CANDIDATES):
+            centre = good[rng.integers(len(good))]
+            candidate = centre.copy()
+            for m, kind in enumerate(cube.var_type):
+                if kind == "c":
+                    width = bandwidth[m] * BANDWIDTH_FACTOR
+                    low, high = -centre[m] / width, (1.0 - centre[m]) / width
+                    candidate[m] = stats.truncnorm.rvs(
+                        low, high, loc=centre[m], scale=width, random_state=rng
+                    )
+                elif rng.random() < bandwidth[m]:
+                    candidate[m] = rng.integers(cube.levels[m])
+            rows.append(candidate)
+        return np.array(rows)
+
+    for seed in range(5):
+        got = _candidates(cube, good, bandwidth, np.random.default_rng(seed))
+        want = one_by_one(np.random.default_rng(seed))
+        assert np.array_equal(got, want)
+        assert ((0 <= got) & (got <= 2)).all() and set(got[:, 1]) <= {0.0, 1.0, 2.0}

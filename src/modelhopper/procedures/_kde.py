@@ -194,8 +194,6 @@ def _best_candidate(
     cube: _UnitCube, good: np.ndarray, bad: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Of N_CANDIDATES drawn around good points, the one least likely bad per likely good."""
-    from scipy import stats
-
     kde = _import_kde()
     # rng: unused by the normal-reference bandwidths; given, as statsmodels 0.15 asks
     good_density = kde(good, var_type=cube.var_type, bw="normal_reference", rng=0)
@@ -203,25 +201,46 @@ def _best_candidate(
     bandwidth = _bandwidths(good_density.bw, cube.var_type)
     good_density.bw = bandwidth
     bad_density.bw = _bandwidths(bad_density.bw, cube.var_type)
-    best, best_ratio = good[0], math.inf
+    candidates = _candidates(cube, good, bandwidth, rng)
+    # fmax: a NaN density counts as the floor; a NaN or infinite ratio never wins
+    ratios = np.fmax(1e-32, bad_density.pdf(candidates)) / np.fmax(
+        1e-32, good_density.pdf(candidates)
+    )
+    usable = np.flatnonzero(ratios < np.inf)
+    if not len(usable):
+        return good[0]
+    return candidates[usable[np.argmin(ratios[usable])]]  # ties: the first drawn
+
+
+def _candidates(
+    cube: _UnitCube, good: np.ndarray, bandwidth: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """N_CANDIDATES points drawn around good points: each continuous value from a normal
+    truncated to [0, 1] (by inversion of one uniform draw, as scipy's ``truncnorm.rvs``
+    draws it, but for all candidates in one call), each choice moved with probability
+    its bandwidth. The draws are taken from ``rng`` candidate by candidate."""
+    from scipy import stats
+
+    rows, uniforms = [], []
     for _ in range(N_CANDIDATES):
-        centre = good[rng.integers(len(good))]
-        candidate = centre.copy()
+        candidate = good[rng.integers(len(good))].copy()
+        draws = np.full(len(candidate), np.nan)
         for m, kind in enumerate(cube.var_type):
             if kind == "c":
-                width = bandwidth[m] * BANDWIDTH_FACTOR
-                low, high = -centre[m] / width, (1.0 - centre[m]) / width
-                candidate[m] = stats.truncnorm.rvs(
-                    low, high, loc=centre[m], scale=width, random_state=rng
-                )
+                draws[m] = rng.uniform()
             elif rng.random() < bandwidth[m]:  # a choice: another one, at random
                 candidate[m] = rng.integers(cube.levels[m])
-        ratio = max(1e-32, float(bad_density.pdf(candidate))) / max(
-            1e-32, float(good_density.pdf(candidate))
-        )
-        if ratio < best_ratio:  # a NaN ratio never wins
-            best, best_ratio = candidate, ratio
-    return best
+        rows.append(candidate)
+        uniforms.append(draws)
+    candidates = np.array(rows)
+    continuous = np.array([kind == "c" for kind in cube.var_type])
+    if continuous.any():
+        centres = candidates[:, continuous]
+        width = bandwidth[continuous] * BANDWIDTH_FACTOR
+        low, high = -centres / width, (1.0 - centres) / width
+        q = np.array(uniforms)[:, continuous]
+        candidates[:, continuous] = stats.truncnorm.ppf(q, low, high, loc=centres, scale=width)
+    return candidates
 
 
 def _bandwidths(raw: np.ndarray, var_type: str) -> np.ndarray:
