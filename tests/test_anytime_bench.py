@@ -15,7 +15,15 @@ pytest.importorskip("onnxruntime")
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 
 from _anytime_peers import Job, simulate  # noqa: E402
-from anytime import improvements, incumbent_at, kept_for, main, regret  # noqa: E402
+from anytime import (  # noqa: E402
+    MH_METHODS,
+    _procedure,
+    improvements,
+    incumbent_at,
+    kept_for,
+    main,
+    regret,
+)
 from anytime_mo import fronts_kept, hypervolume  # noqa: E402
 from anytime_mo import main as main_mo  # noqa: E402
 
@@ -223,3 +231,24 @@ def test_files_run_to_different_budgets_merge_up_to_the_smaller(tmp_path: Path) 
     both = main(["--merge", *files, "--up-to", "1", "--out", str(tmp_path), "--tag", "both"])
     assert set(both["table"]["4"]) == {ours, peer} and both["max_budget"] == 1.0
     assert "| mh ASHA (stopping, oldest first) | " in (tmp_path / "anytime_both.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "method", [m for m in MH_METHODS if m.startswith(("mh ASHA", "mh Hyperband"))]
+)
+def test_each_halving_method_builds_the_procedure_its_name_describes(method: str) -> None:
+    """The words in brackets set the sampler, the mode, the bracket order and weights
+    and the policy: a result row is the configuration it is named after."""
+    settings = _procedure(method, seed=0, budget=30, n_workers=4).settings()
+    sampler = next((s for s in ("kde", "tpe") if f"({s}," in method), "random")
+    assert settings["sampler"] == sampler
+    assert settings["mode"] == ("stopping" if "stopping" in method else "promotion")
+    assert settings["policy"] == (
+        "oldest_first" if "oldest first" in method else "longest_remaining"
+    )
+    if method.startswith("mh Hyperband"):
+        assert settings["bracket_order"] == (
+            "random" if "random brackets" in method else "interleaved"
+        )
+        weights = "equal_epochs" if "equal epochs" in method else "geometric"
+        assert settings["bracket_weights"] == weights
