@@ -500,20 +500,23 @@ def plot_curves(path: Path, curves: dict[str, list[dict]], ylabel: str, title: s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method, curve in curves.items():
+    # Past ten methods the default colour cycle repeats: two lines of one colour.
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for i, (method, curve) in enumerate(curves.items()):
         x = [p["budget"] for p in curve]
         y = np.array([p["mean"] for p in curve])
         se = np.array([p["se"] for p in curve])
-        (line,) = ax.plot(x, y, "-" if method.startswith("mh ") else "--", label=method)
+        style = "-" if method.startswith("mh ") else "--"
+        (line,) = ax.plot(x, y, style, color=colours[i % len(colours)], label=method)
         ax.fill_between(x, y - se, y + se, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("budget (full-training equivalents)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # Below the axes, so that it hides no line.
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
