@@ -252,3 +252,18 @@ def test_each_halving_method_builds_the_procedure_its_name_describes(method: str
         )
         weights = "equal_epochs" if "equal epochs" in method else "geometric"
         assert settings["bracket_weights"] == weights
+
+
+def test_every_same_algorithm_pair_names_methods_the_benchmark_runs() -> None:
+    """A verdict is only written for names in SAME_ALGORITHM: a misspelt one would drop
+    its comparison from every table without a word."""
+    import anytime
+    import anytime_mo
+    from _anytime_peers import MO_PEERS, PEERS
+
+    for ours, peers in anytime.SAME_ALGORITHM.items():
+        assert ours in anytime.MH_METHODS, ours
+        assert set(peers) <= set(PEERS), peers
+    for ours, peer in anytime_mo.SAME_ALGORITHM.items():
+        assert ours in anytime_mo.MH_METHODS, ours
+        assert peer in MO_PEERS, peer

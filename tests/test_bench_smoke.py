@@ -145,7 +145,7 @@ def test_anytime_smoke(tmp_path):
     _run("anytime.py", tmp_path)
     data = json.loads((tmp_path / "anytime_smoke.json").read_text())
     rows = data["table"]["4"]
-    assert len(rows) == 39  # 33 modelhopper procedures and variants, 6 peer implementations
+    assert len(rows) == 40  # 34 modelhopper procedures and variants, 6 peer implementations
     for method, row in rows.items():
         assert 0 <= row["2"]["mean"] < 1, method  # every method heard some accuracy
     engine = [r for r in data["runs"] if r["method"].startswith("mh ")]
