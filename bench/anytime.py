@@ -4,6 +4,7 @@ engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
     python bench/anytime.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
                             [--workers 4 32] [--tasks T ...] [--methods M ...] [--jobs J]
     python bench/anytime.py --merge A.json B.json [--methods M ...] [--up-to FTE] --tag AB
+    python bench/anytime.py --merge A.json B.json ... --matrix --tag matrix
 
 For each LCBench task, number of workers and seed, every method searches LCBench's
 7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
@@ -26,6 +27,9 @@ measurement can be split (e.g. ``--seeds 5`` and ``--seeds 5 --first-seed 5``, r
 apart) and ``--merge`` makes the one table both would have made in one run.
 ``--up-to 30`` reads files run to 30 FTE or more up to 30 FTE, so runs to different
 budgets share one table (the regret's zero stays the best any run heard).
+``--matrix`` reads each file's runs up to the budget that file ran to: files of any
+budgets and worker counts make one table of the whole matrix, each cell with the
+number of seeds that reached it.
 """
 
 from __future__ import annotations
@@ -355,7 +359,9 @@ def summarise(
     scales: dict[int, dict[str, float]],
     budgets: list[float],
 ) -> dict[str, Any]:
-    """Mean regret and its standard error over seeds, per workers, method and budget."""
+    """Mean regret, its standard error over seeds and the number of seeds, per workers,
+    method and budget. A run that says how far it ran (``budget``, a ``--matrix`` read)
+    counts only at budgets up to that; a cell no run reached is left out."""
     best = {t: max([s["best"]] + [a for r in runs if r["task"] == t for _, a in r["heard"]])
             for t, s in scales.items()}  # fmt: skip
     table: dict[str, Any] = {}
@@ -363,24 +369,30 @@ def summarise(
         table[str(n_workers)] = {}
         for method in dict.fromkeys(r["method"] for r in runs):
             mine = [r for r in runs if r["workers"] == n_workers and r["method"] == method]
-            seeds = sorted({r["seed"] for r in mine})
+            if not mine:
+                continue
             row = {}
             for budget in budgets:
+                reached = [r for r in mine if r.get("budget", math.inf) >= budget]
                 per_seed = []
-                for seed in seeds:
+                for seed in sorted({r["seed"] for r in reached}):
                     values = []
-                    for r in (r for r in mine if r["seed"] == seed):
+                    for r in (r for r in reached if r["seed"] == seed):
                         s = scales[r["task"]]
                         moment = spent_at(s, budget, n_workers)
                         inc = incumbent_at(r["heard"], moment)
                         values.append(regret(inc, best[r["task"]], s["worst"]))
                     per_seed.append(statistics.fmean(values))
+                if not per_seed:
+                    continue
                 se = (
                     statistics.stdev(per_seed) / math.sqrt(len(per_seed))
                     if len(per_seed) > 1
                     else 0.0
                 )
-                row[f"{budget:g}"] = {"mean": statistics.fmean(per_seed), "se": se}
+                row[f"{budget:g}"] = {
+                    "mean": statistics.fmean(per_seed), "se": se, "seeds": len(per_seed),
+                }  # fmt: skip
             table[str(n_workers)][method] = row
     return table
 
@@ -395,11 +407,13 @@ def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
                 continue
             for budget in budgets:
                 key = f"{budget:g}"
-                mine = rows[ours][key]
-                peer = min(present, key=lambda p: rows[p][key]["mean"])
+                reached = [p for p in present if key in rows[p]]
+                if key not in rows[ours] or not reached:  # a --matrix cell not measured
+                    continue
+                peer = min(reached, key=lambda p: rows[p][key]["mean"])
                 lines.append(
                     f"| {n_workers} | {ours} | {peer} | {key} | "
-                    + verdict_cells(mine, rows[peer][key])
+                    + verdict_cells(rows[ours][key], rows[peer][key])
                 )
     return lines
 
@@ -432,6 +446,7 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
         f"real time {payload['real_seconds']:.0f} s.",
         "",
         *seeds_note(payload),
+        *matrix_note(payload),
         "Normalised regret of validation accuracy (0 = the best any method or the random "
         "sample found; 1 = the worst of the sample) at budgets in full-training "
         "equivalents (FTE), mean over tasks and seeds, +- standard error over seeds.",
@@ -442,7 +457,7 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
                   "| method | " + " | ".join(f"{b:g} FTE" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]  # fmt: skip
         for method, row in rows.items():
-            cells = [f"{row[f'{b:g}']['mean']:.4f} +- {row[f'{b:g}']['se']:.4f}" for b in budgets]
+            cells = [cell(row.get(f"{b:g}"), payload.get("matrix", False)) for b in budgets]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += verdict_section(
@@ -451,7 +466,17 @@ def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -
         payload,
     )
     (out / f"{stem}.md").write_text("\n".join(lines))
-    _plot(out, stem, payload)
+    if not payload.get("matrix"):  # its curves would change seeds along a line
+        _plot(out, stem, payload)
+
+
+def cell(value: dict[str, float] | None, seeds: bool) -> str:
+    """A table cell: mean +- standard error, with its number of seeds in a --matrix
+    table; a dash where no run reached the budget."""
+    if value is None:
+        return "-"
+    text = f"{value['mean']:.4f} +- {value['se']:.4f}"
+    return f"{text} ({value['seeds']})" if seeds else text
 
 
 def verdict_section(title: str, header: str, payload: dict[str, Any]) -> list[str]:
@@ -528,17 +553,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--up-to", type=float, default=None, metavar="FTE",
                         help="with --merge: read every file's runs up to this budget, "
                         "so files run to different budgets make one table")  # fmt: skip
+    parser.add_argument("--matrix", action="store_true",
+                        help="with --merge: read each file's runs up to the budget it ran "
+                        "to; one table of every worker count, method and budget, with "
+                        "each cell's number of seeds")  # fmt: skip
     args = with_common_arguments(parser, max_budget=300, stem="anytime").parse_args(argv)
     command = " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_smoke" if args.smoke_test else "anytime"
     stem += f"_{args.tag}" if args.tag else ""
-    if args.merge:
+    if args.merge and args.matrix:
+        if args.up_to is not None:
+            parser.error("--matrix reads every run up to its own budget: leave out --up-to")
+        payload = matrix(args.merge, command, args.methods)
+    elif args.merge:
         payload = merged(args.merge, command, args.methods, args.up_to)
-    elif args.up_to is not None:
-        parser.error("--up-to reads results files: use it with --merge")
+    elif args.up_to is not None or args.matrix:
+        parser.error("--up-to and --matrix read results files: use them with --merge")
     else:
         payload = measured(args, command)
-    write(args.out, stem, payload, budgets_up_to(payload["max_budget"]))
+    write(args.out, stem, payload, payload["budgets"])
     print((args.out / f"{stem}.md").read_text())
     return payload
 
@@ -605,19 +638,67 @@ def merged(
     return summary(runs, scales, max_budget, f"{command} (of {merged_from})", real, grid)
 
 
+def matrix(paths: list[Path], command: str, methods: list[str] | None = None) -> dict[str, Any]:
+    """One table of every worker count, method and budget in these results files, each
+    run read up to the budget its file ran to (a cell counts the seeds that reached it),
+    so files of different budgets, seeds and workers make the benchmark's whole matrix.
+    Where files hold one run (method, task, seed, workers) to different budgets, the
+    longest is read; the regret's zero is the best any run heard."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    longest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for path, payload in zip(paths, payloads, strict=True):
+        check_keeps_runs(path, payload)
+        for budget in budgets_up_to(payload["max_budget"]):
+            check_kept_at(path, payload, budget)
+        for run in payload["runs"]:
+            run = {**run, "budget": run.get("budget", payload["max_budget"])}
+            key = (run["method"], run["task"], run["seed"], run["workers"])
+            other = longest.get(key)
+            if other is not None and other["budget"] == run["budget"]:
+                raise SystemExit(
+                    f"run {key} (method, task, seed, workers) is in more than one file to "
+                    f"{run['budget']:g} FTE; leave one of them out"
+                )
+            if other is None or run["budget"] > other["budget"]:
+                longest[key] = run
+    runs = list(longest.values())
+    if methods is not None:
+        runs = [run for run in runs if run["method"] in methods]
+    budgets = sorted({b for p in payloads for b in budgets_up_to(p["max_budget"])})
+    scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
+    real = sum(payload["real_seconds"] for payload in payloads)
+    whole = summary(runs, scales, max(budgets), f"{command} (of {len(paths)} files)", real,
+                    grid=budgets, budgets=budgets)  # fmt: skip
+    return {**whole, "matrix": True}
+
+
+def check_keeps_runs(path: Path, payload: dict[str, Any]) -> None:
+    if any("heard" not in run for run in payload.get("runs", [{}])):
+        raise SystemExit(
+            f"{path} keeps no run's points (written before --merge existed); "
+            "run it again to merge it"
+        )
+
+
+def check_kept_at(path: Path, payload: dict[str, Any], budget: float) -> set[float]:
+    """The budgets at which ``payload`` kept its runs' incumbents (its curves'), checked
+    to include ``budget``: there a merge reads each run exactly."""
+    kept = {point["budget"] for rows in payload["curves"].values() for curve in rows.values()
+            for point in curve}  # fmt: skip
+    if budget not in kept:
+        readable = ", ".join(f"{b:g}" for b in sorted(kept))
+        raise SystemExit(f"{path} kept its runs' incumbents at {readable} FTE only; "
+                         f"it cannot be read at {budget:g} FTE")  # fmt: skip
+    return kept
+
+
 def common_grid(paths: list[Path], payloads: list[dict[str, Any]], up_to: float) -> list[float]:
     """The budgets up to ``up_to`` at which every file kept its runs' incumbents (its
     curves' budgets): there a capped merge reads each run exactly. ``up_to`` must be one."""
-    kept = [
-        {point["budget"] for rows in payload["curves"].values() for curve in rows.values()
-         for point in curve}
-        for payload in payloads
-    ]  # fmt: skip
-    for path, budgets in zip(paths, kept, strict=True):
-        if up_to not in budgets:
-            readable = ", ".join(f"{b:g}" for b in sorted(budgets))
-            raise SystemExit(f"{path} kept its runs' incumbents at {readable} FTE only; "
-                             "--up-to must be one of those of every file")  # fmt: skip
+    try:
+        kept = [check_kept_at(p, data, up_to) for p, data in zip(paths, payloads, strict=True)]
+    except SystemExit as missing:
+        raise SystemExit(f"{missing}: --up-to must be one of those of every file") from None
     return sorted(b for b in set.intersection(*kept) if b <= up_to)
 
 
@@ -630,10 +711,11 @@ def runs_to_merge(
     task, seed, workers) appears twice. Anything else stops with what to do instead."""
     payloads = [json.loads(path.read_text()) for path in paths]
     for path, payload in zip(paths, payloads, strict=True):
-        if any("heard" not in run for run in payload.get("runs", [{}])):
+        check_keeps_runs(path, payload)
+        if payload.get("matrix"):
             raise SystemExit(
-                f"{path} keeps no run's points (written before --merge existed); "
-                "run it again to merge it"
+                f"{path} is a --matrix table (its runs ran to different budgets): --merge "
+                "the files it was read from, or read it with --matrix"
             )
     budgets = {payload["max_budget"] for payload in payloads}
     if up_to is not None:
@@ -663,6 +745,18 @@ def runs_to_merge(
     return payloads, runs, budgets.pop()
 
 
+def matrix_note(payload: dict[str, Any]) -> list[str]:
+    """What a --matrix table's cells count (else nothing)."""
+    if not payload.get("matrix"):
+        return []
+    return [
+        "Each run is read up to the budget its file ran to: a cell's number in brackets is "
+        "the seeds that reached that budget, a dash a budget no run of the method reached "
+        "(where files hold one run to different budgets, the longest is read).",
+        "",
+    ]
+
+
 def seed_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
     """How many seeds each method ran (merged files may hold different seeds of each)."""
     methods = dict.fromkeys(run["method"] for run in runs)
@@ -673,7 +767,7 @@ def seeds_note(payload: dict[str, Any]) -> list[str]:
     """Lines naming each method's number of seeds, where they differ (else none): the
     header's seeds are then those of all runs together."""
     counts = payload.get("seeds_per_method", {})
-    if len(set(counts.values())) <= 1:
+    if len(set(counts.values())) <= 1 or payload.get("matrix"):  # its cells count them
         return []
     listed = ", ".join(f"{method} {n}" for method, n in counts.items())
     return [f"Seeds per method (the merged files ran different seeds of each): {listed}.", ""]
@@ -686,16 +780,19 @@ def summary(
     command: str,
     real_seconds: float,
     grid: list[float] | None = None,
+    budgets: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The results file's contents: regret tables, curves (at ``grid``'s budgets, by
-    default 16 from 1 FTE to ``max_budget`` and the tables') and verdicts of ``runs``, and
-    the runs themselves (each with its incumbents, so files can be merged later)."""
-    budgets = budgets_up_to(max_budget)
+    """The results file's contents: regret tables (at ``budgets``, by default those of
+    ``BUDGETS`` up to ``max_budget``), curves (at ``grid``'s budgets, by default 16 from 1
+    FTE to ``max_budget`` and the tables') and verdicts of ``runs``, and the runs
+    themselves (each with its incumbents, so files can be merged later)."""
+    budgets = budgets or budgets_up_to(max_budget)
     methods = list(dict.fromkeys(r["method"] for r in runs))
     if grid is None:
         grid = sorted({*budgets, *np.geomspace(1, max_budget, 16).round(2).tolist()})
     curves_table = summarise(runs, scales, grid)
-    table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets} for m, row in rows.items()}
+    table = {w: {m: {f"{b:g}": row[f"{b:g}"] for b in budgets if f"{b:g}" in row}
+                 for m, row in rows.items()}
              for w, rows in curves_table.items()}  # fmt: skip
     return {
         "command": command,
@@ -707,10 +804,14 @@ def summary(
         "seeds_per_method": seed_counts(runs),
         "workers": sorted({r["workers"] for r in runs}),
         "max_budget": max_budget,
+        "budgets": budgets,
         "scales": {str(t): s for t, s in scales.items()},
         "table": table,
         "curves": {
-            w: {m: [{"budget": b, **row[f"{b:g}"]} for b in grid] for m, row in rows.items()}
+            w: {
+                m: [{"budget": b, **row[f"{b:g}"]} for b in grid if f"{b:g}" in row]
+                for m, row in rows.items()
+            }
             for w, rows in curves_table.items()
         },  # fmt: skip
         "verdicts": verdicts(table, budgets),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,29 +209,78 @@ def test_multi_objective_files_of_different_worker_counts_are_not_merged(tmp_pat
         main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
 
 
-def test_files_run_to_different_budgets_merge_up_to_the_smaller(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def budget_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Results files of different budgets: ours to 3 FTE (seed 0; its payload too); the
+    peer and our seed 1 to 1 FTE; our seed 0 again, to 1 FTE."""
     pytest.importorskip("syne_tune")
+    out = tmp_path_factory.mktemp("budgets")
     ours, peer = BENCHMARKS["regret"][2]
-    long = _measure("regret", tmp_path, "long", "--seeds", "1", methods=[ours])  # to 3 FTE
-    _measure("regret", tmp_path, "short", "--seeds", "1", "--max-budget", "1", methods=[peer])
-    files = [str(tmp_path / f"anytime_{tag}.json") for tag in ("long", "short")]
+    long = _measure("regret", out, "long", "--seeds", "1", methods=[ours])  # to 3 FTE
+    short = ["--seeds", "1", "--max-budget", "1"]
+    _measure("regret", out, "short", *short, methods=[peer])
+    _measure("regret", out, "second", *short, "--first-seed", "1", methods=[ours])
+    _measure("regret", out, "again", *short, methods=[ours])
+    paths = {tag: str(out / f"anytime_{tag}.json") for tag in ("long", "short", "second", "again")}
+    return {"out": out, "long_run": long, **paths}
+
+
+def test_files_run_to_different_budgets_merge_up_to_the_smaller(
+    budget_files: dict[str, Any],
+) -> None:
+    ours, peer = BENCHMARKS["regret"][2]
+    out = str(budget_files["out"])
+    files = [budget_files["long"], budget_files["short"]]
     with pytest.raises(SystemExit, match="one --max-budget"):
-        main(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
+        main(["--merge", *files, "--out", out, "--tag", "mixed"])
     past = r"past the budget these files ran to: .*short\.json \(1\)"
     with pytest.raises(SystemExit, match=past):
-        main(["--merge", *files, "--up-to", "3", "--out", str(tmp_path), "--tag", "past"])
+        main(["--merge", *files, "--up-to", "3", "--out", out, "--tag", "past"])
     with pytest.raises(SystemExit, match="--up-to must be one of those"):
-        main(["--merge", files[0], "--up-to", "2.5", "--out", str(tmp_path), "--tag", "between"])
+        main(["--merge", files[0], "--up-to", "2.5", "--out", out, "--tag", "between"])
     with pytest.raises(SystemExit):  # argparse's usage error: --up-to reads files
-        main(["--up-to", "1", "--out", str(tmp_path), "--tag", "nothing"])
+        main(["--up-to", "1", "--out", out, "--tag", "nothing"])
     # read up to 1 FTE, the 3-FTE file says what it said at 1 FTE, exactly
-    alone = main(["--merge", files[0], "--up-to", "1", "--out", str(tmp_path), "--tag", "alone"])
-    at_one = [point for point in long["curves"]["4"][ours] if point["budget"] == 1.0]
-    assert alone["table"]["4"][ours]["1"] == {k: at_one[0][k] for k in ("mean", "se")}
+    alone = main(["--merge", files[0], "--up-to", "1", "--out", out, "--tag", "alone"])
+    at_one = [p for p in budget_files["long_run"]["curves"]["4"][ours] if p["budget"] == 1.0]
+    assert alone["table"]["4"][ours]["1"] == {k: at_one[0][k] for k in ("mean", "se", "seeds")}
     assert max(p["budget"] for p in alone["curves"]["4"][ours]) == 1.0
-    both = main(["--merge", *files, "--up-to", "1", "--out", str(tmp_path), "--tag", "both"])
+    both = main(["--merge", *files, "--up-to", "1", "--out", out, "--tag", "both"])
     assert set(both["table"]["4"]) == {ours, peer} and both["max_budget"] == 1.0
-    assert "| mh ASHA (stopping, oldest first) | " in (tmp_path / "anytime_both.md").read_text()
+    assert f"| {ours} | " in (budget_files["out"] / "anytime_both.md").read_text()
+
+
+def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_cell(
+    budget_files: dict[str, Any],
+) -> None:
+    ours, peer = BENCHMARKS["regret"][2]
+    out, folder = str(budget_files["out"]), budget_files["out"]
+    files = [budget_files[tag] for tag in ("long", "short", "second")]
+    whole = main(["--merge", *files, "--matrix", "--out", out, "--tag", "matrix"])
+    rows = whole["table"]["4"]
+    # ours: seeds 0 and 1 at 1 FTE, only seed 0 ran to 3; the peer never reached 3 FTE
+    assert {b: cell["seeds"] for b, cell in rows[ours].items()} == {"1": 2, "3": 1}
+    assert set(rows[peer]) == {"1"} and rows[peer]["1"]["seeds"] == 1
+    # at 1 FTE the matrix is the merge of the same runs up to 1 FTE, exactly
+    capped = main(["--merge", *files, "--up-to", "1", "--out", out, "--tag", "capped"])
+    assert {m: row["1"] for m, row in rows.items()} == {
+        m: row["1"] for m, row in capped["table"]["4"].items()
+    }
+    text = (folder / "anytime_matrix.md").read_text()
+    assert f"| {peer} | " in text and " (2) | " in text and text.count(" | - |") == 1
+    assert not list(folder.glob("anytime_matrix_*.png"))  # no curves whose seeds change
+    # one run in two files to different budgets: the longest is read, the table is unchanged
+    again = main(["--merge", *files, budget_files["again"], "--matrix", "--out", out,
+                  "--tag", "again"])  # fmt: skip
+    assert again["table"] == whole["table"]
+    with pytest.raises(SystemExit, match="more than one file to 1 FTE"):
+        main(["--merge", *files, files[1], "--matrix", "--out", out, "--tag", "twice"])
+    with pytest.raises(SystemExit, match="is a --matrix table"):
+        main(["--merge", str(folder / "anytime_matrix.json"), "--out", out, "--tag", "x"])
+    with pytest.raises(SystemExit):  # argparse's usage error: --matrix reads to each budget
+        main(["--merge", *files, "--matrix", "--up-to", "1", "--out", out, "--tag", "x"])
+    with pytest.raises(SystemExit):  # and reads files
+        main(["--matrix", "--out", out, "--tag", "x"])
 
 
 @pytest.mark.parametrize(
