@@ -643,7 +643,8 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
     run read up to the budget its file ran to (a cell counts the seeds that reached it),
     so files of different budgets, seeds and workers make the benchmark's whole matrix.
     Where files hold one run (method, task, seed, workers) to different budgets, the
-    longest is read; the regret's zero is the best any run heard."""
+    longest is read; one run in a file and in a merge of it (the same measured seconds)
+    is read once. The regret's zero is the best any run heard."""
     payloads = [json.loads(path.read_text()) for path in paths]
     longest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path, payload in zip(paths, payloads, strict=True):
@@ -655,6 +656,8 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
             key = (run["method"], run["task"], run["seed"], run["workers"])
             other = longest.get(key)
             if other is not None and other["budget"] == run["budget"]:
+                if other["real_seconds"] == run["real_seconds"]:
+                    continue  # one run, in a file and in a merge of it
                 raise SystemExit(
                     f"run {key} (method, task, seed, workers) is in more than one file to "
                     f"{run['budget']:g} FTE; leave one of them out"

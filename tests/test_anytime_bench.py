@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -273,8 +274,16 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
     again = main(["--merge", *files, budget_files["again"], "--matrix", "--out", out,
                   "--tag", "again"])  # fmt: skip
     assert again["table"] == whole["table"]
+    # one run read through two files (a file and a merge of it) counts once; two runs
+    # of one method, task, seed and workers to one budget are an error
+    twice = main(["--merge", *files, files[1], "--matrix", "--out", out, "--tag", "twice"])
+    assert twice["table"] == whole["table"]
+    other = json.loads(Path(files[1]).read_text())
+    other["runs"] = [{**run, "real_seconds": run["real_seconds"] + 1} for run in other["runs"]]
+    (folder / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="more than one file to 1 FTE"):
-        main(["--merge", *files, files[1], "--matrix", "--out", out, "--tag", "twice"])
+        main(["--merge", *files, str(folder / "other.json"), "--matrix", "--out", out,
+              "--tag", "clash"])  # fmt: skip
     with pytest.raises(SystemExit, match="is a --matrix table"):
         main(["--merge", str(folder / "anytime_matrix.json"), "--out", out, "--tag", "x"])
     with pytest.raises(SystemExit):  # argparse's usage error: --matrix reads to each budget
