@@ -397,8 +397,9 @@ def summarise(
     return table
 
 
-def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
-    """modelhopper's procedure vs the best peer implementation of the same algorithm."""
+def verdicts(table: dict[str, Any], budgets: list[float], seeds: bool = False) -> list[str]:
+    """modelhopper's procedure vs the best peer implementation of the same algorithm (with
+    each side's number of seeds, if ``seeds``)."""
     lines = []
     for n_workers, rows in table.items():
         for ours, peers in SAME_ALGORITHM.items():
@@ -413,7 +414,7 @@ def verdicts(table: dict[str, Any], budgets: list[float]) -> list[str]:
                 peer = min(reached, key=lambda p: rows[p][key]["mean"])
                 lines.append(
                     f"| {n_workers} | {ours} | {peer} | {key} | "
-                    + verdict_cells(rows[ours][key], rows[peer][key])
+                    + verdict_cells(rows[ours][key], rows[peer][key], seeds)
                 )
     return lines
 
@@ -426,12 +427,14 @@ def run_all(one: Callable[[tuple], dict], jobs: list[tuple], n_processes: int) -
         return list(pool.map(one, jobs))
 
 
-def verdict_cells(mine: dict[str, float], theirs: dict[str, float]) -> str:
-    """Means, gap, twice the combined standard error and the verdict, as table cells."""
+def verdict_cells(mine: dict[str, float], theirs: dict[str, float], seeds: bool = False) -> str:
+    """Means (with their numbers of seeds, if ``seeds``), gap, twice the combined standard
+    error and the verdict, as table cells."""
     noise = 2 * math.hypot(mine["se"], theirs["se"])
     gap = mine["mean"] - theirs["mean"]
     verdict = "no worse" if gap <= noise else "WORSE"
-    return f"{mine['mean']:.4f} | {theirs['mean']:.4f} | {gap:+.4f} | {noise:.4f} | {verdict} |"
+    means = [f"{m['mean']:.4f}" + (f" ({m['seeds']})" if seeds else "") for m in (mine, theirs)]
+    return f"{means[0]} | {means[1]} | {gap:+.4f} | {noise:.4f} | {verdict} |"
 
 
 def write(out: Path, stem: str, payload: dict[str, Any], budgets: list[float]) -> None:
@@ -671,8 +674,8 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
     scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
     real = sum(payload["real_seconds"] for payload in payloads)
     whole = summary(runs, scales, max(budgets), f"{command} (of {len(paths)} files)", real,
-                    grid=budgets, budgets=budgets)  # fmt: skip
-    return {**whole, "matrix": True}
+                    grid=budgets, budgets=budgets, matrix=True)  # fmt: skip
+    return whole
 
 
 def check_keeps_runs(path: Path, payload: dict[str, Any]) -> None:
@@ -784,11 +787,13 @@ def summary(
     real_seconds: float,
     grid: list[float] | None = None,
     budgets: list[float] | None = None,
+    matrix: bool = False,
 ) -> dict[str, Any]:
     """The results file's contents: regret tables (at ``budgets``, by default those of
     ``BUDGETS`` up to ``max_budget``), curves (at ``grid``'s budgets, by default 16 from 1
     FTE to ``max_budget`` and the tables') and verdicts of ``runs``, and the runs
-    themselves (each with its incumbents, so files can be merged later)."""
+    themselves (each with its incumbents, so files can be merged later). ``matrix``: the
+    runs were read each to its own budget (``matrix``); verdicts name their seeds."""
     budgets = budgets or budgets_up_to(max_budget)
     methods = list(dict.fromkeys(r["method"] for r in runs))
     if grid is None:
@@ -817,7 +822,7 @@ def summary(
             }
             for w, rows in curves_table.items()
         },  # fmt: skip
-        "verdicts": verdicts(table, budgets),
+        "verdicts": verdicts(table, budgets, seeds=matrix),
         "real_seconds": real_seconds,
         "real_seconds_per_run": {
             m: statistics.fmean(r["real_seconds"] for r in runs if r["method"] == m)
@@ -831,6 +836,7 @@ def summary(
         # each run's improvements at the moments the tables read: enough to merge this
         # file with another of the same budget, exactly
         "runs": [{**r, "heard": kept_for(r["heard"], moments(r, scales, grid))} for r in runs],
+        **({"matrix": True} if matrix else {}),
     }
 
 

@@ -269,6 +269,10 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
     }
     text = (folder / "anytime_matrix.md").read_text()
     assert f"| {peer} | " in text and " (2) | " in text and text.count(" | - |") == 1
+    # the verdict at 1 FTE, each side's mean with its seeds
+    (verdict,) = whole["verdicts"]  # none at 3 FTE: the peer never got there
+    means = f"{rows[ours]['1']['mean']:.4f} (2) | {rows[peer]['1']['mean']:.4f} (1) |"
+    assert verdict.startswith(f"| 4 | {ours} | {peer} | 1 | {means}")
     assert not list(folder.glob("anytime_matrix_*.png"))  # no curves whose seeds change
     # one run in two files to different budgets: the longest is read, the table is unchanged
     again = main(["--merge", *files, budget_files["again"], "--matrix", "--out", out,
