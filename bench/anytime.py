@@ -672,7 +672,7 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
         runs = [run for run in runs if run["method"] in methods]
     budgets = sorted({b for p in payloads for b in budgets_up_to(p["max_budget"])})
     scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
-    real = sum(payload["real_seconds"] for payload in payloads)
+    real = sum(run["real_seconds"] for run in runs)  # merged files share runs: not theirs
     whole = summary(runs, scales, max(budgets), f"{command} (of {len(paths)} files)", real,
                     grid=budgets, budgets=budgets, matrix=True)  # fmt: skip
     return whole

@@ -262,6 +262,7 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
     # ours: seeds 0 and 1 at 1 FTE, only seed 0 ran to 3; the peer never reached 3 FTE
     assert {b: cell["seeds"] for b, cell in rows[ours].items()} == {"1": 2, "3": 1}
     assert set(rows[peer]) == {"1"} and rows[peer]["1"]["seeds"] == 1
+    assert whole["real_seconds"] == sum(run["real_seconds"] for run in whole["runs"])
     # at 1 FTE the matrix is the merge of the same runs up to 1 FTE, exactly
     capped = main(["--merge", *files, "--up-to", "1", "--out", out, "--tag", "capped"])
     assert {m: row["1"] for m, row in rows.items()} == {
