@@ -361,7 +361,7 @@ def summarise(
 ) -> dict[str, Any]:
     """Mean regret, its standard error over seeds and the number of seeds, per workers,
     method and budget. A run that says how far it ran (``budget``, a ``--matrix`` read)
-    counts only at budgets up to that; a cell no run reached is left out."""
+    counts only at budgets up to that (``sized_for``); a cell no run reached is left out."""
     best = {t: max([s["best"]] + [a for r in runs if r["task"] == t for _, a in r["heard"]])
             for t, s in scales.items()}  # fmt: skip
     table: dict[str, Any] = {}
@@ -373,7 +373,7 @@ def summarise(
                 continue
             row = {}
             for budget in budgets:
-                reached = [r for r in mine if r.get("budget", math.inf) >= budget]
+                reached = sized_for(mine, budget)
                 per_seed = []
                 for seed in sorted({r["seed"] for r in reached}):
                     values = []
@@ -645,11 +645,12 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
     """One table of every worker count, method and budget in these results files, each
     run read up to the budget its file ran to (a cell counts the seeds that reached it),
     so files of different budgets, seeds and workers make the benchmark's whole matrix.
-    Where files hold one run (method, task, seed, workers) to different budgets, the
-    longest is read; one run in a file and in a merge of it (the same measured seconds)
-    is read once. The regret's zero is the best any run heard."""
+    Where files hold runs of one method, task, seed and workers to different budgets, a
+    cell reads the one run to the smallest budget that reaches it (``sized_for``); one
+    run in a file and in a merge of it (the same measured seconds) is read once, to the
+    larger budget. The regret's zero is the best any run heard."""
     payloads = [json.loads(path.read_text()) for path in paths]
-    longest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for path, payload in zip(paths, payloads, strict=True):
         check_keeps_runs(path, payload)
         for budget in budgets_up_to(payload["max_budget"]):
@@ -657,17 +658,8 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
         for run in payload["runs"]:
             run = {**run, "budget": run.get("budget", payload["max_budget"])}
             key = (run["method"], run["task"], run["seed"], run["workers"])
-            other = longest.get(key)
-            if other is not None and other["budget"] == run["budget"]:
-                if other["real_seconds"] == run["real_seconds"]:
-                    continue  # one run, in a file and in a merge of it
-                raise SystemExit(
-                    f"run {key} (method, task, seed, workers) is in more than one file to "
-                    f"{run['budget']:g} FTE; leave one of them out"
-                )
-            if other is None or run["budget"] > other["budget"]:
-                longest[key] = run
-    runs = list(longest.values())
+            add_run(by_key.setdefault(key, []), run, key)
+    runs = [run for same in by_key.values() for run in same]
     if methods is not None:
         runs = [run for run in runs if run["method"] in methods]
     budgets = sorted({b for p in payloads for b in budgets_up_to(p["max_budget"])})
@@ -676,6 +668,33 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
     whole = summary(runs, scales, max(budgets), f"{command} (of {len(paths)} files)", real,
                     grid=budgets, budgets=budgets, matrix=True)  # fmt: skip
     return whole
+
+
+def add_run(same: list[dict[str, Any]], run: dict[str, Any], key: tuple[Any, ...]) -> None:
+    """Add ``run`` to the runs of one method, task, seed and workers: a copy of one there
+    (the same measured seconds) keeps the larger budget; two runs to one budget stop."""
+    for i, other in enumerate(same):
+        if other["real_seconds"] == run["real_seconds"]:
+            same[i] = max(other, run, key=lambda r: r["budget"])
+            return
+        if other["budget"] == run["budget"]:
+            raise SystemExit(
+                f"run {key} (method, task, seed, workers) is in more than one file to "
+                f"{run['budget']:g} FTE; leave one of them out"
+            )
+    same.append(run)
+
+
+def sized_for(runs: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """Of ``runs`` (one method and worker count), those that reached ``budget``, one per
+    task and seed: the run to the smallest budget (a procedure sized for 100 FTE is read
+    at 100 FTE rather than one sized for 300). Runs without a budget ran to every one."""
+    chosen: dict[tuple[int, int], dict[str, Any]] = {}
+    for run in runs:
+        reach, key = run.get("budget", math.inf), (run["task"], run["seed"])
+        if reach >= budget and (key not in chosen or reach < chosen[key]["budget"]):
+            chosen[key] = run
+    return list(chosen.values())
 
 
 def check_keeps_runs(path: Path, payload: dict[str, Any]) -> None:
@@ -758,7 +777,8 @@ def matrix_note(payload: dict[str, Any]) -> list[str]:
     return [
         "Each run is read up to the budget its file ran to: a cell's number in brackets is "
         "the seeds that reached that budget, a dash a budget no run of the method reached "
-        "(where files hold one run to different budgets, the longest is read).",
+        "(where files hold one method, task and seed to different budgets, a cell reads the "
+        "run to the smallest budget that reaches it: the procedure sized for it).",
         "",
     ]
 

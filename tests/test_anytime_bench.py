@@ -20,11 +20,13 @@ from _anytime_peers import Job, simulate  # noqa: E402
 from anytime import (  # noqa: E402
     MH_METHODS,
     _procedure,
+    add_run,
     improvements,
     incumbent_at,
     kept_for,
     main,
     regret,
+    sized_for,
 )
 from anytime_mo import fronts_kept, hypervolume  # noqa: E402
 from anytime_mo import main as main_mo  # noqa: E402
@@ -210,6 +212,28 @@ def test_multi_objective_files_of_different_worker_counts_are_not_merged(tmp_pat
         main_mo(["--merge", *files, "--out", str(tmp_path), "--tag", "mixed"])
 
 
+def test_a_matrix_cell_reads_the_run_sized_for_its_budget_and_each_run_once() -> None:
+    def run(seed: int, budget: float, seconds: float, task: int = TASK) -> dict[str, Any]:
+        return {"task": task, "seed": seed, "budget": budget, "real_seconds": seconds}
+
+    runs = [run(0, 300, 9.0), run(0, 100, 3.0), run(1, 300, 8.0), run(0, 30, 1.0, task=7593)]
+    assert sized_for(runs, 100) == [runs[1], runs[2]]  # seed 0: sized for 100, not 300
+    assert sized_for(runs, 300) == [runs[0], runs[2]]
+    assert sized_for(runs, 30) == [runs[1], runs[2], runs[3]]
+    assert sized_for(runs, 1000) == []
+    plain = [{"task": TASK, "seed": 0}]  # a run of one results file ran to every budget
+    assert sized_for(plain, 300) == plain
+    same: list[dict[str, Any]] = []
+    key = ("m", TASK, 0, 4)
+    add_run(same, run(0, 100, 3.0), key)
+    add_run(same, run(0, 300, 3.0), key)  # the same run, read further in another file
+    add_run(same, run(0, 100, 3.0), key)  # and read again to 100 FTE
+    add_run(same, run(0, 30, 1.0), key)  # another run of the seed, sized for 30
+    assert same == [run(0, 300, 3.0), run(0, 30, 1.0)]
+    with pytest.raises(SystemExit, match="more than one file to 30 FTE"):
+        add_run(same, run(0, 30, 2.0), key)
+
+
 @pytest.fixture(scope="module")
 def budget_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Results files of different budgets: ours to 3 FTE (seed 0; its payload too); the
@@ -275,10 +299,12 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
     means = f"{rows[ours]['1']['mean']:.4f} (2) | {rows[peer]['1']['mean']:.4f} (1) |"
     assert verdict.startswith(f"| 4 | {ours} | {peer} | 1 | {means}")
     assert not list(folder.glob("anytime_matrix_*.png"))  # no curves whose seeds change
-    # one run in two files to different budgets: the longest is read, the table is unchanged
+    # our seed 0 run again, sized for 1 FTE: both runs are kept, each read where it counts
     again = main(["--merge", *files, budget_files["again"], "--matrix", "--out", out,
                   "--tag", "again"])  # fmt: skip
-    assert again["table"] == whole["table"]
+    assert {b: cell["seeds"] for b, cell in again["table"]["4"][ours].items()} == {"1": 2, "3": 1}
+    mine = [(r["seed"], r["budget"]) for r in again["runs"] if r["method"] == ours]
+    assert sorted(mine) == [(0, 1.0), (0, 3.0), (1, 1.0)]
     # one run read through two files (a file and a merge of it) counts once; two runs
     # of one method, task, seed and workers to one budget are an error
     twice = main(["--merge", *files, files[1], "--matrix", "--out", out, "--tag", "twice"])
