@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: venv demo test test-fast bench bench-simulate bench-compare bench-anytime lint data postgres browser clean
+.PHONY: venv demo test test-fast bench bench-simulate bench-compare bench-anytime bench-anytime-matrix lint data postgres browser clean
 
 venv: $(STAMP)
 
@@ -81,6 +81,11 @@ bench-anytime: venv
 	$(PY) bench/anytime.py $(ARGS)
 	$(PY) bench/anytime_mo.py $(MO_ARGS)
 	$(PY) bench/first_reports.py
+
+# The whole anytime matrix, one table, from the results files bench/anytime.py's
+# MATRIX_SOURCES names (no run: seconds).
+bench-anytime-matrix: venv
+	$(PY) bench/anytime.py --matrix --tag matrix
 
 bench-simulate: venv
 	$(PY) bench/simulate.py

@@ -4,7 +4,7 @@ engine (``SurrogateExecutor``) side by side with Optuna, Syne Tune and DEHB.
     python bench/anytime.py [--smoke-test] [--seeds N] [--first-seed S] [--max-budget B]
                             [--workers 4 32] [--tasks T ...] [--methods M ...] [--jobs J]
     python bench/anytime.py --merge A.json B.json [--methods M ...] [--up-to FTE] --tag AB
-    python bench/anytime.py --merge A.json B.json ... --matrix --tag matrix
+    python bench/anytime.py --matrix --tag matrix [--merge A.json B.json ...]
 
 For each LCBench task, number of workers and seed, every method searches LCBench's
 7-hyperparameter space (epochs 1-52) on a simulated clock until it has used
@@ -27,14 +27,15 @@ measurement can be split (e.g. ``--seeds 5`` and ``--seeds 5 --first-seed 5``, r
 apart) and ``--merge`` makes the one table both would have made in one run.
 ``--up-to 30`` reads files run to 30 FTE or more up to 30 FTE, so runs to different
 budgets share one table (the regret's zero stays the best any run heard).
-``--matrix`` reads each file's runs up to the budget that file ran to: files of any
-budgets and worker counts make one table of the whole matrix, each cell with the
-number of seeds that reached it.
+``--matrix`` reads each file's runs up to the budget that file ran to (``--merge``'s
+files, else ``MATRIX_SOURCES``): files of any budgets and worker counts make one table
+of the whole matrix, each cell with the number of seeds that reached it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -136,6 +137,18 @@ SAME_ALGORITHM = {
         "Syne Tune Hyperband",
     ),
 }
+
+# What ``--matrix`` reads without ``--merge`` (in bench/results/): the merged tables and
+# the single seeds run since, no run twice to one budget. A new seed's file joins here
+# (or matches a pattern), then ``make bench-anytime-matrix`` rewrites anytime_matrix.*.
+MATRIX_SOURCES = (
+    "anytime_b30_matrix.json", "anytime_b100_matrix.json", "anytime_b100_matrix_kde.json",
+    "anytime_b300_matrix_kde.json", "anytime_b300our_tpesearch_s[5-9].json",
+    "anytime_b300sh_s[89].json", "anytime_b300bohb_s*.json",
+    "anytime_w32_matrix.json", "anytime_w32b30_matrix.json", "anytime_w32b100_all.json",
+    "anytime_w32b300r_10.json", "anytime_w32b300_dehb.json", "anytime_w32b300_hbkde.json",
+    "anytime_w32b300bohb_s*.json",
+)  # fmt: skip
 
 _bench: Any = None  # one surrogate per process
 
@@ -557,21 +570,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="with --merge: read every file's runs up to this budget, "
                         "so files run to different budgets make one table")  # fmt: skip
     parser.add_argument("--matrix", action="store_true",
-                        help="with --merge: read each file's runs up to the budget it ran "
-                        "to; one table of every worker count, method and budget, with "
-                        "each cell's number of seeds")  # fmt: skip
+                        help="read each results file's runs up to the budget it ran to "
+                        "(--merge's files, else MATRIX_SOURCES'): one table of every "
+                        "worker count, method and budget, each cell with its seeds")  # fmt: skip
     args = with_common_arguments(parser, max_budget=300, stem="anytime").parse_args(argv)
     command = " ".join(["python bench/anytime.py", *(sys.argv[1:] if argv is None else argv)])
     stem = "anytime_smoke" if args.smoke_test else "anytime"
     stem += f"_{args.tag}" if args.tag else ""
-    if args.merge and args.matrix:
+    if args.matrix:
         if args.up_to is not None:
             parser.error("--matrix reads every run up to its own budget: leave out --up-to")
-        payload = matrix(args.merge, command, args.methods)
+        payload = matrix(args.merge or matrix_sources(), command, args.methods)
     elif args.merge:
         payload = merged(args.merge, command, args.methods, args.up_to)
-    elif args.up_to is not None or args.matrix:
-        parser.error("--up-to and --matrix read results files: use them with --merge")
+    elif args.up_to is not None:
+        parser.error("--up-to reads results files: use it with --merge")
     else:
         payload = measured(args, command)
     write(args.out, stem, payload, payload["budgets"])
@@ -658,31 +671,51 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
         for run in payload["runs"]:
             run = {**run, "budget": run.get("budget", payload["max_budget"])}
             key = (run["method"], run["task"], run["seed"], run["workers"])
-            add_run(by_key.setdefault(key, []), run, key)
-    runs = [run for same in by_key.values() for run in same]
+            by_key.setdefault(key, []).append(run)
+    runs = [run for key, same in by_key.items() for run in distinct_runs(same, key)]
     if methods is not None:
         runs = [run for run in runs if run["method"] in methods]
+    from _anytime_peers import PEERS
+
+    known = [*PEERS, *MH_METHODS]  # the tables' rows: the peers, then ours, as listed
+    runs.sort(key=lambda r: known.index(r["method"]) if r["method"] in known else len(known))
     budgets = sorted({b for p in payloads for b in budgets_up_to(p["max_budget"])})
     scales = {int(t): s for payload in payloads for t, s in payload["scales"].items()}
     real = sum(run["real_seconds"] for run in runs)  # merged files share runs: not theirs
-    whole = summary(runs, scales, max(budgets), f"{command} (of {len(paths)} files)", real,
+    read = f"{command} (of {', '.join(path.name for path in paths)})"
+    whole = summary(runs, scales, max(budgets), read, real,
                     grid=budgets, budgets=budgets, matrix=True)  # fmt: skip
     return whole
 
 
-def add_run(same: list[dict[str, Any]], run: dict[str, Any], key: tuple[Any, ...]) -> None:
-    """Add ``run`` to the runs of one method, task, seed and workers: a copy of one there
-    (the same measured seconds) keeps the larger budget; two runs to one budget stop."""
-    for i, other in enumerate(same):
-        if other["real_seconds"] == run["real_seconds"]:
-            same[i] = max(other, run, key=lambda r: r["budget"])
-            return
-        if other["budget"] == run["budget"]:
+def matrix_sources(folder: Path = RESULTS) -> list[Path]:
+    """``MATRIX_SOURCES``' files: a name must exist, a pattern may match none yet."""
+    paths = []
+    for pattern in MATRIX_SOURCES:
+        found = sorted(folder.glob(pattern))
+        if not found and not any(c in pattern for c in "*?["):
+            raise SystemExit(f"{folder / pattern} (in MATRIX_SOURCES) is missing")
+        paths += found
+    return paths
+
+
+def distinct_runs(same: list[dict[str, Any]], key: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The runs of one method, task, seed and workers (``key``) that differ: copies of one
+    run (the same measured seconds; a merge read it to a lower budget) become the one read
+    furthest. Two different runs to one budget stop: which would a cell read?"""
+    furthest: dict[float, dict[str, Any]] = {}
+    for run in same:
+        copy = furthest.get(run["real_seconds"])
+        if copy is None or run["budget"] > copy["budget"]:
+            furthest[run["real_seconds"]] = run
+    runs = sorted(furthest.values(), key=lambda r: r["budget"])
+    for one, other in itertools.pairwise(runs):
+        if one["budget"] == other["budget"]:
             raise SystemExit(
                 f"run {key} (method, task, seed, workers) is in more than one file to "
-                f"{run['budget']:g} FTE; leave one of them out"
+                f"{one['budget']:g} FTE; leave one of them out"
             )
-    same.append(run)
+    return runs
 
 
 def sized_for(runs: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 from _anytime_peers import Job, simulate  # noqa: E402
 from anytime import (  # noqa: E402
     MH_METHODS,
+    RESULTS,
     _procedure,
-    add_run,
+    distinct_runs,
     improvements,
     incumbent_at,
     kept_for,
@@ -223,15 +224,14 @@ def test_a_matrix_cell_reads_the_run_sized_for_its_budget_and_each_run_once() ->
     assert sized_for(runs, 1000) == []
     plain = [{"task": TASK, "seed": 0}]  # a run of one results file ran to every budget
     assert sized_for(plain, 300) == plain
-    same: list[dict[str, Any]] = []
     key = ("m", TASK, 0, 4)
-    add_run(same, run(0, 100, 3.0), key)
-    add_run(same, run(0, 300, 3.0), key)  # the same run, read further in another file
-    add_run(same, run(0, 100, 3.0), key)  # and read again to 100 FTE
-    add_run(same, run(0, 30, 1.0), key)  # another run of the seed, sized for 30
-    assert same == [run(0, 300, 3.0), run(0, 30, 1.0)]
-    with pytest.raises(SystemExit, match="more than one file to 30 FTE"):
-        add_run(same, run(0, 30, 2.0), key)
+    # a run read to 100 FTE in a merge, to 300 in its own file, and again to 100; another
+    # run of the seed sized for 100: in any order, each is read once, the copy to 300
+    copies = [run(0, 100, 3.0), run(0, 300, 3.0), run(0, 100, 3.0), run(0, 100, 1.0)]
+    for order in (copies, copies[::-1]):
+        assert distinct_runs(order, key) == [run(0, 100, 1.0), run(0, 300, 3.0)]
+    with pytest.raises(SystemExit, match="more than one file to 100 FTE"):
+        distinct_runs([*copies, run(0, 100, 2.0)], key)
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +319,17 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
         main(["--merge", str(folder / "anytime_matrix.json"), "--out", out, "--tag", "x"])
     with pytest.raises(SystemExit):  # argparse's usage error: --matrix reads to each budget
         main(["--merge", *files, "--matrix", "--up-to", "1", "--out", out, "--tag", "x"])
-    with pytest.raises(SystemExit):  # and reads files
-        main(["--matrix", "--out", out, "--tag", "x"])
+
+
+def test_the_committed_matrix_is_what_its_results_files_make(tmp_path: Path) -> None:
+    """bench/results/anytime_matrix.* is `make bench-anytime-matrix`'s output for the
+    files committed beside it: a seed added to MATRIX_SOURCES without rewriting it fails."""
+    committed = json.loads((RESULTS / "anytime_matrix.json").read_text())
+    remade = main(["--matrix", "--out", str(tmp_path), "--tag", "matrix"])
+    for key in ("table", "verdicts", "seeds_per_method", "real_seconds"):
+        assert remade[key] == committed[key], key
+    text = (RESULTS / "anytime_matrix.md").read_text()
+    assert text.split("\n", 3)[3] == (tmp_path / "anytime_matrix.md").read_text().split("\n", 3)[3]
 
 
 @pytest.mark.parametrize(
