@@ -673,8 +673,7 @@ def matrix(paths: list[Path], command: str, methods: list[str] | None = None) ->
             key = (run["method"], run["task"], run["seed"], run["workers"])
             by_key.setdefault(key, []).append(run)
     runs = [run for key, same in by_key.items() for run in distinct_runs(same, key)]
-    if methods is not None:
-        runs = [run for run in runs if run["method"] in methods]
+    runs = of_methods(runs, methods)
     from _anytime_peers import PEERS
 
     known = [*PEERS, *MH_METHODS]  # the tables' rows: the peers, then ours, as listed
@@ -786,13 +785,7 @@ def runs_to_merge(
     if len(budgets) > 1:
         raise SystemExit(f"the files ran to different budgets {sorted(budgets)}; merge "
                          "files of one --max-budget")  # fmt: skip
-    runs = [run for payload in payloads for run in payload["runs"]]
-    if methods is not None:
-        missing = sorted(set(methods) - {run["method"] for run in runs})
-        if missing:
-            raise SystemExit(f"no run of {missing} in these files; --methods names what to "
-                             "merge, as the files' tables name it")  # fmt: skip
-        runs = [run for run in runs if run["method"] in methods]
+    runs = of_methods([run for payload in payloads for run in payload["runs"]], methods)
     seen: set[tuple[Any, ...]] = set()
     for run in runs:
         key = (run["method"], run["task"], run["seed"], run["workers"])
@@ -814,6 +807,17 @@ def matrix_note(payload: dict[str, Any]) -> list[str]:
         "run to the smallest budget that reaches it: the procedure sized for it).",
         "",
     ]
+
+
+def of_methods(runs: list[dict[str, Any]], methods: list[str] | None) -> list[dict[str, Any]]:
+    """The runs of ``methods`` (all, if None); a method with no run stops the merge."""
+    if methods is None:
+        return runs
+    missing = sorted(set(methods) - {run["method"] for run in runs})
+    if missing:
+        raise SystemExit(f"no run of {missing} in these files; --methods names what to "
+                         "merge, as the files' tables name it")  # fmt: skip
+    return [run for run in runs if run["method"] in methods]
 
 
 def seed_counts(runs: list[dict[str, Any]]) -> dict[str, int]:

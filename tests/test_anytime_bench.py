@@ -315,6 +315,9 @@ def test_a_matrix_reads_each_run_to_its_own_budget_and_counts_the_seeds_of_each_
     with pytest.raises(SystemExit, match="more than one file to 1 FTE"):
         main(["--merge", *files, str(folder / "other.json"), "--matrix", "--out", out,
               "--tag", "clash"])  # fmt: skip
+    with pytest.raises(SystemExit, match="no run of"):
+        main(["--merge", *files, "--matrix", "--methods", "mh Nothing", "--out", out,
+              "--tag", "x"])  # fmt: skip
     with pytest.raises(SystemExit, match="is a --matrix table"):
         main(["--merge", str(folder / "anytime_matrix.json"), "--out", out, "--tag", "x"])
     with pytest.raises(SystemExit):  # argparse's usage error: --matrix reads to each budget
