@@ -522,6 +522,7 @@ class RayExecutor(BaseExecutor):
         self._home: list[tuple[int, ...]] = []  # by worker: the shards it owns
         self._opened_by: dict[int, dict[int, str]] = {}  # worker -> its actor's open shards
         self._busy: dict[int, tuple[int, Any, Any]] = {}  # worker -> (mst, meta ref, state ref)
+        self._answered: set[int] = set()  # workers whose current actor has started and answered
         self.shipped_bytes = 0  # shard bytes the driver sent to nodes
         self.copied_bytes = 0  # shard bytes actors copied from one another (re-homing)
         self._n_planned = 0  # workers the run starts with (``prepare``)
@@ -741,6 +742,7 @@ class RayExecutor(BaseExecutor):
         """The worker holds nothing and has no actor from now on."""
         self._actors[worker] = None
         self._held[worker] = self._home[worker] = ()
+        self._answered.discard(worker)
         self._opened_by.pop(worker, None)
         self._validation_of.pop(worker, None)
         self._infos[worker] = {**self._infos[worker], "nbytes": 0, "paths": {}}
@@ -819,6 +821,7 @@ class RayExecutor(BaseExecutor):
         """A new actor for ``worker`` (it has no shard open yet), placed by ``_placement``."""
         self._actors[worker] = self._create(worker, self._placement(worker))
         self._opened_by[worker] = {}
+        self._answered.discard(worker)
         self._validation_of[worker] = set()
 
     def _create(self, worker: int, strategy: Any) -> Any:
@@ -852,6 +855,7 @@ class RayExecutor(BaseExecutor):
                 if (info := opened[worker]) is None:
                     continue
                 self._opened_by[worker] = info["paths"]
+                self._answered.add(worker)
                 self._validation_of[worker] = set(info["validation"])
                 self.rebuilt_shards += info["built"]
                 copied_from = {s.index: s.source for s in sources[worker] if s.source is not None}
@@ -1087,7 +1091,11 @@ class RayExecutor(BaseExecutor):
             return
         actors = [actor for actor in self._actors if actor is not None]
         if ray.is_initialized():
-            closing = [actor.close.remote() for actor in actors]
+            # Only idle actors that started can close now: a close() sent to one that never
+            # started (no room on the cluster) or is mid-visit would wait out the timeout.
+            # Their local copies are swept by the next actor on their node.
+            idle = [self._actors[w] for w in self._answered - self._busy.keys()]
+            closing = [actor.close.remote() for actor in idle if actor is not None]
             with contextlib.suppress(Exception):  # a dead actor has nothing to clean up
                 ray.wait(closing, num_returns=len(closing), timeout=10)
             for actor in actors:
@@ -1098,6 +1106,7 @@ class RayExecutor(BaseExecutor):
         self._actors = []
         self._opened_by.clear()
         self._busy.clear()
+        self._answered.clear()
         self._group_hosts.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
