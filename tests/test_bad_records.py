@@ -36,8 +36,13 @@ def _search() -> mh.GridSearch:
 
 def test_a_corrupt_image_fails_the_msts_that_meet_it_naming_the_file(folder, tmp_path):
     data = mh.Dataset.from_image_folder(folder, fractions=(0.75, 0.25, 0.0))
-    with pytest.raises(mh.AllMSTsFailedError, match=r"cannot decode .*trouser/99999\.png"):
+    # each MST's failure is announced as it happens, then the run ends with all of them
+    with (
+        pytest.warns(UserWarning, match=r"MST \d .* failed: BadRecordError: cannot decode") as seen,
+        pytest.raises(mh.AllMSTsFailedError, match=r"cannot decode .*trouser/99999\.png"),
+    ):
         _search().fit(data, n_workers=2, run_dir=tmp_path / "run")
+    assert sorted(str(w.message).split()[1] for w in seen) == ["0", "1"]
 
 
 def test_skipped_records_are_left_out_and_counted(folder, tmp_path):
