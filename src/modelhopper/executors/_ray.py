@@ -1094,8 +1094,8 @@ class RayExecutor(BaseExecutor):
             # Only idle actors that started can close now: a close() sent to one that never
             # started (no room on the cluster) or is mid-visit would wait out the timeout.
             # Their local copies are swept by the next actor on their node.
-            idle = [self._actors[w] for w in self._answered - self._busy.keys()]
-            closing = [actor.close.remote() for actor in idle if actor is not None]
+            idle = self._answered - self._busy.keys()  # each has its actor (``_lose`` drops it)
+            closing = [self._actors[w].close.remote() for w in idle]
             with contextlib.suppress(Exception):  # a dead actor has nothing to clean up
                 ray.wait(closing, num_returns=len(closing), timeout=10)
             for actor in actors:
