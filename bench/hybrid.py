@@ -19,6 +19,9 @@ the noise of a different batch order.
 trained in groups, best validation accuracy (target utilisation with hybrid >= 0.95).
 Then why groups cannot fill (b)'s idle time: one epoch of its MLPs alone vs in a group of
 two (ms per step, all-reduce, speed-up), each in forked processes one after another.
+The same ASHA with (a)'s small CNN in place of the MLPs (lr and batch size searched, one
+thread per worker): the same run shape on a model whose step is large against its fixed
+costs, where a group pays.
 
 Results: bench/results/hybrid.{json,md} (``--smoke-test``: digits-sized, hybrid_smoke.*).
 """
@@ -100,16 +103,24 @@ def lone_cnn(data: mh.Dataset, batch_size: int, epochs: int, folder: Path) -> di
     return row
 
 
-def asha(data: mh.Dataset, n_msts: int, max_epochs: int, folder: Path) -> list[dict[str, Any]]:
-    """(b): ASHA's whole run, MOP alone and hybrid."""
+CNN_SPACE = {"lr": mh.loguniform(1e-4, 3e-2), "batch_size": mh.choice([64, 128]), "l2": 0.0}
+
+
+def asha(
+    data: mh.Dataset, n_msts: int, max_epochs: int, folder: Path, models: str = "mlp"
+) -> list[dict[str, Any]]:
+    """(b): ASHA's whole run, MOP alone and hybrid; ``models``: "mlp" (bench/procedures.py's
+    space, default threads) or "cnn" ((a)'s CNN, one thread per worker)."""
+    factory, space = (asha_estimator, ASHA_SPACE) if models == "mlp" else (cnn, CNN_SPACE)
+    threads = {} if models == "mlp" else {"threads_per_worker": 1}
     rows = []
     for mode in MODES:
         procedure = mh.ASHA(
-            asha_estimator, ASHA_SPACE, min_epochs=1, max_epochs=max_epochs,
+            factory, space, min_epochs=1, max_epochs=max_epochs,
             reduction_factor=3, n_msts=n_msts, metric="val_accuracy", direction="maximize",
             seed=0, hybrid=mode,
         )  # fmt: skip
-        result, wall, grouped = _fit(procedure, data, folder, f"asha-{mode}")
+        result, wall, grouped = _fit(procedure, data, folder, f"asha-{models}-{mode}", **threads)
         rows.append({
             "hybrid": mode, "wall_seconds": round(wall, 2), "group_epochs": grouped,
             "utilisation": round(result.stats.efficiency, 3),
@@ -117,8 +128,8 @@ def asha(data: mh.Dataset, n_msts: int, max_epochs: int, folder: Path) -> list[d
             "best_val_accuracy": round(max(h["val_accuracy"] for m in result.msts
                                            for h in m.history), 4),
         })  # fmt: skip
-        print(f"(b) ASHA hybrid={mode}: {wall:.1f} s, utilisation {rows[-1]['utilisation']}",
-              flush=True)  # fmt: skip
+        print(f"(b) ASHA of {models}s hybrid={mode}: {wall:.1f} s, utilisation "
+              f"{rows[-1]['utilisation']}", flush=True)  # fmt: skip
     return rows
 
 
@@ -184,7 +195,24 @@ def group_step_costs(data: mh.Dataset, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], meta: dict) -> str:
+def _asha_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| hybrid | wall s | utilisation (target >= 0.95) | group epochs | epochs trained | "
+        "best val acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['hybrid']} | {r['wall_seconds']} | **{r['utilisation']}** | "
+            f"{r['group_epochs']} | {r['epochs_trained']} | {r['best_val_accuracy']} |"
+        )
+    return lines
+
+
+def _markdown(
+    cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]],
+    asha_cnn_rows: list[dict[str, Any]], meta: dict,
+) -> str:  # fmt: skip
     lines = [
         "# Hybrid mode: data-parallel group epochs vs MOP alone",
         "",
@@ -207,16 +235,8 @@ def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], m
         "",
         f"## (b) ASHA: {meta['asha']}",
         "",
-        "| hybrid | wall s | utilisation (target >= 0.95) | group epochs | epochs trained | "
-        "best val acc |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in asha_rows:
-        lines.append(
-            f"| {r['hybrid']} | {r['wall_seconds']} | **{r['utilisation']}** | "
-            f"{r['group_epochs']} | {r['epochs_trained']} | {r['best_val_accuracy']} |"
-        )
-    lines += [
+        *_asha_table(asha_rows),
+        "",
         "",
         "Why groups do not fill (b)'s idle time: one epoch of its MLPs (784-hidden-10, "
         "Adam) alone on one worker vs in a group of two, each a forked process, one thread:",
@@ -231,6 +251,8 @@ def _markdown(cnn_rows: list[dict[str, Any]], asha_rows: list[dict[str, Any]], m
             f"{r['group_ms_per_step']} | {r['allreduce_ms_per_step']} | "
             f"**{r['group_speedup']}** |"
         )
+    lines += ["", f"## (b) ASHA with the small CNN: {meta['asha_cnn']}", "",
+              *_asha_table(asha_cnn_rows)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -256,6 +278,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cnn_rows = [lone_cnn(images, b, epochs, Path(tmp)) for b in (64, 128)]
         asha_rows = asha(mlp_data, n_msts, max_epochs, Path(tmp))
+        cnn_data = _head(images, n_train, n_val)
+        asha_cnn_rows = asha(cnn_data, n_msts, max_epochs, Path(tmp), models="cnn")
         group_steps = group_step_costs(mlp_data, Path(tmp))
     meta = {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
@@ -265,14 +289,17 @@ def main() -> None:
                "worker",
         "asha": f"{n_msts} MLPs, 1-{max_epochs} epochs, reduction factor 3, Fashion-MNIST "
                 f"{n_train} / {n_val} (bench/procedures.py's space), default threads",
+        "asha_cnn": f"{n_msts} of (a)'s CNN (lr loguniform 1e-4-3e-2, batch 64 or 128), "
+                    f"1-{max_epochs} epochs, reduction factor 3, Fashion-MNIST {n_train} / "
+                    f"{n_val}, one thread per worker",
         "group_steps": group_steps,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "hybrid_smoke" if smoke else "hybrid"
-    payload = {"meta": meta, "lone_cnn": cnn_rows, "asha": asha_rows}
+    payload = {"meta": meta, "lone_cnn": cnn_rows, "asha": asha_rows, "asha_cnn": asha_cnn_rows}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    (args.out / f"{stem}.md").write_text(_markdown(cnn_rows, asha_rows, meta))
-    print(_markdown(cnn_rows, asha_rows, meta))
+    (args.out / f"{stem}.md").write_text(_markdown(cnn_rows, asha_rows, asha_cnn_rows, meta))
+    print(_markdown(cnn_rows, asha_rows, asha_cnn_rows, meta))
 
 
 if __name__ == "__main__":

@@ -183,13 +183,17 @@ def test_hybrid_smoke(tmp_path):
         assert row["off"]["group_epochs"] == 0
         assert row["auto"]["group_epochs"] == len(row["auto"]["val_accuracy"]) == 2
         assert row["speedup"] > 0
-    assert [r["hybrid"] for r in payload["asha"]] == ["off", "auto"]
-    assert payload["asha"][0]["group_epochs"] == 0
+    for rows in (payload["asha"], payload["asha_cnn"]):  # (b): the MLPs, then (a)'s CNN
+        assert [r["hybrid"] for r in rows] == ["off", "auto"]
+        assert rows[0]["group_epochs"] == 0
+        assert all(0 < r["utilisation"] <= 1 for r in rows)
+        assert all(r["epochs_trained"] >= 4 for r in rows)  # every one of the 4 MSTs
     steps = payload["meta"]["group_steps"]  # (b), why: the MLPs alone vs in a group
     assert [(r["hidden"], r["batch_size"]) for r in steps] == [(64, 64), (64, 128), (256, 64),
                                                                 (256, 128)]  # fmt: skip
     assert all(r["group_ms_per_step"] > r["allreduce_ms_per_step"] > 0 for r in steps)
-    assert "## (b) ASHA" in (tmp_path / "hybrid_smoke.md").read_text()
+    markdown = (tmp_path / "hybrid_smoke.md").read_text()
+    assert "## (b) ASHA:" in markdown and "## (b) ASHA with the small CNN:" in markdown
 
 
 def test_ray_elastic_smoke(tmp_path, ray_lock):
