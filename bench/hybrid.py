@@ -237,7 +237,6 @@ def _markdown(
         "",
         *_asha_table(asha_rows),
         "",
-        "",
         "Why groups do not fill (b)'s idle time: one epoch of its MLPs (784-hidden-10, "
         "Adam) alone on one worker vs in a group of two, each a forked process, one thread:",
         "",
