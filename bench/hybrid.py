@@ -104,6 +104,11 @@ def lone_cnn(data: mh.Dataset, batch_size: int, epochs: int, folder: Path) -> di
 
 
 CNN_SPACE = {"lr": mh.loguniform(1e-4, 3e-2), "batch_size": mh.choice([64, 128]), "l2": 0.0}
+# (b)'s models: estimator factory, space, executor settings
+ASHA_MODELS = {
+    "mlp": (asha_estimator, ASHA_SPACE, {}),  # bench/procedures.py's, default threads
+    "cnn": (cnn, CNN_SPACE, {"threads_per_worker": 1}),  # (a)'s CNN, as (a) runs it
+}
 
 
 def asha(
@@ -111,8 +116,7 @@ def asha(
 ) -> list[dict[str, Any]]:
     """(b): ASHA's whole run, MOP alone and hybrid; ``models``: "mlp" (bench/procedures.py's
     space, default threads) or "cnn" ((a)'s CNN, one thread per worker)."""
-    factory, space = (asha_estimator, ASHA_SPACE) if models == "mlp" else (cnn, CNN_SPACE)
-    threads = {} if models == "mlp" else {"threads_per_worker": 1}
+    factory, space, threads = ASHA_MODELS[models]
     rows = []
     for mode in MODES:
         procedure = mh.ASHA(
@@ -297,8 +301,9 @@ def main() -> None:
     stem = "hybrid_smoke" if smoke else "hybrid"
     payload = {"meta": meta, "lone_cnn": cnn_rows, "asha": asha_rows, "asha_cnn": asha_cnn_rows}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    (args.out / f"{stem}.md").write_text(_markdown(cnn_rows, asha_rows, asha_cnn_rows, meta))
-    print(_markdown(cnn_rows, asha_rows, asha_cnn_rows, meta))
+    markdown = _markdown(cnn_rows, asha_rows, asha_cnn_rows, meta)
+    (args.out / f"{stem}.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":
