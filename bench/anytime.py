@@ -148,7 +148,7 @@ MATRIX_SOURCES = (
     "anytime_w32_matrix.json", "anytime_w32b30_matrix.json", "anytime_w32b100_all.json",
     "anytime_w32b300r_10.json", "anytime_w32b300_dehb.json", "anytime_w32b300_hbkde.json",
     "anytime_w32b300bohb_s*.json", "anytime_b300osh_s*.json", "anytime_w32b300mr3_s*.json",
-    "anytime_w32b300tpe_s*.json",
+    "anytime_w32b300tpe_s*.json", "anytime_w32b300ohb_s*.json", "anytime_w32b300osh_s*.json",
 )  # fmt: skip
 
 _bench: Any = None  # one surrogate per process
