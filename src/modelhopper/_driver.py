@@ -704,6 +704,9 @@ class Driver:
             if result.extra.get(GROUP_UNSUPPORTED) and self._scheduler.hybrid is Hybrid.AUTO:
                 self._train_alone(visit)
                 return None
+        if result.state_unchanged and not result.crashed and result.error is None:
+            # An evaluation-only visit: the state it started from is still the latest.
+            result = dataclasses.replace(result, state=self._states.get(visit.mst_id))
         if result.crashed:
             self._last_mst_on.pop(result.worker, None)  # the new process holds no state
         else:

@@ -118,6 +118,9 @@ class VisitResult:
     # A visit that ran through several epochs (chained): the state each earlier epoch
     # evaluated, by epoch, for its best-epoch checkpoint; ``state`` is the last one's.
     epoch_states: tuple[tuple[int, bytes], ...] = ()
+    # The visit trained nothing (evaluations only): the MST's state is the one the visit
+    # started from, which the driver has, so none is sent back (``state`` is None).
+    state_unchanged: bool = False
 
 
 @dataclass(frozen=True)

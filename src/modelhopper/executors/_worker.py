@@ -220,11 +220,14 @@ class ShardWorker:
             ):
                 epoch_states.append((step.epoch, self._state_bytes(estimator)))
         rng = torch.get_rng_state()
-        state = self._state_bytes(estimator)
         self._remember(task.mst_id, estimator, rng)
+        # Evaluation changes no state: after one that only evaluated, the driver has the
+        # state the visit started from, and none is encoded or sent back.
+        unchanged = not trained and task.source is not StateSource.FRESH
         return VisitResult(
-            self.worker, task.mst_id, tuple(outcomes), state, extra={**extra, **group},
-            epoch_states=tuple(epoch_states),
+            self.worker, task.mst_id, tuple(outcomes),
+            None if unchanged else self._state_bytes(estimator), extra={**extra, **group},
+            epoch_states=tuple(epoch_states), state_unchanged=unchanged,
         )  # fmt: skip
 
     def _train_in_group(

@@ -216,6 +216,25 @@ class ExecutorConformance(abc.ABC):
         assert got.error is None, got.error
         assert _sums(got.outcomes[0].result) == _sums(expected.outcomes[0].result)
 
+    def test_an_evaluation_only_visit_sends_no_state_back(
+        self, started: BaseExecutor, oracle: list[ShardWorker]
+    ) -> None:
+        """Evaluation changes no state: the driver keeps the state it sent, and the worker
+        goes on from its copy when it trains the MST next."""
+        first = _task(13, (_train(0, 0, 0),))
+        trained = self.run_one(started, 0, first)
+        evaluate = _task(13, (_evaluate(0, 1, 1),), state=trained.state)
+        got = self.run_one(started, 1, evaluate)
+        assert got.error is None, got.error
+        assert got.state is None and got.state_unchanged
+        after = _task(13, (_train(1, 1, 0),), held=True)
+        went_on = self.run_one(started, 1, after)
+        expected_first = oracle[0].run(first)
+        expected = oracle[1].run(_task(13, evaluate.steps, state=expected_first.state))
+        assert _sums(got.outcomes[0].result) == _sums(expected.outcomes[0].result)
+        assert not went_on.state_unchanged and went_on.state is not None
+        _assert_same_weights(went_on.state, oracle[1].run(after).state)
+
     def test_visits_run_on_all_workers_at_once(self, started: BaseExecutor) -> None:
         for worker in range(N_SHARDS):
             started.submit(worker, _task(10 + worker, (_train(0, worker, 0),)))
