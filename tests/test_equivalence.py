@@ -142,6 +142,13 @@ def test_one_copy_of_the_data_across_workers(mop_result, digits):
     assert stats.n_hops > 0 and stats.hop_bytes > 0
 
 
+def test_workers_busy_time_lies_between_their_compute_and_their_time(mop_result):
+    """Busy: compute plus each visit's fixed costs (state, model); the rest they waited."""
+    s = mop_result.stats
+    assert s.compute_seconds < s.busy_seconds <= s.n_workers * s.wall_seconds
+    assert s.efficiency < s.busy_share <= 1.0
+
+
 def _fingerprint(result):
     history = result.history().drop(columns=["train_seconds", "eval_seconds"])
     return [m.params for m in result.msts], history.to_dict("records")

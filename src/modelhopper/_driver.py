@@ -187,6 +187,7 @@ class Driver:
         self._rolling_back: dict[int, tuple[int, str]] = {}
         self._work: dict[tuple[int, int], float] = {}  # (MST, worker) -> compute seconds
         self._compute_seconds = self._record_seconds = self._dispatch_seconds = 0.0
+        self._busy_seconds = 0.0  # the workers' seconds in visits (RunStats.busy_seconds)
         self._n_steps = self._n_visits = self._n_hops = self._hop_bytes = 0
 
     # -- the Trainer interface procedures act through ------------------------------------
@@ -693,6 +694,7 @@ class Driver:
     def _accept(self, result: VisitResult) -> FinishedVisit | None:
         """Account for a finished visit in memory (no I/O); None if it needs no record."""
         visit = self._in_flight.pop(result.worker)
+        self._busy_seconds += result.busy_seconds  # every member's, failed visits' too
         workers: dict[Step, int] = {}  # group epochs: the member that ran each step
         if visit.group:
             if (joined := self._join_group(visit, result)) is None:
@@ -978,6 +980,7 @@ class Driver:
             wall_seconds=wall,
             total_seconds=wall,
             compute_seconds=self._compute_seconds,
+            busy_seconds=self._busy_seconds,
             n_visits=self._n_visits,
             n_hops=self._n_hops,
             hop_bytes=self._hop_bytes,

@@ -126,6 +126,10 @@ class RunStats:
     # Shard bytes sent to the workers' machines (RayExecutor: shipped by the driver or
     # copied between actors, validation parts included); 0 where they read them in place.
     shard_bytes_moved: int = 0
+    # The workers' seconds in visits: compute plus each visit's fixed costs (building
+    # the model, loading and encoding its state). workers x wall - busy is time workers
+    # waited for a visit (the holder of an MST's next shard busy, the driver deciding).
+    busy_seconds: float = 0.0
 
     @property
     def dispatch_seconds_per_visit(self) -> float:
@@ -142,6 +146,13 @@ class RunStats:
     @property
     def efficiency(self) -> float:
         return self.ideal_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def busy_share(self) -> float:
+        """The share of the workers' time (workers x wall) spent in visits; efficiency is
+        the share spent computing, so busy_share - efficiency is the visits' fixed costs."""
+        available = self.n_workers * self.wall_seconds
+        return self.busy_seconds / available if available else 0.0
 
     @property
     def data_copies(self) -> float:

@@ -492,7 +492,8 @@ def _stats_line(result: Any) -> str:
     moved = f" ({s.shard_bytes_moved / 1e6:.1f} MB of them sent)" if s.shard_bytes_moved else ""
     return (
         f"run {result.name}: wall {s.wall_seconds:.1f} s, compute {s.compute_seconds:.1f} s on "
-        f"{s.n_workers} workers, efficiency {s.efficiency:.2f}; {s.n_hops} hops moved "
+        f"{s.n_workers} workers, efficiency {s.efficiency:.2f} (busy {s.busy_share:.2f}); "
+        f"{s.n_hops} hops moved "
         f"{s.hop_bytes / 1e6:.1f} MB; shards hold {s.data_copies:.2f} copies of the data{moved}; "
         f"run dir {result.run_dir}"
     )
