@@ -16,7 +16,9 @@ the noise of a different batch order.
 (b) ASHA as in bench/procedures.py (27 MLPs, at most 9 epochs, 20,000 / 5,000 examples,
 2 workers), ``hybrid="off"`` vs ``"auto"``: wall time, worker utilisation (step seconds
 / (wall x workers); a group member's seconds include its all-reduce waits), epochs
-trained in groups, best validation accuracy (target utilisation with hybrid >= 0.95).
+trained in groups, best validation accuracy (target utilisation with hybrid >= 0.95),
+and the workers' share of the time in visits (``RunStats.busy_share``: utilisation plus
+each visit's fixed costs; the rest they waited for a visit).
 Then why groups cannot fill (b)'s idle time: one epoch of its MLPs alone vs in a group of
 two (ms per step, all-reduce, speed-up), each in forked processes one after another.
 The same ASHA with (a)'s small CNN in place of the MLPs (lr and batch size searched, one
@@ -128,6 +130,7 @@ def asha(
         rows.append({
             "hybrid": mode, "wall_seconds": round(wall, 2), "group_epochs": grouped,
             "utilisation": round(result.stats.efficiency, 3),
+            "busy_share": round(result.stats.busy_share, 3),
             "epochs_trained": sum(m.epochs_done for m in result.msts),
             "best_val_accuracy": round(max(h["val_accuracy"] for m in result.msts
                                            for h in m.history), 4),
@@ -201,14 +204,15 @@ def group_step_costs(data: mh.Dataset, folder: Path) -> list[dict[str, Any]]:
 
 def _asha_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| hybrid | wall s | utilisation (target >= 0.95) | group epochs | epochs trained | "
-        "best val acc |",
-        "|---|---|---|---|---|---|",
+        "| hybrid | wall s | utilisation (target >= 0.95) | workers in visits | group epochs | "
+        "epochs trained | best val acc |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['hybrid']} | {r['wall_seconds']} | **{r['utilisation']}** | "
-            f"{r['group_epochs']} | {r['epochs_trained']} | {r['best_val_accuracy']} |"
+            f"{r['busy_share']} | {r['group_epochs']} | {r['epochs_trained']} | "
+            f"{r['best_val_accuracy']} |"
         )
     return lines
 

@@ -186,7 +186,7 @@ def test_hybrid_smoke(tmp_path):
     for rows in (payload["asha"], payload["asha_cnn"]):  # (b): the MLPs, then (a)'s CNN
         assert [r["hybrid"] for r in rows] == ["off", "auto"]
         assert rows[0]["group_epochs"] == 0
-        assert all(0 < r["utilisation"] <= 1 for r in rows)
+        assert all(0 < r["utilisation"] < r["busy_share"] <= 1 for r in rows)
         assert all(r["epochs_trained"] >= 4 for r in rows)  # every one of the 4 MSTs
     steps = payload["meta"]["group_steps"]  # (b), why: the MLPs alone vs in a group
     assert [(r["hidden"], r["batch_size"]) for r in steps] == [(64, 64), (64, 128), (256, 64),
